@@ -1,0 +1,37 @@
+# Two entry points (see README): `make demo` and `make test`. Both set everything up first
+# and are idempotent.
+PY ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.posegraph-installed
+TORCH := torch==2.13.0
+
+.PHONY: setup demo test clean-venv
+setup: $(STAMP)
+
+# System libraries: SuiteSparse (CHOLMOD) headers to build scikit-sparse, OpenBLAS for speed.
+.system-deps:
+	@if ! dpkg -s libsuitesparse-dev libopenblas0-pthread >/dev/null 2>&1; then \
+	  echo "installing libsuitesparse-dev libopenblas0-pthread"; \
+	  SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
+	  $$SUDO apt-get update -q && $$SUDO apt-get install -y -q libsuitesparse-dev libopenblas0-pthread; \
+	fi
+
+$(STAMP): pyproject.toml Makefile
+	@$(MAKE) --no-print-directory .system-deps
+	@test -x $(BIN)/python || $(PY) -m venv $(VENV)
+	$(BIN)/pip install -q $(TORCH) numpy scipy pytest cython setuptools wheel
+	$(BIN)/pip install -q --no-build-isolation scikit-sparse==0.4.16
+	$(BIN)/pip install -q --no-build-isolation theseus-ai==0.2.3
+	$(BIN)/pip install -q --no-build-isolation --no-deps -e .
+	@touch $(STAMP)
+
+demo: setup
+	@mkdir -p out
+	$(BIN)/posegraph optimize data/sphere_se3.g2o -o out/sphere_se3.optimized.g2o
+
+test: setup
+	$(BIN)/python -m pytest -q
+
+clean-venv:
+	rm -rf $(VENV)

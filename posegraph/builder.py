@@ -1,0 +1,411 @@
+"""The builder: the only place that turns data into Theseus objects and validates the Theseus
+variables users hand in.
+
+Two entrances, one product (:class:`PoseGraphProblem`):
+
+* :class:`PoseGraphBuilder` — research scripts add their own ``th.SE3``/``th.SE2`` poses,
+  ``th.Point3`` points, relative-pose measurements with full information matrices, and their own
+  ``th.CostFunction`` terms. Every input is checked before anything is built (class, tensor
+  shape as Theseus defines it, batch size, dtype, device, unique names, known endpoints, no
+  self-loops); each error names the variable, what was expected and what was received.
+* :func:`build_problem` — a :class:`~posegraph.graph.PoseGraph` read from a file, built
+  without creating one Python object per pose or edge.
+
+Both emit one vectorized :class:`~posegraph.costs.BetweenEdges` over one packed
+:class:`~posegraph.variables.ManifoldArray` of poses, with a
+:class:`~posegraph.weights.FullInformationWeight`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Dict, List, Optional, Sequence, Tuple, Type, Union
+
+import theseus as th
+import torch
+
+from .costs import BetweenEdges
+from .errors import PoseGraphError
+from .graph import POSE_KINDS, PoseGraph
+from .variables import ManifoldArray, element_layout
+from .weights import FullInformationWeight, sqrt_information
+
+TensorOrVar = Union[torch.Tensor, th.Variable]
+_KIND_OF_CLASS = {cls: kind for kind, (cls, _, _) in POSE_KINDS.items()}
+
+
+class BuilderError(PoseGraphError, TypeError):
+    """Invalid input to the builder (a TypeError and a ValueError, for either ``except``)."""
+
+
+@dataclass
+class PoseGraphProblem:
+    """A built pose-graph problem: the Theseus objective and the handles to read it back.
+
+    Attributes:
+        objective: the ``th.Objective`` (vectorized edge cost + any user costs).
+        poses: all poses packed in one ManifoldArray ``(B, N, *shape)``.
+        between: the vectorized relative-pose cost.
+        kind: ``"SE2"`` or ``"SE3"``.
+        ids: vertex ids ``(N,)`` (file ids, or builder insertion order).
+        pose_variables: the user's own pose variables (builder path), written back by
+            :meth:`write_back`.
+        graph: the source PoseGraph (file path), if any.
+    """
+
+    objective: th.Objective
+    poses: ManifoldArray
+    between: BetweenEdges
+    kind: str
+    ids: torch.Tensor
+    pose_variables: Optional[List[th.Manifold]] = None
+    graph: Optional[PoseGraph] = None
+    user_costs: List[th.CostFunction] = field(default_factory=list)
+
+    @property
+    def num_poses(self) -> int:
+        return self.poses.num_elements
+
+    @property
+    def num_edges(self) -> int:
+        return self.between.num_blocks
+
+    def error(self) -> torch.Tensor:
+        """GTSAM's error ½ Σ eᵀΩe (= Theseus' error metric) per batch element, ``(B,)``."""
+        return self.objective.error_metric()
+
+    def pose_tensor(self) -> torch.Tensor:
+        """Current poses ``(B, N, *shape)``."""
+        return self.poses.tensor
+
+    def write_back(self) -> None:
+        """Copy the packed poses into the user's own pose variables (builder path)."""
+        if self.pose_variables is None:
+            return
+        for k, var in enumerate(self.pose_variables):
+            var.update(self.poses.tensor[:, k])
+
+    def to_graph(self, batch_index: Optional[int] = None) -> PoseGraph:
+        """A PoseGraph with the current poses (one batch element when ``batch_index`` given,
+        or when the batch has a single element)."""
+        if self.graph is None:
+            raise ValueError("this problem was not built from a PoseGraph")
+        poses = self.poses.tensor.detach()
+        if batch_index is not None or poses.shape[0] == 1:
+            poses = poses[batch_index or 0]
+        return self.graph.with_poses(poses)
+
+
+# -- checks shared by both entrances --------------------------------------------------------------
+
+
+def _shape_str(shape: Sequence[int]) -> str:
+    return "(" + ", ".join(str(s) for s in shape) + ")"
+
+
+class _Consensus:
+    """dtype, device and batch size every tensor of one graph must agree on."""
+
+    def __init__(self, dtype: Optional[torch.dtype], device: Optional[torch.device]):
+        self.dtype = dtype
+        self.device = torch.device(device) if device is not None else None
+        self.batch = 1
+        self.batch_from: Optional[str] = None
+
+    def check(self, what: str, tensor: torch.Tensor, batched: bool = True) -> None:
+        if not tensor.is_floating_point():
+            raise BuilderError(f"{what}: expected a floating-point tensor, received {tensor.dtype}")
+        if self.dtype is None:
+            self.dtype = tensor.dtype
+        elif tensor.dtype != self.dtype:
+            raise BuilderError(f"{what}: expected dtype {self.dtype}, received {tensor.dtype}")
+        if self.device is None:
+            self.device = tensor.device
+        elif tensor.device != self.device:
+            raise BuilderError(f"{what}: expected device {self.device}, received {tensor.device}")
+        if not batched:
+            return
+        b = tensor.shape[0]
+        if b != 1 and self.batch != 1 and b != self.batch:
+            raise BuilderError(
+                f"{what}: expected batch size {self.batch} (as {self.batch_from}) or 1, "
+                f"received {b}"
+            )
+        if b != 1 and self.batch == 1:
+            self.batch, self.batch_from = b, what
+
+
+def _check_class(var: object, expected: Sequence[type], what: str) -> None:
+    if type(var) not in expected:
+        names = " or ".join(f"th.{c.__name__}" for c in expected)
+        got = type(var).__module__.split(".")[0] + "." + type(var).__name__
+        hint = ""
+        if isinstance(var, th.Variable) and th.Point3 in expected:
+            hint = (
+                f"; a {type(var).__name__} of tensor shape {_shape_str(var.tensor.shape)} would "
+                "have its first dimension read as the batch size"
+            )
+        name = getattr(var, "name", None)
+        raise BuilderError(
+            f"{what}{' ' + repr(name) if name else ''}: expected {names}, received {got}{hint}"
+        )
+
+
+def _check_element_tensor(tensor: torch.Tensor, cls: type, what: str) -> None:
+    shape, _ = element_layout(cls)
+    if tensor.ndim != 1 + len(shape) or tuple(tensor.shape[1:]) != shape:
+        raise BuilderError(
+            f"{what}: expected a th.{cls.__name__} tensor of shape (batch, "
+            f"{', '.join(map(str, shape))}), received {_shape_str(tensor.shape)}"
+        )
+    if not torch.isfinite(tensor).all():
+        raise BuilderError(f"{what}: tensor has non-finite values")
+
+
+def _check_information(info: torch.Tensor, dof: int, what: str) -> torch.Tensor:
+    """(d, d) or (B, d, d) symmetric PSD information → (B, d, d)."""
+    if info.ndim == 2:
+        info = info.unsqueeze(0)
+    if info.ndim != 3 or tuple(info.shape[1:]) != (dof, dof):
+        raise BuilderError(
+            f"{what}: expected information of shape ({dof}, {dof}) or (batch, {dof}, {dof}), "
+            f"received {_shape_str(info.shape)}"
+        )
+    if not torch.isfinite(info).all():
+        raise BuilderError(f"{what}: information has non-finite values")
+    sym_err = (info - info.transpose(-1, -2)).abs().max()
+    if sym_err > 1e-9 * max(1.0, float(info.abs().max())):
+        raise BuilderError(f"{what}: information must be symmetric (asymmetry {float(sym_err):.3g})")
+    lam = torch.linalg.eigvalsh(info.detach().double())
+    if (lam[:, 0] < -1e-9 * lam.abs().max(dim=1).values.clamp_min(1.0)).any():
+        raise BuilderError(
+            f"{what}: information must be positive semidefinite "
+            f"(smallest eigenvalue {float(lam[:, 0].min()):.6g})"
+        )
+    return info
+
+
+def _as_tensor(value: TensorOrVar) -> torch.Tensor:
+    return value.tensor if isinstance(value, th.Variable) else value
+
+
+# -- the builder -----------------------------------------------------------------------------------
+
+
+class PoseGraphBuilder:
+    """Collect and validate a pose graph made of Theseus variables, then build an objective.
+
+    Example::
+
+        b = PoseGraphBuilder()
+        x0 = th.SE3(name="x0"); x1 = th.SE3(name="x1")
+        b.add_pose(x0, fixed=True); b.add_pose(x1)
+        b.add_between(x0, x1, measurement=th.SE3(...), information=torch.eye(6))
+        problem = b.build()          # problem.objective is a th.Objective
+
+    Args:
+        dtype, device: required of every tensor; by default taken from the first one added.
+    """
+
+    def __init__(self, dtype: Optional[torch.dtype] = None, device=None):
+        self._consensus = _Consensus(dtype, device)
+        self._kind: Optional[str] = None
+        self._poses: List[th.Manifold] = []
+        self._fixed: List[bool] = []
+        self._index: Dict[str, int] = {}
+        self._names: Dict[str, str] = {}  # name -> what it names
+        self._edges: List[Tuple[int, int]] = []
+        self._measurements: List[torch.Tensor] = []
+        self._information: List[torch.Tensor] = []
+        self._edge_names: List[str] = []
+        self._costs: List[th.CostFunction] = []
+
+    # -- names ----------------------------------------------------------------------------------
+    def _claim_name(self, name: str, what: str) -> None:
+        if name in self._names:
+            raise BuilderError(f"{what}: name {name!r} is already used by {self._names[name]}")
+        self._names[name] = what
+
+    # -- poses ----------------------------------------------------------------------------------
+    def add_pose(self, pose: th.Manifold, fixed: bool = False) -> int:
+        """Add a ``th.SE3`` or ``th.SE2`` pose (one kind per graph); returns its index.
+
+        ``fixed`` poses are held constant (the gauge); when none is fixed, the first pose
+        of every connected component is.
+        """
+        _check_class(pose, (th.SE3, th.SE2), "pose")
+        kind = _KIND_OF_CLASS[type(pose)]
+        what = f"pose {pose.name!r}"
+        if self._kind is not None and kind != self._kind:
+            raise BuilderError(f"{what}: expected th.{self._kind} like the other poses, received th.{kind}")
+        _check_element_tensor(pose.tensor, type(pose), what)
+        self._consensus.check(what, pose.tensor)
+        self._claim_name(pose.name, what)
+        self._kind = kind
+        self._index[pose.name] = len(self._poses)
+        self._poses.append(pose)
+        self._fixed.append(bool(fixed))
+        return len(self._poses) - 1
+
+    def _pose_index(self, ref: Union[th.Manifold, str, int], what: str) -> int:
+        if isinstance(ref, int):
+            if not 0 <= ref < len(self._poses):
+                raise BuilderError(f"{what}: expected a pose index in [0, {len(self._poses)}), received {ref}")
+            return ref
+        name = ref if isinstance(ref, str) else getattr(ref, "name", None)
+        if name not in self._index or (
+            not isinstance(ref, str) and self._poses[self._index[name]] is not ref
+        ):
+            raise BuilderError(f"{what}: refers to {name!r}, which is not a pose added to this builder")
+        return self._index[name]
+
+    def add_between(
+        self,
+        pose_i: Union[th.Manifold, str, int],
+        pose_j: Union[th.Manifold, str, int],
+        measurement: TensorOrVar,
+        information: Optional[TensorOrVar] = None,
+        name: Optional[str] = None,
+    ) -> int:
+        """Add a relative-pose measurement ``Zᵢⱼ`` (Xⱼ seen from Xᵢ), residual
+        ``Log(Zᵢⱼ⁻¹ Xᵢ⁻¹ Xⱼ)``, weighted by the full information matrix (identity if None).
+
+        ``measurement``: a pose variable of the graph's kind or its tensor ``(B|1, *shape)``;
+        ``information``: ``(d, d)`` or ``(B|1, d, d)``. Returns the edge index.
+        """
+        k = len(self._edges)
+        what = f"edge {name!r}" if name else f"edge #{k}"
+        i = self._pose_index(pose_i, what)
+        j = self._pose_index(pose_j, what)
+        if i == j:
+            raise BuilderError(f"{what}: self-loop on pose {self._poses[i].name!r}")
+        assert self._kind is not None
+        cls, shape, dof = POSE_KINDS[self._kind]
+        if isinstance(measurement, th.Variable):
+            _check_class(measurement, (cls,), f"{what} measurement")
+        meas = _as_tensor(measurement)
+        if meas.ndim == len(shape):
+            meas = meas.unsqueeze(0)
+        _check_element_tensor(meas, cls, f"{what} measurement")
+        self._consensus.check(f"{what} measurement", meas)
+        if information is None:
+            info = torch.eye(dof, dtype=meas.dtype, device=meas.device).unsqueeze(0)
+        else:
+            info = _check_information(_as_tensor(information), dof, f"{what} information")
+        self._consensus.check(f"{what} information", info)
+        edge_name = name or f"between {self._poses[i].name} {self._poses[j].name}"
+        if name:
+            self._claim_name(name, what)
+        self._edges.append((i, j))
+        self._measurements.append(meas)
+        self._information.append(info)
+        self._edge_names.append(edge_name)
+        return k
+
+    def add_cost(self, cost: th.CostFunction) -> None:
+        """Add a user's own Theseus cost function over its own variables (not the poses
+        added here, which are packed: use ``add_between`` for pose–pose terms)."""
+        if not isinstance(cost, th.CostFunction):
+            raise BuilderError(f"cost: expected a th.CostFunction, received {type(cost).__name__}")
+        self._claim_name(cost.name, f"cost {cost.name!r}")
+        for var in list(cost.optim_vars) + list(cost.aux_vars):
+            if var.name in self._index and self._poses[self._index[var.name]] is var:
+                raise BuilderError(
+                    f"cost {cost.name!r}: uses pose {var.name!r}, which the builder packs with "
+                    "the other poses; expected costs over other variables"
+                )
+            self._consensus.check(f"cost {cost.name!r} variable {var.name!r}", var.tensor)
+        self._costs.append(cost)
+
+    # -- build -----------------------------------------------------------------------------------
+    def build(self) -> PoseGraphProblem:
+        """Validate the whole graph and build the Theseus objective."""
+        if not self._poses:
+            raise BuilderError("graph: expected at least one pose, received none")
+        if not self._edges:
+            raise BuilderError("graph: expected at least one edge, received none")
+        batch = self._consensus.batch
+        poses = torch.stack([p.tensor.expand(batch, *p.tensor.shape[1:]) for p in self._poses], 1)
+        meas = torch.stack([m.expand(batch, *m.shape[1:]) for m in self._measurements], 1)
+        info = torch.stack([w.expand(batch, *w.shape[1:]) for w in self._information], 1)
+        assert self._kind is not None
+        graph = PoseGraph(
+            kind=self._kind,
+            ids=torch.arange(len(self._poses)),
+            poses=poses,
+            edges=torch.tensor(self._edges, dtype=torch.long),
+            measurements=meas,
+            information=info,
+            fixed=torch.tensor(self._fixed, dtype=torch.bool),
+        )
+        problem = build_problem(graph, edge_names=self._edge_names, extra_costs=self._costs)
+        problem.pose_variables = list(self._poses)
+        problem.graph = None
+        return problem
+
+
+def build_problem(
+    graph: PoseGraph,
+    edge_names: Optional[Sequence[str]] = None,
+    extra_costs: Sequence[th.CostFunction] = (),
+    dtype: Optional[torch.dtype] = None,
+    device=None,
+) -> PoseGraphProblem:
+    """Build the Theseus objective of a PoseGraph (vectorized: no per-edge objects).
+
+    The gauge is held by fixed vertices (``graph.gauge_fixed()``), not by a prior.
+    """
+    if graph.poses is None:
+        raise PoseGraphError(
+            "the graph has no pose estimates: initialize it first (posegraph.init)", graph.source
+        )
+    if graph.num_edges == 0:
+        raise PoseGraphError("the graph has vertices but no edges: nothing to optimize", graph.source)
+    g = graph.to(device=device, dtype=dtype) if (dtype is not None or device is not None) else graph
+    cls, shape, dof = POSE_KINDS[g.kind]
+    n, e = g.num_poses, g.num_edges
+    poses = g.poses if g.poses.ndim == len(shape) + 2 else g.poses.unsqueeze(0)
+    meas = g.measurements if g.measurements.ndim == len(shape) + 2 else g.measurements.unsqueeze(0)
+    info = g.information if g.information.ndim == 4 else g.information.unsqueeze(0)
+    checks = [
+        ("poses", poses, (n, *shape)),
+        ("measurements", meas, (e, *shape)),
+        ("information", info, (e, dof, dof)),
+    ]
+    consensus = _Consensus(None, None)
+    for what, t, expected in checks:
+        if tuple(t.shape[1:]) != expected:
+            raise PoseGraphError(
+                f"{what}: expected shape (batch, {', '.join(map(str, expected))}), "
+                f"received {_shape_str(t.shape)}",
+                g.source,
+            )
+        consensus.check(what, t)
+    if g.edges.shape != (e, 2) or (g.edges < 0).any() or (g.edges >= n).any():
+        raise PoseGraphError(f"edges: expected (E, 2) pose indices in [0, {n}), received {_shape_str(g.edges.shape)}", g.source)
+    if (g.edges[:, 0] == g.edges[:, 1]).any():
+        k = int(torch.nonzero(g.edges[:, 0] == g.edges[:, 1])[0])
+        raise PoseGraphError(f"edge {k}: self-loop", g.source)
+    edges = g.edges.to(poses.device)
+    pose_var = ManifoldArray(poses, cls, g.gauge_fixed(), name="poses")
+    meas_var = th.Variable(meas, name="measurements")
+    weight = FullInformationWeight(
+        th.Variable(sqrt_information(info), name="sqrt_information"), name="information"
+    )
+    names = list(edge_names) if edge_names is not None else g.edge_names()
+    between = BetweenEdges(pose_var, edges, meas_var, weight, name="between", edge_names=names)
+    objective = th.Objective(dtype=poses.dtype)
+    objective.add(between)
+    for cost in extra_costs:
+        objective.add(cost)
+    objective.to(device=poses.device)
+    objective.update()
+    return PoseGraphProblem(
+        objective=objective,
+        poses=pose_var,
+        between=between,
+        kind=g.kind,
+        ids=g.ids,
+        graph=graph,
+        user_costs=list(extra_costs),
+    )

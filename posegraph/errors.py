@@ -1,0 +1,38 @@
+"""Errors for bad input: each names the file, the line where one line is at fault, and what is
+wrong (expected vs received)."""
+
+from __future__ import annotations
+
+from typing import Optional
+
+
+class PoseGraphError(ValueError):
+    """Bad input: a file, a graph, or variables handed to the builder.
+
+    ``str(err)`` is ``"FILE:LINE: message"`` (``FILE`` and ``LINE`` when known), the form the
+    CLI prints after ``error:``.
+    """
+
+    def __init__(self, message: str, path: Optional[str] = None, line: Optional[int] = None):
+        self.message = message
+        self.path = path
+        self.line = line
+        super().__init__(self._format())
+
+    def _format(self) -> str:
+        where = ""
+        if self.path is not None:
+            where = f"{self.path}:{self.line}: " if self.line is not None else f"{self.path}: "
+        return where + self.message
+
+
+class G2oFormatError(PoseGraphError):
+    """A g2o file that cannot be read as a pose graph."""
+
+
+class GraphStructureError(PoseGraphError):
+    """A graph whose structure cannot be optimized (disconnected edge-only graph, no edges…)."""
+
+
+class OptimizationError(RuntimeError):
+    """The optimization could not proceed (solver failure, non-finite values)."""

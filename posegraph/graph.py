@@ -1,0 +1,175 @@
+"""``PoseGraph``: the one in-memory form every command shares (plain tensors, no Theseus).
+
+Poses use Theseus' tensor layouts so they can be wrapped without copies: SE3 ``(N, 3, 4)``
+(``[R | t]``), SE2 ``(N, 4)`` (``[x, y, cos θ, sin θ]``). A leading batch dimension
+``(B, N, …)`` holds B graphs of one topology. Edges index poses by position (not by id).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field, replace
+from typing import List, Optional, Tuple
+
+import numpy as np
+import theseus as th
+import torch
+
+#: kind -> (Theseus class, element tensor shape, tangent dimension)
+POSE_KINDS = {
+    "SE3": (th.SE3, (3, 4), 6),
+    "SE2": (th.SE2, (4,), 3),
+}
+
+
+@dataclass
+class PoseGraph:
+    """A pose graph as tensors.
+
+    Attributes:
+        kind: ``"SE2"`` or ``"SE3"``.
+        ids: ``(N,)`` vertex ids (as in the file), in storage order.
+        poses: ``([B,] N, *shape)`` pose estimates, or None before initialization
+            (edge-only files).
+        edges: ``(E, 2)`` long, pose indices ``(i, j)`` of each relative measurement.
+        measurements: ``([B,] E, *shape)`` measured ``Zᵢⱼ`` (Xⱼ seen from Xᵢ).
+        information: ``([B,] E, d, d)`` symmetric PSD information matrices Ω.
+        fixed: ``(N,)`` bool, vertices held constant (g2o FIX lines).
+        source: file the graph was read from (for messages), if any.
+        edge_lines: line number of each edge in ``source``, if read from a file.
+    """
+
+    kind: str
+    ids: torch.Tensor
+    poses: Optional[torch.Tensor]
+    edges: torch.Tensor
+    measurements: torch.Tensor
+    information: torch.Tensor
+    fixed: torch.Tensor
+    source: Optional[str] = None
+    edge_lines: Optional[List[int]] = None
+    vertex_lines: Optional[List[int]] = None
+    extras: dict = field(default_factory=dict)
+
+    # -- sizes and kinds ----------------------------------------------------------------------
+    @property
+    def element_cls(self) -> type:
+        return POSE_KINDS[self.kind][0]
+
+    @property
+    def element_shape(self) -> Tuple[int, ...]:
+        return POSE_KINDS[self.kind][1]
+
+    @property
+    def dof(self) -> int:
+        return POSE_KINDS[self.kind][2]
+
+    @property
+    def num_poses(self) -> int:
+        return int(self.ids.numel())
+
+    @property
+    def num_edges(self) -> int:
+        return int(self.edges.shape[0])
+
+    @property
+    def has_poses(self) -> bool:
+        return self.poses is not None
+
+    @property
+    def batch_size(self) -> int:
+        """B when poses or measurements carry a batch dimension, else 1."""
+        extra = len(self.element_shape) + 1
+        for t in (self.poses, self.measurements):
+            if t is not None and t.ndim == extra + 1:
+                return t.shape[0]
+        return 1
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.measurements.dtype
+
+    @property
+    def device(self) -> torch.device:
+        return self.measurements.device
+
+    # -- naming ---------------------------------------------------------------------------------
+    def edge_tag(self) -> str:
+        return "EDGE_SE3:QUAT" if self.kind == "SE3" else "EDGE_SE2"
+
+    def edge_names(self) -> List[str]:
+        """Stable per-edge names: ``"EDGE_SE3:QUAT 12 13"`` (the vertex ids), with a ``#k``
+        suffix for repeated pairs."""
+        tag = self.edge_tag()
+        pairs = self.ids[self.edges].tolist()
+        seen: dict = {}
+        names = []
+        for a, b in pairs:
+            k = seen.get((a, b), 0)
+            seen[(a, b)] = k + 1
+            names.append(f"{tag} {a} {b}" + (f" #{k + 1}" if k else ""))
+        return names
+
+    def where_edge(self, index: int) -> str:
+        """``FILE:LINE`` (or the edge name) of edge ``index`` for messages."""
+        if self.source and self.edge_lines:
+            return f"{self.source}:{self.edge_lines[index]}"
+        return self.edge_names()[index]
+
+    # -- structure ------------------------------------------------------------------------------
+    def components(self) -> np.ndarray:
+        """Connected-component label ``(N,)`` of each pose (labels 0..C-1, by lowest index)."""
+        return connected_components(self.num_poses, self.edges.cpu().numpy())
+
+    def gauge_fixed(self) -> torch.Tensor:
+        """Vertices held constant: FIX'ed vertices, plus the lowest id of every connected
+        component that has none (the gauge, as GTSAM's prior on pose 0 — but held exactly)."""
+        fixed = self.fixed.clone().cpu()
+        labels = self.components()
+        ids = self.ids.cpu().numpy()
+        for comp in np.unique(labels):
+            members = np.flatnonzero(labels == comp)
+            if not fixed[members].any():
+                fixed[members[np.argmin(ids[members])]] = True
+        return fixed
+
+    # -- conversions ----------------------------------------------------------------------------
+    def to(self, device=None, dtype=None) -> "PoseGraph":
+        """Copy with float tensors moved/cast (index tensors keep their dtype)."""
+
+        def mv(t: Optional[torch.Tensor], is_float: bool) -> Optional[torch.Tensor]:
+            if t is None:
+                return None
+            return t.to(device=device, dtype=dtype if is_float else None)
+
+        return replace(
+            self,
+            ids=mv(self.ids, False),
+            poses=mv(self.poses, True),
+            edges=mv(self.edges, False),
+            measurements=mv(self.measurements, True),
+            information=mv(self.information, True),
+            fixed=mv(self.fixed, False),
+        )
+
+    def with_poses(self, poses: torch.Tensor) -> "PoseGraph":
+        """Copy with new pose estimates."""
+        return replace(self, poses=poses)
+
+
+def connected_components(num_nodes: int, edges: np.ndarray) -> np.ndarray:
+    """Component label per node via union–find with path halving (Tarjan 1975)."""
+    parent = np.arange(num_nodes)
+
+    def find(a: int) -> int:
+        while parent[a] != a:
+            parent[a] = parent[parent[a]]
+            a = parent[a]
+        return a
+
+    for a, b in edges.tolist():
+        ra, rb = find(a), find(b)
+        if ra != rb:
+            parent[max(ra, rb)] = min(ra, rb)
+    roots = np.array([find(a) for a in range(num_nodes)], dtype=np.int64)
+    _, labels = np.unique(roots, return_inverse=True)
+    return labels

@@ -1,0 +1,132 @@
+"""Initial guesses for graphs without (or with poor) pose estimates.
+
+``spanning_tree`` composes measurements along a spanning tree rooted at the lowest vertex id:
+``Xⱼ = Xᵢ · Zᵢⱼ`` going along an edge, ``Xᵢ = Xⱼ · Zᵢⱼ⁻¹`` against it. The tree is Kruskal's
+(union–find) over edges ordered by id gap ``|i − j|`` then file order, so it follows the
+odometry chain (consecutive ids) wherever there is one — the usual "odometry initialization"
+— and falls back to any connecting edge elsewhere.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from typing import List
+
+import numpy as np
+import torch
+
+from .errors import GraphStructureError
+from .graph import PoseGraph, connected_components
+
+
+def _homogeneous(graph: PoseGraph, tensors: torch.Tensor) -> np.ndarray:
+    """Theseus layout → homogeneous matrices ``(n, k, k)`` (k = 4 for SE3, 3 for SE2)."""
+    t = tensors.detach().cpu().double().numpy()
+    n = t.shape[0]
+    if graph.kind == "SE3":
+        out = np.zeros((n, 4, 4))
+        out[:, :3, :] = t
+        out[:, 3, 3] = 1.0
+        return out
+    out = np.zeros((n, 3, 3))
+    c, s = t[:, 2], t[:, 3]
+    out[:, 0, 0], out[:, 0, 1], out[:, 1, 0], out[:, 1, 1] = c, -s, s, c
+    out[:, 0, 2], out[:, 1, 2], out[:, 2, 2] = t[:, 0], t[:, 1], 1.0
+    return out
+
+
+def _from_homogeneous(graph: PoseGraph, mats: np.ndarray) -> torch.Tensor:
+    if graph.kind == "SE3":
+        return torch.as_tensor(mats[:, :3, :].copy())
+    return torch.as_tensor(
+        np.stack([mats[:, 0, 2], mats[:, 1, 2], mats[:, 0, 0], mats[:, 1, 0]], axis=1)
+    )
+
+
+def spanning_tree_edges(graph: PoseGraph) -> List[int]:
+    """Indices of the edges of the initialization tree (see module doc).
+
+    Raises:
+        GraphStructureError: when the edges do not connect all vertices.
+    """
+    labels = connected_components(graph.num_poses, graph.edges.cpu().numpy())
+    if labels.max(initial=0) > 0:
+        ids = graph.ids.tolist()
+        other = int(np.flatnonzero(labels != labels[0])[0])
+        raise GraphStructureError(
+            f"the graph is disconnected ({labels.max() + 1} components; e.g. no path from "
+            f"vertex {ids[0]} to vertex {ids[other]}): cannot build an initial guess from "
+            "its edges",
+            graph.source,
+        )
+    edges = graph.edges.cpu().numpy()
+    ids = graph.ids.cpu().numpy()
+    gap = np.abs(ids[edges[:, 0]] - ids[edges[:, 1]])
+    order = np.lexsort((np.arange(len(edges)), gap))
+    parent = np.arange(graph.num_poses)
+
+    def find(a: int) -> int:
+        while parent[a] != a:
+            parent[a] = parent[parent[a]]
+            a = parent[a]
+        return a
+
+    tree = []
+    for e in order.tolist():
+        ra, rb = find(int(edges[e, 0])), find(int(edges[e, 1]))
+        if ra != rb:
+            parent[ra] = rb
+            tree.append(e)
+    return tree
+
+
+def spanning_tree(graph: PoseGraph) -> torch.Tensor:
+    """Poses ``(N, *shape)`` (float64, CPU) composed along the spanning tree; the lowest id
+    gets the identity."""
+    tree = spanning_tree_edges(graph)
+    edges = graph.edges.cpu().numpy()
+    meas = _homogeneous(graph, graph.measurements.reshape(-1, *graph.element_shape)[: graph.num_edges])
+    adjacency: List[List[int]] = [[] for _ in range(graph.num_poses)]
+    for e in tree:
+        adjacency[edges[e, 0]].append(e)
+        adjacency[edges[e, 1]].append(e)
+    root = int(torch.argmin(graph.ids))
+    k = meas.shape[-1]
+    poses = np.zeros((graph.num_poses, k, k))
+    poses[root] = np.eye(k)
+    seen = np.zeros(graph.num_poses, dtype=bool)
+    seen[root] = True
+    queue = deque([root])
+    while queue:
+        a = queue.popleft()
+        for e in adjacency[a]:
+            i, j = edges[e]
+            if i == a and not seen[j]:
+                poses[j] = poses[i] @ meas[e]
+                seen[j] = True
+                queue.append(j)
+            elif j == a and not seen[i]:
+                poses[i] = poses[j] @ np.linalg.inv(meas[e])
+                seen[i] = True
+                queue.append(i)
+    return _from_homogeneous(graph, poses)
+
+
+def initialize(graph: PoseGraph, method: str = "auto") -> PoseGraph:
+    """Return ``graph`` with initial poses.
+
+    ``"auto"``: the file's vertices when present, else the spanning tree; ``"file"``: the
+    file's vertices (an error for edge-only files); ``"spanning-tree"``: always composed.
+    """
+    if method == "auto":
+        method = "file" if graph.has_poses else "spanning-tree"
+    if method == "file":
+        if not graph.has_poses:
+            raise GraphStructureError(
+                "the file has no VERTEX lines: use --init spanning-tree", graph.source
+            )
+        return graph
+    if method == "spanning-tree":
+        poses = spanning_tree(graph).to(dtype=graph.dtype, device=graph.device)
+        return graph.with_poses(poses)
+    raise ValueError(f"unknown initialization {method!r}: expected auto, file or spanning-tree")

@@ -1,0 +1,341 @@
+"""g2o text files ⇄ :class:`~posegraph.graph.PoseGraph`.
+
+Tags read: ``VERTEX_SE2 id x y θ``, ``EDGE_SE2 i j x y θ I11 I12 I13 I22 I23 I33``,
+``VERTEX_SE3:QUAT id x y z qx qy qz qw``,
+``EDGE_SE3:QUAT i j x y z qx qy qz qw`` + the 21 upper-triangle entries of Ω (row-major), and
+``FIX id [id …]``. ``#`` starts a comment; blank lines, CRLF and tabs are accepted; vertex ids
+need not be contiguous. Other tags are skipped with one warning per tag giving the count.
+Format reference: g2o's ``types_slam2d``/``types_slam3d`` (Kümmerle et al. 2011) as used by
+the SE-Sync/GTSAM datasets.
+
+Every problem is reported as :class:`~posegraph.errors.G2oFormatError` naming file and line.
+Writing is atomic (temporary file + rename) and round-trips exactly in float64.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import tempfile
+import warnings
+from collections import Counter
+from dataclasses import dataclass
+from typing import Dict, List, Optional, Sequence, Tuple, Union
+
+import numpy as np
+import torch
+
+from .. import lie
+from ..errors import G2oFormatError
+from ..graph import PoseGraph
+
+PathLike = Union[str, "os.PathLike[str]"]
+
+
+@dataclass(frozen=True)
+class _Tag:
+    role: str  # "vertex" | "edge"
+    kind: str  # "SE2" | "SE3"
+    num_ids: int
+    num_values: int  # numbers after the ids
+
+
+_TAGS: Dict[str, _Tag] = {
+    "VERTEX_SE2": _Tag("vertex", "SE2", 1, 3),
+    "VERTEX_SE3:QUAT": _Tag("vertex", "SE3", 1, 7),
+    "EDGE_SE2": _Tag("edge", "SE2", 2, 3 + 6),
+    "EDGE_SE3:QUAT": _Tag("edge", "SE3", 2, 7 + 21),
+}
+_DOF = {"SE2": 3, "SE3": 6}
+#: |‖q‖ − 1| above this is reported (the quaternion is normalized either way).
+QUATERNION_UNIT_TOLERANCE = 1e-3
+#: Ω is accepted as PSD when λ_min ≥ −PSD_TOLERANCE · max(1, |λ|_max).
+PSD_TOLERANCE = 1e-9
+
+
+def _decode(path: str, raw: bytes) -> str:
+    """Bytes → text, refusing binary data with the line where it starts."""
+    nul = raw.find(b"\x00")
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as err:
+        line = raw.count(b"\n", 0, err.start) + 1
+        raise G2oFormatError(
+            f"not a g2o text file: undecodable byte 0x{raw[err.start]:02x}", path, line
+        ) from None
+    if nul >= 0:
+        line = raw.count(b"\n", 0, nul) + 1
+        raise G2oFormatError("not a g2o text file: binary data (NUL byte)", path, line)
+    return text
+
+
+def _number(tok: str, path: str, line: int, what: str) -> float:
+    try:
+        value = float(tok)
+    except ValueError:
+        raise G2oFormatError(f"{what}: expected a number, received {tok!r}", path, line) from None
+    if not math.isfinite(value):
+        raise G2oFormatError(f"{what}: expected a finite number, received {tok!r}", path, line)
+    return value
+
+
+def _vertex_id(tok: str, path: str, line: int, what: str) -> int:
+    try:
+        return int(tok)
+    except ValueError:
+        raise G2oFormatError(
+            f"{what}: expected an integer vertex id, received {tok!r}", path, line
+        ) from None
+
+
+class _Records:
+    """Raw records of one file, in file order."""
+
+    def __init__(self) -> None:
+        self.kind: Optional[str] = None
+        self.kind_line = 0
+        self.vertex_ids: List[int] = []
+        self.vertex_values: List[List[float]] = []
+        self.vertex_lines: List[int] = []
+        self.edge_ids: List[Tuple[int, int]] = []
+        self.edge_values: List[List[float]] = []
+        self.edge_lines: List[int] = []
+        self.fixed: List[Tuple[int, int]] = []  # (id, line)
+        self.unknown: Counter = Counter()
+
+
+def _parse_lines(path: str, text: str) -> _Records:
+    rec = _Records()
+    for lineno, raw_line in enumerate(text.splitlines(), start=1):
+        content = raw_line.split("#", 1)[0]
+        toks = content.split()
+        if not toks:
+            continue
+        tag_name = toks[0]
+        if tag_name == "FIX":
+            if len(toks) < 2:
+                raise G2oFormatError("FIX: expected at least one vertex id", path, lineno)
+            rec.fixed.extend((_vertex_id(t, path, lineno, "FIX"), lineno) for t in toks[1:])
+            continue
+        tag = _TAGS.get(tag_name)
+        if tag is None:
+            rec.unknown[tag_name] += 1
+            continue
+        expected = tag.num_ids + tag.num_values
+        if len(toks) - 1 != expected:
+            raise G2oFormatError(
+                f"{tag_name}: expected {expected} values after the tag, received {len(toks) - 1}",
+                path,
+                lineno,
+            )
+        if rec.kind is None:
+            rec.kind, rec.kind_line = tag.kind, lineno
+        elif tag.kind != rec.kind:
+            raise G2oFormatError(
+                f"{tag_name}: {tag.kind} element in a file of {rec.kind} elements "
+                f"(first on line {rec.kind_line}); mixing SE2 and SE3 is not supported",
+                path,
+                lineno,
+            )
+        ids = [_vertex_id(t, path, lineno, tag_name) for t in toks[1 : 1 + tag.num_ids]]
+        values = [
+            _number(t, path, lineno, tag_name) for t in toks[1 + tag.num_ids :]
+        ]
+        if tag.role == "vertex":
+            rec.vertex_ids.append(ids[0])
+            rec.vertex_values.append(values)
+            rec.vertex_lines.append(lineno)
+        else:
+            if ids[0] == ids[1]:
+                raise G2oFormatError(
+                    f"{tag_name}: self-loop edge from vertex {ids[0]} to itself", path, lineno
+                )
+            rec.edge_ids.append((ids[0], ids[1]))
+            rec.edge_values.append(values)
+            rec.edge_lines.append(lineno)
+    return rec
+
+
+def _upper_to_symmetric(upper: np.ndarray, dim: int) -> np.ndarray:
+    """Rows of the upper triangle in file (row-major) order → symmetric ``(n, dim, dim)``."""
+    iu = np.triu_indices(dim)
+    mats = np.zeros((upper.shape[0], dim, dim))
+    mats[:, iu[0], iu[1]] = upper
+    mats[:, iu[1], iu[0]] = upper
+    return mats
+
+
+def check_information(info: np.ndarray, path: str, lines: Sequence[int]) -> None:
+    """Raise on the first information matrix that is not positive semidefinite."""
+    if info.shape[0] == 0:
+        return
+    lam = np.linalg.eigvalsh(info)
+    scale = np.maximum(1.0, np.abs(lam).max(axis=1))
+    bad = np.flatnonzero(lam[:, 0] < -PSD_TOLERANCE * scale)
+    if bad.size:
+        k = bad[0]
+        raise G2oFormatError(
+            "information matrix is not positive semidefinite "
+            f"(expected eigenvalues ≥ 0, smallest is {lam[k, 0]:.6g})",
+            path,
+            lines[k],
+        )
+
+
+def _quaternions(values: np.ndarray, path: str, lines: Sequence[int]) -> None:
+    """Check g2o quaternions (qx qy qz qw): zero is an error, far from unit a warning."""
+    norms = np.linalg.norm(values, axis=1)
+    zero = np.flatnonzero(norms < 1e-12)
+    if zero.size:
+        raise G2oFormatError(
+            "zero quaternion (qx qy qz qw = 0 0 0 0) is not a rotation", path, lines[zero[0]]
+        )
+    far = np.flatnonzero(np.abs(norms - 1.0) > QUATERNION_UNIT_TOLERANCE)
+    if far.size:
+        warnings.warn(
+            f"{path}:{lines[far[0]]}: {far.size} quaternion(s) far from unit norm "
+            f"(e.g. ‖q‖ = {norms[far[0]]:.6g}); normalized",
+            stacklevel=3,
+        )
+
+
+def _poses_from_values(kind: str, values: np.ndarray) -> torch.Tensor:
+    t = torch.as_tensor(values, dtype=torch.float64)
+    if kind == "SE3":
+        return lie.g2o_to_se3(t)
+    return lie.xytheta_to_se2(t)
+
+
+def read_g2o(path: PathLike) -> PoseGraph:
+    """Read a g2o pose-graph file (SE2 or SE3) into a float64 :class:`PoseGraph`.
+
+    Edge-only files give ``poses=None``; initialize them with :mod:`posegraph.init`.
+
+    Raises:
+        G2oFormatError: naming the file and line of the first problem.
+    """
+    path = os.fspath(path)
+    try:
+        with open(path, "rb") as fh:
+            raw = fh.read()
+    except FileNotFoundError:
+        raise G2oFormatError("no such file", path) from None
+    except IsADirectoryError:
+        raise G2oFormatError("is a directory, expected a g2o file", path) from None
+    except OSError as err:
+        raise G2oFormatError(f"cannot read file: {err.strerror}", path) from None
+    rec = _parse_lines(path, _decode(path, raw))
+    for tag_name, count in sorted(rec.unknown.items()):
+        warnings.warn(f"{path}: skipped {count} line(s) with unsupported tag {tag_name}")
+    if rec.kind is None:
+        raise G2oFormatError("no pose graph found (no VERTEX or EDGE lines)", path)
+    return _assemble(path, rec)
+
+
+def _assemble(path: str, rec: _Records) -> PoseGraph:
+    kind = rec.kind
+    assert kind is not None
+    dof = _DOF[kind]
+    first_line: Dict[int, int] = {}
+    for vid, line in zip(rec.vertex_ids, rec.vertex_lines):
+        if vid in first_line:
+            raise G2oFormatError(
+                f"duplicate vertex id {vid} (first defined on line {first_line[vid]})", path, line
+            )
+        first_line[vid] = line
+    if rec.vertex_ids:
+        ids = list(rec.vertex_ids)
+        for (a, b), line in zip(rec.edge_ids, rec.edge_lines):
+            for v in (a, b):
+                if v not in first_line:
+                    raise G2oFormatError(
+                        f"edge refers to vertex {v}, which has no VERTEX line", path, line
+                    )
+    else:
+        ids = sorted({v for pair in rec.edge_ids for v in pair})
+    index = {v: k for k, v in enumerate(ids)}
+    fixed = torch.zeros(len(ids), dtype=torch.bool)
+    for vid, line in rec.fixed:
+        if vid not in index:
+            raise G2oFormatError(f"FIX refers to unknown vertex {vid}", path, line)
+        fixed[index[vid]] = True
+
+    ev = np.asarray(rec.edge_values, dtype=np.float64).reshape(len(rec.edge_values), -1)
+    meas_len = 7 if kind == "SE3" else 3
+    if kind == "SE3":
+        _quaternions(ev[:, 3:7], path, rec.edge_lines)
+    info = _upper_to_symmetric(ev[:, meas_len:], dof)
+    check_information(info, path, rec.edge_lines)
+
+    poses = None
+    if rec.vertex_ids:
+        vv = np.asarray(rec.vertex_values, dtype=np.float64)
+        if kind == "SE3":
+            _quaternions(vv[:, 3:7], path, rec.vertex_lines)
+        poses = _poses_from_values(kind, vv)
+    edges = torch.as_tensor(
+        [[index[a], index[b]] for a, b in rec.edge_ids], dtype=torch.long
+    ).reshape(-1, 2)
+    measurements = _poses_from_values(kind, ev[:, :meas_len].reshape(-1, meas_len))
+    return PoseGraph(
+        kind=kind,
+        ids=torch.as_tensor(ids, dtype=torch.long),
+        poses=poses,
+        edges=edges,
+        measurements=measurements,
+        information=torch.as_tensor(info),
+        fixed=fixed,
+        source=path,
+        edge_lines=list(rec.edge_lines),
+        vertex_lines=list(rec.vertex_lines) if rec.vertex_ids else None,
+    )
+
+
+def _fmt(values: np.ndarray) -> str:
+    return " ".join(repr(float(v)) for v in values)
+
+
+def format_g2o(graph: PoseGraph) -> str:
+    """g2o text of an unbatched graph (vertices, FIX line, edges with full information)."""
+    if graph.batch_size != 1 or (graph.poses is not None and graph.poses.ndim > 1 + len(graph.element_shape)):
+        raise ValueError("format_g2o writes one graph; select a batch element first")
+    g = graph.to(device="cpu", dtype=torch.float64)
+    vtag, etag = ("VERTEX_SE3:QUAT", "EDGE_SE3:QUAT") if g.kind == "SE3" else ("VERTEX_SE2", "EDGE_SE2")
+    to_values = lie.se3_to_g2o if g.kind == "SE3" else lie.se2_to_xytheta
+    ids = g.ids.tolist()
+    out: List[str] = []
+    if g.poses is not None:
+        vals = to_values(g.poses).numpy()
+        out.extend(f"{vtag} {vid} {_fmt(v)}" for vid, v in zip(ids, vals))
+    fixed_ids = [ids[k] for k in torch.nonzero(g.fixed).flatten().tolist()]
+    if fixed_ids:
+        out.append("FIX " + " ".join(map(str, fixed_ids)))
+    meas = to_values(g.measurements).numpy()
+    iu = np.triu_indices(g.dof)
+    upper = g.information.numpy()[:, iu[0], iu[1]]
+    pairs = g.ids[g.edges].tolist()
+    out.extend(
+        f"{etag} {a} {b} {_fmt(m)} {_fmt(u)}" for (a, b), m, u in zip(pairs, meas, upper)
+    )
+    return "\n".join(out) + "\n"
+
+
+def write_text_atomic(path: PathLike, text: str) -> None:
+    """Write ``text`` to ``path`` via a temporary file in the same folder and a rename, so a
+    failure never leaves a partial file."""
+    path = os.fspath(path)
+    folder = os.path.dirname(os.path.abspath(path))
+    fd, tmp = tempfile.mkstemp(prefix=".posegraph-", suffix=".tmp", dir=folder)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8", newline="\n") as fh:
+            fh.write(text)
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+def write_g2o(graph: PoseGraph, path: PathLike) -> None:
+    """Write ``graph`` as a g2o file, atomically. Ids, FIX lines and information are kept."""
+    write_text_atomic(path, format_g2o(graph))

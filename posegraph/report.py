@@ -1,0 +1,85 @@
+"""What people read: per-iteration progress, the run summary (text and JSON)."""
+
+from __future__ import annotations
+
+import sys
+import time
+from typing import IO, Any, Dict, Optional
+
+from .graph import PoseGraph
+from .solve.optimize import IterationRecord, SolveResult
+
+
+class ProgressPrinter:
+    """Per-iteration progress lines on a stream (stderr by default):
+    iteration, χ², relative decrease, elapsed seconds."""
+
+    def __init__(self, stream: Optional[IO[str]] = None):
+        self.stream = stream or sys.stderr
+        self._last: Optional[float] = None
+        self._start = time.perf_counter()
+
+    def __call__(self, rec: IterationRecord) -> None:
+        chi2 = 2.0 * rec.error
+        if self._last is None:
+            rel = "—"
+            self.stream.write(f"{'iter':>5} {'chi2':>16} {'rel.decrease':>13} {'elapsed':>9}\n")
+        else:
+            rel = f"{(self._last - chi2) / self._last:.3e}" if self._last else "0"
+        self._last = chi2
+        elapsed = time.perf_counter() - self._start
+        self.stream.write(f"{rec.iteration:>5} {chi2:>16.10g} {rel:>13} {elapsed:>8.3f}s\n")
+        self.stream.flush()
+
+
+def summary(
+    graph: PoseGraph,
+    result: SolveResult,
+    timings: Dict[str, float],
+    output: Optional[str] = None,
+) -> Dict[str, Any]:
+    """The run summary as a JSON-ready dict.
+
+    ``*_chi2`` are Σ eᵀΩe (g2o's χ²); ``*_error`` are half of it (GTSAM's ``graph.error``).
+    For batched runs the scalar fields are batch means and ``*_per_batch`` lists are added.
+    """
+    init = result.initial_error.double()
+    final = result.final_error.double()
+    out: Dict[str, Any] = {
+        "input": graph.source,
+        "output": output,
+        "kind": graph.kind,
+        "num_poses": graph.num_poses,
+        "num_edges": graph.num_edges,
+        "initial_chi2": float(2 * init.mean()),
+        "final_chi2": float(2 * final.mean()),
+        "initial_error": float(init.mean()),
+        "final_error": float(final.mean()),
+        "iterations": result.iterations,
+        "status": result.status[0] if len(result.status) == 1 else result.status,
+        "solver": result.solver,
+        "linear_solver": result.linear_solver,
+        "device": result.device,
+        "time_s": {k: round(v, 6) for k, v in timings.items()},
+    }
+    if init.numel() > 1:
+        out["initial_error_per_batch"] = init.tolist()
+        out["final_error_per_batch"] = final.tolist()
+    return out
+
+
+def format_summary(s: Dict[str, Any]) -> str:
+    """A readable multi-line summary of :func:`summary`'s dict."""
+    t = s["time_s"]
+    times = ", ".join(f"{k} {v:.3f}s" for k, v in t.items())
+    lines = [
+        f"input        {s['input']} ({s['kind']}: {s['num_poses']} poses, {s['num_edges']} edges)",
+        f"solver       {s['solver']} with {s['linear_solver']} on {s['device']}",
+        f"status       {s['status']} after {s['iterations']} iterations",
+        f"chi2         {s['initial_chi2']:.10g} -> {s['final_chi2']:.10g}",
+        f"error (χ²/2) {s['initial_error']:.10g} -> {s['final_error']:.10g}",
+        f"time         {times}",
+    ]
+    if s.get("output"):
+        lines.append(f"output       {s['output']}")
+    return "\n".join(lines)

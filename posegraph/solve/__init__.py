@@ -1,0 +1,1 @@
+"""Solving: linearization, linear solvers and the optimizer loop."""

@@ -1,0 +1,215 @@
+"""A Theseus ``Linearization`` that places every Jacobian block with one index operation.
+
+Theseus' ``SparseLinearization`` loops over cost functions in Python to place blocks and over
+rows to compute ``diag(AᵀA)``. Here the sparsity structure of ``A`` (CSR) is worked out once,
+at construction, as a map from "raw" Jacobian entries to CSR slots:
+
+* :class:`~posegraph.costs.BlockSparseCostFunction` terms contribute their Jacobian blocks
+  (``(B, K, d, e)`` each, see ``block_layout``); blocks of fixed elements are dropped;
+* any other ``th.CostFunction`` (users' own terms) contributes its dense per-variable
+  Jacobians ``(B, dim, dof)``, as in Theseus.
+
+Each linearization then is: evaluate the costs, concatenate their flattened Jacobians, and
+gather (or scatter-add, where entries share a slot) into ``A_val``. ``Atb``, ``AtA``'s
+diagonal and ``A v`` are single ``index_add`` calls. Everything stays a torch op, so
+gradients flow through it for Theseus' backward modes.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import List, Optional
+
+import numpy as np
+import scipy.sparse as sp
+import theseus as th
+import torch
+from theseus.optimizer import Linearization, VariableOrdering
+from theseus.optimizer.linear_system import SparseStructure
+
+from ..costs import BlockSparseCostFunction
+
+
+@dataclass
+class _CostPlan:
+    """How one cost function's Jacobian values feed the raw value vector."""
+
+    cost: th.CostFunction
+    block: bool  # BlockSparseCostFunction (True) or generic dense (False)
+
+
+class BlockSparseLinearization(Linearization):
+    """Sparse linearization ``A δ ≈ b`` (A: weighted Jacobian, b: −weighted error), CSR layout.
+
+    Attributes after :meth:`linearize`: ``A_val`` ``(B, nnz)`` in CSR order of
+    ``A_row_ptr``/``A_col_ind``, and ``b`` ``(B, num_rows)`` — the same contract as Theseus'
+    ``SparseLinearization``, so ``structure()`` works with Theseus' sparse tools.
+    """
+
+    def __init__(
+        self,
+        objective: th.Objective,
+        ordering: Optional[VariableOrdering] = None,
+        **kwargs,
+    ):
+        super().__init__(objective, ordering)
+        self._plans: List[_CostPlan] = []
+        rows: List[np.ndarray] = []
+        cols: List[np.ndarray] = []
+        keep: List[np.ndarray] = []
+        row_offset = 0
+        for cost in self.objective._get_jacobians_iter():
+            block = isinstance(cost, BlockSparseCostFunction)
+            self._plans.append(_CostPlan(cost, block))
+            pieces = self._block_entries(cost, row_offset) if block else self._dense_entries(
+                cost, row_offset
+            )
+            for r, c, k in pieces:
+                rows.append(r)
+                cols.append(c)
+                keep.append(k)
+            row_offset += cost.dim()
+        self._finalize_structure(rows, cols, keep)
+        self.A_val: torch.Tensor = None  # type: ignore[assignment]
+        self.b: torch.Tensor = None  # type: ignore[assignment]
+        self._Atb: Optional[torch.Tensor] = None
+        self._AtA_diag: Optional[torch.Tensor] = None
+        self.detached_hessian = False
+
+    # -- structure --------------------------------------------------------------------------
+    def _var_start(self, var: th.Manifold) -> int:
+        return self.var_start_cols[self.ordering.index_of(var.name)]
+
+    def _block_entries(self, cost: BlockSparseCostFunction, row_offset: int):
+        d = cost.block_dim
+        for lay in cost.block_layout():
+            var = lay.variable
+            e = var.element_dof
+            ecol = var.column_of_element().numpy()[lay.elements.cpu().numpy()]
+            brow = lay.rows.cpu().numpy()
+            r = row_offset + brow[:, None, None] * d + np.arange(d)[None, :, None]
+            c = self._var_start(var) + ecol[:, None, None] + np.arange(e)[None, None, :]
+            shape = (len(brow), d, e)
+            k = np.broadcast_to((ecol >= 0)[:, None, None], shape)
+            yield (
+                np.broadcast_to(r, shape).ravel(),
+                np.broadcast_to(c, shape).ravel(),
+                k.ravel(),
+            )
+
+    def _dense_entries(self, cost: th.CostFunction, row_offset: int):
+        dim = cost.dim()
+        for var in cost.optim_vars:
+            n = var.dof()
+            r = np.repeat(row_offset + np.arange(dim), n)
+            c = np.tile(self._var_start(var) + np.arange(n), dim)
+            yield r, c, np.ones(dim * n, dtype=bool)
+
+    def _finalize_structure(self, rows, cols, keep) -> None:
+        rows_a = np.concatenate(rows) if rows else np.zeros(0, dtype=np.int64)
+        cols_a = np.concatenate(cols) if cols else np.zeros(0, dtype=np.int64)
+        keep_a = np.concatenate(keep) if keep else np.zeros(0, dtype=bool)
+        kept = np.flatnonzero(keep_a)
+        keys = rows_a[kept].astype(np.int64) * max(self.num_cols, 1) + cols_a[kept]
+        uniq, dest = np.unique(keys, return_inverse=True)
+        self.nnz = len(uniq)
+        self.num_raw = len(rows_a)
+        u_rows = uniq // max(self.num_cols, 1)
+        self.A_col_ind = (uniq % max(self.num_cols, 1)).astype(np.int64)
+        self.A_row_ptr = np.searchsorted(u_rows, np.arange(self.num_rows + 1)).astype(np.int64)
+        dev = self.objective.device
+        self._row_of_nz = torch.as_tensor(u_rows, dtype=torch.long, device=dev)
+        self._col_of_nz = torch.as_tensor(self.A_col_ind, dtype=torch.long, device=dev)
+        if self.nnz == len(kept):  # every kept entry has its own slot: a pure gather
+            order = np.empty(self.nnz, dtype=np.int64)
+            order[dest] = kept
+            self._gather = torch.as_tensor(order, device=dev)
+            self._scatter_src = self._scatter_dest = None
+        else:  # entries sharing a slot (a cost touching one element twice) are summed
+            self._gather = None
+            self._scatter_src = torch.as_tensor(kept, device=dev)
+            self._scatter_dest = torch.as_tensor(dest, device=dev)
+
+    def structure(self) -> SparseStructure:
+        """CSR structure of A (Theseus' ``SparseStructure``)."""
+        return SparseStructure(
+            self.A_col_ind,
+            self.A_row_ptr,
+            self.num_rows,
+            self.num_cols,
+            dtype=np.float64 if self.objective.dtype == torch.double else np.float32,
+        )
+
+    # -- numeric ----------------------------------------------------------------------------
+    def _linearize_jacobian_impl(self) -> None:
+        self._Atb = None
+        self._AtA_diag = None
+        batch = self.objective.batch_size
+        vals: List[torch.Tensor] = []
+        errs: List[torch.Tensor] = []
+        for plan in self._plans:
+            if plan.block:
+                jacs, err = plan.cost.weighted_block_jacobians_error()
+            else:
+                jacs, err = plan.cost.weighted_jacobians_error()
+            for j in jacs:
+                vals.append(j.expand(batch, *j.shape[1:]).reshape(batch, -1))
+            errs.append(err.expand(batch, *err.shape[1:]).reshape(batch, -1))
+        raw = torch.cat(vals, dim=1) if vals else None
+        if raw is None:
+            self.A_val = torch.zeros(batch, 0, dtype=self.objective.dtype)
+        elif self._gather is not None:
+            self.A_val = raw.index_select(1, self._gather)
+        else:
+            self.A_val = raw.new_zeros(batch, self.nnz).index_add(
+                1, self._scatter_dest, raw.index_select(1, self._scatter_src)
+            )
+        self.b = -torch.cat(errs, dim=1)
+
+    def _linearize_hessian_impl(self, _detach_hessian: bool = False) -> None:
+        self._linearize_jacobian_impl()
+        self.detached_hessian = _detach_hessian
+
+    def _atb_impl(self) -> torch.Tensor:
+        if self._Atb is None:
+            contrib = self.A_val * self.b[:, self._row_of_nz]
+            atb = contrib.new_zeros(contrib.shape[0], self.num_cols)
+            self._Atb = atb.index_add(1, self._col_of_nz, contrib).unsqueeze(2)
+        return self._Atb
+
+    def ata_diagonal(self) -> torch.Tensor:
+        """``diag(AᵀA)``, ``(B, num_cols)``."""
+        if self._AtA_diag is None:
+            sq = self.A_val**2
+            self._AtA_diag = sq.new_zeros(sq.shape[0], self.num_cols).index_add(
+                1, self._col_of_nz, sq
+            )
+        return self._AtA_diag
+
+    def diagonal_scaling(self, v: torch.Tensor) -> torch.Tensor:
+        return self.ata_diagonal() * v
+
+    def Av(self, v: torch.Tensor) -> torch.Tensor:
+        contrib = self.A_val * v[:, self._col_of_nz]
+        out = contrib.new_zeros(contrib.shape[0], self.num_rows)
+        return out.index_add(1, self._row_of_nz, contrib)
+
+    # -- sparse views (debugging, solvers) --------------------------------------------------
+    def A_scipy(self, batch_index: int = 0) -> sp.csr_matrix:
+        """A of one batch element as a SciPy CSR matrix (float64)."""
+        val = self.A_val[batch_index].detach().cpu().double().numpy()
+        return sp.csr_matrix(
+            (val, self.A_col_ind, self.A_row_ptr), shape=(self.num_rows, self.num_cols)
+        )
+
+    def sparse_ata(self, batch_index: int = 0) -> sp.csc_matrix:
+        """AᵀA of one batch element as a SciPy CSC matrix (no dense matrix is formed)."""
+        a = self.A_scipy(batch_index)
+        return (a.T @ a).tocsc()
+
+    def _ata_impl(self) -> torch.Tensor:
+        """Dense ``AᵀA`` ``(B, n, n)`` (Theseus' contract); use :meth:`sparse_ata` on large
+        problems."""
+        rows = [torch.as_tensor(self.sparse_ata(i).toarray()) for i in range(self.A_val.shape[0])]
+        return torch.stack(rows).to(dtype=self.A_val.dtype, device=self.A_val.device)
+
