@@ -18,6 +18,7 @@ Both emit one vectorized :class:`~posegraph.costs.BetweenEdges` over one packed
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass, field
 from typing import Dict, List, Optional, Sequence, Tuple, Type, Union
 
@@ -344,6 +345,27 @@ class PoseGraphBuilder:
         return problem
 
 
+def _warn_disconnected(graph: PoseGraph, labels, gauge: torch.Tensor) -> None:
+    """Warn when a graph of several connected components has components anchored only by the
+    automatic gauge: their placement relative to each other is arbitrary (each keeps the
+    initial pose of its lowest id)."""
+    count = int(labels.max(initial=0)) + 1
+    if count == 1:
+        return
+    auto = gauge & ~graph.fixed.cpu()
+    if not auto.any():
+        return  # every component has a FIX vertex: placed by the user
+    anchors = graph.ids.cpu()[auto].tolist()
+    shown = ", ".join(map(str, anchors[:5])) + (", …" if len(anchors) > 5 else "")
+    where = f"{graph.source}: " if graph.source else ""
+    warnings.warn(
+        f"{where}the graph has {count} connected components; each is optimized on its own, "
+        f"anchored at its lowest vertex id ({shown}), so their relative placement is that of "
+        "the initial guess",
+        stacklevel=3,
+    )
+
+
 def build_problem(
     graph: PoseGraph,
     edge_names: Optional[Sequence[str]] = None,
@@ -360,7 +382,7 @@ def build_problem(
             "the graph has no pose estimates: initialize it first (posegraph.init)", graph.source
         )
     if graph.num_edges == 0:
-        raise PoseGraphError("the graph has vertices but no edges: nothing to optimize", graph.source)
+        raise PoseGraphError("the graph has vertices but no edges: it cannot be optimized (no measurements)", graph.source)
     g = graph.to(device=device, dtype=dtype) if (dtype is not None or device is not None) else graph
     cls, shape, dof = POSE_KINDS[g.kind]
     n, e = g.num_poses, g.num_edges
@@ -387,7 +409,10 @@ def build_problem(
         k = int(torch.nonzero(g.edges[:, 0] == g.edges[:, 1])[0])
         raise PoseGraphError(f"edge {k}: self-loop", g.source)
     edges = g.edges.to(poses.device)
-    pose_var = ManifoldArray(poses, cls, g.gauge_fixed(), name="poses")
+    labels = g.components()
+    gauge = g.gauge_fixed(labels)
+    _warn_disconnected(g, labels, gauge)
+    pose_var = ManifoldArray(poses, cls, gauge, name="poses")
     meas_var = th.Variable(meas, name="measurements")
     weight = FullInformationWeight(
         th.Variable(sqrt_information(info), name="sqrt_information"), name="information"

@@ -16,6 +16,17 @@ from typing import List, Optional
 EXIT_OK, EXIT_FAILED, EXIT_BAD_INPUT = 0, 1, 2
 
 
+def _non_negative_int(text: str) -> int:
+    """argparse type for ``--max-iters``: an integer ≥ 0 (a usage error otherwise)."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer ≥ 0, received {text!r}") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"expected an integer ≥ 0, received {text!r}")
+    return value
+
+
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="posegraph", description="Pose-graph optimization on Theseus.")
     sub = p.add_subparsers(dest="command", required=True)
@@ -23,7 +34,7 @@ def _parser() -> argparse.ArgumentParser:
     o.add_argument("input", help="g2o file (SE2 or SE3)")
     o.add_argument("-o", "--output", help="write the optimized graph here (g2o)")
     o.add_argument("--solver", choices=["gn", "lm"], default="lm", help="Gauss-Newton or Levenberg-Marquardt (default lm)")
-    o.add_argument("--max-iters", type=int, default=100, metavar="N", help="iteration cap (default 100)")
+    o.add_argument("--max-iters", type=_non_negative_int, default=100, metavar="N", help="iteration cap (default 100)")
     o.add_argument("--rel-tol", type=float, default=1e-10, help="relative error decrease to stop at (default 1e-10)")
     o.add_argument("--abs-tol", type=float, default=1e-10, help="absolute error decrease to stop at (default 1e-10)")
     o.add_argument("--init", choices=["auto", "file", "spanning-tree"], default="auto",

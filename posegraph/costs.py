@@ -112,9 +112,9 @@ class BlockSparseCostFunction(th.CostFunction, abc.ABC):
             keep = col >= 0
             out = dense[id(var)].view(batch, self.num_blocks, self.block_dim, -1, var.element_dof)
             blk = jac.expand(batch, *jac.shape[1:])[:, keep]
-            out.index_put_(
-                (slice(None), lay.rows[keep], slice(None), col[keep] // var.element_dof),
-                blk.permute(1, 0, 2, 3),  # advanced indices first: (K, B, d, e)
+            out.permute(1, 3, 0, 2, 4).index_put_(  # (R, N, B, d, e) view of out
+                (lay.rows[keep], col[keep] // var.element_dof),
+                blk.permute(1, 0, 2, 3),  # (K, B, d, e)
                 accumulate=True,
             )
         mats = [dense[id(v)].reshape(batch, self.dim(), v.dof()) for v in self.optim_vars]

@@ -120,11 +120,13 @@ class PoseGraph:
         """Connected-component label ``(N,)`` of each pose (labels 0..C-1, by lowest index)."""
         return connected_components(self.num_poses, self.edges.cpu().numpy())
 
-    def gauge_fixed(self) -> torch.Tensor:
+    def gauge_fixed(self, labels: Optional[np.ndarray] = None) -> torch.Tensor:
         """Vertices held constant: FIX'ed vertices, plus the lowest id of every connected
-        component that has none (the gauge, as GTSAM's prior on pose 0 — but held exactly)."""
+        component that has none (the gauge, as GTSAM's prior on pose 0 — but held exactly).
+
+        ``labels``: :meth:`components`, when already computed."""
         fixed = self.fixed.clone().cpu()
-        labels = self.components()
+        labels = self.components() if labels is None else labels
         ids = self.ids.cpu().numpy()
         for comp in np.unique(labels):
             members = np.flatnonzero(labels == comp)

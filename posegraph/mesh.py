@@ -1,4 +1,5 @@
-"""Triangle meshes for surface-mapping SLAM: Laplacian weights, smoothing, a Laplacian cost, OBJ I/O.
+"""Triangle meshes for surface-mapping SLAM: Laplacian weights and smoothing, a Laplacian cost,
+OBJ files, icospheres.
 
 Everything here works on plain tensors — vertices ``(V, 3)`` or batched ``(B, V, 3)``, faces
 ``(F, 3)`` int64 — and on edge lists: the (row-normalized) Laplacian is stored as three tensors
@@ -172,7 +173,9 @@ def mesh_edges(faces: torch.Tensor, num_verts: int) -> torch.Tensor:
     return _opposite_edges(faces, num_verts)[0]
 
 
-def _directed(edges: torch.Tensor, num_verts: int) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+def _directed(
+    edges: torch.Tensor, num_verts: int
+) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Both directions of each undirected edge, sorted by ``(row, col)``.
 
     Returns ``rows, cols`` ``(2E,)`` and ``edge_of`` ``(2E,)``: the undirected edge of each entry.
@@ -222,8 +225,8 @@ def _cotangent_edge_weights(
     edge, ``(B, E)``.
 
     Pinkall & Polthier 1993 ("Computing discrete minimal surfaces and their conjugates") and
-    Meyer et al. 2003 ("Discrete differential-geometry operators for triangulated 2-manifolds",
-    eq. 8): ``∂(Dirichlet energy)/∂v_i = ½ Σ_j (cot α_ij + cot β_ij)(v_i − v_j)``, with
+    Meyer et al. 2003 ("Discrete differential-geometry operators for triangulated 2-manifolds"):
+    ``∂(Dirichlet energy)/∂v_i = ½ Σ_j (cot α_ij + cot β_ij)(v_i − v_j)``, with
     ``α_ij, β_ij`` the angles opposite edge ``ij`` in its two triangles.
 
     * Boundary edges (one triangle) get ``cot α / 2`` — the single-triangle term of the same sum.
@@ -347,7 +350,7 @@ def laplacian_smooth(
 ) -> torch.Tensor:
     """Explicit Laplacian smoothing ``v ← v + λ (Σ_j w_ij v_j − v)``, ``iterations`` times.
 
-    The explicit Euler step of the diffusion ``∂v/∂t = λ Δv`` (Taubin 1995, eq. 1–2; Desbrun
+    The explicit Euler step of the diffusion ``∂v/∂t = λ Δv`` (Taubin 1995; Desbrun
     et al. 1999, "Implicit fairing of irregular meshes using diffusion and curvature flow").
     It shrinks closed surfaces (see :func:`taubin_smooth` for the volume-preserving variant).
 
@@ -384,7 +387,7 @@ def taubin_smooth(
     """Taubin λ|μ smoothing: each iteration one shrinking step ``λ > 0`` then one inflating
     step ``μ < −λ``, ``v ← v + s (Σ_j w_ij v_j − v)`` for ``s = λ, μ``.
 
-    Taubin 1995, "A signal processing approach to fair surface design" (SIGGRAPH), §4: the
+    Taubin 1995, "A signal processing approach to fair surface design" (SIGGRAPH): the
     transfer function ``f(k) = (1 − λk)(1 − μk)`` passes low frequencies ``k < k_PB`` with
     ``k_PB = 1/λ + 1/μ`` (≈ 0.113 for the defaults) and attenuates high ones, so noise is removed
     without the shrinkage of plain Laplacian smoothing. ``iterations = n`` does ``2n`` steps.
@@ -502,8 +505,9 @@ class LaplacianSmoothingCost(BlockSparseCostFunction):
     the Euclidean *norms*, not squared. Since ``(Lv)_i = −r_i`` for uniform weights, the per-
     vertex residuals agree up to sign and ``‖(Lv)_i‖ = ‖r_i‖``; this cost is instead the
     least-squares term ``Σ_i ‖r_i‖²`` (with ``s_i = 1``). Both vanish exactly when every vertex
-    is its neighbours' centroid, but the values and gradients differ (``r_i/‖r_i‖`` versus
-    ``2 r_i``; a uniform scale ``1/√V`` only reproduces the ``1/V`` factor, not the norm). For
+    is its neighbours' centroid, but values and gradients differ: the derivative of a term
+    with respect to ``r_i`` is ``r_i/‖r_i‖`` there (undefined at ``r_i = 0``) and ``2 r_i``
+    here, and a uniform scale ``1/√V`` reproduces only the ``1/V`` factor, not the norm. For
     a batch of meshes PyTorch3D additionally averages over meshes. Isolated vertices differ too:
     PyTorch3D's diagonal ``−1`` gives them ``‖v_i‖``, here they contribute 0.
 
@@ -653,7 +657,9 @@ def _parse_vertex(tokens: List[str], where: str) -> Tuple[float, float, float]:
     try:
         x, y, z = (float(t) for t in tokens[1:4])
     except ValueError:
-        raise ValueError(f"{where}: vertex coordinates must be numbers, received {tokens[1:4]}") from None
+        raise ValueError(
+            f"{where}: vertex coordinates must be numbers, received {tokens[1:4]}"
+        ) from None
     if not all(math.isfinite(c) for c in (x, y, z)):
         raise ValueError(f"{where}: vertex coordinates must be finite, received {tokens[1:4]}")
     return x, y, z

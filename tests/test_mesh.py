@@ -251,7 +251,8 @@ def test_float32_supported():
 
 def test_input_validation_messages():
     verts, faces = icosphere(0)
-    with pytest.raises(ValueError, match=r"expected shape \(V, 3\) or \(B, V, 3\), received \(12, 2\)"):
+    msg = r"expected shape \(V, 3\) or \(B, V, 3\), received \(12, 2\)"
+    with pytest.raises(ValueError, match=msg):
         laplacian_smooth(verts[:, :2], faces)
     with pytest.raises(TypeError, match="floating-point.*torch.int64"):
         taubin_smooth(faces, faces)
@@ -261,9 +262,11 @@ def test_input_validation_messages():
         laplacian_weights(verts, torch.cat([faces, faces[:, :1]], 1))
     bad = faces.clone()
     bad[3, 1] = 12
-    with pytest.raises(ValueError, match=r"expected vertex indices in \[0, 12\), received .*\[0, 12\]"):
+    msg = r"expected vertex indices in \[0, 12\), received .*\[0, 12\]"
+    with pytest.raises(ValueError, match=msg):
         taubin_smooth(verts, bad)
-    with pytest.raises(ValueError, match=r"expected one of \('uniform', 'cotangent'\), received 'cot'"):
+    msg = r"expected one of \('uniform', 'cotangent'\), received 'cot'"
+    with pytest.raises(ValueError, match=msg):
         laplacian_smooth(verts, faces, weights="cot")
     with pytest.raises(ValueError, match="iterations: expected an integer >= 0, received -1"):
         taubin_smooth(verts, faces, iterations=-1)
@@ -298,8 +301,8 @@ def assemble_dense(cost: LaplacianSmoothingCost, weighted: bool) -> torch.Tensor
     batch, rows_n, d = err.shape
     var = cost.verts
     dense = err.new_zeros(rows_n, var.num_free, batch, d, d)
-    slot = torch.full((var.num_elements,), -1, dtype=torch.long)
-    slot[var.free_index] = torch.arange(var.num_free)
+    slot = torch.full((var.num_elements,), -1, dtype=torch.long, device=err.device)
+    slot[var.free_index] = torch.arange(var.num_free, device=err.device)
     for jac, lay in zip(jacs, cost.block_layout()):
         col = slot[lay.elements]
         keep = col >= 0
@@ -320,6 +323,26 @@ def _inherited_dense_jacobians_broken() -> bool:
     return False
 
 
+def _point3_retract_broken() -> bool:
+    """True while ``ManifoldArray.as_element`` (posegraph/variables.py) passes
+    ``disable_checks=True`` to ``th.Point3``, whose constructor has no such argument, so a
+    ManifoldArray of th.Point3 cannot retract (no Theseus solve can move mesh vertices)."""
+    var = points(torch.zeros(1, 2, 3, dtype=F64), name="probe")
+    try:
+        var.retract(torch.zeros(1, 6, dtype=F64))
+    except TypeError:
+        return True
+    return False
+
+
+POINT3_RETRACT = pytest.mark.xfail(
+    _point3_retract_broken(),
+    raises=TypeError,
+    strict=True,
+    reason="posegraph/variables.py ManifoldArray.as_element passes disable_checks to th.Point3",
+)
+
+
 INHERITED_DENSE = pytest.mark.xfail(
     _inherited_dense_jacobians_broken(),
     raises=TypeError,
@@ -334,7 +357,8 @@ def test_cost_block_jacobians_match_autograd(kind):
     cost = LaplacianSmoothingCost(points(verts), faces, kind=kind)
     jac = assemble_dense(cost, weighted=False)
     assert jac.shape == (2, 3 * 42, 3 * 42)
-    torch.testing.assert_close(jac, autograd_error_jacobian(cost, weighted=False), rtol=0, atol=1e-12)
+    ref = autograd_error_jacobian(cost, weighted=False)
+    torch.testing.assert_close(jac, ref, rtol=0, atol=1e-12)
     # error: r = (I − W) v with W of the rest mesh (batch element 0)
     w = dense_w(verts[0], faces, kind)
     ref = (torch.eye(42, dtype=F64) - w) @ verts
@@ -348,7 +372,8 @@ def test_cost_inherited_dense_jacobians_match_autograd(kind):
     cost = LaplacianSmoothingCost(points(verts), faces, kind=kind)
     (jac,), err = cost.jacobians()
     assert jac.shape == (2, 3 * 42, 3 * 42) and err.shape == (2, 3 * 42)
-    torch.testing.assert_close(jac, autograd_error_jacobian(cost, weighted=False), rtol=0, atol=1e-12)
+    ref = autograd_error_jacobian(cost, weighted=False)
+    torch.testing.assert_close(jac, ref, rtol=0, atol=1e-12)
     (wjac,), _ = cost.weighted_jacobians_error()  # Theseus' dense path
     torch.testing.assert_close(wjac, jac)
 
@@ -378,12 +403,14 @@ def test_cost_weighted_jacobians_match_autograd(scale):
     weight = 2.5 if scale == "scalar" else 0.5 + torch.rand(42, generator=g, dtype=F64)
     cost = LaplacianSmoothingCost(points(verts), faces, weight=weight)
     jac = assemble_dense(cost, weighted=True)
-    torch.testing.assert_close(jac, autograd_error_jacobian(cost, weighted=True), rtol=0, atol=1e-12)
+    ref = autograd_error_jacobian(cost, weighted=True)
+    torch.testing.assert_close(jac, ref, rtol=0, atol=1e-12)
     s = torch.as_tensor(weight, dtype=F64).expand(42)
     wjacs, werr = cost.weighted_block_jacobians_error()
     torch.testing.assert_close(werr, s[:, None] * cost.block_error())
     torch.testing.assert_close(cost.weighted_error(), werr.reshape(2, -1))
-    torch.testing.assert_close(wjacs[0], s[None, :, None, None] * torch.eye(3, dtype=F64).expand(2, 42, 3, 3))
+    eye = torch.eye(3, dtype=F64).expand(2, 42, 3, 3)
+    torch.testing.assert_close(wjacs[0], s[None, :, None, None] * eye)
 
 
 @INHERITED_DENSE
@@ -392,7 +419,8 @@ def test_cost_inherited_weighted_dense_jacobians_match_autograd():
     weight = 0.5 + torch.rand(42, generator=torch.Generator().manual_seed(0), dtype=F64)
     cost = LaplacianSmoothingCost(points(verts), faces, weight=weight, kind="cotangent")
     (jac,), err = cost.weighted_jacobians_error()
-    torch.testing.assert_close(jac, autograd_error_jacobian(cost, weighted=True), rtol=0, atol=1e-12)
+    ref = autograd_error_jacobian(cost, weighted=True)
+    torch.testing.assert_close(jac, ref, rtol=0, atol=1e-12)
     torch.testing.assert_close(err, cost.weighted_error())
 
 
@@ -426,7 +454,8 @@ def test_cost_rejects_other_variables(bad):
 
 
 def test_cost_rejects_se3_array():
-    poses = ManifoldArray(torch.eye(3, 4, dtype=F64).expand(1, 12, 3, 4).clone(), th.SE3, name="poses")
+    identity = torch.eye(3, 4, dtype=F64).expand(1, 12, 3, 4).clone()
+    poses = ManifoldArray(identity, th.SE3, name="poses")
     with pytest.raises(TypeError, match="variable 'poses'.*received ManifoldArray of th.SE3"):
         LaplacianSmoothingCost(poses, icosphere(0)[1])
 
@@ -436,7 +465,8 @@ def test_cost_weights_fixed_at_rest_mesh():
     var = points(verts.clone())
     cost = LaplacianSmoothingCost(var, faces, kind="cotangent")
     w0 = cost.laplacian.w.clone()
-    moved = verts + 0.1 * torch.randn(verts.shape, generator=torch.Generator().manual_seed(1), dtype=F64)
+    g = torch.Generator().manual_seed(1)
+    moved = verts + 0.1 * torch.randn(verts.shape, generator=g, dtype=F64)
     var.update(moved)
     cost.block_jacobians()
     assert torch.equal(cost.laplacian.w, w0)
@@ -444,9 +474,12 @@ def test_cost_weights_fixed_at_rest_mesh():
     torch.testing.assert_close(cost.block_error(), ref, rtol=0, atol=1e-12)
     # explicit rest mesh
     rest = icosphere(1)[0]
-    other = LaplacianSmoothingCost(points(verts.clone(), name="v2"), faces, kind="cotangent", rest_verts=rest)
+    other = LaplacianSmoothingCost(
+        points(verts.clone(), name="v2"), faces, kind="cotangent", rest_verts=rest
+    )
     torch.testing.assert_close(other.laplacian.w, laplacian_weights(rest, faces, "cotangent").w)
-    with pytest.raises(ValueError, match=r"rest_verts: expected shape \(42, 3\), received \(12, 3\)"):
+    msg = r"rest_verts: expected shape \(42, 3\), received \(12, 3\)"
+    with pytest.raises(ValueError, match=msg):
         LaplacianSmoothingCost(points(verts.clone(), name="v3"), faces, rest_verts=icosphere(0)[0])
 
 
@@ -457,26 +490,31 @@ def test_cost_isolated_vertex_has_zero_residual_and_block():
     (jd, _), err = cost.block_jacobians()
     assert err[0, 4].abs().max() == 0 and jd[0, 4].abs().max() == 0
     jac = assemble_dense(cost, weighted=False)
-    torch.testing.assert_close(jac, autograd_error_jacobian(cost, weighted=False), rtol=0, atol=1e-12)
+    ref = autograd_error_jacobian(cost, weighted=False)
+    torch.testing.assert_close(jac, ref, rtol=0, atol=1e-12)
 
 
 def test_cost_copy_and_weight_validation():
     verts, faces = noisy_sphere(1, 0.05, seed=14, batch=1)
-    cost = LaplacianSmoothingCost(points(verts), faces, weight=torch.rand(42, dtype=F64), kind="cotangent", name="smooth")
+    scale = torch.rand(42, dtype=F64)
+    cost = LaplacianSmoothingCost(points(verts), faces, weight=scale, kind="cotangent", name="s")
     dup = cost.copy()
     assert dup.verts is not cost.verts and dup.kind == "cotangent"
     torch.testing.assert_close(dup.weighted_error(), cost.weighted_error())
     assert torch.equal(dup.laplacian.w, cost.laplacian.w)
-    with pytest.raises(ValueError, match=r"weight must be a scalar, \(V,\) = \(42,\).*received shape \(41,\)"):
+    msg = r"weight must be a scalar, \(V,\) = \(42,\).*received shape \(41,\)"
+    with pytest.raises(ValueError, match=msg):
         LaplacianSmoothingCost(points(verts, name="v4"), faces, weight=torch.ones(41, dtype=F64))
     with pytest.raises(TypeError, match="BlockCostWeight"):
         LaplacianSmoothingCost(points(verts, name="v5"), faces, weight=th.ScaleCostWeight(1.0))
 
 
 @INHERITED_DENSE
-def test_cost_solves_harmonic_interpolation_with_theseus():
-    """Free vertices of a linear least-squares Laplacian problem end at their neighbours'
-    (uniform) average after one Gauss-Newton step; fixed anchors do not move."""
+@POINT3_RETRACT
+@pytest.mark.filterwarnings("ignore:Vectorization is off")
+def test_cost_gauss_newton_solves_the_linear_least_squares_problem():
+    """The residual is linear in the vertices, so one Gauss-Newton step reaches the minimizer
+    of Σ_i ‖r_i‖² over the free vertices (reference: dense lstsq); fixed anchors do not move."""
     verts, faces = noisy_sphere(1, 0.1, seed=15, batch=1)
     fixed = torch.zeros(42, dtype=torch.bool)
     fixed[:12] = True
@@ -484,11 +522,12 @@ def test_cost_solves_harmonic_interpolation_with_theseus():
     cost = LaplacianSmoothingCost(var, faces, rest_verts=icosphere(1)[0])
     objective = th.Objective(dtype=F64)
     objective.add(cost)
-    optimizer = th.GaussNewton(objective, max_iterations=1, step_size=1.0)
-    optimizer.optimize()
-    out = var.tensor
-    torch.testing.assert_close(out[:, :12], verts[:, :12], rtol=0, atol=0)
-    assert cost.block_error()[:, 12:].abs().max() < 1e-10
+    objective.update()  # sets the batch size
+    th.GaussNewton(objective, max_iterations=1, step_size=1.0).optimize()
+    lap = torch.eye(42, dtype=F64) - dense_uniform_w(faces, 42)
+    ref = torch.linalg.lstsq(lap[:, 12:], -lap[:, :12] @ verts[0, :12]).solution
+    torch.testing.assert_close(var.tensor[0, :12], verts[0, :12], rtol=0, atol=0)
+    torch.testing.assert_close(var.tensor[0, 12:], ref, rtol=0, atol=1e-9)
 
 
 def test_cost_scales_to_10k_vertices():
@@ -566,9 +605,9 @@ def test_obj_polygons_index_forms_comments(tmp_path):
         ("v 0 0 0\n\nv 1 x 0\n", 3, "vertex coordinates must be numbers"),
         ("v 0 0 0\nv 1 0 0\nf 1 2\n", 3, "face needs at least 3 vertices, received 2"),
         ("v 0 0 0\nv 1 0 0\nv 0 1 0\nf 1 0 2\n", 4, "OBJ indices start at 1"),
-        ("v 0 0 0\nv 1 0 0\nv 0 1 0\nf 1 2 4\n# end\n", 4, "face refers to vertex 4, the file has 3"),
+        ("v 0 0 0\nv 1 0 0\nv 0 1 0\nf 1 2 4\n# end\n", 4, "refers to vertex 4, the file has 3"),
         ("v 0 0 0\nf -1 -2 -3\nv 1 0 0\n", 2, "relative index -2 points before the first vertex"),
-        ("v 0 0 0\nv 1 0 0\nv 0 1 0\nf 1 a/2 3\n", 4, "face entry 'a/2' has no integer vertex index"),
+        ("v 0 0 0\nv 1 0 0\nv 0 1 0\nf 1 a/2 3\n", 4, "entry 'a/2' has no integer vertex index"),
         ("v 0 0 nan\n", 1, "must be finite"),
     ],
 )
@@ -630,7 +669,8 @@ def test_cuda_smoothing_matches_cpu_and_backward(kind):
     out.square().sum().backward()
     assert bool(torch.isfinite(x.grad).all())
     lap = laplacian_smooth(verts.cuda(), faces.cuda(), iterations=3, weights=kind)
-    torch.testing.assert_close(lap.cpu(), laplacian_smooth(verts, faces, iterations=3, weights=kind), rtol=0, atol=1e-10)
+    ref = laplacian_smooth(verts, faces, iterations=3, weights=kind)
+    torch.testing.assert_close(lap.cpu(), ref, rtol=0, atol=1e-10)
 
 
 @CUDA
@@ -638,11 +678,10 @@ def test_cuda_cost_matches_cpu():
     verts, faces = noisy_sphere(1, 0.05, seed=18, batch=2)
     cpu = LaplacianSmoothingCost(points(verts.clone()), faces, kind="cotangent")
     gpu = LaplacianSmoothingCost(points(verts.cuda(), name="gpu"), faces, kind="cotangent")
-    (jc,), ec = cpu.jacobians()
-    (jg,), eg = gpu.jacobians()
+    jc, jg = assemble_dense(cpu, weighted=True), assemble_dense(gpu, weighted=True)
     assert jg.device.type == "cuda"
     torch.testing.assert_close(jg.cpu(), jc, rtol=0, atol=1e-12)
-    torch.testing.assert_close(eg.cpu(), ec, rtol=0, atol=1e-12)
+    torch.testing.assert_close(gpu.block_error().cpu(), cpu.block_error(), rtol=0, atol=1e-12)
     moved = cpu.copy()
     moved.to("cuda")
     torch.testing.assert_close(moved.block_error().cpu(), cpu.block_error(), rtol=0, atol=1e-12)

@@ -51,6 +51,8 @@ _DOF = {"SE2": 3, "SE3": 6}
 QUATERNION_UNIT_TOLERANCE = 1e-3
 #: Ω is accepted as PSD when λ_min ≥ −PSD_TOLERANCE · max(1, |λ|_max).
 PSD_TOLERANCE = 1e-9
+#: vertex ids are stored as int64 tensors.
+_ID_MIN, _ID_MAX = -(2**63), 2**63 - 1
 
 
 def _decode(path: str, raw: bytes) -> str:
@@ -81,11 +83,18 @@ def _number(tok: str, path: str, line: int, what: str) -> float:
 
 def _vertex_id(tok: str, path: str, line: int, what: str) -> int:
     try:
-        return int(tok)
+        value = int(tok)
     except ValueError:
         raise G2oFormatError(
             f"{what}: expected an integer vertex id, received {tok!r}", path, line
         ) from None
+    if not _ID_MIN <= value <= _ID_MAX:
+        raise G2oFormatError(
+            f"{what}: expected a vertex id in [{_ID_MIN}, {_ID_MAX}] (int64), received {tok!r}",
+            path,
+            line,
+        )
+    return value
 
 
 class _Records:
@@ -260,8 +269,11 @@ def _assemble(path: str, rec: _Records) -> PoseGraph:
             raise G2oFormatError(f"FIX refers to unknown vertex {vid}", path, line)
         fixed[index[vid]] = True
 
-    ev = np.asarray(rec.edge_values, dtype=np.float64).reshape(len(rec.edge_values), -1)
     meas_len = 7 if kind == "SE3" else 3
+    # explicit width: a file with vertices but no edges gives a (0, width) array
+    ev = np.asarray(rec.edge_values, dtype=np.float64).reshape(
+        len(rec.edge_values), meas_len + dof * (dof + 1) // 2
+    )
     if kind == "SE3":
         _quaternions(ev[:, 3:7], path, rec.edge_lines)
     info = _upper_to_symmetric(ev[:, meas_len:], dof)
@@ -325,14 +337,19 @@ def write_text_atomic(path: PathLike, text: str) -> None:
     failure never leaves a partial file."""
     path = os.fspath(path)
     folder = os.path.dirname(os.path.abspath(path))
-    fd, tmp = tempfile.mkstemp(prefix=".posegraph-", suffix=".tmp", dir=folder)
+    try:
+        fd, tmp = tempfile.mkstemp(prefix=".posegraph-", suffix=".tmp", dir=folder)
+    except OSError as err:  # name the target, not the temporary file
+        raise OSError(err.errno, err.strerror, path) from None
     try:
         with os.fdopen(fd, "w", encoding="utf-8", newline="\n") as fh:
             fh.write(text)
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as err:
         if os.path.exists(tmp):
             os.unlink(tmp)
+        if isinstance(err, OSError) and err.filename in (None, tmp):
+            raise OSError(err.errno, err.strerror, path) from None
         raise
 
 

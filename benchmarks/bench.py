@@ -1,0 +1,157 @@
+"""Benchmark posegraph against GTSAM and stock Theseus on the same g2o files, in one run.
+
+    .venv/bin/python benchmarks/bench.py [--datasets DIR] [--only NAME ...] [--stock] [--json]
+
+Per dataset it prints: posegraph's time (parse + build + solve, in-process), iterations,
+initial and final error (½ Σ eᵀΩe, GTSAM's convention), peak RSS of the process so far, the
+ratio to GTSAM (when `gtsam` is importable: `pip install gtsam`, an optional `bench` extra — never
+a runtime dependency), and with ``--stock`` the per-iteration and build ratios to stock Theseus
+(its example-style objective: one ``th.Between`` per edge, ``DiagonalCostWeight`` from Ω's
+diagonal, ``CholmodSparseSolver``; two iterations are timed, as it is slow).
+A generated 10000-pose SE2 graph (``posegraph.synthetic.large_se2``) stands in for city10000.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import sys
+import time
+import warnings
+from pathlib import Path
+from typing import Any, Dict, List, Optional
+
+import torch
+
+import posegraph as pg
+
+warnings.filterwarnings("ignore")
+DEFAULT_DATASETS = Path(__file__).resolve().parents[1].parent / "shared" / "datasets" / "g2o"
+FILES = ["sphere2500", "parking-garage", "smallGrid3D", "tinyGrid3D", "intel", "manhattan"]
+
+
+def peak_rss_mb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
+
+
+def run_posegraph(path: Optional[Path], graph: Optional[pg.PoseGraph] = None) -> Dict[str, Any]:
+    t0 = time.perf_counter()
+    g = graph if graph is not None else pg.read_g2o(path)
+    g = pg.initialize(g)
+    t1 = time.perf_counter()
+    problem = pg.build_problem(g)
+    t2 = time.perf_counter()
+    with torch.no_grad():
+        res = pg.optimize(problem, pg.SolverOptions(solver="lm"))
+    t3 = time.perf_counter()
+    return {
+        "time_s": t3 - t0,
+        "parse_s": t1 - t0,
+        "build_s": t2 - t1,
+        "solve_s": t3 - t2,
+        "per_iter_s": (t3 - t2) / max(res.iterations, 1),
+        "iterations": res.iterations,
+        "initial_error": float(res.initial_error[0]),
+        "final_error": float(res.final_error[0]),
+        "status": res.status[0],
+    }
+
+
+def run_gtsam(path: Path) -> Optional[Dict[str, Any]]:
+    try:
+        import gtsam  # type: ignore
+    except ImportError:
+        return None
+    t0 = time.perf_counter()
+    is3d = "SE3" in open(path).read(4096) or "VERTEX_SE3" in open(path).read(4096)
+    graph, initial = gtsam.readG2o(str(path), is3d)
+    if is3d:
+        graph.add(gtsam.PriorFactorPose3(0, initial.atPose3(0), gtsam.noiseModel.Isotropic.Sigma(6, 1e-6)))
+    else:
+        graph.add(gtsam.PriorFactorPose2(0, initial.atPose2(0), gtsam.noiseModel.Isotropic.Sigma(3, 1e-6)))
+    params = gtsam.LevenbergMarquardtParams()
+    params.setRelativeErrorTol(1e-10)
+    params.setAbsoluteErrorTol(1e-10)
+    params.setMaxIterations(100)
+    opt = gtsam.LevenbergMarquardtOptimizer(graph, initial, params)
+    result = opt.optimize()
+    return {"time_s": time.perf_counter() - t0, "final_error": graph.error(result), "iterations": opt.iterations()}
+
+
+def run_stock_theseus(path: Path) -> Dict[str, Any]:
+    """Stock Theseus: one th.SE3 per pose, one th.Between per edge (diagonal weights)."""
+    import theseus as th
+
+    g = pg.initialize(pg.read_g2o(path))
+    cls = g.element_cls
+    t0 = time.perf_counter()
+    poses = [cls(tensor=g.poses[k : k + 1].clone(), name=f"x{k}") for k in range(g.num_poses)]
+    fixed = g.gauge_fixed()
+    obj = th.Objective(dtype=torch.float64)
+    for k, (i, j) in enumerate(g.edges.tolist()):
+        z = cls(tensor=g.measurements[k : k + 1].clone(), name=f"z{k}")
+        w = th.DiagonalCostWeight(torch.diagonal(g.information[k]).sqrt().unsqueeze(0))
+        obj.add(th.Between(poses[i], poses[j], z, w, name=f"e{k}"))
+    for k in torch.nonzero(fixed).flatten().tolist():  # hold the gauge with a strong prior
+        obj.add(th.Difference(poses[k], poses[k].copy(new_name=f"a{k}"), th.ScaleCostWeight(torch.tensor(1e6, dtype=torch.float64)), name=f"p{k}"))
+    opt = th.GaussNewton(obj, linear_solver_cls=th.CholmodSparseSolver, max_iterations=2)
+    obj.update()
+    t1 = time.perf_counter()
+    with torch.no_grad():
+        opt.optimize()
+    t2 = time.perf_counter()
+    return {"build_s": t1 - t0, "per_iter_s": (t2 - t1) / 2}
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--datasets", type=Path, default=Path(os.environ.get("POSEGRAPH_DATASETS", DEFAULT_DATASETS)))
+    ap.add_argument("--only", nargs="*", help="dataset names (file stems) to run")
+    ap.add_argument("--stock", action="store_true", help="also time stock Theseus (slow)")
+    ap.add_argument("--no-synthetic", action="store_true", help="skip the generated 10000-pose graph")
+    ap.add_argument("--json", action="store_true")
+    args = ap.parse_args(argv)
+    torch.set_num_threads(max(1, os.cpu_count() or 1))
+    rows = []
+    names = args.only or FILES
+    for name in names:
+        path = args.datasets / f"{name}.g2o"
+        if not path.exists():
+            print(f"skipping {name}: {path} not found", file=sys.stderr)
+            continue
+        row: Dict[str, Any] = {"dataset": name, "posegraph": run_posegraph(path)}
+        row["gtsam"] = run_gtsam(path)
+        if args.stock:
+            row["stock_theseus"] = run_stock_theseus(path)
+        row["peak_rss_mb"] = peak_rss_mb()
+        rows.append(row)
+    if not args.no_synthetic and not args.only:
+        try:
+            from posegraph.synthetic import large_se2
+
+            noisy, _ = large_se2(num_poses=10000, seed=0)
+            rows.append({"dataset": "synthetic-se2-10000", "posegraph": run_posegraph(None, noisy),
+                         "gtsam": None, "peak_rss_mb": peak_rss_mb()})
+        except ImportError:
+            pass
+    if args.json:
+        print(json.dumps(rows, indent=1))
+        return 0
+    hdr = f"{'dataset':<22}{'time':>8}{'iters':>6}{'initial':>14}{'final':>16}{'per-iter':>9}{'vs GTSAM':>9}{'vs stock/it':>12}{'build x':>8}{'RSS MB':>8}"
+    print(hdr)
+    for r in rows:
+        p = r["posegraph"]
+        gt = r.get("gtsam")
+        st = r.get("stock_theseus")
+        ratio = f"{p['time_s'] / gt['time_s']:.2f}" if gt else "—"
+        sratio = f"{st['per_iter_s'] / p['per_iter_s']:.1f}" if st else "—"
+        bratio = f"{st['build_s'] / p['build_s']:.0f}" if st else "—"
+        print(f"{r['dataset']:<22}{p['time_s']:>7.3f}s{p['iterations']:>6}{p['initial_error']:>14.6g}"
+              f"{p['final_error']:>16.10g}{p['per_iter_s']:>8.3f}s{ratio:>9}{sratio:>12}{bratio:>8}{r['peak_rss_mb']:>8.0f}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,439 @@
+"""g2o reading and writing (posegraph.io.g2o): tags, layout, information matrices, quaternions,
+errors naming file and line, exact round trips and atomic writes."""
+
+from __future__ import annotations
+
+import math
+import os
+import warnings
+
+import numpy as np
+import pytest
+import torch
+
+import posegraph.io.g2o as g2o_mod
+from posegraph import G2oFormatError, PoseGraph, read_g2o, write_g2o
+from posegraph.io.g2o import format_g2o
+
+from conftest import IDENTITY21, SE2_TEXT, SE3_TEXT, theseus_to_homogeneous
+
+
+def read_quietly(path):
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # a valid file gives no warning at all
+        return read_g2o(path)
+
+
+# -- reading: layout -------------------------------------------------------------------------------
+
+
+def test_se2_vertices_edges_layout(write_file):
+    g = read_quietly(write_file("a.g2o", SE2_TEXT))
+    assert g.kind == "SE2" and g.num_poses == 3 and g.num_edges == 3
+    assert g.dtype == torch.float64
+    assert g.ids.tolist() == [0, 1, 2]
+    assert g.poses.shape == (3, 4) and g.measurements.shape == (3, 4)
+    # Theseus SE2 layout [x, y, cos θ, sin θ]
+    torch.testing.assert_close(g.poses[2], torch.tensor([1.0, 1.0, 0.0, 1.0], dtype=torch.float64), atol=1e-15, rtol=0)
+    assert g.edges.tolist() == [[0, 1], [1, 2], [2, 0]]
+    assert g.edges.dtype == torch.long
+    assert g.fixed.tolist() == [False, False, False]
+    assert g.edge_lines == [4, 5, 6] and g.vertex_lines == [1, 2, 3]
+    assert g.source == str(write_file("a.g2o", SE2_TEXT))
+
+
+def test_se3_quaternion_and_translation(write_file):
+    s = math.sqrt(0.5)
+    text = (
+        f"VERTEX_SE3:QUAT 0 1 2 3 0 0 {s!r} {s!r}\n"  # 90° about z
+        "VERTEX_SE3:QUAT 1 0 0 0 0 0 0 1\n"
+        f"EDGE_SE3:QUAT 0 1 0 0 0 1 0 0 0 {IDENTITY21}\n"  # 180° about x (qx = 1, qw = 0)
+    )
+    g = read_quietly(write_file("q.g2o", text))
+    assert g.kind == "SE3" and g.poses.shape == (2, 3, 4)
+    expected = torch.tensor([[0.0, -1, 0, 1], [1, 0, 0, 2], [0, 0, 1, 3]], dtype=torch.float64)
+    torch.testing.assert_close(g.poses[0], expected, atol=1e-15, rtol=0)
+    torch.testing.assert_close(
+        g.measurements[0, :, :3], torch.diag(torch.tensor([1.0, -1, -1], dtype=torch.float64)), atol=1e-15, rtol=0
+    )
+
+
+def test_se2_information_upper_triangle_order(write_file):
+    # I11 I12 I13 I22 I23 I33
+    text = "VERTEX_SE2 0 0 0 0\nVERTEX_SE2 1 1 0 0\nEDGE_SE2 0 1 1 0 0 10 1 2 20 3 30\n"
+    g = read_quietly(write_file("i.g2o", text))
+    expected = torch.tensor([[10.0, 1, 2], [1, 20, 3], [2, 3, 30]], dtype=torch.float64)
+    assert torch.equal(g.information[0], expected)
+
+
+def test_se3_information_upper_triangle_order(write_file):
+    # 21 distinct values, row-major upper triangle: Ω[r, c] for r ≤ c in file order
+    dof = 6
+    values = []
+    expected = np.zeros((dof, dof))
+    k = 0
+    for r in range(dof):
+        for c in range(r, dof):
+            v = 100.0 if r == c else 0.01 * (k + 1)
+            values.append(v)
+            expected[r, c] = expected[c, r] = v
+            k += 1
+    assert len(values) == 21
+    text = (
+        "VERTEX_SE3:QUAT 0 0 0 0 0 0 0 1\nVERTEX_SE3:QUAT 1 1 0 0 0 0 0 1\n"
+        "EDGE_SE3:QUAT 0 1 1 0 0 0 0 0 1 " + " ".join(map(repr, values)) + "\n"
+    )
+    g = read_quietly(write_file("i3.g2o", text))
+    info = g.information[0].numpy()
+    assert np.array_equal(info, expected)
+    assert np.array_equal(info, info.T)
+    # spot checks against the file order
+    assert info[0, 1] == values[1] and info[0, 5] == values[5] and info[1, 1] == values[6]
+    assert info[4, 5] == values[19] and info[5, 5] == values[20]
+
+
+def test_comments_blank_lines_crlf_tabs_noncontiguous_ids(write_file):
+    text = (
+        "# a comment line\r\n"
+        "\r\n"
+        "VERTEX_SE2\t10\t0 0 0   # trailing comment\r\n"
+        "   \t  \r\n"
+        "VERTEX_SE2 40 1 0 0\r\n"
+        "VERTEX_SE2 25 2 0 0\r\n"
+        "EDGE_SE2\t10 40 1 0 0 1 0 0 1 0 1\r\n"
+        "EDGE_SE2 40 25 1 0 0 1 0 0 1 0 1 # loop\r\n"
+        "# the end"
+    )
+    g = read_quietly(write_file("c.g2o", text))
+    assert g.ids.tolist() == [10, 40, 25]  # storage order = file order
+    assert g.edges.tolist() == [[0, 1], [1, 2]]
+    assert g.edge_lines == [7, 8]
+    assert g.poses[:, 0].tolist() == [0.0, 1.0, 2.0]
+
+
+def test_unknown_tags_one_warning_per_tag_with_count(write_file):
+    text = (
+        "PARAMS_SE2OFFSET 0 0 0 0\n"
+        + SE2_TEXT
+        + "VERTEX_XY 7 1 2\nVERTEX_XY 8 1 2\nVERTEX_XY 9 1 2\nEDGE_SE2_XY 0 7 1 1 1 0 1\n"
+    )
+    path = write_file("u.g2o", text)
+    with pytest.warns(UserWarning) as record:
+        g = read_g2o(path)
+    msgs = [str(w.message) for w in record if "unsupported tag" in str(w.message)]
+    assert len(msgs) == 3, msgs
+    by_tag = {tag: m for m in msgs for tag in ("PARAMS_SE2OFFSET", "VERTEX_XY", "EDGE_SE2_XY") if m.endswith(tag)}
+    assert "skipped 1 line" in by_tag["PARAMS_SE2OFFSET"]
+    assert "skipped 3 line" in by_tag["VERTEX_XY"]
+    assert "skipped 1 line" in by_tag["EDGE_SE2_XY"]
+    assert all(str(path) in m for m in msgs)
+    assert g.num_poses == 3 and g.num_edges == 3
+
+
+def test_fix_lines(write_file):
+    text = SE2_TEXT + "FIX 2\nFIX 0 1\n"
+    g = read_quietly(write_file("f.g2o", text))
+    assert g.fixed.tolist() == [True, True, True]
+    g = read_quietly(write_file("f1.g2o", "FIX 1\n" + SE2_TEXT))
+    assert g.fixed.tolist() == [False, True, False]
+
+
+def test_fix_unknown_vertex_is_an_error(write_file):
+    path = write_file("f.g2o", SE2_TEXT + "FIX 9\n")
+    with pytest.raises(G2oFormatError) as exc:
+        read_g2o(path)
+    assert exc.value.line == 7 and "9" in exc.value.message
+
+
+def test_quaternion_far_from_unit_warns_and_is_normalized(write_file):
+    text = (
+        "VERTEX_SE3:QUAT 0 0 0 0 0 0 0 2\n"  # ‖q‖ = 2
+        "VERTEX_SE3:QUAT 1 1 0 0 0 0 0 1.0000001\n"  # within tolerance: silent
+        f"EDGE_SE3:QUAT 0 1 1 0 0 0 0 3 4 {IDENTITY21}\n"  # ‖q‖ = 5
+    )
+    path = write_file("q.g2o", text)
+    with pytest.warns(UserWarning) as record:
+        g = read_g2o(path)
+    msgs = [str(w.message) for w in record]
+    assert any(f"{path}:1:" in m and "unit" in m for m in msgs), msgs
+    assert any(f"{path}:3:" in m and "unit" in m for m in msgs), msgs
+    assert not any(f"{path}:2:" in m for m in msgs)
+    eye = torch.eye(3, dtype=torch.float64)
+    torch.testing.assert_close(g.poses[0, :, :3], eye, atol=1e-15, rtol=0)
+    torch.testing.assert_close(g.poses[1, :, :3], eye, atol=1e-15, rtol=0)
+    R = g.measurements[0, :, :3]
+    torch.testing.assert_close(R @ R.T, eye, atol=1e-14, rtol=0)
+    # qz/qw = 3/4 → angle about z = 2·atan2(3, 4)
+    a = 2 * math.atan2(3, 4)
+    torch.testing.assert_close(R[0, 0], torch.tensor(math.cos(a), dtype=torch.float64), atol=1e-14, rtol=0)
+
+
+def test_psd_singular_information_is_accepted(write_file):
+    text = "VERTEX_SE2 0 0 0 0\nVERTEX_SE2 1 1 0 0\nEDGE_SE2 0 1 1 0 0 1 1 0 1 0 0\n"
+    g = read_quietly(write_file("p.g2o", text))  # eigenvalues 0, 2, 0
+    assert torch.linalg.eigvalsh(g.information[0]).min() > -1e-12
+
+
+def test_edge_only_file(write_file):
+    text = "EDGE_SE2 7 3 1 0 0 1 0 0 1 0 1\nEDGE_SE2 3 5 1 0 0 1 0 0 1 0 1\n"
+    g = read_quietly(write_file("e.g2o", text))
+    assert g.poses is None and not g.has_poses and g.vertex_lines is None
+    assert g.ids.tolist() == [3, 5, 7]  # sorted ids
+    assert g.edges.tolist() == [[2, 0], [0, 1]]
+
+
+def test_path_like_and_str(write_file):
+    path = write_file("a.g2o", SE2_TEXT)
+    assert read_quietly(str(path)).num_edges == read_quietly(path).num_edges == 3
+
+
+# -- reading: errors name file and line ------------------------------------------------------------
+
+V2 = "VERTEX_SE2 0 0 0 0\nVERTEX_SE2 1 1 0 0\n"
+E2 = "EDGE_SE2 0 1 1 0 0 1 0 0 1 0 1\n"
+V3 = "VERTEX_SE3:QUAT 0 0 0 0 0 0 0 1\nVERTEX_SE3:QUAT 1 1 0 0 0 0 0 1\n"
+
+#: (name, content, expected line or None, words expected in the message)
+BAD_FILES = [
+    ("empty", "", None, ["no pose graph"]),
+    ("only-comments", "# nothing\n\n   \n", None, ["no pose graph"]),
+    ("token-count-vertex", "VERTEX_SE2 0 0 0\n", 1, ["expected 4", "received 3"]),
+    ("token-count-edge", V2 + "EDGE_SE2 0 1 1 0 0 1 0 0 1 0\n", 3, ["expected 11", "received 10"]),
+    ("token-count-se3", V3 + f"EDGE_SE3:QUAT 0 1 1 0 0 0 0 0 1 {IDENTITY21} 5\n", 3, ["expected 30", "received 31"]),
+    ("non-numeric", V2 + "EDGE_SE2 0 1 1 0 zero 1 0 0 1 0 1\n", 3, ["expected a number", "'zero'"]),
+    ("non-integer-id", "VERTEX_SE2 1.5 0 0 0\n", 1, ["integer vertex id", "'1.5'"]),
+    ("huge-id", "VERTEX_SE2 99999999999999999999999 0 0 0\n", 1, ["vertex id", "int64"]),
+    ("nan", "VERTEX_SE2 0 0 0 0\nVERTEX_SE2 1 nan 0 0\n" + E2, 2, ["finite", "'nan'"]),
+    ("inf", V2 + "EDGE_SE2 0 1 1 0 0 1 0 0 1 0 inf\n", 3, ["finite", "'inf'"]),
+    ("overflow", V2 + "EDGE_SE2 0 1 1e999 0 0 1 0 0 1 0 1\n", 3, ["finite"]),
+    ("zero-quaternion-vertex", "VERTEX_SE3:QUAT 0 0 0 0 0 0 0 1\nVERTEX_SE3:QUAT 1 0 0 0 0 0 0 0\n"
+     f"EDGE_SE3:QUAT 0 1 1 0 0 0 0 0 1 {IDENTITY21}\n", 2, ["zero quaternion"]),
+    ("zero-quaternion-edge", V3 + f"EDGE_SE3:QUAT 0 1 1 0 0 0 0 0 0 {IDENTITY21}\n", 3, ["zero quaternion"]),
+    ("not-psd", V2 + E2 + "EDGE_SE2 1 0 1 0 0 1 2 0 1 0 1\n", 4, ["positive semidefinite"]),
+    ("not-psd-se3", V3 + "EDGE_SE3:QUAT 0 1 1 0 0 0 0 0 1 " + IDENTITY21.replace("1", "-1", 1) + "\n", 3,
+     ["positive semidefinite"]),
+    ("unknown-vertex", V2 + "EDGE_SE2 0 5 1 0 0 1 0 0 1 0 1\n", 3, ["vertex 5"]),
+    ("duplicate-vertex", V2 + "VERTEX_SE2 1 2 0 0\n" + E2, 3, ["duplicate vertex id 1", "line 2"]),
+    ("self-loop", V2 + "EDGE_SE2 1 1 1 0 0 1 0 0 1 0 1\n", 3, ["self-loop"]),
+    ("self-loop-edge-only", "EDGE_SE2 4 4 1 0 0 1 0 0 1 0 1\n", 1, ["self-loop"]),
+    ("mixed", V2 + "VERTEX_SE3:QUAT 2 0 0 0 0 0 0 1\n", 3, ["mixing SE2 and SE3", "line 1"]),
+    ("mixed-edge", V3 + E2, 3, ["mixing SE2 and SE3"]),
+    ("fix-without-ids", V2 + E2 + "FIX\n", 4, ["FIX"]),
+]
+
+
+@pytest.mark.parametrize("name,content,line,words", BAD_FILES, ids=[b[0] for b in BAD_FILES])
+def test_bad_file_errors(write_file, name, content, line, words):
+    path = write_file(f"{name}.g2o", content)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        with pytest.raises(G2oFormatError) as exc:
+            read_g2o(path)
+    err = exc.value
+    assert err.path == str(path)
+    assert err.line == line
+    for w in words:
+        assert w in err.message, (w, err.message)
+    prefix = f"{path}:{line}: " if line is not None else f"{path}: "
+    assert str(err) == prefix + err.message
+    assert isinstance(err, ValueError)
+
+
+@pytest.mark.parametrize(
+    "content,line",
+    [
+        (b"\x89PNG\r\n\x1a\n\x00\x00\x00\rIHDR", 1),
+        (b"VERTEX_SE2 0 0 0 0\n\x00\x01\x02\x03", 2),
+        (SE2_TEXT.encode() + b"\xff\xfe garbage\n", 7),
+    ],
+    ids=["png", "nul", "bad-utf8"],
+)
+def test_binary_garbage(write_file, content, line):
+    path = write_file("bin.g2o", content)
+    with pytest.raises(G2oFormatError) as exc:
+        read_g2o(path)
+    assert exc.value.line == line and "not a g2o text file" in exc.value.message
+
+
+def test_missing_file_and_directory(tmp_path):
+    with pytest.raises(G2oFormatError) as exc:
+        read_g2o(tmp_path / "nope.g2o")
+    assert exc.value.path == str(tmp_path / "nope.g2o") and exc.value.line is None
+    assert "no such file" in exc.value.message
+    with pytest.raises(G2oFormatError) as exc:
+        read_g2o(tmp_path)
+    assert "directory" in exc.value.message
+
+
+def test_vertices_without_edges_can_be_read(write_file):
+    """Reading is fine (it is the optimization that refuses): no internal error."""
+    for text in (V2, V3):
+        g = read_quietly(write_file("v.g2o", text))
+        assert g.num_poses == 2 and g.num_edges == 0
+        assert g.information.shape == (0, g.dof, g.dof)
+
+
+# -- writing ---------------------------------------------------------------------------------------
+
+
+def assert_graphs_equal(a: PoseGraph, b: PoseGraph, tol: float = 1e-12) -> None:
+    assert a.kind == b.kind
+    assert torch.equal(a.ids, b.ids)
+    assert torch.equal(a.edges, b.edges)
+    assert torch.equal(a.fixed, b.fixed)
+    for x, y in ((a.poses, b.poses), (a.measurements, b.measurements), (a.information, b.information)):
+        if x is None or y is None:
+            assert x is None and y is None
+            continue
+        assert x.dtype == y.dtype == torch.float64
+        torch.testing.assert_close(x, y, atol=tol, rtol=0)
+
+
+@pytest.mark.parametrize("kind", ["SE2", "SE3"])
+def test_round_trip_exact(tmp_path, write_file, synthetic, kind):
+    s = synthetic(kind=kind, n=7, loops=((0, 4), (6, 2)), ids=[5, 12, 3, 40, 41, 100, 7], seed=3, noise=0.05)
+    rng = np.random.default_rng(1)
+    init = s.truth @ np.stack([np.eye(s.truth.shape[1])] * 7)
+    init[:, : s.truth.shape[1] - 1, -1] += rng.normal(size=(7, s.truth.shape[1] - 1))
+    src = write_file("in.g2o", s.text(vertices=init, fixed=[40, 7]))
+    a = read_quietly(src)
+    assert a.fixed.tolist() == [False, False, False, True, False, False, True]
+    out = tmp_path / "out.g2o"
+    write_g2o(a, out)
+    b = read_quietly(out)
+    assert_graphs_equal(a, b)
+    text = out.read_text()
+    assert "FIX 40 7" in text
+    vtag = "VERTEX_SE3:QUAT" if kind == "SE3" else "VERTEX_SE2"
+    assert [int(l.split()[1]) for l in text.splitlines() if l.startswith(vtag)] == s.ids
+    # a second round trip gives the same numbers (to the last few bits) and the same structure
+    write_g2o(b, tmp_path / "out2.g2o")
+    text2 = (tmp_path / "out2.g2o").read_text()
+    for l1, l2 in zip(text.splitlines(), text2.splitlines(), strict=True):
+        t1, t2 = l1.split(), l2.split()
+        n_ids = 1 if t1[0].startswith("VERTEX") else len(t1) - 1 if t1[0] == "FIX" else 2
+        assert t1[: 1 + n_ids] == t2[: 1 + n_ids]
+        np.testing.assert_allclose(np.array(t1[1 + n_ids :], float), np.array(t2[1 + n_ids :], float), rtol=0, atol=1e-12)
+
+
+def test_round_trip_edge_only_and_information(tmp_path, write_file, synthetic):
+    s = synthetic(kind="SE3", n=5, loops=((0, 3),), seed=4)
+    a = read_quietly(write_file("e.g2o", s.text(with_vertices=False)))
+    np.testing.assert_allclose(a.information.numpy(), s.information, rtol=1e-15, atol=0)
+    write_g2o(a, tmp_path / "o.g2o")
+    b = read_quietly(tmp_path / "o.g2o")
+    assert b.poses is None
+    assert_graphs_equal(a, b)
+
+
+def test_round_trip_float32_graph_is_written_in_float64(tmp_path, write_file, se3_text):
+    a = read_quietly(write_file("a.g2o", se3_text))
+    write_g2o(a.to(dtype=torch.float32), tmp_path / "o.g2o")
+    b = read_quietly(tmp_path / "o.g2o")
+    assert_graphs_equal(a, b, tol=1e-7)
+
+
+def test_write_refuses_batched_graph(tmp_path, write_file, se2_text):
+    a = read_quietly(write_file("a.g2o", se2_text))
+    batched = a.with_poses(a.poses.expand(2, *a.poses.shape))
+    with pytest.raises(ValueError):
+        format_g2o(batched)
+    assert not (tmp_path / "o.g2o").exists()
+
+
+def test_written_poses_match_the_optimized_tensors(tmp_path, write_file, synthetic):
+    s = synthetic(kind="SE3", n=4, loops=(), seed=2)
+    a = read_quietly(write_file("a.g2o", s.text()))
+    write_g2o(a, tmp_path / "o.g2o")
+    b = read_quietly(tmp_path / "o.g2o")
+    np.testing.assert_allclose(theseus_to_homogeneous("SE3", b.poses), s.truth, atol=1e-12)
+
+
+# -- atomic writes ---------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def graph_se2(write_file):
+    return read_quietly(write_file("in.g2o", SE2_TEXT))
+
+
+def _failing_fdopen(real_fdopen):
+    """An ``os.fdopen`` whose file fails after writing part of the text."""
+
+    class Half:
+        def __init__(self, fh):
+            self.fh = fh
+
+        def __enter__(self):
+            return self
+
+        def __exit__(self, *exc):
+            self.fh.close()
+            return False
+
+        def write(self, text):
+            self.fh.write(text[: len(text) // 2])
+            self.fh.flush()
+            raise OSError(28, "No space left on device")
+
+    return lambda fd, *a, **k: Half(real_fdopen(fd, *a, **k))
+
+
+@pytest.mark.parametrize("existing", [False, True])
+def test_failed_write_mid_file_leaves_nothing(tmp_path, graph_se2, monkeypatch, leftovers, existing):
+    target = tmp_path / "out" / "o.g2o"
+    target.parent.mkdir()
+    if existing:
+        target.write_text("OLD CONTENT\n")
+    monkeypatch.setattr(g2o_mod.os, "fdopen", _failing_fdopen(os.fdopen))
+    with pytest.raises(OSError):
+        write_g2o(graph_se2, target)
+    if existing:
+        assert target.read_text() == "OLD CONTENT\n"
+    else:
+        assert not target.exists()
+    assert leftovers(target.parent) == {}
+    assert sorted(p.name for p in target.parent.iterdir()) == (["o.g2o"] if existing else [])
+
+
+def test_failed_rename_leaves_nothing(tmp_path, graph_se2, monkeypatch, leftovers):
+    target = tmp_path / "o.g2o"
+    target.write_text("OLD\n")
+
+    def boom(src, dst):
+        raise OSError(5, "Input/output error", src, dst)  # as os.replace reports it
+
+    monkeypatch.setattr(g2o_mod.os, "replace", boom)
+    with pytest.raises(OSError) as exc:
+        write_g2o(graph_se2, target)
+    assert target.read_text() == "OLD\n"
+    assert leftovers(tmp_path) == {}
+    assert exc.value.filename == str(target)  # names the target, not the temporary file
+
+
+def test_interrupted_format_leaves_nothing(tmp_path, graph_se2, monkeypatch, leftovers):
+    target = tmp_path / "o.g2o"
+
+    def boom(graph):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(g2o_mod, "format_g2o", boom)
+    with pytest.raises(KeyboardInterrupt):
+        write_g2o(graph_se2, target)
+    assert not target.exists() and leftovers(tmp_path) == {}
+
+
+def test_write_into_missing_folder_names_the_target(tmp_path, graph_se2):
+    target = tmp_path / "missing" / "o.g2o"
+    with pytest.raises(OSError) as exc:
+        write_g2o(graph_se2, target)
+    assert exc.value.filename == str(target)
+    assert not (tmp_path / "missing").exists()
+
+
+def test_successful_write_replaces_and_leaves_no_temp(tmp_path, graph_se2, leftovers):
+    target = tmp_path / "o.g2o"
+    target.write_text("OLD\n")
+    write_g2o(graph_se2, target)
+    assert target.read_text().startswith("VERTEX_SE2 0 ")
+    assert leftovers(tmp_path) == {}

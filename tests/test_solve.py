@@ -1,0 +1,235 @@
+"""Vectorized path vs Theseus' own: packed variables, between costs, linearization, CHOLMOD."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import pytest
+import theseus as th
+import torch
+
+import posegraph as pg
+from posegraph.solve.optimize import make_optimizer
+
+torch.set_default_dtype(torch.float64)
+
+
+def random_graph(kind: str, n: int = 6, seed: int = 0, batch: int = 1) -> pg.PoseGraph:
+    """A small random loop graph with random full information matrices."""
+    gen = torch.Generator().manual_seed(seed)
+    cls, shape, dof = pg.graph.POSE_KINDS[kind]
+    def rand(m):
+        return cls.exp_map(torch.randn(m, dof, generator=gen)).tensor
+    edges = [(k, k + 1) for k in range(n - 1)] + [(0, n - 1), (1, n - 2)]
+    e = len(edges)
+    a = torch.randn(batch, e, dof, dof, generator=gen)
+    info = a @ a.transpose(-1, -2) + 0.5 * torch.eye(dof)
+    poses = rand(batch * n).reshape(batch, n, *shape)
+    meas = rand(batch * e).reshape(batch, e, *shape)
+    return pg.PoseGraph(
+        kind=kind,
+        ids=torch.arange(10, 10 + n),
+        poses=poses if batch > 1 else poses[0],
+        edges=torch.tensor(edges),
+        measurements=meas if batch > 1 else meas[0],
+        information=info if batch > 1 else info[0],
+        fixed=torch.zeros(n, dtype=torch.bool),
+    )
+
+
+def stock_objective(g: pg.PoseGraph):
+    """The same problem built from stock Theseus objects (one Between per edge)."""
+    cls = g.element_cls
+    fixed = g.gauge_fixed()
+    poses = [cls(tensor=g.poses[k : k + 1].clone(), name=f"x{k}") for k in range(g.num_poses)]
+    obj = th.Objective()
+    for k, (i, j) in enumerate(g.edges.tolist()):
+        w = pg.FullInformationWeight.from_information(g.information[k])
+        z = cls(tensor=g.measurements[k : k + 1].clone(), name=f"z{k}")
+        obj.add(th.Between(poses[i], poses[j], z, w, name=f"e{k}"))
+    return obj, poses, fixed
+
+
+@pytest.mark.parametrize("kind", ["SE3", "SE2"])
+def test_between_error_matches_theseus_between(kind):
+    g = random_graph(kind)
+    problem = pg.build_problem(g)
+    obj, _, _ = stock_objective(g)
+    ours = problem.objective.error_metric()
+    theirs = obj.error_metric()
+    torch.testing.assert_close(ours, theirs, rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("kind", ["SE3", "SE2"])
+def test_block_jacobians_match_theseus_between(kind):
+    g = random_graph(kind)
+    problem = pg.build_problem(g)
+    jacs, err = problem.between.block_jacobians()
+    for k, (i, j) in enumerate(g.edges.tolist()):
+        cls = g.element_cls
+        xi = cls(tensor=g.poses[i : i + 1].clone())
+        xj = cls(tensor=g.poses[j : j + 1].clone())
+        z = cls(tensor=g.measurements[k : k + 1].clone())
+        cost = th.Between(xi, xj, z, th.ScaleCostWeight(torch.tensor(1.0)))
+        (ji, jj), e = cost.jacobians()
+        torch.testing.assert_close(err[0, k], e[0], rtol=1e-10, atol=1e-10)
+        torch.testing.assert_close(jacs[0][0, k], ji[0], rtol=1e-9, atol=1e-9)
+        torch.testing.assert_close(jacs[1][0, k], jj[0], rtol=1e-9, atol=1e-9)
+
+
+@pytest.mark.parametrize("kind", ["SE3", "SE2"])
+def test_jacobian_matches_finite_differences_of_retraction(kind):
+    g = random_graph(kind, n=4)
+    problem = pg.build_problem(g)
+    poses = problem.poses
+    dense, _ = problem.between.jacobians()
+    x0 = poses.tensor.clone()
+    eps = 1e-6
+    num = torch.zeros_like(dense[0])
+    for c in range(poses.dof()):
+        d = torch.zeros(1, poses.dof())
+        d[0, c] = eps
+        poses.update(poses.retract(d).tensor)
+        ep = problem.between.error()
+        poses.update(x0)
+        poses.update(poses.retract(-d).tensor)
+        em = problem.between.error()
+        poses.update(x0)
+        num[0, :, c] = (ep - em)[0] / (2 * eps)
+    torch.testing.assert_close(dense[0], num, rtol=1e-5, atol=1e-6)
+
+
+def test_sparse_linearization_equals_dense_linearization():
+    g = random_graph("SE3", n=7, seed=3)
+    problem = pg.build_problem(g)
+    sparse_opt = make_optimizer(problem, pg.SolverOptions(linear_solver="cholmod"))
+    dense_opt = make_optimizer(problem, pg.SolverOptions(linear_solver="dense"))
+    ls, ld = sparse_opt.linear_solver.linearization, dense_opt.linear_solver.linearization
+    ls.linearize()
+    ld.linearize()
+    a_sparse = ls.A_scipy().toarray()
+    torch.testing.assert_close(torch.as_tensor(a_sparse), ld.A[0], rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(ls.Atb, ld.Atb, rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(ls.AtA, ld.AtA, rtol=1e-12, atol=1e-12)
+    v = torch.randn(1, ls.num_cols)
+    torch.testing.assert_close(ls.diagonal_scaling(v), torch.diagonal(ld.AtA[0]) * v)
+    torch.testing.assert_close(ls.Av(v), (ld.A @ v.unsqueeze(2)).squeeze(2))
+    # the gauge vertex owns no columns
+    assert ls.num_cols == (g.num_poses - 1) * 6
+
+
+def test_cholmod_solve_matches_dense_and_damping():
+    g = random_graph("SE3", n=7, seed=4)
+    problem = pg.build_problem(g)
+    opt = make_optimizer(problem, pg.SolverOptions(linear_solver="cholmod"))
+    lin = opt.linear_solver.linearization
+    lin.linearize()
+    a = torch.as_tensor(lin.A_scipy().toarray())
+    for lam in (0.0, 0.3):
+        x = opt.linear_solver.solve(damping=lam)
+        expected = torch.linalg.solve(a.T @ a + lam * torch.eye(a.shape[1]), a.T @ lin.b[0])
+        torch.testing.assert_close(x[0], expected, rtol=1e-9, atol=1e-10)
+
+
+def test_cholmod_solve_gradient_matches_dense_autograd():
+    g = random_graph("SE2", n=5, seed=5)
+    problem = pg.build_problem(g)
+    opt = make_optimizer(problem, pg.SolverOptions(linear_solver="cholmod"))
+    lin = opt.linear_solver.linearization
+    lin.linearize()
+    a_val = lin.A_val.detach().clone().requires_grad_(True)
+    b = lin.b.detach().clone().requires_grad_(True)
+    from posegraph.solve.cholmod import CholmodNormalSolve
+
+    x = CholmodNormalSolve.apply(a_val, b, opt.linear_solver, [0.1], False)
+    w = torch.randn_like(x)
+    (x * w).sum().backward()
+    rows = lin._row_of_nz
+    cols = lin._col_of_nz
+    a_val2 = lin.A_val.detach().clone().requires_grad_(True)
+    b2 = lin.b.detach().clone().requires_grad_(True)
+    dense = torch.zeros(lin.num_rows, lin.num_cols).index_put((rows, cols), a_val2[0])
+    x2 = torch.linalg.solve(dense.T @ dense + 0.1 * torch.eye(lin.num_cols), dense.T @ b2[0])
+    (x2 * w[0]).sum().backward()
+    torch.testing.assert_close(a_val.grad, a_val2.grad, rtol=1e-8, atol=1e-10)
+    torch.testing.assert_close(b.grad, b2.grad, rtol=1e-8, atol=1e-10)
+
+
+def near_graph(kind: str, n: int = 8, seed: int = 6) -> pg.PoseGraph:
+    """Measurements consistent with the poses up to small noise; poses perturbed a little."""
+    g = random_graph(kind, n=n, seed=seed)
+    gen = torch.Generator().manual_seed(seed + 100)
+    cls = g.element_cls
+    x = cls(tensor=g.poses)
+    xi = cls(tensor=g.poses[g.edges[:, 0]])
+    xj = cls(tensor=g.poses[g.edges[:, 1]])
+    z = xi.between(xj).compose(cls.exp_map(0.05 * torch.randn(g.num_edges, g.dof, generator=gen)))
+    start = x.compose(cls.exp_map(0.1 * torch.randn(n, g.dof, generator=gen)))
+    return dataclasses.replace(g, poses=start.tensor, measurements=z.tensor)
+
+
+@pytest.mark.parametrize("solver", ["gn", "lm"])
+@pytest.mark.parametrize("linear", ["cholmod", "dense"])
+def test_optimizers_agree(solver, linear):
+    g = near_graph("SE3")
+    problem = pg.build_problem(g)
+    res = pg.optimize(problem, pg.SolverOptions(solver=solver, linear_solver=linear, max_iterations=50))
+    assert res.status == ["converged"]
+    ref = pg.build_problem(g)
+    pg.optimize(ref, pg.SolverOptions(solver="gn", linear_solver="dense", max_iterations=50))
+    torch.testing.assert_close(res.final_error, ref.error(), rtol=1e-7, atol=1e-9)
+    assert float(res.final_error) < float(res.initial_error)
+
+
+def test_fixed_vertices_stay_exactly_fixed():
+    g = near_graph("SE3", n=6, seed=7)
+    g.fixed[2] = True
+    problem = pg.build_problem(g)
+    before = problem.poses.tensor[0, 2].clone()
+    pg.optimize(problem, pg.SolverOptions(max_iterations=5))
+    assert torch.equal(problem.poses.tensor[0, 2], before)
+
+
+def test_batched_solve_equals_one_at_a_time():
+    g = random_graph("SE3", n=6, seed=8, batch=3)
+    problem = pg.build_problem(g)
+    res = pg.optimize(problem, pg.SolverOptions(solver="gn", max_iterations=30))
+    for k in range(3):
+        single = pg.PoseGraph(
+            kind="SE3", ids=g.ids, poses=g.poses[k], edges=g.edges,
+            measurements=g.measurements[k], information=g.information[k], fixed=g.fixed,
+        )
+        p1 = pg.build_problem(single)
+        pg.optimize(p1, pg.SolverOptions(solver="gn", max_iterations=30))
+        torch.testing.assert_close(problem.poses.tensor[k], p1.poses.tensor[0], rtol=1e-8, atol=1e-8)
+        torch.testing.assert_close(res.final_error[k], p1.error()[0], rtol=1e-8, atol=1e-10)
+
+
+def test_user_cost_in_same_objective():
+    """A user's own th.CostFunction over its own variable is placed by the generic path."""
+    g = random_graph("SE2", n=5, seed=9)
+    target = th.Vector(tensor=torch.tensor([[1.0, 2.0]]), name="target")
+    v = th.Vector(tensor=torch.zeros(1, 2), name="v")
+    prior = th.Difference(v, target, th.ScaleCostWeight(torch.tensor(2.0)), name="prior_v")
+    problem = pg.build_problem(g, extra_costs=[prior])
+    res = pg.optimize(problem, pg.SolverOptions(solver="gn"))
+    assert res.status == ["converged"]
+    torch.testing.assert_close(v.tensor, target.tensor, rtol=1e-9, atol=1e-9)
+
+
+def test_unroll_gradient_through_solve_is_finite_and_matches_fd():
+    g = random_graph("SE2", n=4, seed=10)
+    meas = g.measurements.clone().requires_grad_(True)
+    def loss_of(m):
+        gg = pg.PoseGraph(kind="SE2", ids=g.ids, poses=g.poses, edges=g.edges,
+                          measurements=m, information=g.information, fixed=g.fixed)
+        p = pg.build_problem(gg)
+        pg.optimize(p, pg.SolverOptions(solver="gn", max_iterations=6, rel_tolerance=0, abs_tolerance=0))
+        return p.poses.tensor[..., :2].sum()
+    loss = loss_of(meas)
+    loss.backward()
+    assert torch.isfinite(meas.grad).all()
+    d = torch.zeros_like(meas)
+    d[1, 0] = 1e-6
+    num = (loss_of((meas + d).detach()) - loss_of((meas - d).detach())) / 2e-6
+    assert abs(float(num) - float(meas.grad[1, 0])) < 1e-4 * max(1.0, abs(float(num)))
