@@ -78,6 +78,7 @@ def main(argv: Optional[List[str]] = None) -> int:
                 stale.append(path)
             continue
         write_g2o(graph, path)
+        os.chmod(path, 0o644)  # the atomic writer's temporary file is private (0600)
         what = "edge-only" if graph.poses is None else f"{graph.num_poses} poses"
         print(f"wrote {path} ({graph.kind}, {what}, {graph.num_edges} edges, "
               f"{os.path.getsize(path)} bytes)")

@@ -165,12 +165,13 @@ def _check_element_tensor(tensor: torch.Tensor, cls: type, what: str) -> None:
 
 def _check_information(info: torch.Tensor, dof: int, what: str) -> torch.Tensor:
     """(d, d) or (B, d, d) symmetric PSD information → (B, d, d)."""
+    received = info.shape
     if info.ndim == 2:
         info = info.unsqueeze(0)
     if info.ndim != 3 or tuple(info.shape[1:]) != (dof, dof):
         raise BuilderError(
             f"{what}: expected information of shape ({dof}, {dof}) or (batch, {dof}, {dof}), "
-            f"received {_shape_str(info.shape)}"
+            f"received {_shape_str(received)}"
         )
     if not torch.isfinite(info).all():
         raise BuilderError(f"{what}: information has non-finite values")

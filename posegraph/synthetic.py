@@ -294,8 +294,8 @@ def _grid_walk(
 
     Streets run along ``x = a·L`` and ``y = b·L`` (``L = block_length``) inside
     ``[0, width·L] × [0, height·L]``. Pose k stands at cell ``pₖ`` facing ``dₖ``, the
-    direction it drives next: ``pₖ₊₁ = pₖ + dₖ``. Away from intersections it drives straight;
-    at an intersection it turns left or right with probability ``turn_probability`` (split
+    direction it drives next: ``pₖ₊₁ = pₖ + dₖ``. Pose 0 is the identity (corner ``(0, 0)``,
+    facing +x). Away from intersections it drives straight; at a later intersection it turns left or right with probability ``turn_probability`` (split
     evenly) or goes straight, among the directions that stay on the map (a U-turn only at a
     dead end, which a grid of ≥ 1 × 1 blocks does not have).
     """
@@ -305,7 +305,7 @@ def _grid_walk(
     pos, head = (0, 0), 0
     for k in range(num_poses):
         x, y = pos
-        if x % block_length == 0 and y % block_length == 0:
+        if k > 0 and x % block_length == 0 and y % block_length == 0:
             options = [(head, 1.0 - turn_probability), ((head + 1) % 4, turn_probability / 2),
                        ((head + 3) % 4, turn_probability / 2)]
             valid = [(h, w) for h, w in options if _on_map(pos, h, size)]
@@ -388,7 +388,7 @@ def grid_se2(
     """A Manhattan-like 2D world (as Olson's M3500): a robot driving a grid of streets.
 
     The map has ``width × height`` blocks of ``block_length`` steps of ``step`` meters; the
-    robot starts at the corner ``(0, 0)`` facing +x and takes ``num_poses − 1`` steps of one
+    robot starts at the corner ``(0, 0)`` facing +x (pose 0 is the identity) and takes ``num_poses − 1`` steps of one
     cell (see :func:`_grid_walk` for the turns), each pose facing the direction it drives next
     — so odometry is ``(step, 0)`` with a rotation of 0 or ±90°. Loop closures join pose k to
     older poses (more than ``min_gap`` poses back) within ``closure_radius`` meters (decided on

@@ -110,6 +110,8 @@ class ManifoldArray(th.Manifold):
 
     def as_element(self, tensor: torch.Tensor) -> th.Manifold:
         """Wrap ``(M, *element_shape)`` tensors as one batched element-class variable."""
+        if issubclass(self.element_cls, th.Vector):  # points: no manifold checks to skip
+            return self.element_cls(tensor=tensor)
         return self.element_cls(tensor=tensor, disable_checks=True)
 
     # -- th.Manifold interface ----------------------------------------------------------

@@ -15,7 +15,7 @@ import posegraph.io.g2o as g2o_mod
 from posegraph import G2oFormatError, PoseGraph, read_g2o, write_g2o
 from posegraph.io.g2o import format_g2o
 
-from conftest import IDENTITY21, SE2_TEXT, SE3_TEXT, theseus_to_homogeneous
+from conftest import IDENTITY21, SE2_TEXT, theseus_to_homogeneous
 
 
 def read_quietly(path):

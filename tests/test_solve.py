@@ -11,7 +11,15 @@ import torch
 import posegraph as pg
 from posegraph.solve.optimize import make_optimizer
 
-torch.set_default_dtype(torch.float64)
+
+
+@pytest.fixture(autouse=True)
+def float64_default():
+    """These tests build tensors without dtypes; keep float64 local to this module."""
+    old = torch.get_default_dtype()
+    torch.set_default_dtype(torch.float64)
+    yield
+    torch.set_default_dtype(old)
 
 
 def random_graph(kind: str, n: int = 6, seed: int = 0, batch: int = 1) -> pg.PoseGraph:

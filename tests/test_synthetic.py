@@ -204,7 +204,9 @@ def test_grid_loop_closures_are_near_revisits():
     odo = truth.measurements[: noisy.num_poses - 1]
     assert torch.allclose(odo[:, 0], torch.ones_like(odo[:, 0]))
     assert torch.allclose(odo[:, 1], torch.zeros_like(odo[:, 1]))
-    assert torch.all(odo[:, 2].abs() < 1e-12)  # cos of 90° turns is 0 exactly, else 1
+    turn = odo[:, 2:]  # (cos, sin) of the turn: exactly (1, 0) or (0, ±1), never a U-turn
+    assert set(map(tuple, turn.tolist())) <= {(1.0, 0.0), (0.0, 1.0), (0.0, -1.0)}
+    assert torch.equal(truth.poses[0], torch.tensor([0.0, 0.0, 1.0, 0.0], dtype=torch.float64))
     none, _ = grid_se2(seed=4, closure_probability=0.0)
     assert none.extras["num_loop_closures"] == 0
 

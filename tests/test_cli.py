@@ -1,0 +1,307 @@
+"""The ``posegraph`` command line: bad input gives one ``error: FILE:LINE: …`` line and no
+output; runs print progress, a summary or one JSON object; end-to-end reference checks on the
+public datasets against GTSAM's final errors."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+import posegraph.io.g2o as g2o_mod
+import posegraph.solve.optimize as optimize_mod
+from posegraph import read_g2o
+from posegraph.cli import EXIT_BAD_INPUT, EXIT_FAILED, main
+
+from conftest import IDENTITY21, SE2_TEXT, SE3_TEXT
+
+V2 = "VERTEX_SE2 0 0 0 0\nVERTEX_SE2 1 1 0 0\n"
+E2 = "EDGE_SE2 0 1 1 0 0 1 0 0 1 0 1\n"
+V3 = "VERTEX_SE3:QUAT 0 0 0 0 0 0 0 1\nVERTEX_SE3:QUAT 1 1 0 0 0 0 0 1\n"
+
+#: name, file content (None: no file), line at fault (None: the whole file), words in the message
+BAD_INPUTS = [
+    ("missing-file", None, None, ["no such file"]),
+    ("empty-file", "", None, ["no pose graph"]),
+    ("comments-only", "# nothing here\n\n", None, ["no pose graph"]),
+    ("wrong-token-count", V2 + "EDGE_SE2 0 1 1 0 0 1 0 0 1 0\n", 3, ["expected 11", "received 10"]),
+    ("non-numeric", "VERTEX_SE2 0 0 0 0\nVERTEX_SE2 1 one 0 0\n" + E2, 2, ["expected a number", "'one'"]),
+    ("nan", V2 + "EDGE_SE2 0 1 1 0 0 NaN 0 0 1 0 1\n", 3, ["finite", "'NaN'"]),
+    ("inf", "VERTEX_SE2 0 0 0 -inf\nVERTEX_SE2 1 1 0 0\n" + E2, 1, ["finite", "'-inf'"]),
+    ("zero-quaternion", V3 + f"EDGE_SE3:QUAT 0 1 1 0 0 0 0 0 0 {IDENTITY21}\n", 3, ["zero quaternion"]),
+    ("information-not-psd", V2 + "EDGE_SE2 0 1 1 0 0 1 0 0 -2 0 1\n", 3, ["positive semidefinite"]),
+    ("unknown-vertex", V2 + E2 + "EDGE_SE2 1 9 1 0 0 1 0 0 1 0 1\n", 4, ["vertex 9"]),
+    ("duplicate-vertex", V2 + "VERTEX_SE2 0 5 5 0\n" + E2, 3, ["duplicate vertex id 0"]),
+    ("self-loop", V2 + E2 + "EDGE_SE2 0 0 1 0 0 1 0 0 1 0 1\n", 4, ["self-loop"]),
+    ("mixed-se2-se3", V2 + "VERTEX_SE3:QUAT 2 0 0 0 0 0 0 1\n" + E2, 3, ["mixing SE2 and SE3"]),
+    ("binary-garbage", b"\x7fELF\x02\x01\x01\x00\x00\x00\xff\xfe\x00", 1, ["not a g2o text file"]),
+    ("binary-after-text", SE2_TEXT.encode() + b"\xc3\x28\x00\x01", 7, ["not a g2o text file"]),
+    ("disconnected-edge-only", E2 + "EDGE_SE2 2 3 1 0 0 1 0 0 1 0 1\n", None, ["disconnected", "initial guess"]),
+    ("vertices-no-edges", V2 + "FIX 0\n", None, ["no edges", "cannot be optimized"]),
+    ("vertices-no-edges-se3", V3, None, ["no edges", "cannot be optimized"]),
+    ("huge-vertex-id", "VERTEX_SE2 123456789012345678901234567890 0 0 0\n", 1, ["vertex id"]),
+]
+
+
+def run_cli(capsys, *args):
+    code = main(["optimize", *map(str, args)])
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+@pytest.mark.parametrize("name,content,line,words", BAD_INPUTS, ids=[b[0] for b in BAD_INPUTS])
+def test_bad_input_one_error_line_no_output(tmp_path, capsys, leftovers, name, content, line, words):
+    path = tmp_path / f"{name}.g2o"
+    if content is not None:
+        path.write_bytes(content if isinstance(content, bytes) else content.encode())
+    out_path = tmp_path / "out.g2o"
+    code, out, err = run_cli(capsys, path, "-o", out_path)
+    assert code == EXIT_BAD_INPUT
+    assert out == ""
+    lines = err.splitlines()
+    assert len(lines) == 1, err
+    assert err.endswith("\n")
+    prefix = f"error: {path}:{line}: " if line is not None else f"error: {path}: "
+    assert lines[0].startswith(prefix), (lines[0], prefix)
+    for w in words:
+        assert w in lines[0], (w, lines[0])
+    assert "Traceback" not in err
+    assert not out_path.exists()
+    assert leftovers(tmp_path) == {}
+
+
+def test_bad_input_json_mode_prints_nothing_on_stdout(tmp_path, capsys):
+    path = tmp_path / "bad.g2o"
+    path.write_text(V2 + "EDGE_SE2 0 1 x 0 0 1 0 0 1 0 1\n")
+    code, out, err = run_cli(capsys, path, "--json", "--quiet")
+    assert code == EXIT_BAD_INPUT and out == ""
+    assert err == f"error: {path}:3: EDGE_SE2: expected a number, received 'x'\n"
+
+
+@pytest.mark.parametrize("argv", [["--solver", "bfgs"], ["--max-iters", "-1"], ["--max-iters", "many"]])
+def test_bad_arguments_are_usage_errors(tmp_path, capsys, argv):
+    path = tmp_path / "a.g2o"
+    path.write_text(SE2_TEXT)
+    with pytest.raises(SystemExit) as exc:
+        main(["optimize", str(path), *argv])
+    assert exc.value.code == 2
+    err = capsys.readouterr().err
+    assert "usage:" in err and "Traceback" not in err and "internal error" not in err
+
+
+# -- successful runs ---------------------------------------------------------------------------------
+
+REQUIRED_KEYS = {
+    "initial_chi2",
+    "final_chi2",
+    "iterations",
+    "status",
+    "num_poses",
+    "num_edges",
+    "solver",
+    "linear_solver",
+    "device",
+    "time_s",
+}
+
+
+def _noisy_se3(synthetic, tmp_path, **kw):
+    s = synthetic(kind="SE3", n=8, loops=((0, 4), (7, 2), (1, 6)), seed=6, noise=0.05, **kw)
+    path = tmp_path / "g.g2o"
+    path.write_text(s.text())
+    return s, path
+
+
+def test_json_output_is_one_object(tmp_path, capsys, synthetic):
+    s, path = _noisy_se3(synthetic, tmp_path)
+    code, out, err = run_cli(capsys, path, "--json", "--quiet")
+    assert code == 0 and err == ""
+    assert out.count("\n") == 1
+    data = json.loads(out)
+    assert isinstance(data, dict)
+    assert REQUIRED_KEYS <= set(data)
+    assert {"parse", "build", "solve"} <= set(data["time_s"])
+    assert all(isinstance(v, float) and v >= 0 for v in data["time_s"].values())
+    assert (data["num_poses"], data["num_edges"]) == (8, 10)
+    assert data["solver"] == "lm" and data["status"] == "converged"
+    assert data["linear_solver"] == "cholmod" and data["device"] == "cpu"
+    assert 0 < data["final_chi2"] < data["initial_chi2"]
+    assert data["final_error"] == pytest.approx(data["final_chi2"] / 2, rel=1e-12)
+    assert isinstance(data["iterations"], int) and data["iterations"] >= 1
+
+
+def test_progress_on_stderr_unless_quiet(tmp_path, capsys, synthetic):
+    s, path = _noisy_se3(synthetic, tmp_path)
+    code, out, err = run_cli(capsys, path, "--json")
+    assert code == 0
+    data = json.loads(out)  # progress never goes to stdout
+    rows = [l.split() for l in err.splitlines()[1:]]
+    assert "iter" in err.splitlines()[0] and "chi2" in err.splitlines()[0]
+    assert [int(r[0]) for r in rows] == list(range(data["iterations"] + 1))
+    assert float(rows[0][1]) == pytest.approx(data["initial_chi2"], rel=1e-9)
+    assert float(rows[-1][1]) == pytest.approx(data["final_chi2"], rel=1e-9)
+    code, out, err = run_cli(capsys, path, "--json", "--quiet")
+    assert code == 0 and err == ""
+
+
+def test_readable_summary_and_output_file(tmp_path, capsys, synthetic):
+    s, path = _noisy_se3(synthetic, tmp_path, ids=[3, 9, 14, 2, 77, 78, 80, 5])
+    text = path.read_text().replace("EDGE_SE3:QUAT", "FIX 14\nEDGE_SE3:QUAT", 1)
+    path.write_text(text)
+    out_path = tmp_path / "out.g2o"
+    code, out, err = run_cli(capsys, path, "-o", out_path, "--solver", "gn", "--quiet")
+    assert code == 0 and err == ""
+    for word in ("chi2", "status", "converged", "iterations", "gn", "8 poses", "10 edges", str(out_path)):
+        assert word in out, (word, out)
+    before, after = read_g2o(path), read_g2o(out_path)
+    assert after.ids.tolist() == before.ids.tolist() == [3, 9, 14, 2, 77, 78, 80, 5]
+    assert after.fixed.tolist() == before.fixed.tolist()
+    assert after.fixed[2] and "FIX 14" in out_path.read_text()
+    assert (after.information - before.information).abs().max() < 1e-12
+    assert (after.measurements - before.measurements).abs().max() < 1e-12
+    assert (after.poses[2] - before.poses[2]).abs().max() < 1e-12  # FIX'ed pose kept
+    assert (after.poses - before.poses).abs().max() > 1e-6  # the others moved
+    # re-optimizing the output changes nothing
+    code, out, _ = run_cli(capsys, out_path, "--json", "--quiet", "--solver", "gn")
+    data = json.loads(out)
+    assert data["final_chi2"] == pytest.approx(data["initial_chi2"], rel=1e-8)
+
+
+def test_max_iters_and_solver(tmp_path, capsys, synthetic):
+    s, path = _noisy_se3(synthetic, tmp_path)
+    code, out, _ = run_cli(capsys, path, "--json", "--quiet", "--solver", "gn", "--max-iters", "1")
+    data = json.loads(out)
+    assert code == 0 and data["solver"] == "gn" and data["iterations"] <= 1
+    code, out, _ = run_cli(capsys, path, "--json", "--quiet", "--max-iters", "0")
+    data = json.loads(out)
+    assert code == 0 and data["iterations"] == 0 and data["final_chi2"] == data["initial_chi2"]
+
+
+def test_edge_only_input_is_initialized_and_written(tmp_path, capsys, synthetic):
+    s = synthetic(kind="SE2", n=10, loops=((0, 5), (9, 3)), seed=2, noise=0.02)
+    path = tmp_path / "e.g2o"
+    path.write_text(s.text(with_vertices=False))
+    out_path = tmp_path / "o.g2o"
+    code, out, _ = run_cli(capsys, path, "--json", "--quiet", "-o", out_path)
+    data = json.loads(out)
+    assert code == 0 and data["status"] == "converged" and data["num_poses"] == 10
+    g = read_g2o(out_path)
+    assert g.has_poses and g.ids.tolist() == list(range(10))
+
+
+def test_warnings_on_stderr_unless_quiet(tmp_path, capsys):
+    path = tmp_path / "w.g2o"
+    path.write_text("VERTEX_XY 5 1 1\nVERTEX_XY 6 1 1\n" + SE2_TEXT)
+    code, out, err = run_cli(capsys, path)
+    assert code == 0
+    warn = [l for l in err.splitlines() if l.startswith("warning:")]
+    assert len(warn) == 1 and "2 line(s)" in warn[0] and "VERTEX_XY" in warn[0]
+    code, out, err = run_cli(capsys, path, "--quiet")
+    assert code == 0 and err == ""
+
+
+def test_disconnected_graph_with_vertices_runs_with_a_warning(tmp_path, capsys):
+    path = tmp_path / "d.g2o"
+    path.write_text(V2 + E2 + "VERTEX_SE2 5 3 0 0\nVERTEX_SE2 6 4 1 0\nEDGE_SE2 5 6 1 0 0 1 0 0 1 0 1\n")
+    code, out, err = run_cli(capsys, path, "--json")
+    assert code == 0
+    assert json.loads(out)["final_chi2"] < 1e-10
+    assert any(l.startswith("warning:") and "connected components" in l for l in err.splitlines())
+
+
+def test_failed_write_leaves_no_output(tmp_path, capsys, monkeypatch, leftovers):
+    path = tmp_path / "a.g2o"
+    path.write_text(SE3_TEXT)
+    out_path = tmp_path / "out.g2o"
+
+    def boom(src, dst):
+        raise OSError(28, "No space left on device", src, dst)
+
+    monkeypatch.setattr(g2o_mod.os, "replace", boom)
+    code, out, err = run_cli(capsys, path, "-o", out_path, "--quiet")
+    assert code != 0 and out == ""
+    assert err == f"error: {out_path}: No space left on device\n"
+    assert not out_path.exists() and leftovers(tmp_path) == {}
+
+
+def test_output_into_missing_folder(tmp_path, capsys):
+    path = tmp_path / "a.g2o"
+    path.write_text(SE3_TEXT)
+    out_path = tmp_path / "nope" / "out.g2o"
+    code, out, err = run_cli(capsys, path, "-o", out_path, "--quiet")
+    assert code == EXIT_BAD_INPUT
+    assert err.splitlines() == [f"error: {out_path}: No such file or directory"]
+
+
+def test_failed_optimization_writes_nothing(tmp_path, capsys, monkeypatch):
+    path = tmp_path / "a.g2o"
+    path.write_text(SE2_TEXT)
+    out_path = tmp_path / "out.g2o"
+    real = optimize_mod.optimize
+
+    def failing(problem, options, **kw):
+        result = real(problem, options, **kw)
+        result.status = ["failed"]
+        return result
+
+    monkeypatch.setattr(optimize_mod, "optimize", failing)
+    code, out, err = run_cli(capsys, path, "-o", out_path, "--quiet")
+    assert code == EXIT_FAILED and out == ""
+    assert len(err.splitlines()) == 1 and err.startswith(f"error: {path}: optimization failed")
+    assert not out_path.exists()
+
+
+def test_console_script(tmp_path):
+    script = Path(sys.executable).with_name("posegraph")
+    if not script.exists():
+        found = shutil.which("posegraph")
+        if found is None:
+            pytest.skip("posegraph console script not installed")
+        script = Path(found)
+    path = tmp_path / "bad.g2o"
+    path.write_text(V2 + "EDGE_SE2 0 1 1 0 0 1 0 0 1 0\n")
+    out_path = tmp_path / "out.g2o"
+    proc = subprocess.run(
+        [str(script), "optimize", str(path), "-o", str(out_path)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env={**os.environ, "PYTHONWARNINGS": "ignore"},
+    )
+    assert proc.returncode == EXIT_BAD_INPUT
+    assert proc.stdout == ""
+    assert proc.stderr == f"error: {path}:3: EDGE_SE2: expected 11 values after the tag, received 10\n"
+    assert not out_path.exists()
+
+
+# -- end to end: GTSAM reference final errors ------------------------------------------------------
+
+#: GTSAM 4.3.0 LM final error (½ Σ eᵀΩe), from the datasets' README; (poses, edges).
+REFERENCE = {
+    "tinyGrid3D": (9.313909434, 9, 11),
+    "smallGrid3D": (517.9253324, 125, 297),
+    "sphere2500": (675.7009629, 2500, 4949),
+    "parking-garage": (0.6341923996, 1661, 6275),
+    "intel": (22.50211654, 1728, 2512),
+    "manhattan": (1774.520535, 3500, 5453),
+}
+
+
+@pytest.mark.parametrize("name", list(REFERENCE))
+def test_reference_final_error(datasets_dir, capsys, name):
+    path = datasets_dir / f"{name}.g2o"
+    if not path.exists():
+        pytest.skip(f"{path} not found")
+    expected, poses, edges = REFERENCE[name]
+    code, out, _ = run_cli(capsys, path, "--json", "--quiet")
+    assert code == 0
+    data = json.loads(out)
+    assert (data["num_poses"], data["num_edges"]) == (poses, edges)
+    assert data["status"] == "converged"
+    assert data["final_error"] == pytest.approx(expected, rel=1e-5)
+    assert data["final_chi2"] == pytest.approx(2 * expected, rel=1e-5)
