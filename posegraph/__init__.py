@@ -22,12 +22,18 @@ Solving
 Extension points (Theseus)
     ``ManifoldArray`` (packed variables), ``BlockSparseCostFunction`` / ``BetweenEdges``
     (vectorized costs), ``FullInformationWeight`` / ``BlockScaleWeight`` (cost weights).
+Debugging
+    ``posegraph.debug``: ``DebugCallback`` (Theseus ``end_iter_callback``: per-iteration error,
+    step, damping, per-edge error/Jacobian norms, first non-finite cost), ``normal_matrix`` /
+    ``normal_rhs`` (AᵀA, Aᵀb as sparse matrices for any linearization), trace files and
+    ``posegraph inspect``.
 Numerics
     ``posegraph.lie`` — stable rotation ↔ quaternion conversions and ``patch_theseus()``.
 """
 
 from .builder import PoseGraphBuilder, PoseGraphProblem, build_problem
 from .costs import BetweenEdges, BlockSparseCostFunction, JacobianBlocks
+from .debug import DebugCallback, NonFiniteError, normal_matrix, normal_rhs
 from .errors import G2oFormatError, GraphStructureError, OptimizationError, PoseGraphError
 from .graph import PoseGraph
 from .init import initialize
@@ -59,6 +65,10 @@ __all__ = [
     "BlockScaleWeight",
     "BlockSparseLinearization",
     "CholmodSolver",
+    "DebugCallback",
+    "NonFiniteError",
+    "normal_matrix",
+    "normal_rhs",
     "PoseGraphError",
     "G2oFormatError",
     "GraphStructureError",

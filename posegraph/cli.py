@@ -43,6 +43,16 @@ def _parser() -> argparse.ArgumentParser:
     o.add_argument("--dtype", choices=["float64", "float32"], default="float64")
     o.add_argument("--json", action="store_true", help="print one JSON object on stdout")
     o.add_argument("--quiet", action="store_true", help="no progress on stderr")
+    o.add_argument("--debug", metavar="TRACE.json",
+                   help="write a debug trace: per-iteration error, step, damping, per-edge error and "
+                        "Jacobian norms, first non-finite value (see 'posegraph inspect')")
+    o.add_argument("--debug-costs", metavar="PATTERN",
+                   help="with --debug: record only edges matching this glob ('re:' prefix: regex)")
+    o.add_argument("--debug-stop", action="store_true",
+                   help="with --debug: stop at the first non-finite error or Jacobian")
+    i = sub.add_parser("inspect", help="print a debug trace written by 'optimize --debug'")
+    i.add_argument("trace", help="TRACE.json")
+    i.add_argument("--top", type=_non_negative_int, default=10, metavar="N")
     return p
 
 
@@ -80,8 +90,25 @@ def cmd_optimize(args: argparse.Namespace) -> int:
         linear_solver=args.linear_solver,
     )
     progress = None if args.quiet else ProgressPrinter()
-    with torch.no_grad():
-        result = optimize(problem, options, on_iteration=progress)
+    debug = None
+    if args.debug:
+        from .debug import DebugCallback
+
+        debug = DebugCallback.for_problem(
+            problem, per_cost=True, pattern=args.debug_costs, stop_on_nonfinite=args.debug_stop
+        )
+    try:
+        if debug is not None:
+            debug.check_initial(problem.objective)
+        with torch.no_grad():
+            result = optimize(problem, options, on_iteration=progress, end_iter_callback=debug)
+        if debug is not None:
+            debug.check_final(problem.objective, iteration=result.iterations)
+    finally:
+        if debug is not None:
+            debug.save(args.debug)  # the trace is written even when the run stopped
+    if debug is not None and debug.first_nonfinite is not None:
+        sys.stderr.write(f"warning: {args.input}: {debug.first_nonfinite}\n")
     t3 = time.perf_counter()
     if "failed" in result.status:
         sys.stderr.write(
@@ -101,6 +128,12 @@ def cmd_optimize(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def cmd_inspect(args: argparse.Namespace) -> int:
+    from .debug import run_inspect
+
+    return run_inspect(args.trace, out=sys.stdout, top=args.top)
+
+
 def main(argv: Optional[List[str]] = None) -> int:
     """Entry point of the ``posegraph`` console script."""
     from .errors import OptimizationError, PoseGraphError
@@ -108,7 +141,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     args = _parser().parse_args(argv)
     _setup_warnings(getattr(args, "quiet", False))
     try:
-        return {"optimize": cmd_optimize}[args.command](args)
+        return {"optimize": cmd_optimize, "inspect": cmd_inspect}[args.command](args)
     except PoseGraphError as err:
         sys.stderr.write(f"error: {err}\n")
         return EXIT_BAD_INPUT

@@ -353,7 +353,6 @@ class _CostStats:
 def _block_tensors(entry: _CostEntry) -> List[torch.Tensor]:
     cost: BlockSparseCostFunction = entry.cost  # type: ignore[assignment]
     jacs, err = cost.weighted_block_jacobians_error()  # [(Bj, K, d, e)], (B, R, d)
-    batch = err.shape[0]
     r = cost.num_blocks
     e_norm = _safe_norm(err, (-1,)).mean(0)
     e_bad = (~torch.isfinite(err.square().sum(-1))).any(0)
@@ -370,7 +369,6 @@ def _block_tensors(entry: _CostEntry) -> List[torch.Tensor]:
             norms.append(sq.sqrt().mean(0))
             cnt = n.new_zeros(n.shape[0], r).index_add(1, rows, bad.to(n.dtype))
             bads.append((cnt > 0).any(0))
-    del batch
     jn = torch.stack(norms, 1) if norms else err.new_zeros(r, 0)
     jb = torch.stack(bads, 1) if bads else torch.zeros(r, 0, dtype=torch.bool, device=err.device)
     return [e_norm, e_bad, jn, jb]
@@ -787,7 +785,8 @@ class DebugCallback:
     # -- before / after the run ----------------------------------------------------------------
     def check_initial(self, objective: th.Objective) -> Optional[NonFiniteReport]:
         """Record iteration 0 (the initial guess) and locate any non-finite error or Jacobian
-        there (raises :class:`NonFiniteError` with ``stop_on_nonfinite``)."""
+        there; returns the report (None when all is finite). Raises :class:`NonFiniteError`
+        with ``stop_on_nonfinite``. Costs one evaluation of every error and Jacobian."""
         if self.records:
             raise ValueError("check_initial: iterations are already recorded (call reset() first)")
         return self._check_state(objective, 0, record=True)
@@ -799,6 +798,8 @@ class DebugCallback:
         non-finite system of the last state) and on the converging step; pass the number of
         iterations done (``SolveResult.iterations``) as ``iteration`` so that a final state
         past the last callback is recorded (``step_norm`` and ``damping`` null) and named.
+        Returns :attr:`first_nonfinite` (None when nothing was non-finite); raises
+        :class:`NonFiniteError` for a new finding with ``stop_on_nonfinite``.
         """
         it = self._iteration if iteration is None else int(iteration)
         record = it > self._iteration or not self.records
@@ -854,9 +855,11 @@ class DebugCallback:
             damping_f = None
 
         stats: Optional[List[_CostStats]] = None
-        catalog = self._catalog_for(objective) if (self.per_cost or not (err_ok and lin_ok_f)) else None
-        if self.per_cost or (look and not err_ok):
-            stats = _evaluate(catalog)  # type: ignore[arg-type]
+        catalog: Optional[_Catalog] = None
+        if self.per_cost or (look and not (err_ok and lin_ok_f)):
+            catalog = self._catalog_for(objective)
+        if catalog is not None and (self.per_cost or not err_ok):
+            stats = _evaluate(catalog)
         self._record(n, error, step, damping_f, stats if self.per_cost else None)
         if not look:
             return

@@ -287,7 +287,6 @@ def test_pattern_aggregate_and_max_records(tmp_path):
         norms = np.array([c["error_norm"] for c in r_full["cost_functions"].values()])
         assert rec["count"] == 7
         assert rec["error_norm"] == pytest.approx(np.sqrt(np.sum(norms**2)))
-        assert rec["error"] if False else True
         # ½‖We‖² summed over all blocks is the objective error
         assert 0.5 * rec["error_norm"] ** 2 == pytest.approx(r_agg["error"], rel=1e-9)
         assert len(rec["jacobian_norms"]) == 2
@@ -408,3 +407,25 @@ def test_linearization_locator_maps_rows_and_columns(tmp_path):
     assert (rep.iteration, rep.cost_function, rep.quantity) == (0, "EDGE_SE3:QUAT 0 5", "jacobian")
     assert rep.variables == ["VERTEX_SE3:QUAT 0", "VERTEX_SE3:QUAT 5"]
     assert rep.jacobian_of == ["VERTEX_SE3:QUAT 5"]
+
+
+def test_cli_debug_names_overflowing_edge_and_inspect_renders(tmp_path, capsys):
+    from posegraph.cli import main
+
+    path = write_graph(tmp_path / "big.g2o", big_edge=3)
+    trace = tmp_path / "trace.json"
+    out = tmp_path / "out.g2o"
+    rc = main(["optimize", str(path), "-o", str(out), "--quiet", "--debug", str(trace)])
+    err = capsys.readouterr().err
+    assert rc != 0
+    assert "EDGE_SE3:QUAT 3 4" in err and "Traceback" not in err
+    assert not out.exists()
+    data = json.loads(trace.read_text())
+    assert data["first_nonfinite"]["cost_function"] == "EDGE_SE3:QUAT 3 4"
+    assert data["first_nonfinite"]["iteration"] == 0
+    rc = main(["optimize", str(path), "--quiet", "--debug", str(trace), "--debug-stop"])
+    err = capsys.readouterr().err
+    assert rc == 1 and err.startswith("error: ") and "EDGE_SE3:QUAT 3 4" in err
+    assert main(["inspect", str(trace)]) == 0
+    shown = capsys.readouterr().out
+    assert "EDGE_SE3:QUAT 3 4" in shown and "non-finite" in shown
