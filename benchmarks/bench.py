@@ -96,7 +96,7 @@ def run_stock_theseus(path: Path) -> Dict[str, Any]:
         obj.add(th.Between(poses[i], poses[j], z, w, name=f"e{k}"))
     for k in torch.nonzero(fixed).flatten().tolist():  # hold the gauge with a strong prior
         obj.add(th.Difference(poses[k], poses[k].copy(new_name=f"a{k}"), th.ScaleCostWeight(torch.tensor(1e6, dtype=torch.float64)), name=f"p{k}"))
-    opt = th.GaussNewton(obj, linear_solver_cls=th.CholmodSparseSolver, max_iterations=2)
+    opt = th.GaussNewton(obj, linear_solver_cls=th.CholmodSparseSolver, max_iterations=2, vectorize=True)
     obj.update()
     t1 = time.perf_counter()
     with torch.no_grad():
