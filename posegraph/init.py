@@ -19,11 +19,11 @@ from .errors import GraphStructureError
 from .graph import PoseGraph, connected_components
 
 
-def _homogeneous(graph: PoseGraph, tensors: torch.Tensor) -> np.ndarray:
-    """Theseus layout → homogeneous matrices ``(n, k, k)`` (k = 4 for SE3, 3 for SE2)."""
+def to_homogeneous(kind: str, tensors: torch.Tensor) -> np.ndarray:
+    """Theseus layout ``(n, *shape)`` → homogeneous matrices ``(n, k, k)`` (k = 4 SE3, 3 SE2)."""
     t = tensors.detach().cpu().double().numpy()
     n = t.shape[0]
-    if graph.kind == "SE3":
+    if kind == "SE3":
         out = np.zeros((n, 4, 4))
         out[:, :3, :] = t
         out[:, 3, 3] = 1.0
@@ -35,11 +35,15 @@ def _homogeneous(graph: PoseGraph, tensors: torch.Tensor) -> np.ndarray:
     return out
 
 
-def _from_homogeneous(graph: PoseGraph, mats: np.ndarray) -> torch.Tensor:
-    if graph.kind == "SE3":
-        return torch.as_tensor(mats[:, :3, :].copy())
+def from_homogeneous(kind: str, mats: np.ndarray) -> torch.Tensor:
+    """Homogeneous matrices → Theseus layout (float64); SE2's (cos, sin) is renormalized,
+    which keeps it unit after long products."""
+    if kind == "SE3":
+        return torch.as_tensor(mats[:, :3, :].copy(), dtype=torch.float64)
+    c, s = mats[:, 0, 0], mats[:, 1, 0]
+    norm = np.hypot(c, s)
     return torch.as_tensor(
-        np.stack([mats[:, 0, 2], mats[:, 1, 2], mats[:, 0, 0], mats[:, 1, 0]], axis=1)
+        np.stack([mats[:, 0, 2], mats[:, 1, 2], c / norm, s / norm], axis=1), dtype=torch.float64
     )
 
 
@@ -85,7 +89,7 @@ def spanning_tree(graph: PoseGraph) -> torch.Tensor:
     gets the identity."""
     tree = spanning_tree_edges(graph)
     edges = graph.edges.cpu().numpy()
-    meas = _homogeneous(graph, graph.measurements.reshape(-1, *graph.element_shape)[: graph.num_edges])
+    meas = to_homogeneous(graph.kind, graph.measurements.reshape(-1, *graph.element_shape)[: graph.num_edges])
     adjacency: List[List[int]] = [[] for _ in range(graph.num_poses)]
     for e in tree:
         adjacency[edges[e, 0]].append(e)
@@ -109,7 +113,7 @@ def spanning_tree(graph: PoseGraph) -> torch.Tensor:
                 poses[i] = poses[j] @ np.linalg.inv(meas[e])
                 seen[i] = True
                 queue.append(i)
-    return _from_homogeneous(graph, poses)
+    return from_homogeneous(graph.kind, poses)
 
 
 def initialize(graph: PoseGraph, method: str = "auto") -> PoseGraph:

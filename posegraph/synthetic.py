@@ -44,6 +44,7 @@ import numpy as np
 import theseus as th
 import torch
 
+from .init import from_homogeneous, to_homogeneous
 from .graph import POSE_KINDS, PoseGraph
 
 Sigma = Union[float, Sequence[float]]
@@ -87,37 +88,14 @@ def _exp(kind: str, tangent: torch.Tensor) -> torch.Tensor:
     return POSE_KINDS[kind][0].exp_map(tangent).tensor
 
 
-def _to_homogeneous(kind: str, t: torch.Tensor) -> np.ndarray:
-    a = t.detach().cpu().double().numpy()
-    n = a.shape[0]
-    if kind == "SE3":
-        out = np.zeros((n, 4, 4))
-        out[:, :3, :] = a
-        out[:, 3, 3] = 1.0
-        return out
-    out = np.zeros((n, 3, 3))
-    c, s = a[:, 2], a[:, 3]
-    out[:, 0, 0], out[:, 0, 1], out[:, 1, 0], out[:, 1, 1] = c, -s, s, c
-    out[:, 0, 2], out[:, 1, 2], out[:, 2, 2] = a[:, 0], a[:, 1], 1.0
-    return out
-
-
-def _from_homogeneous(kind: str, m: np.ndarray) -> torch.Tensor:
-    if kind == "SE3":
-        return torch.as_tensor(m[:, :3, :].copy(), dtype=F64)
-    c, s = m[:, 0, 0], m[:, 1, 0]
-    norm = np.hypot(c, s)  # keep (cos, sin) unit after long products
-    return torch.as_tensor(np.stack([m[:, 0, 2], m[:, 1, 2], c / norm, s / norm], axis=1), dtype=F64)
-
-
 def _compose_chain(kind: str, first: torch.Tensor, steps: torch.Tensor) -> torch.Tensor:
     """``X₀ = first``, ``Xₖ₊₁ = Xₖ · stepsₖ``: poses ``(len(steps) + 1, *shape)``."""
-    h = _to_homogeneous(kind, torch.cat([first.unsqueeze(0), steps], dim=0))
+    h = to_homogeneous(kind, torch.cat([first.unsqueeze(0), steps], dim=0))
     out = np.empty_like(h)
     out[0] = h[0]
     for k in range(1, h.shape[0]):
         out[k] = out[k - 1] @ h[k]
-    return _from_homogeneous(kind, out)
+    return from_homogeneous(kind, out)
 
 
 # -- shared assembly --------------------------------------------------------------------------------
