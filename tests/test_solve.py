@@ -126,12 +126,17 @@ def test_sparse_linearization_equals_dense_linearization():
     assert ls.num_cols == (g.num_poses - 1) * 6
 
 
-def test_cholmod_solve_matches_dense_and_damping():
-    g = random_graph("SE3", n=7, seed=4)
-    problem = pg.build_problem(g)
+def linearized_cholmod(kind: str, n: int, seed: int):
+    """A CHOLMOD optimizer over a random graph, linearized once: (optimizer, linearization)."""
+    problem = pg.build_problem(random_graph(kind, n=n, seed=seed))
     opt = make_optimizer(problem, pg.SolverOptions(linear_solver="cholmod"))
     lin = opt.linear_solver.linearization
     lin.linearize()
+    return opt, lin
+
+
+def test_cholmod_solve_matches_dense_and_damping():
+    opt, lin = linearized_cholmod("SE3", n=7, seed=4)
     a = torch.as_tensor(lin.A_scipy().toarray())
     for lam in (0.0, 0.3):
         x = opt.linear_solver.solve(damping=lam)
@@ -140,11 +145,7 @@ def test_cholmod_solve_matches_dense_and_damping():
 
 
 def test_cholmod_solve_gradient_matches_dense_autograd():
-    g = random_graph("SE2", n=5, seed=5)
-    problem = pg.build_problem(g)
-    opt = make_optimizer(problem, pg.SolverOptions(linear_solver="cholmod"))
-    lin = opt.linear_solver.linearization
-    lin.linearize()
+    opt, lin = linearized_cholmod("SE2", n=5, seed=5)
     a_val = lin.A_val.detach().clone().requires_grad_(True)
     b = lin.b.detach().clone().requires_grad_(True)
     from posegraph.solve.cholmod import CholmodNormalSolve

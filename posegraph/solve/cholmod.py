@@ -16,7 +16,7 @@ and computes the gradient with vectorized gathers, not a loop over rows.
 
 from __future__ import annotations
 
-from typing import Any, List, Optional, Sequence, Tuple, Type, Union
+from typing import Any, List, Optional, Sequence, Type, Union
 
 import numpy as np
 import theseus as th
@@ -139,7 +139,3 @@ class CholmodSolver(LinearSolver):
         dampings = _per_batch_damping(damping if damping is not None else self._damping, batch)
         return CholmodNormalSolve.apply(lin.A_val, lin.b, self, dampings, lin.detached_hessian)
 
-
-def solve_info(solver: LinearSolver) -> Tuple[str, str]:
-    """(linear solver name, linearization name) for reports."""
-    return type(solver).__name__, type(solver.linearization).__name__
