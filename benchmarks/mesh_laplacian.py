@@ -5,7 +5,10 @@ Measures, for uniform and cotangent weights:
 * building a :class:`~posegraph.mesh.LaplacianSmoothingCost` (first call and median),
 * one ``block_jacobians()`` + ``block_error()`` evaluation (median of ``--repeats``),
 * one ``weighted_block_jacobians_error()`` (what a block-sparse solver asks for),
-* ``taubin_smooth`` (10 λ|μ pairs) forward + backward with vertices that require grad.
+* ``taubin_smooth`` (10 λ|μ pairs) forward + backward with vertices that require grad,
+* on CPU, a pose graph whose landmarks are the mesh's vertices (``synthetic.mesh_observations``):
+  ``build_problem`` and the LM time per iteration (solve to convergence ÷ iterations) without
+  and with the Laplacian regularizer — the difference is what the regularizer adds.
 
 Usage::
 
@@ -34,7 +37,10 @@ if __package__ in (None, ""):  # run as a script: make the repository root impor
 
 import theseus as th  # noqa: E402
 
+from posegraph.builder import build_problem, mesh_term  # noqa: E402
 from posegraph.mesh import LaplacianSmoothingCost, icosphere, taubin_smooth  # noqa: E402
+from posegraph.solve.optimize import SolverOptions, optimize  # noqa: E402
+from posegraph.synthetic import mesh_observations  # noqa: E402
 from posegraph.variables import ManifoldArray  # noqa: E402
 
 
@@ -92,6 +98,8 @@ def run(subdivisions: int, repeats: int, batch: int, device: str, dtype: str) ->
             taubin_smooth(x, faces, iterations=10, weights=kind).square().sum().backward()
 
         results[f"taubin_smooth 10 iters fwd+bwd ({kind})"] = time_call(taubin, repeats, dev)
+    if dev.type == "cpu" and batch == 1:
+        results.update(_in_pose_graph(subdivisions, repeats, dt))
     return {
         "vertices": int(verts.shape[0]),
         "faces": int(faces.shape[0]),
@@ -106,6 +114,28 @@ def run(subdivisions: int, repeats: int, batch: int, device: str, dtype: str) ->
         "platform": platform.platform(),
         "timings": results,
     }
+
+
+def _in_pose_graph(subdivisions: int, repeats: int, dtype: torch.dtype) -> Dict[str, Dict[str, float]]:
+    """Build and per-iteration LM time of poses + mesh-vertex landmarks, without/with the
+    Laplacian regularizer (uniform, weight 100)."""
+    noisy, _ = mesh_observations(subdivisions=subdivisions, num_poses=200, observations_per_pose=150)
+    verts, faces = noisy.extras["mesh"]
+    out: Dict[str, Dict[str, float]] = {}
+    for label, mesh in (("without mesh", None), ("with mesh", mesh_term(noisy, verts, faces, 100.0))):
+        out[f"pose graph: build_problem ({label})"] = time_call(
+            lambda: build_problem(noisy, mesh=mesh, dtype=dtype), max(1, repeats // 2), torch.device("cpu")
+        )
+        per_iter: List[float] = []
+        for _ in range(max(1, repeats // 2)):
+            problem = build_problem(noisy, mesh=mesh, dtype=dtype)
+            start = time.perf_counter()
+            result = optimize(problem, SolverOptions(solver="lm"))
+            per_iter.append((time.perf_counter() - start) / max(result.iterations, 1))
+        out[f"pose graph: LM time per iteration ({label})"] = {
+            "first_s": per_iter[0], "median_s": statistics.median(per_iter), "min_s": min(per_iter)
+        }
+    return out
 
 
 def print_table(report: Dict[str, object]) -> None:

@@ -10,18 +10,29 @@ Files and graphs
     ``read_g2o(path) -> PoseGraph``, ``write_g2o(graph, path)`` — g2o SE2/SE3 files
     (full information matrices, FIX, edge-only files); errors name file and line.
     ``PoseGraph`` — poses/edges/measurements/information as tensors (Theseus layouts).
-    ``initialize(graph, method)`` — file vertices or spanning-tree initial guess.
+    ``initialize(graph, method)`` — file vertices or spanning-tree initial guess (landmarks
+    without estimates are placed from their observations).
+    ``Landmarks`` — 3D points observed from SE3 poses (g2o ``VERTEX_TRACKXYZ`` /
+    ``EDGE_SE3_TRACKXYZ`` / ``PARAMS_SE3OFFSET``), ``graph.landmarks``.
 Building
     ``PoseGraphBuilder`` — add your own ``th.SE3``/``th.SE2`` poses, relative-pose
     measurements with full information, and your own ``th.CostFunction`` terms; every input
     is validated (class, shape, batch, dtype, device, names, endpoints) before building.
-    ``build_problem(graph) -> PoseGraphProblem`` — the same objective from a PoseGraph.
+    ``PoseGraphBuilder.add_point(th.Point3)`` / ``add_point_observation`` — landmarks and
+    pose → point observations in the same objective (anything but a ``th.Point3`` is refused).
+    ``build_problem(graph, mesh=None) -> PoseGraphProblem`` — the same objective from a
+    PoseGraph; ``mesh_term(graph, verts, faces, weight)`` ties a mesh's vertices to the graph's
+    points (vertex k ↔ point id first + k) and adds a Laplacian smoothness regularizer.
+Meshes
+    ``posegraph.mesh``: ``laplacian_smooth`` / ``taubin_smooth`` (autograd-safe, CPU/CUDA),
+    ``LaplacianSmoothingCost`` (Theseus cost on ``th.Point3`` vertices), ``read_obj`` /
+    ``write_obj``, ``icosphere``.
 Solving
     ``optimize(problem, SolverOptions(...)) -> SolveResult`` — Gauss–Newton / LM on the
     vectorized CHOLMOD path (``BlockSparseLinearization`` + ``CholmodSolver``).
 Extension points (Theseus)
-    ``ManifoldArray`` (packed variables), ``BlockSparseCostFunction`` / ``BetweenEdges``
-    (vectorized costs), ``FullInformationWeight`` / ``BlockScaleWeight`` (cost weights).
+    ``ManifoldArray`` (packed variables), ``BlockSparseCostFunction`` / ``BetweenEdges`` /
+    ``PointObservations`` (vectorized costs), ``FullInformationWeight`` / ``BlockScaleWeight`` (cost weights).
 Debugging
     ``posegraph.debug``: ``DebugCallback`` (Theseus ``end_iter_callback``: per-iteration error,
     step, damping, per-edge error/Jacobian norms, first non-finite cost), ``normal_matrix`` /
@@ -31,13 +42,15 @@ Numerics
     ``posegraph.lie`` — stable rotation ↔ quaternion conversions and ``patch_theseus()``.
 """
 
-from .builder import PoseGraphBuilder, PoseGraphProblem, build_problem
-from .costs import BetweenEdges, BlockSparseCostFunction, JacobianBlocks
+from . import synthetic
+from .builder import MeshTerm, PoseGraphBuilder, PoseGraphProblem, build_problem, mesh_term
+from .costs import BetweenEdges, BlockSparseCostFunction, JacobianBlocks, PointObservations
 from .debug import DebugCallback, NonFiniteError, normal_matrix, normal_rhs
 from .errors import G2oFormatError, GraphStructureError, OptimizationError, PoseGraphError
-from .graph import PoseGraph
+from .graph import Landmarks, PoseGraph
 from .init import initialize
 from .io import read_g2o, write_g2o
+from .mesh import LaplacianSmoothingCost, laplacian_smooth, read_obj, taubin_smooth, write_obj
 from .solve.cholmod import CholmodSolver
 from .solve.linearization import BlockSparseLinearization
 from .solve.optimize import SolveResult, SolverOptions, optimize
@@ -50,10 +63,19 @@ __all__ = [
     "read_g2o",
     "write_g2o",
     "PoseGraph",
+    "Landmarks",
     "initialize",
     "PoseGraphBuilder",
     "PoseGraphProblem",
     "build_problem",
+    "MeshTerm",
+    "mesh_term",
+    "LaplacianSmoothingCost",
+    "laplacian_smooth",
+    "taubin_smooth",
+    "read_obj",
+    "write_obj",
+    "PointObservations",
     "optimize",
     "SolverOptions",
     "SolveResult",

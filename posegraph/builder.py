@@ -25,9 +25,10 @@ from typing import Dict, List, Optional, Sequence, Tuple, Type, Union
 import theseus as th
 import torch
 
-from .costs import BetweenEdges
+from .costs import BetweenEdges, PointObservations
 from .errors import PoseGraphError
-from .graph import POSE_KINDS, PoseGraph
+from .graph import POSE_KINDS, Landmarks, PoseGraph
+from .mesh import LaplacianSmoothingCost
 from .variables import ManifoldArray, element_layout
 from .weights import FullInformationWeight, sqrt_information
 
@@ -52,6 +53,10 @@ class PoseGraphProblem:
         pose_variables: the user's own pose variables (builder path), written back by
             :meth:`write_back`.
         graph: the source PoseGraph (file path), if any.
+        points: all 3D points packed in one ManifoldArray ``(B, P, 3)`` (graphs with
+            landmarks), else None; ``observations`` is their pose → point cost and
+            ``mesh_cost`` the Laplacian regularizer over them, when built with a mesh.
+        point_variables: the user's own ``th.Point3`` variables (builder path).
     """
 
     objective: th.Objective
@@ -62,6 +67,10 @@ class PoseGraphProblem:
     pose_variables: Optional[List[th.Manifold]] = None
     graph: Optional[PoseGraph] = None
     user_costs: List[th.CostFunction] = field(default_factory=list)
+    points: Optional[ManifoldArray] = None
+    observations: Optional[PointObservations] = None
+    mesh_cost: Optional[LaplacianSmoothingCost] = None
+    point_variables: Optional[List[th.Point3]] = None
 
     @property
     def num_poses(self) -> int:
@@ -80,11 +89,16 @@ class PoseGraphProblem:
         return self.poses.tensor
 
     def write_back(self) -> None:
-        """Copy the packed poses into the user's own pose variables (builder path)."""
-        if self.pose_variables is None:
-            return
-        for k, var in enumerate(self.pose_variables):
+        """Copy the packed poses (and points) into the user's own variables (builder path)."""
+        for k, var in enumerate(self.pose_variables or []):
             var.update(self.poses.tensor[:, k])
+        if self.points is not None:
+            for k, var in enumerate(self.point_variables or []):
+                var.update(self.points.tensor[:, k])
+
+    def point_tensor(self) -> Optional[torch.Tensor]:
+        """Current points ``(B, P, 3)``, or None without landmarks."""
+        return None if self.points is None else self.points.tensor
 
     def to_graph(self, batch_index: Optional[int] = None) -> PoseGraph:
         """A PoseGraph with the current poses (one batch element when ``batch_index`` given,
@@ -92,9 +106,12 @@ class PoseGraphProblem:
         if self.graph is None:
             raise ValueError("this problem was not built from a PoseGraph")
         poses = self.poses.tensor.detach()
+        points = None if self.points is None else self.points.tensor.detach()
         if batch_index is not None or poses.shape[0] == 1:
             poses = poses[batch_index or 0]
-        return self.graph.with_poses(poses)
+            points = None if points is None else points[batch_index or 0]
+        graph = self.graph.with_poses(poses)
+        return graph if points is None else graph.with_points(points)
 
 
 # -- checks shared by both entrances --------------------------------------------------------------
@@ -221,6 +238,13 @@ class PoseGraphBuilder:
         self._information: List[torch.Tensor] = []
         self._edge_names: List[str] = []
         self._costs: List[th.CostFunction] = []
+        self._points: List[th.Point3] = []
+        self._point_fixed: List[bool] = []
+        self._point_index: Dict[str, int] = {}
+        self._obs: List[Tuple[int, int]] = []
+        self._obs_meas: List[torch.Tensor] = []
+        self._obs_info: List[torch.Tensor] = []
+        self._obs_offsets: List[torch.Tensor] = []
 
     # -- names ----------------------------------------------------------------------------------
     def _claim_name(self, name: str, what: str) -> None:
@@ -304,6 +328,105 @@ class PoseGraphBuilder:
         self._edge_names.append(edge_name)
         return k
 
+    # -- points ---------------------------------------------------------------------------------
+    def add_point(self, point: th.Point3, fixed: bool = False) -> int:
+        """Add a ``th.Point3`` landmark (e.g. a mesh vertex); returns its index.
+
+        Anything else — a ``th.Vector``/``th.Variable`` of shape ``(V, 3)`` in particular,
+        whose vertex count Theseus would read as the batch size — is refused.
+        """
+        _check_class(point, (th.Point3,), "point")
+        what = f"point {point.name!r}"
+        _check_element_tensor(point.tensor, th.Point3, what)
+        self._consensus.check(what, point.tensor)
+        self._claim_name(point.name, what)
+        self._point_index[point.name] = len(self._points)
+        self._points.append(point)
+        self._point_fixed.append(bool(fixed))
+        return len(self._points) - 1
+
+    def _point_ref(self, ref: Union[th.Point3, str, int], what: str) -> int:
+        if isinstance(ref, int):
+            if not 0 <= ref < len(self._points):
+                raise BuilderError(f"{what}: expected a point index in [0, {len(self._points)}), received {ref}")
+            return ref
+        name = ref if isinstance(ref, str) else getattr(ref, "name", None)
+        if name not in self._point_index or (
+            not isinstance(ref, str) and self._points[self._point_index[name]] is not ref
+        ):
+            raise BuilderError(f"{what}: refers to {name!r}, which is not a point added to this builder")
+        return self._point_index[name]
+
+    def add_point_observation(
+        self,
+        pose: Union[th.Manifold, str, int],
+        point: Union[th.Point3, str, int],
+        measurement: TensorOrVar,
+        information: Optional[TensorOrVar] = None,
+        offset: Optional[TensorOrVar] = None,
+        name: Optional[str] = None,
+    ) -> int:
+        """Add an observation of ``point`` from SE3 ``pose``: ``z ≈ (X·O)⁻¹ p``, residual
+        ``(X·O)⁻¹ p − z`` weighted by ``information`` (3×3, identity if None).
+
+        ``measurement``: ``(3,)``/``(B|1, 3)`` tensor or ``th.Point3``; ``offset``: the sensor
+        pose ``O`` in the body frame, ``th.SE3`` or ``(3, 4)`` (identity if None).
+        Returns the observation index.
+        """
+        k = len(self._obs)
+        what = f"observation {name!r}" if name else f"observation #{k}"
+        if self._kind != "SE3":
+            got = f"th.{self._kind} poses" if self._kind else "no poses yet"
+            raise BuilderError(f"{what}: points are observed from th.SE3 poses, the builder has {got}")
+        i = self._pose_index(pose, what)
+        j = self._point_ref(point, what)
+        if isinstance(measurement, th.Variable):
+            _check_class(measurement, (th.Point3,), f"{what} measurement")
+        meas = _as_tensor(measurement)
+        meas = meas.unsqueeze(0) if meas.ndim == 1 else meas
+        _check_element_tensor(meas, th.Point3, f"{what} measurement")
+        self._consensus.check(f"{what} measurement", meas)
+        if information is None:
+            info = torch.eye(3, dtype=meas.dtype, device=meas.device).unsqueeze(0)
+        else:
+            info = _check_information(_as_tensor(information), 3, f"{what} information")
+        self._consensus.check(f"{what} information", info)
+        if offset is None:
+            off = torch.eye(3, 4, dtype=meas.dtype, device=meas.device)
+        else:
+            if isinstance(offset, th.Variable):
+                _check_class(offset, (th.SE3,), f"{what} offset")
+            off = _as_tensor(offset)
+            off = off.unsqueeze(0) if off.ndim == 2 else off
+            _check_element_tensor(off, th.SE3, f"{what} offset")
+            if off.shape[0] != 1:
+                raise BuilderError(f"{what} offset: expected one sensor offset (1, 3, 4), received {_shape_str(off.shape)}")
+            self._consensus.check(f"{what} offset", off)
+            off = off[0]
+        if name:
+            self._claim_name(name, what)
+        self._obs.append((i, j))
+        self._obs_meas.append(meas)
+        self._obs_info.append(info)
+        self._obs_offsets.append(off)
+        return k
+
+    def _landmarks(self, batch: int) -> Optional[Landmarks]:
+        if not self._points:
+            return None
+        num_obs = len(self._obs)
+        dtype, device = self._consensus.dtype, self._consensus.device
+        return Landmarks(
+            ids=torch.arange(len(self._points)),
+            positions=_stack_batch([p.tensor for p in self._points], batch),
+            observations=torch.tensor(self._obs, dtype=torch.long).reshape(num_obs, 2),
+            measurements=_stack_batch(self._obs_meas, batch, (3,), dtype, device),
+            information=_stack_batch(self._obs_info, batch, (3, 3), dtype, device),
+            offsets=torch.stack(self._obs_offsets) if num_obs else torch.zeros(0, 3, 4, dtype=dtype, device=device),
+            offset_ids=torch.zeros(num_obs, dtype=torch.long),
+            fixed=torch.tensor(self._point_fixed, dtype=torch.bool),
+        )
+
     def add_cost(self, cost: th.CostFunction) -> None:
         """Add a user's own Theseus cost function over its own variables (not the poses
         added here, which are packed: use ``add_between`` for pose–pose terms)."""
@@ -311,10 +434,12 @@ class PoseGraphBuilder:
             raise BuilderError(f"cost: expected a th.CostFunction, received {type(cost).__name__}")
         self._claim_name(cost.name, f"cost {cost.name!r}")
         for var in list(cost.optim_vars) + list(cost.aux_vars):
-            if var.name in self._index and self._poses[self._index[var.name]] is var:
+            if (var.name in self._index and self._poses[self._index[var.name]] is var) or (
+                var.name in self._point_index and self._points[self._point_index[var.name]] is var
+            ):
                 raise BuilderError(
-                    f"cost {cost.name!r}: uses pose {var.name!r}, which the builder packs with "
-                    "the other poses; expected costs over other variables"
+                    f"cost {cost.name!r}: uses {var.name!r}, which the builder packs with the other "
+                    "poses/points; expected costs over other variables"
                 )
             self._consensus.check(f"cost {cost.name!r} variable {var.name!r}", var.tensor)
         self._costs.append(cost)
@@ -327,9 +452,9 @@ class PoseGraphBuilder:
         if not self._edges:
             raise BuilderError("graph: expected at least one edge, received none")
         batch = self._consensus.batch
-        poses = torch.stack([p.tensor.expand(batch, *p.tensor.shape[1:]) for p in self._poses], 1)
-        meas = torch.stack([m.expand(batch, *m.shape[1:]) for m in self._measurements], 1)
-        info = torch.stack([w.expand(batch, *w.shape[1:]) for w in self._information], 1)
+        poses = _stack_batch([p.tensor for p in self._poses], batch)
+        meas = _stack_batch(self._measurements, batch)
+        info = _stack_batch(self._information, batch)
         assert self._kind is not None
         graph = PoseGraph(
             kind=self._kind,
@@ -339,11 +464,22 @@ class PoseGraphBuilder:
             measurements=meas,
             information=info,
             fixed=torch.tensor(self._fixed, dtype=torch.bool),
+            landmarks=self._landmarks(batch),
         )
         problem = build_problem(graph, edge_names=self._edge_names, extra_costs=self._costs)
         problem.pose_variables = list(self._poses)
+        problem.point_variables = list(self._points)
         problem.graph = None
         return problem
+
+
+def _stack_batch(
+    tensors: Sequence[torch.Tensor], batch: int, tail: Tuple[int, ...] = (), dtype=None, device=None
+) -> torch.Tensor:
+    """``(B|1, *s)`` tensors → ``(B, n, *s)``; an empty list gives ``(B, 0, *tail)``."""
+    if not tensors:
+        return torch.zeros(batch, 0, *tail, dtype=dtype, device=device)
+    return torch.stack([t.expand(batch, *t.shape[1:]) for t in tensors], 1)
 
 
 def _warn_disconnected(graph: PoseGraph, labels, gauge: torch.Tensor) -> None:
@@ -373,10 +509,14 @@ def build_problem(
     extra_costs: Sequence[th.CostFunction] = (),
     dtype: Optional[torch.dtype] = None,
     device=None,
+    mesh: Optional["MeshTerm"] = None,
 ) -> PoseGraphProblem:
     """Build the Theseus objective of a PoseGraph (vectorized: no per-edge objects).
 
-    The gauge is held by fixed vertices (``graph.gauge_fixed()``), not by a prior.
+    The gauge is held by fixed vertices (``graph.gauge_fixed()``), not by a prior. Landmarks
+    (``graph.landmarks``) add one :class:`~posegraph.costs.PointObservations` cost over a packed
+    ``th.Point3`` variable; points that nothing observes (and no mesh ties) are held constant.
+    ``mesh`` (see :func:`mesh_term`) adds a Laplacian regularizer over those points.
     """
     if graph.poses is None:
         raise PoseGraphError(
@@ -422,8 +562,10 @@ def build_problem(
     between = BetweenEdges(pose_var, edges, meas_var, weight, name="between", edge_names=names)
     objective = th.Objective(dtype=poses.dtype)
     objective.add(between)
-    for cost in extra_costs:
-        objective.add(cost)
+    points, observations, mesh_cost = _landmark_costs(g, pose_var, consensus, mesh)
+    for cost in (observations, mesh_cost, *extra_costs):
+        if cost is not None:
+            objective.add(cost)
     objective.to(device=poses.device)
     objective.update()
     return PoseGraphProblem(
@@ -434,4 +576,154 @@ def build_problem(
         ids=g.ids,
         graph=graph,
         user_costs=list(extra_costs),
+        points=points,
+        observations=observations,
+        mesh_cost=mesh_cost,
     )
+
+
+@dataclass
+class MeshTerm:
+    """A Laplacian smoothness regularizer over landmarks that are the vertices of a mesh
+    (see :class:`~posegraph.mesh.LaplacianSmoothingCost`).
+
+    Attributes:
+        faces: ``(F, 3)`` vertex indices of the mesh.
+        points: ``(V,)`` landmark index (position in ``graph.landmarks``) of each mesh vertex.
+        weight: scale ``s`` of the residuals (the cost adds ``Σᵢ ‖s rᵢ‖²``).
+        kind: ``"uniform"`` or ``"cotangent"`` Laplacian weights.
+        rest_verts: ``(V, 3)`` rest mesh the weights are computed on (default: the landmarks'
+            initial positions).
+    """
+
+    faces: torch.Tensor
+    points: torch.Tensor
+    weight: float = 1.0
+    kind: str = "uniform"
+    rest_verts: Optional[torch.Tensor] = None
+
+
+def mesh_term(
+    graph: PoseGraph,
+    verts: torch.Tensor,
+    faces: torch.Tensor,
+    weight: float = 1.0,
+    kind: str = "uniform",
+    first_id: Optional[int] = None,
+    source: Optional[str] = None,
+) -> MeshTerm:
+    """Tie a mesh to a graph's landmarks: mesh vertex ``k`` (0-based, file order) is the
+    ``VERTEX_TRACKXYZ`` with id ``first_id + k``; ``first_id`` defaults to the smallest point id.
+
+    Every id ``first_id … first_id + V − 1`` must be a point of the graph (other points may
+    exist; they are not regularized). The mesh's own vertex positions are the rest shape for
+    cotangent weights (uniform weights use its faces only).
+
+    Raises:
+        GraphStructureError: no landmarks, or a mesh vertex without its point; the message
+            names the mesh file (``source``), the vertex and the id.
+    """
+    from .errors import GraphStructureError
+
+    lm = graph.landmarks
+    if lm is None or lm.num_points == 0:
+        raise GraphStructureError(
+            f"a mesh needs 3D points (VERTEX_TRACKXYZ) in the graph{_in(graph)}; it has none", source
+        )
+    num_verts = int(verts.shape[0])
+    ids = lm.ids.tolist()
+    first = min(ids) if first_id is None else int(first_id)
+    slot = {vid: k for k, vid in enumerate(ids)}
+    missing = [k for k in range(num_verts) if first + k not in slot]
+    if missing:
+        k = missing[0]
+        raise GraphStructureError(
+            f"mesh vertex {k} (1-based OBJ index {k + 1}) maps to point id {first + k}, which "
+            f"is not a VERTEX_TRACKXYZ of the graph{_in(graph)} ({len(missing)} of {num_verts} "
+            f"mesh vertices unmatched; vertex k ↔ id {first} + k)",
+            source,
+        )
+    if kind not in ("uniform", "cotangent"):
+        raise GraphStructureError(f"Laplacian weights: expected uniform or cotangent, received {kind!r}", source)
+    return MeshTerm(
+        faces=faces.long(),
+        points=torch.as_tensor([slot[first + k] for k in range(num_verts)], dtype=torch.long),
+        weight=float(weight),
+        kind=kind,
+        rest_verts=verts.double() if kind == "cotangent" else None,
+    )
+
+
+def _in(graph: PoseGraph) -> str:
+    return f" {graph.source}" if graph.source else ""
+
+
+def _landmark_costs(
+    g: PoseGraph, pose_var: ManifoldArray, consensus: _Consensus, mesh: Optional[MeshTerm]
+) -> Tuple[Optional[ManifoldArray], Optional[PointObservations], Optional[LaplacianSmoothingCost]]:
+    """The points variable, their observation cost and the mesh regularizer (each or None)."""
+    lm = g.landmarks
+    if lm is None:
+        if mesh is not None:
+            raise PoseGraphError("a mesh needs 3D points (VERTEX_TRACKXYZ); the graph has none", g.source)
+        return None, None, None
+    if lm.positions is None:
+        raise PoseGraphError(
+            "the graph's 3D points have no estimates: initialize it first (posegraph.init)", g.source
+        )
+    num_points, num_obs = lm.num_points, lm.num_observations
+    pos = lm.positions if lm.positions.ndim == 3 else lm.positions.unsqueeze(0)
+    meas = lm.measurements if lm.measurements.ndim == 3 else lm.measurements.unsqueeze(0)
+    info = lm.information if lm.information.ndim == 4 else lm.information.unsqueeze(0)
+    for what, t, expected in (
+        ("points", pos, (num_points, 3)),
+        ("point measurements", meas, (num_obs, 3)),
+        ("point information", info, (num_obs, 3, 3)),
+        ("point offsets", lm.offsets.unsqueeze(0), (num_obs, 3, 4)),
+    ):
+        if tuple(t.shape[1:]) != expected:
+            raise PoseGraphError(
+                f"{what}: expected shape (batch, {', '.join(map(str, expected))}), "
+                f"received {_shape_str(t.shape)}",
+                g.source,
+            )
+        consensus.check(what, t)
+    obs = lm.observations.to(pos.device)
+    if obs.shape != (num_obs, 2) or (obs < 0).any() or (obs[:, 0] >= g.num_poses).any() or (
+        obs[:, 1] >= num_points
+    ).any():
+        raise PoseGraphError(
+            f"point observations: expected (M, 2) (pose, point) indices in [0, {g.num_poses}) × "
+            f"[0, {num_points}), received {_shape_str(obs.shape)}",
+            g.source,
+        )
+    fixed = lm.fixed.cpu().clone()
+    held = torch.ones(num_points, dtype=torch.bool)
+    held[obs[:, 1].cpu()] = False
+    if mesh is not None:
+        held[mesh.points.cpu()] = False
+    points = ManifoldArray(pos, th.Point3, fixed | held, name="points")
+    observations = PointObservations(
+        pose_var,
+        points,
+        obs,
+        th.Variable(meas, name="point_measurements"),
+        th.Variable(lm.offsets.to(pos).unsqueeze(0), name="point_offsets"),
+        FullInformationWeight(
+            th.Variable(sqrt_information(info), name="point_sqrt_information"), name="point_information"
+        ),
+        name="point_observations",
+        observation_names=lm.observation_names(g.ids),
+    )
+    mesh_cost = None
+    if mesh is not None:
+        mesh_cost = LaplacianSmoothingCost(
+            points,
+            mesh.faces.to(pos.device),
+            weight=mesh.weight,
+            kind=mesh.kind,
+            rest_verts=None if mesh.rest_verts is None else mesh.rest_verts.to(pos),
+            name="mesh_laplacian",
+            elements=mesh.points.to(pos.device),
+        )
+    return points, observations, mesh_cost

@@ -13,6 +13,8 @@ import time
 import warnings
 from typing import List, Optional
 
+from .errors import PoseGraphError
+
 EXIT_OK, EXIT_FAILED, EXIT_BAD_INPUT = 0, 1, 2
 
 
@@ -24,6 +26,17 @@ def _non_negative_int(text: str) -> int:
         raise argparse.ArgumentTypeError(f"expected an integer ≥ 0, received {text!r}") from None
     if value < 0:
         raise argparse.ArgumentTypeError(f"expected an integer ≥ 0, received {text!r}")
+    return value
+
+
+def _non_negative_float(text: str) -> float:
+    """argparse type for weights: a finite number ≥ 0."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number ≥ 0, received {text!r}") from None
+    if not (value >= 0 and value < float("inf")):
+        raise argparse.ArgumentTypeError(f"expected a finite number ≥ 0, received {text!r}")
     return value
 
 
@@ -41,6 +54,16 @@ def _parser() -> argparse.ArgumentParser:
                    help="initial guess: file vertices when present, else spanning tree (auto)")
     o.add_argument("--linear-solver", choices=["auto", "cholmod", "dense"], default="auto")
     o.add_argument("--dtype", choices=["float64", "float32"], default="float64")
+    o.add_argument("--mesh", metavar="MESH.obj",
+                   help="regularize the graph's 3D points with the Laplacian of this mesh: OBJ vertex k "
+                        "(0-based, file order) is the VERTEX_TRACKXYZ with id FIRST+k")
+    o.add_argument("--mesh-first-id", type=int, metavar="FIRST",
+                   help="with --mesh: point id of the mesh's first vertex (default: smallest TRACKXYZ id)")
+    o.add_argument("--laplacian-weight", type=_non_negative_float, default=1.0, metavar="W",
+                   help="with --mesh: scale of the Laplacian residuals, cost Σ‖W rᵢ‖² (default 1)")
+    o.add_argument("--laplacian", choices=["uniform", "cotangent"], default="uniform",
+                   help="with --mesh: Laplacian weights (cotangent ones from the OBJ's positions)")
+    o.add_argument("--mesh-output", metavar="OUT.obj", help="with --mesh: write the optimized mesh")
     o.add_argument("--json", action="store_true", help="print one JSON object on stdout")
     o.add_argument("--quiet", action="store_true", help="no progress on stderr")
     o.add_argument("--debug", metavar="TRACE.json",
@@ -80,7 +103,8 @@ def cmd_optimize(args: argparse.Namespace) -> int:
     graph = initialize(graph, args.init)
     t1 = time.perf_counter()
     dtype = torch.float64 if args.dtype == "float64" else torch.float32
-    problem = build_problem(graph, dtype=dtype)
+    mesh = _load_mesh(args, graph)
+    problem = build_problem(graph, dtype=dtype, mesh=mesh)
     t2 = time.perf_counter()
     options = SolverOptions(
         solver=args.solver,
@@ -118,6 +142,11 @@ def cmd_optimize(args: argparse.Namespace) -> int:
         return EXIT_FAILED
     if args.output:
         write_g2o(problem.to_graph().to(dtype=torch.float64), args.output)
+    if mesh is not None and args.mesh_output:
+        from .mesh import write_obj
+
+        verts = problem.points.tensor[0, mesh.points.to(problem.points.tensor.device)]
+        write_obj(args.mesh_output, verts.detach().double().cpu(), mesh.faces)
     t4 = time.perf_counter()
     timings = {"parse": t1 - t0, "build": t2 - t1, "solve": t3 - t2, "write": t4 - t3, "total": t4 - t0}
     s = summary(graph, result, timings, output=args.output)
@@ -128,6 +157,27 @@ def cmd_optimize(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _load_mesh(args: argparse.Namespace, graph):
+    """``--mesh``: read the OBJ and tie its vertices to the graph's points (or None)."""
+    for flag, given in (("--mesh-output", args.mesh_output), ("--mesh-first-id", args.mesh_first_id)):
+        if given is not None and not args.mesh:
+            raise PoseGraphError(f"{flag} needs --mesh")
+    if not args.mesh:
+        return None
+    from .builder import mesh_term
+    from .mesh import read_obj
+
+    try:
+        verts, faces = read_obj(args.mesh)
+    except FileNotFoundError:
+        raise PoseGraphError("no such file", args.mesh) from None
+    except (ValueError, OSError) as err:
+        raise PoseGraphError(str(err)) from None
+    if faces.shape[0] == 0:
+        raise PoseGraphError("the mesh has no faces (f lines): nothing to regularize", args.mesh)
+    return mesh_term(graph, verts, faces, args.laplacian_weight, args.laplacian, args.mesh_first_id, args.mesh)
+
+
 def cmd_inspect(args: argparse.Namespace) -> int:
     from .debug import run_inspect
 
@@ -136,7 +186,7 @@ def cmd_inspect(args: argparse.Namespace) -> int:
 
 def main(argv: Optional[List[str]] = None) -> int:
     """Entry point of the ``posegraph`` console script."""
-    from .errors import OptimizationError, PoseGraphError
+    from .errors import OptimizationError
 
     args = _parser().parse_args(argv)
     _setup_warnings(getattr(args, "quiet", False))

@@ -36,6 +36,8 @@ class PoseGraph:
         fixed: ``(N,)`` bool, vertices held constant (g2o FIX lines).
         source: file the graph was read from (for messages), if any.
         edge_lines: line number of each edge in ``source``, if read from a file.
+        landmarks: 3D points observed from SE3 poses (g2o ``VERTEX_TRACKXYZ`` /
+            ``EDGE_SE3_TRACKXYZ``), or None.
     """
 
     kind: str
@@ -49,6 +51,7 @@ class PoseGraph:
     edge_lines: Optional[List[int]] = None
     vertex_lines: Optional[List[int]] = None
     extras: dict = field(default_factory=dict)
+    landmarks: Optional["Landmarks"] = None
 
     # -- sizes and kinds ----------------------------------------------------------------------
     @property
@@ -74,6 +77,10 @@ class PoseGraph:
     @property
     def has_poses(self) -> bool:
         return self.poses is not None
+
+    @property
+    def num_points(self) -> int:
+        return 0 if self.landmarks is None else self.landmarks.num_points
 
     @property
     def batch_size(self) -> int:
@@ -117,8 +124,16 @@ class PoseGraph:
 
     # -- structure ------------------------------------------------------------------------------
     def components(self) -> np.ndarray:
-        """Connected-component label ``(N,)`` of each pose (labels 0..C-1, by lowest index)."""
-        return connected_components(self.num_poses, self.edges.cpu().numpy())
+        """Connected-component label ``(N,)`` of each pose (labels 0..C-1, by lowest index).
+
+        Poses linked only through observed landmarks are in one component (the points fix
+        their relative placement)."""
+        edges = self.edges.cpu().numpy()
+        if self.landmarks is None or self.landmarks.num_observations == 0:
+            return connected_components(self.num_poses, edges)
+        obs = self.landmarks.observations.cpu().numpy() + np.array([0, self.num_poses])
+        labels = connected_components(self.num_poses + self.num_points, np.concatenate([edges, obs]))
+        return np.unique(labels[: self.num_poses], return_inverse=True)[1].reshape(-1)
 
     def gauge_fixed(self, labels: Optional[np.ndarray] = None) -> torch.Tensor:
         """Vertices held constant: FIX'ed vertices, plus the lowest id of every connected
@@ -151,11 +166,81 @@ class PoseGraph:
             measurements=mv(self.measurements, True),
             information=mv(self.information, True),
             fixed=mv(self.fixed, False),
+            landmarks=None if self.landmarks is None else self.landmarks.to(device, dtype),
         )
 
     def with_poses(self, poses: torch.Tensor) -> "PoseGraph":
         """Copy with new pose estimates."""
         return replace(self, poses=poses)
+
+    def with_points(self, points: torch.Tensor) -> "PoseGraph":
+        """Copy with new landmark position estimates ``([B,] P, 3)``."""
+        if self.landmarks is None:
+            raise ValueError("the graph has no landmarks")
+        return replace(self, landmarks=replace(self.landmarks, positions=points))
+
+
+@dataclass
+class Landmarks:
+    """3D points and their observations from SE3 poses.
+
+    An observation ``k`` of point ``p`` from pose ``X`` through a sensor offset ``O`` (an SE3
+    pose of the sensor in the body frame, g2o's ``PARAMS_SE3OFFSET``) measures the point in
+    the sensor frame: ``zₖ ≈ (X·O)⁻¹ p`` (g2o's ``EdgeSE3PointXYZ``).
+
+    Attributes:
+        ids: ``(P,)`` point vertex ids (one id space with the poses).
+        positions: ``([B,] P, 3)`` estimates, or None (edge-only files).
+        observations: ``(M, 2)`` long, ``(pose index, point index)`` of each observation.
+        measurements: ``([B,] M, 3)`` measured points in the sensor frame.
+        information: ``([B,] M, 3, 3)`` symmetric PSD information matrices.
+        offsets: ``(M, 3, 4)`` sensor offset ``O`` of each observation (identity by default).
+        offset_ids: ``(M,)`` long, g2o parameter id of each observation's offset.
+        fixed: ``(P,)`` bool, points held constant (FIX lines).
+        observation_lines, vertex_lines: line numbers in the source file, if read from one.
+    """
+
+    ids: torch.Tensor
+    positions: Optional[torch.Tensor]
+    observations: torch.Tensor
+    measurements: torch.Tensor
+    information: torch.Tensor
+    offsets: torch.Tensor
+    offset_ids: torch.Tensor
+    fixed: torch.Tensor
+    observation_lines: Optional[List[int]] = None
+    vertex_lines: Optional[List[int]] = None
+
+    @property
+    def num_points(self) -> int:
+        return int(self.ids.numel())
+
+    @property
+    def num_observations(self) -> int:
+        return int(self.observations.shape[0])
+
+    def to(self, device=None, dtype=None) -> "Landmarks":
+        """Copy with float tensors moved/cast (index tensors keep their dtype)."""
+
+        def mv(t: Optional[torch.Tensor], is_float: bool) -> Optional[torch.Tensor]:
+            return None if t is None else t.to(device=device, dtype=dtype if is_float else None)
+
+        return replace(
+            self,
+            ids=mv(self.ids, False),
+            positions=mv(self.positions, True),
+            observations=mv(self.observations, False),
+            measurements=mv(self.measurements, True),
+            information=mv(self.information, True),
+            offsets=mv(self.offsets, True),
+            offset_ids=mv(self.offset_ids, False),
+            fixed=mv(self.fixed, False),
+        )
+
+    def observation_names(self, pose_ids: torch.Tensor) -> List[str]:
+        """``"EDGE_SE3_TRACKXYZ 3 1001"`` per observation (pose id, point id)."""
+        pairs = zip(pose_ids[self.observations[:, 0]].tolist(), self.ids[self.observations[:, 1]].tolist())
+        return [f"EDGE_SE3_TRACKXYZ {a} {b}" for a, b in pairs]
 
 
 def connected_components(num_nodes: int, edges: np.ndarray) -> np.ndarray:

@@ -129,8 +129,34 @@ def initialize(graph: PoseGraph, method: str = "auto") -> PoseGraph:
             raise GraphStructureError(
                 "the file has no VERTEX lines: use --init spanning-tree", graph.source
             )
-        return graph
+        return _with_point_guess(graph)
     if method == "spanning-tree":
         poses = spanning_tree(graph).to(dtype=graph.dtype, device=graph.device)
-        return graph.with_poses(poses)
+        return _with_point_guess(graph.with_poses(poses))
     raise ValueError(f"unknown initialization {method!r}: expected auto, file or spanning-tree")
+
+
+def point_guess(graph: PoseGraph) -> torch.Tensor:
+    """Landmark positions ``(P, 3)`` from the poses: the mean over each point's observations
+    of ``X · O · z`` (the measured point mapped to the world); unobserved points get 0."""
+    lm = graph.landmarks
+    assert lm is not None and graph.poses is not None
+    poses = graph.poses if graph.poses.ndim == 3 else graph.poses[0]
+    x = torch.as_tensor(to_homogeneous("SE3", poses[lm.observations[:, 0]]))
+    o = torch.as_tensor(to_homogeneous("SE3", lm.offsets))
+    z = lm.measurements if lm.measurements.ndim == 2 else lm.measurements[0]
+    zh = torch.cat([z.double().cpu(), torch.ones(z.shape[0], 1, dtype=torch.float64)], dim=1)
+    world = (x @ o @ zh.unsqueeze(-1))[:, :3, 0]
+    point = lm.observations[:, 1].cpu()
+    total = torch.zeros(lm.num_points, 3, dtype=torch.float64).index_add_(0, point, world)
+    count = torch.zeros(lm.num_points, dtype=torch.float64).index_add_(
+        0, point, torch.ones_like(point, dtype=torch.float64)
+    )
+    return total / count.clamp_min(1.0).unsqueeze(1)
+
+
+def _with_point_guess(graph: PoseGraph) -> PoseGraph:
+    """Fill in landmark positions a file did not give (VERTEX_TRACKXYZ lines missing)."""
+    if graph.landmarks is None or graph.landmarks.positions is not None:
+        return graph
+    return graph.with_points(point_guess(graph).to(dtype=graph.dtype, device=graph.device))

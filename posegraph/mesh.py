@@ -31,7 +31,6 @@ from __future__ import annotations
 
 import math
 import os
-import tempfile
 from typing import List, NamedTuple, Optional, Tuple, Union
 
 import theseus as th
@@ -486,6 +485,26 @@ def _check_precomputed(laplacian: LaplacianWeights, num_verts: int) -> Laplacian
     return LaplacianWeights(rows.long(), cols.long(), w)
 
 
+def _check_elements(
+    elements: Optional[torch.Tensor], num_elements: int, device: torch.device
+) -> torch.Tensor:
+    """Mesh vertex → variable element map: distinct indices in ``[0, num_elements)``."""
+    if elements is None:
+        return torch.arange(num_elements, device=device)
+    elements = torch.as_tensor(elements)
+    if elements.ndim != 1 or elements.dtype not in (torch.int32, torch.int64):
+        raise ValueError(
+            f"elements: expected a 1-D integer tensor, received {elements.dtype} of shape "
+            f"{tuple(elements.shape)}"
+        )
+    if elements.numel() and (int(elements.min()) < 0 or int(elements.max()) >= num_elements):
+        raise ValueError(f"elements: expected indices in [0, {num_elements}), received "
+                         f"[{int(elements.min())}, {int(elements.max())}]")
+    if torch.unique(elements).numel() != elements.numel():
+        raise ValueError("elements: expected distinct indices (one element per mesh vertex)")
+    return elements.to(device=device, dtype=torch.long)
+
+
 class LaplacianSmoothingCost(BlockSparseCostFunction):
     """Laplacian smoothness of mesh vertices: one residual block ``r_i`` per vertex.
 
@@ -525,6 +544,9 @@ class LaplacianSmoothingCost(BlockSparseCostFunction):
             (overrides ``kind`` / ``rest_verts``; used by :meth:`copy`, and to share one weight
             computation between costs).
         name: cost name.
+        elements: optional ``(V,)`` indices: mesh vertex ``k`` is element ``elements[k]`` of
+            ``verts`` (when the variable holds more points than the mesh, e.g. all landmarks of
+            a pose graph); by default vertex ``k`` is element ``k``.
     """
 
     def __init__(
@@ -536,9 +558,11 @@ class LaplacianSmoothingCost(BlockSparseCostFunction):
         rest_verts: Optional[torch.Tensor] = None,
         laplacian: Optional[LaplacianWeights] = None,
         name: Optional[str] = None,
+        elements: Optional[torch.Tensor] = None,
     ):
         verts = _check_vertex_variable(verts)
-        tensor = verts.tensor
+        self.elements = _check_elements(elements, verts.tensor.shape[1], verts.tensor.device)
+        tensor = verts.tensor[:, self.elements]
         num_verts = tensor.shape[1]
         self.kind = _check_kind(kind)
         self.faces = _check_faces(faces, num_verts, tensor.device)
@@ -601,6 +625,7 @@ class LaplacianSmoothingCost(BlockSparseCostFunction):
         w = self.laplacian.w
         if w.device != tensor.device or w.dtype != tensor.dtype:
             self.faces = self.faces.to(tensor.device)
+            self.elements = self.elements.to(tensor.device)
             self._set_constants(self.laplacian, tensor.dtype, tensor.device)
 
     # -- BlockSparseCostFunction interface ----------------------------------------------------
@@ -609,14 +634,14 @@ class LaplacianSmoothingCost(BlockSparseCostFunction):
         (``rows = laplacian.rows``, ``elements = laplacian.cols``)."""
         self._sync()
         return [
-            JacobianBlocks(self.verts, self._diag_index, self._diag_index),
-            JacobianBlocks(self.verts, self.laplacian.rows, self.laplacian.cols),
+            JacobianBlocks(self.verts, self._diag_index, self.elements[self._diag_index]),
+            JacobianBlocks(self.verts, self.laplacian.rows, self.elements[self.laplacian.cols]),
         ]
 
     def block_error(self) -> torch.Tensor:
         """``r`` ``(B, V, 3)`` via one gather and one ``index_add``."""
         self._sync()
-        return laplacian_residual(self.verts.tensor, self.laplacian, self._has)
+        return laplacian_residual(self.verts.tensor[:, self.elements], self.laplacian, self._has)
 
     def block_jacobians(self) -> Tuple[List[torch.Tensor], torch.Tensor]:
         """Constant blocks ``[(B, V, 3, 3) I, (B, K, 3, 3) −w_ij I]`` and the block error.
@@ -644,6 +669,7 @@ class LaplacianSmoothingCost(BlockSparseCostFunction):
             kind=self.kind,
             laplacian=LaplacianWeights(*(t.clone() for t in self.laplacian)),
             name=new_name,
+            elements=self.elements.clone(),
         )
 
 
@@ -736,6 +762,20 @@ def read_obj(path: PathLike) -> Tuple[torch.Tensor, torch.Tensor]:
     )
 
 
+def format_obj(verts: torch.Tensor, faces: torch.Tensor) -> str:
+    """Wavefront OBJ text of a triangle mesh (see :func:`write_obj`)."""
+    verts_b, batched = _check_verts(verts)
+    if batched:
+        raise ValueError(f"verts: expected shape (V, 3), received {tuple(verts.shape)}")
+    faces = _check_faces(faces, verts_b.shape[1], torch.device("cpu"))
+    vlist = verts_b[0].detach().cpu().double().tolist()
+    flist = (faces + 1).tolist()
+    lines = [f"# posegraph.mesh.write_obj: {len(vlist)} vertices, {len(flist)} faces\n"]
+    lines += [f"v {x!r} {y!r} {z!r}\n" for x, y, z in vlist]
+    lines += [f"f {a} {b} {c}\n" for a, b, c in flist]
+    return "".join(lines)
+
+
 def write_obj(path: PathLike, verts: torch.Tensor, faces: torch.Tensor) -> None:
     """Write a triangle mesh as Wavefront OBJ, atomically (temp file + ``os.replace``).
 
@@ -747,27 +787,9 @@ def write_obj(path: PathLike, verts: torch.Tensor, faces: torch.Tensor) -> None:
         verts: ``(V, 3)`` floating vertices (any device; detached).
         faces: ``(F, 3)`` integer vertex indices in ``[0, V)``.
     """
-    verts_b, batched = _check_verts(verts)
-    if batched:
-        raise ValueError(f"verts: expected shape (V, 3), received {tuple(verts.shape)}")
-    faces = _check_faces(faces, verts_b.shape[1], torch.device("cpu"))
-    vlist = verts_b[0].detach().cpu().double().tolist()
-    flist = (faces + 1).tolist()
-    lines = [f"# posegraph.mesh.write_obj: {len(vlist)} vertices, {len(flist)} faces\n"]
-    lines += [f"v {x!r} {y!r} {z!r}\n" for x, y, z in vlist]
-    lines += [f"f {a} {b} {c}\n" for a, b, c in flist]
-    directory = os.path.dirname(os.path.abspath(os.fspath(path)))
-    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".obj", dir=directory)
-    try:
-        with os.fdopen(fd, "w", encoding="ascii", newline="\n") as f:
-            f.writelines(lines)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    from .io.g2o import write_text_atomic
+
+    write_text_atomic(path, format_obj(verts, faces))
 
 
 # ---------------------------------------------------------------------------------------------

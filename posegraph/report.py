@@ -62,6 +62,9 @@ def summary(
         "device": result.device,
         "time_s": {k: round(v, 6) for k, v in timings.items()},
     }
+    if graph.landmarks is not None:
+        out["num_points"] = graph.landmarks.num_points
+        out["num_point_observations"] = graph.landmarks.num_observations
     if init.numel() > 1:
         out["initial_error_per_batch"] = init.tolist()
         out["final_error_per_batch"] = final.tolist()
@@ -80,6 +83,8 @@ def format_summary(s: Dict[str, Any]) -> str:
         f"error (χ²/2) {s['initial_error']:.10g} -> {s['final_error']:.10g}",
         f"time         {times}",
     ]
+    if "num_points" in s:
+        lines.insert(1, f"points       {s['num_points']} (TRACKXYZ), {s['num_point_observations']} observations")
     if s.get("output"):
         lines.append(f"output       {s['output']}")
     return "\n".join(lines)

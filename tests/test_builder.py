@@ -411,3 +411,97 @@ def test_disconnected_builder_graph_warns_and_keeps_isolated_pose():
         problem = b.build()
     optimize(problem, SolverOptions(solver="gn"))
     assert torch.equal(lone.tensor, before)
+
+
+# -- points ------------------------------------------------------------------------------------------
+
+
+def point(name: str, xyz, batch: int = 1) -> th.Point3:
+    return th.Point3(tensor=torch.tensor([xyz], dtype=F64).expand(batch, 3).clone(), name=name)
+
+
+def _observed(x: th.SE3, p: torch.Tensor) -> torch.Tensor:
+    """The point in the pose's frame, Rᵀ(p − t)."""
+    m = x.tensor[0]
+    return m[:, :3].T @ (p - m[:, 3])
+
+
+def test_points_and_poses_optimized_together():
+    b, x0, x1 = two_pose_builder()
+    b.add_between(x0, x1, measurement=x0.between(x1), information=torch.eye(6, dtype=F64))
+    truth = torch.tensor([[1.0, 2.0, 3.0], [-1.0, 0.5, 2.0]], dtype=F64)
+    pts = [point("p0", [0.0, 0.0, 0.0]), point("p1", [5.0, 5.0, 5.0])]
+    for p in pts:
+        b.add_point(p)
+    for k, p in enumerate(pts):
+        b.add_point_observation(x0, p, measurement=_observed(x0, truth[k]))
+        b.add_point_observation("x1", p.name, measurement=_observed(x1, truth[k]), information=4 * torch.eye(3, dtype=F64))
+    x1_before = x1.tensor.clone()
+    problem = b.build()
+    assert problem.points.tensor.shape == (1, 2, 3)
+    result = optimize(problem, SolverOptions(solver="lm"))
+    assert float(result.final_error) < 1e-16
+    for k, p in enumerate(pts):  # written back into the user's own variables
+        torch.testing.assert_close(p.tensor[0], truth[k], atol=1e-8, rtol=0)
+    torch.testing.assert_close(x1.tensor, x1_before, atol=1e-8, rtol=0)
+
+
+def test_point_observation_with_sensor_offset():
+    b, x0, x1 = two_pose_builder()
+    b.add_between(x0, x1, measurement=x0.between(x1))
+    p = point("p", [0.0, 0.0, 0.0])
+    b.add_point(p)
+    offset = se3("offset", seed=5)
+    truth = torch.tensor([0.3, -0.2, 1.5], dtype=F64)
+    sensor = x0.compose(offset)
+    b.add_point_observation(x0, p, measurement=_observed(sensor, truth), offset=offset)
+    optimize(b.build(), SolverOptions(solver="gn"))
+    torch.testing.assert_close(p.tensor[0], truth, atol=1e-10, rtol=0)
+
+
+def test_point_observation_checks():
+    b, x0, x1 = two_pose_builder()
+    p = point("p", [0.0, 0.0, 0.0])
+    b.add_point(p)
+    with raises_builder_error("observation #0", "not a point added"):
+        b.add_point_observation(x0, point("q", [0.0, 0.0, 0.0]), torch.zeros(3, dtype=F64))
+    with raises_builder_error("observation #0 measurement", "shape (batch, 3)", "(1, 4)"):
+        b.add_point_observation(x0, p, torch.zeros(4, dtype=F64))
+    with raises_builder_error("observation #0 information", "(3, 3)", "(6, 6)"):
+        b.add_point_observation(x0, p, torch.zeros(3, dtype=F64), information=torch.eye(6, dtype=F64))
+    with raises_builder_error("observation #0 offset", "th.SE3", "SE2"):
+        b.add_point_observation(x0, p, torch.zeros(3, dtype=F64), offset=se2("o"))
+    with raises_builder_error("observation #0 measurement", "dtype torch.float64", "torch.float32"):
+        b.add_point_observation(x0, p, torch.zeros(3, dtype=torch.float32))
+    b.add_pose(se3("xb", batch=2))
+    with raises_builder_error("point 'p2'", "expected batch size 2", "received 3"):
+        b.add_point(th.Point3(tensor=torch.zeros(3, 3, dtype=F64), name="p2"))
+
+
+def test_point_observation_needs_se3_poses():
+    b = PoseGraphBuilder()
+    b.add_pose(se2("a"))
+    b.add_point(point("p", [0.0, 0.0, 0.0]))
+    with raises_builder_error("observed from th.SE3 poses", "th.SE2"):
+        b.add_point_observation("a", "p", torch.zeros(3, dtype=F64))
+
+
+def test_batched_points_equal_separate_builds():
+    truths = torch.tensor([[[1.0, 2.0, 3.0]], [[0.0, -1.0, 4.0]]], dtype=F64)
+
+    def build(batch_index=None):
+        b, x0, x1 = two_pose_builder()
+        b.add_between(x0, x1, measurement=x0.between(x1))
+        p = point("p", [0.0, 0.0, 0.0])
+        b.add_point(p)
+        sel = truths if batch_index is None else truths[batch_index : batch_index + 1]
+        z = torch.stack([_observed(x0, t[0]) for t in sel])
+        b.add_point_observation(x0, p, measurement=z)
+        return b.build()
+
+    batched = build()
+    optimize(batched, SolverOptions(solver="gn"))
+    for k in range(2):
+        single = build(k)
+        optimize(single, SolverOptions(solver="gn"))
+        torch.testing.assert_close(batched.points.tensor[k], single.points.tensor[0], atol=1e-12, rtol=0)

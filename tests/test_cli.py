@@ -12,6 +12,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 
 import posegraph.io.g2o as g2o_mod
 import posegraph.solve.optimize as optimize_mod
@@ -305,3 +306,84 @@ def test_reference_final_error(datasets_dir, capsys, name):
     assert data["status"] == "converged"
     assert data["final_error"] == pytest.approx(expected, rel=1e-5)
     assert data["final_chi2"] == pytest.approx(2 * expected, rel=1e-5)
+
+
+# -- --mesh: Laplacian regularizer over TRACKXYZ points ---------------------------------------------
+
+
+@pytest.fixture
+def mesh_files(tmp_path):
+    """A small pose + icosphere-vertex graph (ids 1000 + k) and its mesh."""
+    from posegraph.io.g2o import write_g2o as write
+    from posegraph.mesh import write_obj
+    from posegraph.synthetic import mesh_observations
+
+    noisy, truth = mesh_observations(subdivisions=1, num_poses=12, observations_per_pose=10, seed=4)
+    write(noisy, tmp_path / "m.g2o")
+    verts, faces = noisy.extras["mesh"]
+    write_obj(tmp_path / "m.obj", verts, faces)
+    return tmp_path / "m.g2o", tmp_path / "m.obj", truth
+
+
+def test_mesh_run_writes_graph_and_mesh(tmp_path, capsys, mesh_files):
+    from posegraph.mesh import read_obj
+
+    graph, mesh, truth = mesh_files
+    out_g2o, out_obj = tmp_path / "o.g2o", tmp_path / "o.obj"
+    code, out, err = run_cli(capsys, graph, "--mesh", mesh, "--laplacian-weight", "20",
+                             "-o", out_g2o, "--mesh-output", out_obj, "--json", "--quiet")
+    assert code == 0, err
+    data = json.loads(out)
+    assert data["num_points"] == 42 and data["num_point_observations"] >= 42
+    assert data["status"] == "converged"
+    optimized = read_g2o(out_g2o)
+    verts, faces = read_obj(out_obj)
+    # mesh vertex k is point id 1000 + k, in the output graph and in the output mesh
+    assert optimized.landmarks.ids.tolist() == list(range(1000, 1042))
+    torch.testing.assert_close(verts, optimized.landmarks.positions, atol=1e-12, rtol=0)
+    assert faces.shape == (80, 3)
+
+
+def test_mesh_weight_changes_the_optimum(tmp_path, capsys, mesh_files):
+    graph, mesh, _ = mesh_files
+    finals = []
+    for w in ("0", "50"):
+        code, out, err = run_cli(capsys, graph, "--mesh", mesh, "--laplacian-weight", w, "--json", "--quiet")
+        assert code == 0, err
+        finals.append(json.loads(out)["final_error"])
+    code, out, _ = run_cli(capsys, graph, "--json", "--quiet")
+    assert json.loads(out)["final_error"] == pytest.approx(finals[0], rel=1e-9)  # weight 0 = no mesh
+    assert finals[1] > finals[0] * (1 + 1e-6)
+
+
+@pytest.mark.parametrize(
+    "extra,words",
+    [
+        (["--mesh-first-id", "1001"], ["mesh vertex 41", "point id 1042", "id 1001 + k"]),
+        (["--mesh-first-id", "7"], ["mesh vertex 0", "point id 7"]),
+    ],
+)
+def test_mesh_id_mapping_errors(capsys, mesh_files, extra, words):
+    graph, mesh, _ = mesh_files
+    code, out, err = run_cli(capsys, graph, "--mesh", mesh, *extra)
+    assert code == EXIT_BAD_INPUT and out == ""
+    assert err.startswith(f"error: {mesh}: ") and err.count("\n") == 1
+    for w in words:
+        assert w in err, (w, err)
+
+
+def test_mesh_bad_files(tmp_path, capsys, mesh_files):
+    graph, mesh, _ = mesh_files
+    bad = tmp_path / "bad.obj"
+    bad.write_text("v 0 0 0\nv 1 0 0\nf 1 2 9\n")
+    code, _, err = run_cli(capsys, graph, "--mesh", bad)
+    assert code == EXIT_BAD_INPUT and err.startswith(f"error: {bad}:3: ") and "vertex 9" in err
+    code, _, err = run_cli(capsys, graph, "--mesh", tmp_path / "missing.obj")
+    assert code == EXIT_BAD_INPUT and "no such file" in err
+    se2 = tmp_path / "se2.g2o"
+    se2.write_text(SE2_TEXT)
+    code, _, err = run_cli(capsys, se2, "--mesh", mesh)
+    assert code == EXIT_BAD_INPUT and "needs 3D points" in err
+    code, _, err = run_cli(capsys, graph, "--mesh-output", tmp_path / "x.obj")
+    assert code == EXIT_BAD_INPUT and "--mesh-output needs --mesh" in err
+    assert not (tmp_path / "x.obj").exists()

@@ -437,3 +437,84 @@ def test_successful_write_replaces_and_leaves_no_temp(tmp_path, graph_se2, lefto
     write_g2o(graph_se2, target)
     assert target.read_text().startswith("VERTEX_SE2 0 ")
     assert leftovers(tmp_path) == {}
+
+
+# -- 3D points (VERTEX_TRACKXYZ / EDGE_SE3_TRACKXYZ / PARAMS_SE3OFFSET) -------------------------------
+
+POINTS_TEXT = (
+    "PARAMS_SE3OFFSET 0 0 0 0 0 0 0 1\n"
+    "PARAMS_SE3OFFSET 7 0.1 0 0.2 0 0 0.7071067811865476 0.7071067811865476\n"
+    "VERTEX_SE3:QUAT 0 0 0 0 0 0 0 1\n"
+    "VERTEX_SE3:QUAT 1 1 0 0 0 0 0 1\n"
+    "VERTEX_TRACKXYZ 100 1 2 3\n"
+    "VERTEX_TRACKXYZ 101 0 1 0\n"
+    "FIX 0 101\n"
+    f"EDGE_SE3:QUAT 0 1 1 0 0 0 0 0 1 {IDENTITY21}\n"
+    "EDGE_SE3_TRACKXYZ 0 100 0 1 2 3 4 0.5 0 4 0 4\n"
+    "EDGE_SE3_TRACKXYZ 1 100 7 0 2 3 1 0 0 1 0 1\n"
+    "EDGE_SE3_TRACKXYZ 1 101 0 -1 1 0 1 0 0 1 0 1\n"
+)
+
+
+def test_points_layout(write_file):
+    g = read_quietly(write_file("p.g2o", POINTS_TEXT))
+    lm = g.landmarks
+    assert g.kind == "SE3" and g.num_poses == 2 and g.num_points == 2
+    assert lm.ids.tolist() == [100, 101]
+    assert lm.positions.tolist() == [[1, 2, 3], [0, 1, 0]]
+    assert lm.observations.tolist() == [[0, 0], [1, 0], [1, 1]]
+    assert lm.offset_ids.tolist() == [0, 7, 0]
+    assert lm.fixed.tolist() == [False, True] and g.fixed.tolist() == [True, False]
+    assert lm.observation_lines == [9, 10, 11] and lm.vertex_lines == [5, 6]
+    info0 = torch.tensor([[4, 0.5, 0], [0.5, 4, 0], [0, 0, 4]], dtype=torch.float64)
+    assert torch.equal(lm.information[0], info0)
+    # offset 7: translation (0.1, 0, 0.2), 90° about z
+    expected = torch.tensor([[0.0, -1, 0, 0.1], [1, 0, 0, 0], [0, 0, 1, 0.2]], dtype=torch.float64)
+    torch.testing.assert_close(lm.offsets[1], expected, atol=1e-15, rtol=0)
+    torch.testing.assert_close(lm.offsets[0], torch.eye(3, 4, dtype=torch.float64))
+
+
+def test_points_round_trip_exact(write_file, tmp_path):
+    g = read_quietly(write_file("p.g2o", POINTS_TEXT))
+    out = tmp_path / "out.g2o"
+    write_g2o(g, out)
+    h = read_quietly(out)
+    for name in ("ids", "positions", "observations", "measurements", "information", "offset_ids", "fixed"):
+        assert torch.equal(getattr(g.landmarks, name), getattr(h.landmarks, name)), name
+    # rotation → quaternion → rotation: exact up to the last bit
+    torch.testing.assert_close(g.landmarks.offsets, h.landmarks.offsets, atol=1e-15, rtol=0)
+    assert torch.equal(g.poses, h.poses) and torch.equal(g.fixed, h.fixed)
+
+
+def test_points_edge_only_file(write_file):
+    text = "".join(line + "\n" for line in POINTS_TEXT.splitlines() if not line.startswith("VERTEX"))
+    g = read_quietly(write_file("e.g2o", text.replace("FIX 0 101", "FIX 0")))
+    assert g.poses is None and g.landmarks.positions is None
+    assert g.ids.tolist() == [0, 1] and g.landmarks.ids.tolist() == [100, 101]
+    assert "VERTEX" not in format_g2o(g)
+
+
+POINT_BAD = [
+    ("se2-file", "VERTEX_SE2 0 0 0 0\nVERTEX_TRACKXYZ 5 1 2 3\n", 2, ["SE3 poses", "SE2"]),
+    ("points-only", "VERTEX_TRACKXYZ 5 1 2 3\n", 1, ["no SE3 poses"]),
+    ("count", POINTS_TEXT.replace("VERTEX_TRACKXYZ 100 1 2 3", "VERTEX_TRACKXYZ 100 1 2"), 5, ["expected 4", "received 3"]),
+    ("id-clash", POINTS_TEXT.replace("VERTEX_TRACKXYZ 100", "VERTEX_TRACKXYZ 1"), 5, ["duplicate vertex id 1"]),
+    ("unknown-point", POINTS_TEXT.replace("EDGE_SE3_TRACKXYZ 1 101", "EDGE_SE3_TRACKXYZ 1 102"), 11, ["vertex 102", "VERTEX_TRACKXYZ"]),
+    ("point-as-pose", POINTS_TEXT.replace("EDGE_SE3_TRACKXYZ 1 101", "EDGE_SE3_TRACKXYZ 100 101"), 11, ["100", "3D point", "expected a pose"]),
+    ("pose-as-point", POINTS_TEXT.replace("EDGE_SE3_TRACKXYZ 1 101", "EDGE_SE3_TRACKXYZ 1 0"), 11, ["vertex 0", "a pose"]),
+    ("no-param", POINTS_TEXT.replace("EDGE_SE3_TRACKXYZ 1 100 7", "EDGE_SE3_TRACKXYZ 1 100 3"), 10, ["parameter 3", "PARAMS_SE3OFFSET"]),
+    ("dup-param", "PARAMS_SE3OFFSET 0 0 0 0 0 0 0 1\n" + POINTS_TEXT, 2, ["duplicate parameter id 0"]),
+    ("point-info-not-psd", POINTS_TEXT.replace("4 0.5 0 4 0 4", "4 0.5 0 -4 0 4"), 9, ["positive semidefinite"]),
+    ("fix-unknown", POINTS_TEXT.replace("FIX 0 101", "FIX 0 555"), 7, ["unknown vertex 555"]),
+]
+
+
+@pytest.mark.parametrize("name,text,line,words", POINT_BAD, ids=[b[0] for b in POINT_BAD])
+def test_points_bad_input(write_file, name, text, line, words):
+    path = write_file(f"{name}.g2o", text)
+    with pytest.raises(G2oFormatError) as exc:
+        read_g2o(path)
+    msg = str(exc.value)
+    assert msg.startswith(f"{path}:{line}: "), msg
+    for w in words:
+        assert w in msg, (w, msg)

@@ -30,6 +30,9 @@ DATA_FILES = [
     "grid_se2.g2o",
     "grid_se2.gt.g2o",
     "grid_se2_edges_only.g2o",
+    "mesh_demo.g2o",
+    "mesh_demo.gt.g2o",
+    "icosphere.obj",
 ]
 
 # Small instances keep the suite fast.

@@ -3,7 +3,10 @@
 Tags read: ``VERTEX_SE2 id x y θ``, ``EDGE_SE2 i j x y θ I11 I12 I13 I22 I23 I33``,
 ``VERTEX_SE3:QUAT id x y z qx qy qz qw``,
 ``EDGE_SE3:QUAT i j x y z qx qy qz qw`` + the 21 upper-triangle entries of Ω (row-major), and
-``FIX id [id …]``. ``#`` starts a comment; blank lines, CRLF and tabs are accepted; vertex ids
+``FIX id [id …]``; 3D points observed from SE3 poses: ``VERTEX_TRACKXYZ id x y z``,
+``EDGE_SE3_TRACKXYZ pose point param x y z`` + the 6 upper-triangle entries of Ω and
+``PARAMS_SE3OFFSET param x y z qx qy qz qw`` (g2o's ``EdgeSE3PointXYZ``: the point measured in
+the frame of the sensor at offset ``param`` from the pose). ``#`` starts a comment; blank lines, CRLF and tabs are accepted; vertex ids
 need not be contiguous. Other tags are skipped with one warning per tag giving the count.
 Format reference: g2o's ``types_slam2d``/``types_slam3d`` (Kümmerle et al. 2011) as used by
 the SE-Sync/GTSAM datasets.
@@ -27,7 +30,7 @@ import torch
 
 from .. import lie
 from ..errors import G2oFormatError
-from ..graph import PoseGraph
+from ..graph import Landmarks, PoseGraph
 
 PathLike = Union[str, "os.PathLike[str]"]
 
@@ -111,6 +114,68 @@ class _Records:
         self.edge_lines: List[int] = []
         self.fixed: List[Tuple[int, int]] = []  # (id, line)
         self.unknown: Counter = Counter()
+        self.points = _PointRecords()
+
+
+class _PointRecords:
+    """Raw VERTEX_TRACKXYZ / EDGE_SE3_TRACKXYZ / PARAMS_SE3OFFSET records, in file order."""
+
+    def __init__(self) -> None:
+        self.first_line = 0  # first line of any of these tags (for the SE3-only check)
+        self.vertex_ids: List[int] = []
+        self.vertex_values: List[List[float]] = []
+        self.vertex_lines: List[int] = []
+        self.obs_ids: List[Tuple[int, int]] = []
+        self.obs_params: List[int] = []
+        self.obs_values: List[List[float]] = []
+        self.obs_lines: List[int] = []
+        self.params: Dict[int, Tuple[List[float], int]] = {}  # id -> (x y z qx qy qz qw, line)
+
+    def __bool__(self) -> bool:
+        return bool(self.first_line)
+
+
+#: point tags: name -> (number of integer ids, number of values after them)
+_POINT_TAGS: Dict[str, Tuple[int, int]] = {
+    "VERTEX_TRACKXYZ": (1, 3),
+    "EDGE_SE3_TRACKXYZ": (3, 3 + 6),
+    "PARAMS_SE3OFFSET": (1, 7),
+}
+
+
+def _parse_point_line(
+    path: str, lineno: int, tag_name: str, toks: List[str], rec: "_PointRecords"
+) -> None:
+    """One VERTEX_TRACKXYZ / EDGE_SE3_TRACKXYZ / PARAMS_SE3OFFSET line into ``rec``."""
+    num_ids, num_values = _POINT_TAGS[tag_name]
+    if len(toks) - 1 != num_ids + num_values:
+        raise G2oFormatError(
+            f"{tag_name}: expected {num_ids + num_values} values after the tag, "
+            f"received {len(toks) - 1}",
+            path,
+            lineno,
+        )
+    ids = [_vertex_id(t, path, lineno, tag_name) for t in toks[1 : 1 + num_ids]]
+    values = [_number(t, path, lineno, tag_name) for t in toks[1 + num_ids :]]
+    rec.first_line = rec.first_line or lineno
+    if tag_name == "VERTEX_TRACKXYZ":
+        rec.vertex_ids.append(ids[0])
+        rec.vertex_values.append(values)
+        rec.vertex_lines.append(lineno)
+    elif tag_name == "EDGE_SE3_TRACKXYZ":
+        rec.obs_ids.append((ids[0], ids[1]))
+        rec.obs_params.append(ids[2])
+        rec.obs_values.append(values)
+        rec.obs_lines.append(lineno)
+    else:
+        if ids[0] in rec.params:
+            raise G2oFormatError(
+                f"PARAMS_SE3OFFSET: duplicate parameter id {ids[0]} "
+                f"(first defined on line {rec.params[ids[0]][1]})",
+                path,
+                lineno,
+            )
+        rec.params[ids[0]] = (values, lineno)
 
 
 def _parse_lines(path: str, text: str) -> _Records:
@@ -125,6 +190,9 @@ def _parse_lines(path: str, text: str) -> _Records:
             if len(toks) < 2:
                 raise G2oFormatError("FIX: expected at least one vertex id", path, lineno)
             rec.fixed.extend((_vertex_id(t, path, lineno, "FIX"), lineno) for t in toks[1:])
+            continue
+        if tag_name in _POINT_TAGS:
+            _parse_point_line(path, lineno, tag_name, toks, rec.points)
             continue
         tag = _TAGS.get(tag_name)
         if tag is None:
@@ -237,7 +305,16 @@ def read_g2o(path: PathLike) -> PoseGraph:
     for tag_name, count in sorted(rec.unknown.items()):
         warnings.warn(f"{path}: skipped {count} line(s) with unsupported tag {tag_name}")
     if rec.kind is None:
+        if rec.points:
+            raise G2oFormatError("3D points (TRACKXYZ) but no SE3 poses", path, rec.points.first_line)
         raise G2oFormatError("no pose graph found (no VERTEX or EDGE lines)", path)
+    if rec.points and rec.kind != "SE3":
+        raise G2oFormatError(
+            f"3D points (TRACKXYZ) are observed from SE3 poses; this file has {rec.kind} "
+            f"elements (first on line {rec.kind_line})",
+            path,
+            rec.points.first_line,
+        )
     return _assemble(path, rec)
 
 
@@ -252,22 +329,32 @@ def _assemble(path: str, rec: _Records) -> PoseGraph:
                 f"duplicate vertex id {vid} (first defined on line {first_line[vid]})", path, line
             )
         first_line[vid] = line
+    pts = rec.points
+    point_ids = _point_ids(path, pts, first_line)
     if rec.vertex_ids:
         ids = list(rec.vertex_ids)
-        for (a, b), line in zip(rec.edge_ids, rec.edge_lines):
-            for v in (a, b):
-                if v not in first_line:
-                    raise G2oFormatError(
-                        f"edge refers to vertex {v}, which has no VERTEX line", path, line
-                    )
+        pose_refs = [(v, line) for pair, line in zip(rec.edge_ids, rec.edge_lines) for v in pair]
+        pose_refs += [(a, line) for (a, _), line in zip(pts.obs_ids, pts.obs_lines)]
+        for v, line in pose_refs:
+            if v not in first_line:
+                what = "a 3D point (VERTEX_TRACKXYZ), expected a pose" if v in point_ids else (
+                    "which has no VERTEX line"
+                )
+                raise G2oFormatError(f"edge refers to vertex {v}, {what}", path, line)
     else:
-        ids = sorted({v for pair in rec.edge_ids for v in pair})
+        ids = sorted({v for pair in rec.edge_ids for v in pair} | {a for a, _ in pts.obs_ids})
     index = {v: k for k, v in enumerate(ids)}
+    point_index = {v: k for k, v in enumerate(point_ids)}
+    _check_id_spaces(path, pts, index, point_index)
     fixed = torch.zeros(len(ids), dtype=torch.bool)
+    point_fixed = torch.zeros(len(point_ids), dtype=torch.bool)
     for vid, line in rec.fixed:
-        if vid not in index:
+        if vid in index:
+            fixed[index[vid]] = True
+        elif vid in point_index:
+            point_fixed[point_index[vid]] = True
+        else:
             raise G2oFormatError(f"FIX refers to unknown vertex {vid}", path, line)
-        fixed[index[vid]] = True
 
     meas_len = 7 if kind == "SE3" else 3
     # explicit width: a file with vertices but no edges gives a (0, width) array
@@ -300,6 +387,89 @@ def _assemble(path: str, rec: _Records) -> PoseGraph:
         source=path,
         edge_lines=list(rec.edge_lines),
         vertex_lines=list(rec.vertex_lines) if rec.vertex_ids else None,
+        landmarks=_landmarks(path, pts, index, point_ids, point_fixed) if pts else None,
+    )
+
+
+def _point_ids(path: str, pts: _PointRecords, pose_lines: Dict[int, int]) -> List[int]:
+    """Point ids in storage order: VERTEX_TRACKXYZ order, or sorted ids of an edge-only file.
+    Checks duplicates (also against pose ids) and that observed points have VERTEX lines."""
+    seen: Dict[int, int] = {}
+    for vid, line in zip(pts.vertex_ids, pts.vertex_lines):
+        first = seen.get(vid, pose_lines.get(vid))
+        if first is not None:
+            raise G2oFormatError(
+                f"duplicate vertex id {vid} (first defined on line {first})", path, line
+            )
+        seen[vid] = line
+    if not pts.vertex_ids:
+        return sorted({b for _, b in pts.obs_ids})
+    for (_, b), line in zip(pts.obs_ids, pts.obs_lines):
+        if b not in seen:
+            what = "a pose, expected a 3D point (VERTEX_TRACKXYZ)" if b in pose_lines else (
+                "which has no VERTEX_TRACKXYZ line"
+            )
+            raise G2oFormatError(f"EDGE_SE3_TRACKXYZ refers to vertex {b}, {what}", path, line)
+    return list(pts.vertex_ids)
+
+
+def _check_id_spaces(
+    path: str, pts: _PointRecords, pose_index: Dict[int, int], point_index: Dict[int, int]
+) -> None:
+    """Edge-only files: an id cannot be both a pose and a point; params must exist."""
+    for (a, b), param, line in zip(pts.obs_ids, pts.obs_params, pts.obs_lines):
+        if b in pose_index:
+            raise G2oFormatError(
+                f"EDGE_SE3_TRACKXYZ: vertex {b} is a pose, expected a 3D point", path, line
+            )
+        if a in point_index:
+            raise G2oFormatError(
+                f"EDGE_SE3_TRACKXYZ: vertex {a} is a 3D point, expected a pose", path, line
+            )
+        if param not in pts.params:
+            raise G2oFormatError(
+                f"EDGE_SE3_TRACKXYZ refers to parameter {param}, which has no "
+                "PARAMS_SE3OFFSET line",
+                path,
+                line,
+            )
+
+
+def _landmarks(
+    path: str,
+    pts: _PointRecords,
+    pose_index: Dict[int, int],
+    point_ids: List[int],
+    fixed: torch.Tensor,
+) -> Landmarks:
+    """Tensors of the point records (checked by :func:`_point_ids`/:func:`_check_id_spaces`)."""
+    point_index = {v: k for k, v in enumerate(point_ids)}
+    ov = np.asarray(pts.obs_values, dtype=np.float64).reshape(len(pts.obs_values), 3 + 6)
+    info = _upper_to_symmetric(ov[:, 3:], 3)
+    check_information(info, path, pts.obs_lines)
+    param_ids = sorted(pts.params)
+    pv = np.asarray([pts.params[k][0] for k in param_ids], dtype=np.float64).reshape(-1, 7)
+    _quaternions(pv[:, 3:7], path, [pts.params[k][1] for k in param_ids])
+    offsets = _poses_from_values("SE3", pv)
+    slot = {k: n for n, k in enumerate(param_ids)}
+    positions = None
+    if pts.vertex_ids:
+        positions = torch.as_tensor(np.asarray(pts.vertex_values, dtype=np.float64))
+    return Landmarks(
+        ids=torch.as_tensor(point_ids, dtype=torch.long),
+        positions=positions,
+        observations=torch.as_tensor(
+            [[pose_index[a], point_index[b]] for a, b in pts.obs_ids], dtype=torch.long
+        ).reshape(-1, 2),
+        measurements=torch.as_tensor(ov[:, :3].copy()),
+        information=torch.as_tensor(info),
+        offsets=offsets[torch.as_tensor([slot[k] for k in pts.obs_params], dtype=torch.long)]
+        if pts.obs_params
+        else torch.zeros(0, 3, 4, dtype=torch.float64),
+        offset_ids=torch.as_tensor(pts.obs_params, dtype=torch.long),
+        fixed=fixed,
+        observation_lines=list(pts.obs_lines),
+        vertex_lines=list(pts.vertex_lines) if pts.vertex_ids else None,
     )
 
 
@@ -329,7 +499,45 @@ def format_g2o(graph: PoseGraph) -> str:
     out.extend(
         f"{etag} {a} {b} {_fmt(m)} {_fmt(u)}" for (a, b), m, u in zip(pairs, meas, upper)
     )
+    if g.landmarks is not None:
+        out[len(out) - len(pairs):len(out) - len(pairs)] = _format_point_vertices(g)
+        out.extend(_format_point_edges(g))
     return "\n".join(out) + "\n"
+
+
+def _format_point_vertices(g: PoseGraph) -> List[str]:
+    """VERTEX_TRACKXYZ lines, FIX for fixed points, PARAMS_SE3OFFSET lines."""
+    lm = g.landmarks
+    assert lm is not None
+    pids = lm.ids.tolist()
+    out: List[str] = []
+    if lm.positions is not None:
+        out.extend(f"VERTEX_TRACKXYZ {vid} {_fmt(p)}" for vid, p in zip(pids, lm.positions.numpy()))
+    fixed = [pids[k] for k in torch.nonzero(lm.fixed).flatten().tolist()]
+    if fixed:
+        out.append("FIX " + " ".join(map(str, fixed)))
+    seen: Dict[int, int] = {}
+    for k, pid in enumerate(lm.offset_ids.tolist()):
+        seen.setdefault(pid, k)
+    offsets = lie.se3_to_g2o(lm.offsets).numpy() if lm.num_observations else np.zeros((0, 7))
+    out.extend(f"PARAMS_SE3OFFSET {pid} {_fmt(offsets[k])}" for pid, k in sorted(seen.items()))
+    return out
+
+
+def _format_point_edges(g: PoseGraph) -> List[str]:
+    """EDGE_SE3_TRACKXYZ lines (pose id, point id, parameter id, point, Ω upper triangle)."""
+    lm = g.landmarks
+    assert lm is not None
+    iu = np.triu_indices(3)
+    upper = lm.information.numpy()[:, iu[0], iu[1]]
+    pose_ids = g.ids[lm.observations[:, 0]].tolist()
+    point_ids = lm.ids[lm.observations[:, 1]].tolist()
+    return [
+        f"EDGE_SE3_TRACKXYZ {a} {b} {p} {_fmt(z)} {_fmt(u)}"
+        for a, b, p, z, u in zip(
+            pose_ids, point_ids, lm.offset_ids.tolist(), lm.measurements.numpy(), upper
+        )
+    ]
 
 
 def write_text_atomic(path: PathLike, text: str) -> None:
@@ -348,7 +556,7 @@ def write_text_atomic(path: PathLike, text: str) -> None:
     except BaseException as err:
         if os.path.exists(tmp):
             os.unlink(tmp)
-        if isinstance(err, OSError) and err.filename in (None, tmp):
+        if isinstance(err, OSError) and err.errno is not None and err.filename in (None, tmp):
             raise OSError(err.errno, err.strerror, path) from None
         raise
 

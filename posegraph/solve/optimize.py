@@ -11,6 +11,7 @@ as GTSAM's default LM damps with ``λI``.
 from __future__ import annotations
 
 import time
+import warnings
 from dataclasses import dataclass, field
 from typing import Callable, Dict, List, Optional
 
@@ -165,7 +166,9 @@ def make_optimizer(problem: PoseGraphProblem, options: SolverOptions) -> th.Nonl
     else:
         kwargs.update(linear_solver_cls=th.CholeskyDenseSolver, linearization_cls=th.DenseLinearization)
     cls = LevenbergMarquardt if options.solver == "lm" else th.GaussNewton
-    return cls(problem.objective, **kwargs)
+    with warnings.catch_warnings():  # vectorization is ours (packed costs), not Theseus'
+        warnings.filterwarnings("ignore", message="Vectorization is off by default")
+        return cls(problem.objective, **kwargs)
 
 
 def optimize(
