@@ -10,18 +10,25 @@ Files and graphs
     ``read_g2o(path) -> PoseGraph``, ``write_g2o(graph, path)`` — g2o SE2/SE3 files
     (full information matrices, FIX, edge-only files); errors name file and line.
     ``PoseGraph`` — poses/edges/measurements/information as tensors (Theseus layouts).
-    ``initialize(graph, method)`` — file vertices or spanning-tree initial guess.
+    ``initialize(graph, method)`` — initial guess: ``"auto"``, ``"file"``,
+    ``"spanning-tree"`` or ``"chordal"``; ``chordal_initialization(graph, weighting,
+    regularization)`` — chordal rotations (Carlone et al. 2015) then translations, by sparse
+    least squares.
 Building
     ``PoseGraphBuilder`` — add your own ``th.SE3``/``th.SE2`` poses, relative-pose
     measurements with full information, and your own ``th.CostFunction`` terms; every input
     is validated (class, shape, batch, dtype, device, names, endpoints) before building.
-    ``build_problem(graph) -> PoseGraphProblem`` — the same objective from a PoseGraph.
+    ``build_problem(graph, robust=None, robust_edges="all") -> PoseGraphProblem`` — the same
+    objective from a PoseGraph; ``robust="huber:1.0"`` / ``"cauchy:0.5"`` or a
+    ``RobustKernel`` on all edges or on loop closures (ids not consecutive).
 Solving
     ``optimize(problem, SolverOptions(...)) -> SolveResult`` — Gauss–Newton / LM on the
     vectorized CHOLMOD path (``BlockSparseLinearization`` + ``CholmodSolver``).
 Extension points (Theseus)
     ``ManifoldArray`` (packed variables), ``BlockSparseCostFunction`` / ``BetweenEdges``
-    (vectorized costs), ``FullInformationWeight`` / ``BlockScaleWeight`` (cost weights).
+    (vectorized costs), ``FullInformationWeight`` / ``BlockScaleWeight`` (cost weights),
+    ``RobustBlockWeight`` (a robust kernel over any block weight: cost ``½ Σ ρ(‖We‖²)``,
+    IRLS linearization; ``RobustSpecError`` for bad kernel specs).
 Debugging
     ``posegraph.debug``: ``DebugCallback`` (Theseus ``end_iter_callback``: per-iteration error,
     step, damping, per-edge error/Jacobian norms, first non-finite cost), ``normal_matrix`` /
@@ -32,12 +39,14 @@ Numerics
 """
 
 from .builder import PoseGraphBuilder, PoseGraphProblem, build_problem
+from .chordal import chordal_initialization
 from .costs import BetweenEdges, BlockSparseCostFunction, JacobianBlocks
 from .debug import DebugCallback, NonFiniteError, normal_matrix, normal_rhs
 from .errors import G2oFormatError, GraphStructureError, OptimizationError, PoseGraphError
 from .graph import PoseGraph
 from .init import initialize
 from .io import read_g2o, write_g2o
+from .robust import RobustBlockWeight, RobustKernel, RobustSpecError
 from .solve.cholmod import CholmodSolver
 from .solve.linearization import BlockSparseLinearization
 from .solve.optimize import SolveResult, SolverOptions, optimize
@@ -51,6 +60,7 @@ __all__ = [
     "write_g2o",
     "PoseGraph",
     "initialize",
+    "chordal_initialization",
     "PoseGraphBuilder",
     "PoseGraphProblem",
     "build_problem",
@@ -63,6 +73,9 @@ __all__ = [
     "JacobianBlocks",
     "FullInformationWeight",
     "BlockScaleWeight",
+    "RobustKernel",
+    "RobustBlockWeight",
+    "RobustSpecError",
     "BlockSparseLinearization",
     "CholmodSolver",
     "DebugCallback",

@@ -28,6 +28,7 @@ import torch
 from .costs import BetweenEdges
 from .errors import PoseGraphError
 from .graph import POSE_KINDS, PoseGraph
+from .robust import RobustKernel, robustify
 from .variables import ManifoldArray, element_layout
 from .weights import FullInformationWeight, sqrt_information
 
@@ -72,7 +73,8 @@ class PoseGraphProblem:
         return self.between.num_blocks
 
     def error(self) -> torch.Tensor:
-        """GTSAM's error ½ Σ eᵀΩe (= Theseus' error metric) per batch element, ``(B,)``."""
+        """GTSAM's error ½ Σ eᵀΩe (= Theseus' error metric) per batch element, ``(B,)``;
+        with a robust kernel, ``½ Σ ρ(eᵀΩe)``."""
         return self.objective.error_metric()
 
     def pose_tensor(self) -> torch.Tensor:
@@ -320,8 +322,11 @@ class PoseGraphBuilder:
         self._costs.append(cost)
 
     # -- build -----------------------------------------------------------------------------------
-    def build(self) -> PoseGraphProblem:
-        """Validate the whole graph and build the Theseus objective."""
+    def build(
+        self, robust: Union[RobustKernel, str, None] = None, robust_edges: str = "all"
+    ) -> PoseGraphProblem:
+        """Validate the whole graph and build the Theseus objective (``robust``,
+        ``robust_edges``: as :func:`build_problem`; ids are the insertion order)."""
         if not self._poses:
             raise BuilderError("graph: expected at least one pose, received none")
         if not self._edges:
@@ -340,7 +345,10 @@ class PoseGraphBuilder:
             information=info,
             fixed=torch.tensor(self._fixed, dtype=torch.bool),
         )
-        problem = build_problem(graph, edge_names=self._edge_names, extra_costs=self._costs)
+        problem = build_problem(
+            graph, edge_names=self._edge_names, extra_costs=self._costs, robust=robust,
+            robust_edges=robust_edges,
+        )
         problem.pose_variables = list(self._poses)
         problem.graph = None
         return problem
@@ -373,11 +381,18 @@ def build_problem(
     extra_costs: Sequence[th.CostFunction] = (),
     dtype: Optional[torch.dtype] = None,
     device=None,
+    robust: Union[RobustKernel, str, None] = None,
+    robust_edges: str = "all",
 ) -> PoseGraphProblem:
     """Build the Theseus objective of a PoseGraph (vectorized: no per-edge objects).
 
     The gauge is held by fixed vertices (``graph.gauge_fixed()``), not by a prior.
+    ``robust``: a kernel such as ``"huber:1.0"`` / ``"cauchy:0.5"`` or a
+    :class:`~posegraph.robust.RobustKernel`, applied to ``robust_edges`` (``"all"`` or
+    ``"loop-closures"``, ids not consecutive); the error is then ``½ Σ ρ(‖W e‖²)``
+    (:mod:`posegraph.robust`).
     """
+    kernel = RobustKernel.parse(robust)
     if graph.poses is None:
         raise PoseGraphError(
             "the graph has no pose estimates: initialize it first (posegraph.init)", graph.source
@@ -418,6 +433,7 @@ def build_problem(
     weight = FullInformationWeight(
         th.Variable(sqrt_information(info), name="sqrt_information"), name="information"
     )
+    weight = robustify(weight, kernel, robust_edges, g.ids, g.edges)
     names = list(edge_names) if edge_names is not None else g.edge_names()
     between = BetweenEdges(pose_var, edges, meas_var, weight, name="between", edge_names=names)
     objective = th.Objective(dtype=poses.dtype)
