@@ -10,8 +10,11 @@ Files and graphs
     ``read_g2o(path) -> PoseGraph``, ``write_g2o(graph, path)`` — g2o SE2/SE3 files
     (full information matrices, FIX, edge-only files); errors name file and line.
     ``PoseGraph`` — poses/edges/measurements/information as tensors (Theseus layouts).
-    ``initialize(graph, method)`` — file vertices or spanning-tree initial guess (landmarks
-    without estimates are placed from their observations).
+    ``initialize(graph, method)`` — initial guess: ``"auto"``, ``"file"``,
+    ``"spanning-tree"`` or ``"chordal"``; ``chordal_initialization(graph, weighting,
+    regularization)`` — chordal rotations (Carlone et al. 2015) then translations, by sparse
+    least squares.
+    Landmarks without estimates are placed from their observations.
     ``Landmarks`` — 3D points observed from SE3 poses (g2o ``VERTEX_TRACKXYZ`` /
     ``EDGE_SE3_TRACKXYZ`` / ``PARAMS_SE3OFFSET``), ``graph.landmarks``.
 Building
@@ -20,8 +23,9 @@ Building
     is validated (class, shape, batch, dtype, device, names, endpoints) before building.
     ``PoseGraphBuilder.add_point(th.Point3)`` / ``add_point_observation`` — landmarks and
     pose → point observations in the same objective (anything but a ``th.Point3`` is refused).
-    ``build_problem(graph, mesh=None) -> PoseGraphProblem`` — the same objective from a
-    PoseGraph; ``mesh_term(graph, verts, faces, weight)`` ties a mesh's vertices to the graph's
+    ``build_problem(graph, mesh=None, robust=None, robust_edges="all") -> PoseGraphProblem``
+    — the same objective from a PoseGraph; ``robust="huber:1.0"`` / ``"cauchy:0.5"`` or a
+    ``RobustKernel`` on all edges or on loop closures (ids not consecutive); ``mesh_term(graph, verts, faces, weight)`` ties a mesh's vertices to the graph's
     points (vertex k ↔ point id first + k) and adds a Laplacian smoothness regularizer.
 Meshes
     ``posegraph.mesh``: ``laplacian_smooth`` / ``taubin_smooth`` (autograd-safe, CPU/CUDA),
@@ -31,8 +35,10 @@ Solving
     ``optimize(problem, SolverOptions(...)) -> SolveResult`` — Gauss–Newton / LM on the
     vectorized CHOLMOD path (``BlockSparseLinearization`` + ``CholmodSolver``).
 Extension points (Theseus)
-    ``ManifoldArray`` (packed variables), ``BlockSparseCostFunction`` / ``BetweenEdges`` /
-    ``PointObservations`` (vectorized costs), ``FullInformationWeight`` / ``BlockScaleWeight`` (cost weights).
+    ``ManifoldArray`` (packed variables), ``BlockSparseCostFunction`` / ``BetweenEdges``
+    (vectorized costs), ``FullInformationWeight`` / ``BlockScaleWeight`` (cost weights),
+    ``RobustBlockWeight`` (a robust kernel over any block weight: cost ``½ Σ ρ(‖We‖²)``,
+    IRLS linearization; ``RobustSpecError`` for bad kernel specs).
 Debugging
     ``posegraph.debug``: ``DebugCallback`` (Theseus ``end_iter_callback``: per-iteration error,
     step, damping, per-edge error/Jacobian norms, first non-finite cost), ``normal_matrix`` /
@@ -45,12 +51,14 @@ Numerics
 from . import synthetic
 from .builder import MeshTerm, PoseGraphBuilder, PoseGraphProblem, build_problem, mesh_term
 from .costs import BetweenEdges, BlockSparseCostFunction, JacobianBlocks, PointObservations
+from .chordal import chordal_initialization
 from .debug import DebugCallback, NonFiniteError, normal_matrix, normal_rhs
 from .errors import G2oFormatError, GraphStructureError, OptimizationError, PoseGraphError
 from .graph import Landmarks, PoseGraph
 from .init import initialize
 from .io import read_g2o, write_g2o
 from .mesh import LaplacianSmoothingCost, laplacian_smooth, read_obj, taubin_smooth, write_obj
+from .robust import RobustBlockWeight, RobustKernel, RobustSpecError
 from .solve.cholmod import CholmodSolver
 from .solve.linearization import BlockSparseLinearization
 from .solve.optimize import SolveResult, SolverOptions, optimize
@@ -65,6 +73,7 @@ __all__ = [
     "PoseGraph",
     "Landmarks",
     "initialize",
+    "chordal_initialization",
     "PoseGraphBuilder",
     "PoseGraphProblem",
     "build_problem",
@@ -85,6 +94,9 @@ __all__ = [
     "JacobianBlocks",
     "FullInformationWeight",
     "BlockScaleWeight",
+    "RobustKernel",
+    "RobustBlockWeight",
+    "RobustSpecError",
     "BlockSparseLinearization",
     "CholmodSolver",
     "DebugCallback",

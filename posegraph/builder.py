@@ -29,6 +29,8 @@ from .costs import BetweenEdges, PointObservations
 from .errors import PoseGraphError
 from .graph import POSE_KINDS, Landmarks, PoseGraph
 from .mesh import LaplacianSmoothingCost
+from .graph import POSE_KINDS, PoseGraph
+from .robust import RobustKernel, robustify
 from .variables import ManifoldArray, element_layout
 from .weights import FullInformationWeight, sqrt_information
 
@@ -81,7 +83,8 @@ class PoseGraphProblem:
         return self.between.num_blocks
 
     def error(self) -> torch.Tensor:
-        """GTSAM's error ½ Σ eᵀΩe (= Theseus' error metric) per batch element, ``(B,)``."""
+        """GTSAM's error ½ Σ eᵀΩe (= Theseus' error metric) per batch element, ``(B,)``;
+        with a robust kernel, ``½ Σ ρ(eᵀΩe)``."""
         return self.objective.error_metric()
 
     def pose_tensor(self) -> torch.Tensor:
@@ -445,8 +448,11 @@ class PoseGraphBuilder:
         self._costs.append(cost)
 
     # -- build -----------------------------------------------------------------------------------
-    def build(self) -> PoseGraphProblem:
-        """Validate the whole graph and build the Theseus objective."""
+    def build(
+        self, robust: Union[RobustKernel, str, None] = None, robust_edges: str = "all"
+    ) -> PoseGraphProblem:
+        """Validate the whole graph and build the Theseus objective (``robust``,
+        ``robust_edges``: as :func:`build_problem`; ids are the insertion order)."""
         if not self._poses:
             raise BuilderError("graph: expected at least one pose, received none")
         if not self._edges:
@@ -466,7 +472,10 @@ class PoseGraphBuilder:
             fixed=torch.tensor(self._fixed, dtype=torch.bool),
             landmarks=self._landmarks(batch),
         )
-        problem = build_problem(graph, edge_names=self._edge_names, extra_costs=self._costs)
+        problem = build_problem(
+            graph, edge_names=self._edge_names, extra_costs=self._costs, robust=robust,
+            robust_edges=robust_edges,
+        )
         problem.pose_variables = list(self._poses)
         problem.point_variables = list(self._points)
         problem.graph = None
@@ -510,14 +519,21 @@ def build_problem(
     dtype: Optional[torch.dtype] = None,
     device=None,
     mesh: Optional["MeshTerm"] = None,
+    robust: Union[RobustKernel, str, None] = None,
+    robust_edges: str = "all",
 ) -> PoseGraphProblem:
     """Build the Theseus objective of a PoseGraph (vectorized: no per-edge objects).
 
-    The gauge is held by fixed vertices (``graph.gauge_fixed()``), not by a prior. Landmarks
-    (``graph.landmarks``) add one :class:`~posegraph.costs.PointObservations` cost over a packed
-    ``th.Point3`` variable; points that nothing observes (and no mesh ties) are held constant.
-    ``mesh`` (see :func:`mesh_term`) adds a Laplacian regularizer over those points.
+    The gauge is held by fixed vertices (``graph.gauge_fixed()``), not by a prior.
+    ``robust``: a kernel such as ``"huber:1.0"`` / ``"cauchy:0.5"`` or a
+    :class:`~posegraph.robust.RobustKernel`, applied to ``robust_edges`` (``"all"`` or
+    ``"loop-closures"``, ids not consecutive); the error is then ``½ Σ ρ(‖W e‖²)``
+    (:mod:`posegraph.robust`). Landmarks (``graph.landmarks``) add one
+    :class:`~posegraph.costs.PointObservations` cost over a packed ``th.Point3`` variable;
+    points that nothing observes (and no mesh ties) are held constant. ``mesh`` (see
+    :func:`mesh_term`) adds a Laplacian regularizer over those points.
     """
+    kernel = RobustKernel.parse(robust)
     if graph.poses is None:
         raise PoseGraphError(
             "the graph has no pose estimates: initialize it first (posegraph.init)", graph.source
@@ -558,6 +574,7 @@ def build_problem(
     weight = FullInformationWeight(
         th.Variable(sqrt_information(info), name="sqrt_information"), name="information"
     )
+    weight = robustify(weight, kernel, robust_edges, g.ids, g.edges)
     names = list(edge_names) if edge_names is not None else g.edge_names()
     between = BetweenEdges(pose_var, edges, meas_var, weight, name="between", edge_names=names)
     objective = th.Objective(dtype=poses.dtype)

@@ -40,6 +40,16 @@ def _non_negative_float(text: str) -> float:
     return value
 
 
+def _robust_kernel(text: str):
+    """argparse type for ``--robust``: a :class:`~posegraph.robust.RobustKernel` or None."""
+    from .robust import RobustKernel, RobustSpecError
+
+    try:
+        return RobustKernel.parse(text)
+    except RobustSpecError as err:
+        raise argparse.ArgumentTypeError(str(err)) from None
+
+
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="posegraph", description="Pose-graph optimization on Theseus.")
     sub = p.add_subparsers(dest="command", required=True)
@@ -50,8 +60,13 @@ def _parser() -> argparse.ArgumentParser:
     o.add_argument("--max-iters", type=_non_negative_int, default=100, metavar="N", help="iteration cap (default 100)")
     o.add_argument("--rel-tol", type=float, default=1e-10, help="relative error decrease to stop at (default 1e-10)")
     o.add_argument("--abs-tol", type=float, default=1e-10, help="absolute error decrease to stop at (default 1e-10)")
-    o.add_argument("--init", choices=["auto", "file", "spanning-tree"], default="auto",
-                   help="initial guess: file vertices when present, else spanning tree (auto)")
+    o.add_argument("--init", choices=["auto", "file", "spanning-tree", "chordal"], default="auto",
+                   help="initial guess: file vertices when present, else spanning tree (auto); "
+                        "chordal: rotations then translations by linear least squares")
+    o.add_argument("--robust", type=_robust_kernel, default=None, metavar="KERNEL:SCALE",
+                   help="robust kernel: huber:C, cauchy:C (C in standard deviations) or none")
+    o.add_argument("--robust-edges", choices=["all", "loop-closures"], default="all",
+                   help="edges the kernel applies to; loop closures: ids not consecutive (default all)")
     o.add_argument("--linear-solver", choices=["auto", "cholmod", "dense"], default="auto")
     o.add_argument("--dtype", choices=["float64", "float32"], default="float64")
     o.add_argument("--mesh", metavar="MESH.obj",
@@ -100,11 +115,12 @@ def cmd_optimize(args: argparse.Namespace) -> int:
 
     t0 = time.perf_counter()
     graph = read_g2o(args.input)
+    t_read = time.perf_counter()
     graph = initialize(graph, args.init)
     t1 = time.perf_counter()
     dtype = torch.float64 if args.dtype == "float64" else torch.float32
     mesh = _load_mesh(args, graph)
-    problem = build_problem(graph, dtype=dtype, mesh=mesh)
+    problem = build_problem(graph, dtype=dtype, mesh=mesh, robust=args.robust, robust_edges=args.robust_edges)
     t2 = time.perf_counter()
     options = SolverOptions(
         solver=args.solver,
@@ -148,8 +164,12 @@ def cmd_optimize(args: argparse.Namespace) -> int:
         verts = problem.points.tensor[0, mesh.points.to(problem.points.tensor.device)]
         write_obj(args.mesh_output, verts.detach().double().cpu(), mesh.faces)
     t4 = time.perf_counter()
-    timings = {"parse": t1 - t0, "build": t2 - t1, "solve": t3 - t2, "write": t4 - t3, "total": t4 - t0}
+    timings = {"parse": t_read - t0, "init": t1 - t_read, "build": t2 - t1, "solve": t3 - t2,
+               "write": t4 - t3, "total": t4 - t0}
     s = summary(graph, result, timings, output=args.output)
+    s["init"] = args.init
+    if args.robust is not None:
+        s["robust"] = {"kernel": str(args.robust), "edges": args.robust_edges}
     if args.json:
         sys.stdout.write(json.dumps(s) + "\n")
     else:

@@ -90,9 +90,8 @@ class BlockSparseCostFunction(th.CostFunction, abc.ABC):
         """Weighted Jacobian blocks (layout order) and weighted block error."""
         jacs, err = self.block_jacobians()
         weight: BlockCostWeight = self.weight
-        layout = self.block_layout()
-        wjacs = [weight.weight_block_jacobians(j, lay.rows) for j, lay in zip(jacs, layout)]
-        return wjacs, weight.weight_block_error(err)
+        rows = [lay.rows for lay in self.block_layout()]
+        return weight.weight_block_jacobians_and_error(jacs, rows, err)
 
     def jacobians(self) -> Tuple[List[torch.Tensor], torch.Tensor]:
         """Dense Jacobians ``(B, dim, var.dof())`` per optimization variable (Theseus' API).

@@ -5,6 +5,9 @@
 (union–find) over edges ordered by id gap ``|i − j|`` then file order, so it follows the
 odometry chain (consecutive ids) wherever there is one — the usual "odometry initialization"
 — and falls back to any connecting edge elsewhere.
+
+``chordal`` (module :mod:`posegraph.chordal`) solves for all rotations at once, then for the
+translations: slower to build than the tree but far closer to the optimum on noisy graphs.
 """
 
 from __future__ import annotations
@@ -17,6 +20,10 @@ import torch
 
 from .errors import GraphStructureError
 from .graph import PoseGraph, connected_components
+
+
+#: the methods of :func:`initialize` (and of ``posegraph optimize --init``)
+INIT_METHODS = ("auto", "file", "spanning-tree", "chordal")
 
 
 def to_homogeneous(kind: str, tensors: torch.Tensor) -> np.ndarray:
@@ -47,12 +54,10 @@ def from_homogeneous(kind: str, mats: np.ndarray) -> torch.Tensor:
     )
 
 
-def spanning_tree_edges(graph: PoseGraph) -> List[int]:
-    """Indices of the edges of the initialization tree (see module doc).
-
-    Raises:
-        GraphStructureError: when the edges do not connect all vertices.
-    """
+def require_connected(graph: PoseGraph) -> np.ndarray:
+    """Raise GraphStructureError unless the edges connect all vertices (an initial guess
+    built from the edges needs a path from the root to every vertex); returns the component
+    labels (all 0)."""
     labels = connected_components(graph.num_poses, graph.edges.cpu().numpy())
     if labels.max(initial=0) > 0:
         ids = graph.ids.tolist()
@@ -63,6 +68,16 @@ def spanning_tree_edges(graph: PoseGraph) -> List[int]:
             "its edges",
             graph.source,
         )
+    return labels
+
+
+def spanning_tree_edges(graph: PoseGraph) -> List[int]:
+    """Indices of the edges of the initialization tree (see module doc).
+
+    Raises:
+        GraphStructureError: when the edges do not connect all vertices.
+    """
+    require_connected(graph)
     edges = graph.edges.cpu().numpy()
     ids = graph.ids.cpu().numpy()
     gap = np.abs(ids[edges[:, 0]] - ids[edges[:, 1]])
@@ -120,7 +135,9 @@ def initialize(graph: PoseGraph, method: str = "auto") -> PoseGraph:
     """Return ``graph`` with initial poses.
 
     ``"auto"``: the file's vertices when present, else the spanning tree; ``"file"``: the
-    file's vertices (an error for edge-only files); ``"spanning-tree"``: always composed.
+    file's vertices (an error for edge-only files); ``"spanning-tree"``: always composed;
+    ``"chordal"``: rotations then translations by linear least squares
+    (:func:`posegraph.chordal.chordal_initialization`, anchored at the gauge).
     """
     if method == "auto":
         method = "file" if graph.has_poses else "spanning-tree"
@@ -133,7 +150,14 @@ def initialize(graph: PoseGraph, method: str = "auto") -> PoseGraph:
     if method == "spanning-tree":
         poses = spanning_tree(graph).to(dtype=graph.dtype, device=graph.device)
         return _with_point_guess(graph.with_poses(poses))
-    raise ValueError(f"unknown initialization {method!r}: expected auto, file or spanning-tree")
+    if method == "chordal":
+        from .chordal import chordal_initialization  # (chordal.py builds on this module)
+
+        poses = chordal_initialization(graph).to(dtype=graph.dtype, device=graph.device)
+        return _with_point_guess(graph.with_poses(poses))
+    raise ValueError(
+        f"unknown initialization {method!r}: expected one of {', '.join(INIT_METHODS)}"
+    )
 
 
 def point_guess(graph: PoseGraph) -> torch.Tensor:

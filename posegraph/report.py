@@ -83,6 +83,9 @@ def format_summary(s: Dict[str, Any]) -> str:
         f"error (χ²/2) {s['initial_error']:.10g} -> {s['final_error']:.10g}",
         f"time         {times}",
     ]
+    if s.get("robust"):
+        r = s["robust"]
+        lines.insert(3, f"robust       {r['kernel']} on {r['edges']} edges (chi2, error: Σρ(eᵀΩe), ½ of it)")
     if "num_points" in s:
         lines.insert(1, f"points       {s['num_points']} (TRACKXYZ), {s['num_point_observations']} observations")
     if s.get("output"):

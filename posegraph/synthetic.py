@@ -32,7 +32,7 @@ Generators:
 * :func:`large_se2` — the same at city10000 scale (~10 000 poses, ~20 000 edges), for benchmarks.
 
 Helpers: :func:`align_to_first`, :func:`translation_rmse`, :func:`rotation_rmse` compare an
-estimate with the truth.
+estimate with the truth; :func:`with_wrong_loop_closures` injects outlier loop closures.
 """
 
 from __future__ import annotations
@@ -60,6 +60,7 @@ __all__ = [
     "align_to_first",
     "translation_rmse",
     "rotation_rmse",
+    "with_wrong_loop_closures",
 ]
 
 
@@ -547,6 +548,46 @@ def mesh_observations(
     noisy.landmarks = replace(base, measurements=z, positions=None)
     noisy.landmarks.positions = point_guess(noisy)
     return SyntheticGraph(noisy, truth)
+
+
+# -- outliers ---------------------------------------------------------------------------------------------
+
+
+def with_wrong_loop_closures(
+    graph: PoseGraph,
+    fraction: float = 0.1,
+    seed: int = 0,
+    translation_range: float = 10.0,
+) -> PoseGraph:
+    """A copy of ``graph`` where a ``fraction`` of its loop closures (edges with
+    ``|idᵢ − idⱼ| ≠ 1``) measure a wrong relative pose: a uniformly random rotation (a
+    normalized 4-D Gaussian as unit quaternion; a uniform angle in SE2) and a translation
+    uniform in ``[−translation_range, translation_range]`` per axis, keeping their
+    information — as false place-recognition matches. ``extras["outlier"]`` is the ``(E,)``
+    bool mask of the corrupted edges. Unbatched graphs; deterministic in ``seed``.
+    """
+    if not 0.0 <= fraction <= 1.0:
+        raise ValueError(f"fraction: expected a number in [0, 1], received {fraction!r}")
+    rng = np.random.Generator(np.random.PCG64(seed))
+    ids = graph.ids[graph.edges]
+    loops = np.flatnonzero(((ids[:, 0] - ids[:, 1]).abs() != 1).numpy())
+    picked = np.sort(rng.choice(loops, size=int(round(fraction * len(loops))), replace=False))
+    m = len(picked)
+    if graph.kind == "SE3":
+        q = rng.standard_normal((m, 4))
+        q /= np.linalg.norm(q, axis=1, keepdims=True)
+        rot = th.SO3.unit_quaternion_to_SO3(torch.as_tensor(q, dtype=F64)).tensor
+        t = torch.as_tensor(rng.uniform(-translation_range, translation_range, (m, 3, 1)), dtype=F64)
+        wrong = torch.cat([rot, t], dim=2)
+    else:
+        a = rng.uniform(-math.pi, math.pi, m)
+        t = rng.uniform(-translation_range, translation_range, (m, 2))
+        wrong = torch.as_tensor(np.column_stack([t, np.cos(a), np.sin(a)]), dtype=F64)
+    meas = graph.measurements.clone()
+    meas[torch.as_tensor(picked, dtype=torch.long)] = wrong.to(meas.dtype)
+    outlier = torch.zeros(graph.num_edges, dtype=torch.bool)
+    outlier[torch.as_tensor(picked, dtype=torch.long)] = True
+    return replace(graph, measurements=meas, extras=dict(graph.extras, outlier=outlier))
 
 
 # -- comparing with the truth ----------------------------------------------------------------------------

@@ -10,7 +10,7 @@ ordinary Theseus cost weights usable on any ``th.CostFunction``.
 from __future__ import annotations
 
 import abc
-from typing import List, Optional, Tuple, Union
+from typing import List, Optional, Sequence, Tuple, Union
 
 import theseus as th
 import torch
@@ -29,7 +29,13 @@ def sqrt_information(information: torch.Tensor) -> torch.Tensor:
 
 
 class BlockCostWeight(th.CostWeight, abc.ABC):
-    """A cost weight applied independently to each residual block of size ``block_dim``."""
+    """A cost weight applied independently to each residual block of size ``block_dim``.
+
+    ``weight_block_error`` gives the error whose squared norm is the cost;
+    ``weight_block_jacobians_and_error`` gives the Jacobian blocks and error the solver
+    linearizes (the same weighting for linear weights; see :mod:`posegraph.robust` for
+    weights where they differ).
+    """
 
     block_dim: int
 
@@ -38,8 +44,11 @@ class BlockCostWeight(th.CostWeight, abc.ABC):
         """Weight a block error ``(B, R, d)``; returns ``(B, R, d)``."""
 
     @abc.abstractmethod
-    def weight_block_jacobians(self, jac: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
-        """Weight Jacobian blocks ``(B, K, d, e)`` whose residual blocks are ``rows`` ``(K,)``."""
+    def weight_block_jacobians_and_error(
+        self, jacobians: Sequence[torch.Tensor], rows: Sequence[torch.Tensor], error: torch.Tensor
+    ) -> Tuple[List[torch.Tensor], torch.Tensor]:
+        """Weight Jacobian blocks ``[(B, K_i, d, e_i)]`` (block ``k`` of entry ``i`` belongs to
+        residual block ``rows[i][k]``) and the block error ``(B, R, d)`` for linearization."""
 
     # -- th.CostWeight interface on flat (B, R·d) errors ------------------------------------
     def _as_blocks(self, flat: torch.Tensor) -> torch.Tensor:
@@ -51,15 +60,30 @@ class BlockCostWeight(th.CostWeight, abc.ABC):
     def weight_jacobians_and_error(
         self, jacobians: List[torch.Tensor], error: torch.Tensor
     ) -> Tuple[List[torch.Tensor], torch.Tensor]:
-        weighted = []
-        for jac in jacobians:
-            blocks = self._as_blocks(jac)  # (B, R, d, n)
-            rows = torch.arange(blocks.shape[1], device=jac.device)
-            weighted.append(self.weight_block_jacobians(blocks, rows).reshape(jac.shape))
-        return weighted, self.weight_error(error)
+        blocks = [self._as_blocks(jac) for jac in jacobians]  # (B, R, d, n) each
+        rows = [torch.arange(b.shape[1], device=b.device) for b in blocks]
+        wjacs, werr = self.weight_block_jacobians_and_error(blocks, rows, self._as_blocks(error))
+        return [w.reshape(w.shape[0], *j.shape[1:]) for w, j in zip(wjacs, jacobians)], werr.reshape(
+            werr.shape[0], -1
+        )
 
 
-class FullInformationWeight(BlockCostWeight):
+class LinearBlockWeight(BlockCostWeight):
+    """A block weight that is a fixed linear map of each block (independent of the error):
+    Jacobians and errors are weighted alike."""
+
+    @abc.abstractmethod
+    def weight_block_jacobians(self, jac: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
+        """Weight Jacobian blocks ``(B, K, d, e)`` whose residual blocks are ``rows`` ``(K,)``."""
+
+    def weight_block_jacobians_and_error(
+        self, jacobians: Sequence[torch.Tensor], rows: Sequence[torch.Tensor], error: torch.Tensor
+    ) -> Tuple[List[torch.Tensor], torch.Tensor]:
+        wjacs = [self.weight_block_jacobians(j, r) for j, r in zip(jacobians, rows)]
+        return wjacs, self.weight_block_error(error)
+
+
+class FullInformationWeight(LinearBlockWeight):
     """Weight by full information matrices: ``e ↦ W e`` with ``Wᵀ W = Ω``, one W per block.
 
     Args:
@@ -117,7 +141,7 @@ class FullInformationWeight(BlockCostWeight):
         return FullInformationWeight(self.sqrt_information.copy(), name=new_name)
 
 
-class BlockScaleWeight(BlockCostWeight):
+class BlockScaleWeight(LinearBlockWeight):
     """Scale each residual block by a scalar: ``e_r ↦ s_r e_r``.
 
     Args:

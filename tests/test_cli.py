@@ -16,7 +16,7 @@ import torch
 
 import posegraph.io.g2o as g2o_mod
 import posegraph.solve.optimize as optimize_mod
-from posegraph import read_g2o
+from posegraph import build_problem, initialize, read_g2o
 from posegraph.cli import EXIT_BAD_INPUT, EXIT_FAILED, main
 
 from conftest import IDENTITY21, SE2_TEXT, SE3_TEXT
@@ -193,6 +193,67 @@ def test_edge_only_input_is_initialized_and_written(tmp_path, capsys, synthetic)
     assert code == 0 and data["status"] == "converged" and data["num_poses"] == 10
     g = read_g2o(out_path)
     assert g.has_poses and g.ids.tolist() == list(range(10))
+
+
+def test_init_chordal_prints_its_initial_cost(tmp_path, capsys, synthetic):
+    s = synthetic(kind="SE3", n=10, loops=((0, 5), (9, 3), (2, 7)), seed=2, noise=0.3)
+    path = tmp_path / "c.g2o"
+    path.write_text(s.text(vertices=s.truth[::-1].copy()))  # poor file vertices
+    code, out, err = run_cli(capsys, path, "--json", "--init", "chordal")
+    assert code == 0
+    data = json.loads(out)
+    assert data["init"] == "chordal" and data["status"] == "converged"
+    expected = float(build_problem(initialize(read_g2o(path), "chordal")).error())
+    assert data["initial_error"] == pytest.approx(expected, rel=1e-12)
+    first = err.splitlines()[1].split()  # the iteration-0 progress line: the initial χ²
+    assert first[0] == "0" and float(first[1]) == pytest.approx(2 * expected, rel=1e-9)
+    assert data["time_s"]["init"] >= 0
+    code, out, _ = run_cli(capsys, path, "--json", "--quiet")
+    file_run = json.loads(out)
+    assert file_run["init"] == "auto" and file_run["initial_error"] > data["initial_error"]
+
+
+def test_robust_kernel_run(tmp_path, capsys, synthetic):
+    s, path = _noisy_se3(synthetic, tmp_path)
+    code, out, err = run_cli(capsys, path, "--json", "--quiet", "--robust", "cauchy:0.5",
+                             "--robust-edges", "loop-closures")
+    assert code == 0 and err == ""
+    data = json.loads(out)
+    assert data["robust"] == {"kernel": "cauchy:0.5", "edges": "loop-closures"}
+    robust = build_problem(read_g2o(path), robust="cauchy:0.5", robust_edges="loop-closures")
+    plain = build_problem(read_g2o(path))
+    assert data["initial_error"] == pytest.approx(float(robust.error()), rel=1e-12)
+    assert data["initial_error"] < float(plain.error())
+    code, out, err = run_cli(capsys, path, "--robust", "huber:1", "--quiet")
+    assert code == 0 and "robust       huber:1 on all edges" in out
+    code, out, _ = run_cli(capsys, path, "--json", "--quiet", "--robust", "none")
+    assert "robust" not in json.loads(out)
+    trace = tmp_path / "t.json"
+    code, _, _ = run_cli(capsys, path, "--quiet", "--robust", "huber:0.5", "--debug", trace)
+    assert code == 0 and json.loads(trace.read_text())["iterations"]
+
+
+@pytest.mark.parametrize(
+    "argv,words",
+    [
+        (["--robust", "tukey:1"], ["argument --robust", "expected one of huber, cauchy"]),
+        (["--robust", "huber:-2"], ["argument --robust", "scale > 0"]),
+        (["--robust", "cauchy:abc"], ["argument --robust", "expected a number"]),
+        (["--robust", "huber:1", "--robust-edges", "odometry"], ["argument --robust-edges", "invalid choice"]),
+        (["--init", "lago"], ["argument --init", "invalid choice"]),
+    ],
+)
+def test_bad_robust_and_init_arguments(tmp_path, capsys, argv, words):
+    path = tmp_path / "a.g2o"
+    path.write_text(SE2_TEXT)
+    with pytest.raises(SystemExit) as exc:
+        main(["optimize", str(path), *argv])
+    assert exc.value.code == EXIT_BAD_INPUT
+    err = capsys.readouterr().err
+    last = err.strip().splitlines()[-1]
+    assert last.startswith("posegraph optimize: error: ") and "Traceback" not in err
+    for w in words:
+        assert w in last, (w, last)
 
 
 def test_warnings_on_stderr_unless_quiet(tmp_path, capsys):
