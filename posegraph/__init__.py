@@ -27,15 +27,24 @@ Debugging
     step, damping, per-edge error/Jacobian norms, first non-finite cost), ``normal_matrix`` /
     ``normal_rhs`` (AᵀA, Aᵀb as sparse matrices for any linearization), trace files and
     ``posegraph inspect``.
+Runs, evaluation, figures
+    ``load_config(path, schema="optimize"|"layer")`` — YAML run configurations validated by
+    the CLI's own option definitions (:mod:`posegraph.config`). ``evaluate(estimate, truth,
+    align)`` — ATE (Umeyama-aligned) and RPE as evo defines them; ``umeyama`` (:mod:`posegraph.eval`).
+    ``graph_info(graph)`` — counts, components, information summary, initial χ².
+    ``posegraph.plot.plot_graphs`` — trajectory/error-history figures (needs matplotlib).
 Numerics
     ``posegraph.lie`` — stable rotation ↔ quaternion conversions and ``patch_theseus()``.
 """
 
 from .builder import PoseGraphBuilder, PoseGraphProblem, build_problem
+from .config import ConfigError, load_config
 from .costs import BetweenEdges, BlockSparseCostFunction, JacobianBlocks
 from .debug import DebugCallback, NonFiniteError, normal_matrix, normal_rhs
+from .eval import evaluate, umeyama
 from .errors import G2oFormatError, GraphStructureError, OptimizationError, PoseGraphError
 from .graph import PoseGraph
+from .info import graph_info
 from .init import initialize
 from .io import read_g2o, write_g2o
 from .solve.cholmod import CholmodSolver
@@ -73,4 +82,9 @@ __all__ = [
     "G2oFormatError",
     "GraphStructureError",
     "OptimizationError",
+    "load_config",
+    "ConfigError",
+    "evaluate",
+    "umeyama",
+    "graph_info",
 ]

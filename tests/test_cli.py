@@ -137,7 +137,7 @@ def test_json_output_is_one_object(tmp_path, capsys, synthetic):
 
 def test_progress_on_stderr_unless_quiet(tmp_path, capsys, synthetic):
     s, path = _noisy_se3(synthetic, tmp_path)
-    code, out, err = run_cli(capsys, path, "--json")
+    code, out, err = run_cli(capsys, path, "--json", "--verbose")
     assert code == 0
     data = json.loads(out)  # progress never goes to stdout
     rows = [l.split() for l in err.splitlines()[1:]]
