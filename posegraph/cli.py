@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 import time
 import warnings
@@ -23,13 +22,9 @@ EXIT_OK, EXIT_FAILED, EXIT_BAD_INPUT = 0, 1, 2
 
 def _non_negative_int(text: str) -> int:
     """argparse type for ``--max-iters``: an integer ≥ 0 (a usage error otherwise)."""
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected an integer ≥ 0, received {text!r}") from None
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"expected an integer ≥ 0, received {text!r}")
-    return value
+    from .config import int_at_least
+
+    return int_at_least(0)(text)
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -173,7 +168,6 @@ def cmd_optimize(args: argparse.Namespace) -> int:
         )
         return EXIT_FAILED
     if args.output:
-        os.makedirs(os.path.dirname(os.path.abspath(args.output)), exist_ok=True)
         write_g2o(problem.to_graph().to(dtype=torch.float64), args.output)
     t4 = time.perf_counter()
     timings = {"parse": t1 - t0, "build": t2 - t1, "solve": t3 - t2, "write": t4 - t3, "total": t4 - t0}

@@ -31,7 +31,7 @@ import argparse
 import os
 from typing import Any, Dict, Mapping, Optional, Sequence, Tuple, Union
 
-from .errors import PoseGraphError
+from .errors import PoseGraphError, read_text_input
 
 PathLike = Union[str, "os.PathLike[str]"]
 Schema = Union[str, argparse.ArgumentParser]
@@ -55,14 +55,23 @@ def subcommand_parser(parser: argparse.ArgumentParser, name: str) -> argparse.Ar
     raise KeyError(f"no sub-command {name!r}")
 
 
-def _positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected an integer ≥ 1, received {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected an integer ≥ 1, received {text!r}")
-    return value
+def int_at_least(minimum: int):
+    """argparse type: an integer ≥ ``minimum`` (a usage error otherwise)."""
+
+    def convert(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            value = None
+        if value is None or value < minimum:
+            raise argparse.ArgumentTypeError(f"expected an integer ≥ {minimum}, received {text!r}")
+        return value
+
+    convert.__name__ = f"integer ≥ {minimum}"
+    return convert
+
+
+_positive_int = int_at_least(1)
 
 
 def _positive_float(text: str) -> float:
@@ -141,17 +150,7 @@ def _read_yaml(path: str) -> Tuple[Dict[Any, Any], Dict[str, int]]:
     """The top-level mapping of a YAML file and the line of each key."""
     import yaml
 
-    try:
-        with open(path, "r", encoding="utf-8") as fh:
-            text = fh.read()
-    except FileNotFoundError:
-        raise ConfigError("no such configuration file", path) from None
-    except IsADirectoryError:
-        raise ConfigError("is a directory, expected a YAML configuration file", path) from None
-    except UnicodeDecodeError:
-        raise ConfigError("not a YAML configuration file: not UTF-8 text", path) from None
-    except OSError as err:
-        raise ConfigError(f"cannot read configuration: {err.strerror}", path) from None
+    text = read_text_input(path, "configuration file", "a YAML configuration file", ConfigError)
     try:
         node = yaml.compose(text, Loader=yaml.SafeLoader)
         data = yaml.safe_load(text)

