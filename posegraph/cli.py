@@ -79,6 +79,8 @@ def _add_eval(sub) -> None:
 
 
 def _add_plot(sub) -> None:
+    from .config import int_at_least
+
     p = sub.add_parser("plot", help="draw trajectories before/after and the error history (PNG)")
     p.add_argument("input", help="g2o file (the initial graph)")
     p.add_argument("optimized", nargs="?", help="g2o file of the optimized graph")
@@ -86,7 +88,7 @@ def _add_plot(sub) -> None:
     p.add_argument("--trace", metavar="TRACE.json", help="debug trace ('optimize --debug') for the error history")
     p.add_argument("--size", type=_image_size, default=None, metavar="WxH",
                    help="image size in pixels (default depends on the panels)")
-    p.add_argument("--dpi", type=int, default=100)
+    p.add_argument("--dpi", type=int_at_least(10), default=100, help="resolution (pixels per inch; default 100)")
 
 
 def _image_size(text: str):

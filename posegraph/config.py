@@ -182,8 +182,10 @@ def _convert_one(action: argparse.Action, value: Any) -> Any:
     """One value through the action's ``type`` and ``choices`` (as argparse does for flags)."""
     if isinstance(value, (dict, list)) or value is None:
         raise argparse.ArgumentTypeError(f"received {value!r}")
-    if isinstance(value, bool) and action.type not in (None, str):
-        raise argparse.ArgumentTypeError(f"received {value!r}")
+    if isinstance(value, bool):
+        raise argparse.ArgumentTypeError(
+            f"received {value!r} (YAML reads yes/no/on/off/true/false as booleans: quote the value)"
+        )
     text = value if isinstance(value, str) else str(value)
     converted = action.type(text) if callable(action.type) else text
     if action.choices is not None and converted not in action.choices:
@@ -192,8 +194,9 @@ def _convert_one(action: argparse.Action, value: Any) -> Any:
 
 
 def convert_value(action: argparse.Action, value: Any) -> Any:
-    """A YAML value for ``action``: booleans for flags, lists for multi-value options, else
-    the option's ``type``/``choices``. Raises ``ValueError`` (message: expected, received)."""
+    """A YAML value for ``action``: ``true``/``false`` for flags (true = the flag is given),
+    a list (or one value) for multi-value and ``append`` options, else one value through the
+    option's ``type``/``choices``. Raises ``ValueError`` (message: expected, received)."""
     try:
         if action.nargs == 0:  # store_true / store_false / store_const / count-like flags
             if not isinstance(value, bool):
@@ -201,11 +204,13 @@ def convert_value(action: argparse.Action, value: Any) -> Any:
             if isinstance(action, argparse._StoreConstAction):  # includes store_true/false
                 return action.const if value else action.default
             return value
-        if action.nargs in ("*", "+") or isinstance(action.nargs, int):
+        if action.nargs in ("*", "+") or isinstance(action.nargs, int) or isinstance(action, argparse._AppendAction):
             items = value if isinstance(value, list) else [value]
             if action.nargs == "+" and not items:
                 raise argparse.ArgumentTypeError("received an empty list")
             return [_convert_one(action, v) for v in items]
+        if value is None and action.default is None:  # "key: null" = the option not given
+            return None
         return _convert_one(action, value)
     except (argparse.ArgumentTypeError, ValueError, TypeError) as err:
         msg = str(err)

@@ -77,6 +77,8 @@ def test_values_are_converted_by_the_option_types(tmp_path):
     assert load_config(path) == {
         "max_iters": 7, "rel_tol": 1e-8, "abs_tol": 0.5, "quiet": True, "json": False, "solver": "gn",
     }
+    path.write_text("output: null\ndebug: ~\n")  # options without a default may be null
+    assert load_config(path) == {"output": None, "debug": None}
     empty = tmp_path / "empty.yaml"
     empty.write_text("# nothing\n")
     assert load_config(empty) == {}
@@ -92,6 +94,8 @@ BAD_CONFIGS = [
     ("flag-not-bool", "quiet: 1\n", 1, ["quiet", "expected true or false", "received 1"]),
     ("list-for-scalar", "solver: [lm, gn]\n", 1, ["solver", "expected one of gn, lm", "received ['lm', 'gn']"]),
     ("twice", "max_iters: 3\nmax-iters: 4\n", 2, ["given twice"]),
+    ("yaml-boolean", "init: auto\nsolver: no\n", 2, ["solver: expected one of gn, lm, received False", "quote the value"]),
+    ("null-for-a-default", "solver: null\n", 1, ["solver", "received None"]),
     ("not-a-mapping", "- solver\n- lm\n", 1, ["expected a mapping", "list"]),
     ("invalid-yaml", "solver: [lm\nmax_iters: 3\n", 2, ["invalid YAML", "expected ',' or ']'"]),
     ("config-key", "config: other.yaml\n", 1, ["unknown key 'config'"]),
