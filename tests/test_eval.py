@@ -200,3 +200,34 @@ def test_cli_eval_text_json_and_vertex_only_files(tmp_path, capsys):
     assert main(["eval", str(traj), "--gt", str(tmp_path / "none.g2o")]) == EXIT_BAD_INPUT
     out, err = capsys.readouterr()
     assert out == "" and err == f"error: {tmp_path / 'none.g2o'}: no such file\n"
+
+
+@pytest.mark.parametrize("method", ["none", "se3", "sim3"])
+def test_matches_evo_when_installed(method):
+    """The same numbers as evo's APE/RPE (runs where evo is importable, e.g.
+    ``pip install --no-deps --target DIR evo`` and ``PYTHONPATH=DIR``)."""
+    pytest.importorskip("evo")
+    import copy
+
+    from evo.core import metrics
+    from evo.core.trajectory import PosePath3D
+
+    from posegraph.init import to_homogeneous
+
+    est_path, gt_path = REPO / "data" / "sphere_se3.g2o", REPO / "data" / "sphere_se3.gt.g2o"
+    est = PosePath3D(poses_se3=list(to_homogeneous("SE3", read_g2o(est_path).poses)))
+    ref = PosePath3D(poses_se3=list(to_homogeneous("SE3", read_g2o(gt_path).poses)))
+    if method != "none":
+        est = copy.deepcopy(est)
+        est.align(ref, correct_scale=method == "sim3")
+    mine = evaluate_files(str(est_path), str(gt_path), method)
+    relations = [
+        ("ate", metrics.APE(metrics.PoseRelation.translation_part)),
+        ("rpe_translation", metrics.RPE(metrics.PoseRelation.translation_part, 1, metrics.Unit.frames)),
+        ("rpe_rotation_rad", metrics.RPE(metrics.PoseRelation.rotation_angle_rad, 1, metrics.Unit.frames)),
+    ]
+    for key, metric in relations:
+        metric.process_data((ref, est))
+        for stat in ("rmse", "mean", "median", "std", "min", "max"):
+            theirs = metric.get_statistic(metrics.StatisticsType(stat))
+            assert mine[key][stat] == pytest.approx(theirs, rel=1e-9, abs=1e-12), (key, stat)
