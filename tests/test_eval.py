@@ -231,3 +231,13 @@ def test_matches_evo_when_installed(method):
         for stat in ("rmse", "mean", "median", "std", "min", "max"):
             theirs = metric.get_statistic(metrics.StatisticsType(stat))
             assert mine[key][stat] == pytest.approx(theirs, rel=1e-9, abs=1e-12), (key, stat)
+
+
+def test_cli_eval_warns_on_stderr_for_mismatched_ids(tmp_path, capsys):
+    lines = [l for l in (REPO / "data" / "grid_se2.gt.g2o").read_text().splitlines(True) if l.startswith("VERTEX")]
+    est = tmp_path / "est.g2o"
+    est.write_text("".join(lines[:-5]))  # the last 5 poses are missing
+    assert main(["eval", str(est), "--gt", str(REPO / "data" / "grid_se2.gt.g2o"), "--json"]) == 0
+    out, err = capsys.readouterr()
+    assert json.loads(out)["poses"] == {"matched": 495, "estimate_only": 0, "truth_only": 5}
+    assert err.startswith(f"warning: {est}: vertex ids differ") and err.count("\n") == 1
