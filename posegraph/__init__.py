@@ -44,6 +44,12 @@ Debugging
     step, damping, per-edge error/Jacobian norms, first non-finite cost), ``normal_matrix`` /
     ``normal_rhs`` (AᵀA, Aᵀb as sparse matrices for any linearization), trace files and
     ``posegraph inspect``.
+Runs, evaluation, figures
+    ``load_config(path, schema="optimize"|"layer")`` — YAML run configurations validated by
+    the CLI's own option definitions (:mod:`posegraph.config`). ``evaluate(estimate, truth,
+    align)`` — ATE (Umeyama-aligned) and RPE as evo defines them; ``umeyama`` (:mod:`posegraph.eval`).
+    ``graph_info(graph)`` — counts, components, information summary, initial χ².
+    ``posegraph.plot.plot_graphs`` — trajectory/error-history figures (needs matplotlib).
 Numerics
     ``posegraph.lie`` — stable rotation ↔ quaternion conversions and ``patch_theseus()``.
 """
@@ -52,9 +58,12 @@ from . import synthetic
 from .builder import MeshTerm, PoseGraphBuilder, PoseGraphProblem, build_problem, mesh_term
 from .costs import BetweenEdges, BlockSparseCostFunction, JacobianBlocks, PointObservations
 from .chordal import chordal_initialization
+from .config import ConfigError, load_config
 from .debug import DebugCallback, NonFiniteError, normal_matrix, normal_rhs
+from .eval import evaluate, umeyama
 from .errors import G2oFormatError, GraphStructureError, OptimizationError, PoseGraphError
 from .graph import Landmarks, PoseGraph
+from .info import graph_info
 from .init import initialize
 from .io import read_g2o, write_g2o
 from .mesh import LaplacianSmoothingCost, laplacian_smooth, read_obj, taubin_smooth, write_obj
@@ -107,4 +116,9 @@ __all__ = [
     "G2oFormatError",
     "GraphStructureError",
     "OptimizationError",
+    "load_config",
+    "ConfigError",
+    "evaluate",
+    "umeyama",
+    "graph_info",
 ]

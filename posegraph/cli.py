@@ -1,4 +1,8 @@
-"""``posegraph`` command line: ``posegraph optimize IN.g2o -o OUT.g2o [--json]``.
+"""``posegraph`` command line: ``optimize``, ``inspect``, ``info``, ``eval``, ``plot``
+(see README.md, "Command line").
+
+``posegraph optimize --config FILE.yaml`` reads options from a YAML file (keys are the
+option names, :mod:`posegraph.config`); flags given on the command line win over the file.
 
 Bad input never gives a traceback: one line ``error: FILE:LINE: what is wrong`` on stderr and
 exit status 2 (1 when the optimization itself fails); no output file is written then.
@@ -20,13 +24,9 @@ EXIT_OK, EXIT_FAILED, EXIT_BAD_INPUT = 0, 1, 2
 
 def _non_negative_int(text: str) -> int:
     """argparse type for ``--max-iters``: an integer ≥ 0 (a usage error otherwise)."""
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected an integer ≥ 0, received {text!r}") from None
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"expected an integer ≥ 0, received {text!r}")
-    return value
+    from .config import int_at_least
+
+    return int_at_least(0)(text)
 
 
 def _non_negative_float(text: str) -> float:
@@ -54,7 +54,8 @@ def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="posegraph", description="Pose-graph optimization on Theseus.")
     sub = p.add_subparsers(dest="command", required=True)
     o = sub.add_parser("optimize", help="optimize a g2o pose graph and write the result")
-    o.add_argument("input", help="g2o file (SE2 or SE3)")
+    o.add_argument("input", nargs="?", help="g2o file (SE2 or SE3); or 'input:' in --config")
+    o.add_argument("--config", metavar="FILE.yaml", help="read options from a YAML file (flags win)")
     o.add_argument("-o", "--output", help="write the optimized graph here (g2o)")
     o.add_argument("--solver", choices=["gn", "lm"], default="lm", help="Gauss-Newton or Levenberg-Marquardt (default lm)")
     o.add_argument("--max-iters", type=_non_negative_int, default=100, metavar="N", help="iteration cap (default 100)")
@@ -81,6 +82,9 @@ def _parser() -> argparse.ArgumentParser:
     o.add_argument("--mesh-output", metavar="OUT.obj", help="with --mesh: write the optimized mesh")
     o.add_argument("--json", action="store_true", help="print one JSON object on stdout")
     o.add_argument("--quiet", action="store_true", help="no progress on stderr")
+    o.add_argument("--verbose", action="store_true", help="progress as one line per iteration")
+    o.add_argument("--device", choices=["auto", "cpu", "cuda"], default="cpu",
+                   help="where to solve (auto: cuda when available; default cpu)")
     o.add_argument("--debug", metavar="TRACE.json",
                    help="write a debug trace: per-iteration error, step, damping, per-edge error and "
                         "Jacobian norms, first non-finite value (see 'posegraph inspect')")
@@ -91,7 +95,49 @@ def _parser() -> argparse.ArgumentParser:
     i = sub.add_parser("inspect", help="print a debug trace written by 'optimize --debug'")
     i.add_argument("trace", help="TRACE.json")
     i.add_argument("--top", type=_non_negative_int, default=10, metavar="N")
+    _add_info(sub)
+    _add_eval(sub)
+    _add_plot(sub)
     return p
+
+
+def _add_info(sub) -> None:
+    p = sub.add_parser("info", help="counts, connectivity, information matrices and χ² of a g2o file")
+    p.add_argument("input", help="g2o file (vertex-only and edge-only files too)")
+    p.add_argument("--json", action="store_true", help="print one JSON object on stdout")
+
+
+def _add_eval(sub) -> None:
+    p = sub.add_parser("eval", help="ATE and RPE of an estimate against ground truth (as evo)")
+    p.add_argument("estimate", help="g2o file with the estimated poses (VERTEX lines)")
+    p.add_argument("--gt", required=True, metavar="GROUNDTRUTH.g2o", help="g2o file with the true poses")
+    p.add_argument("--align", choices=["se3", "sim3", "none"], default="se3",
+                   help="Umeyama alignment of the estimate onto the truth before ATE and RPE (default se3)")
+    p.add_argument("--json", action="store_true", help="print one JSON object on stdout")
+
+
+def _add_plot(sub) -> None:
+    from .config import int_at_least
+
+    p = sub.add_parser("plot", help="draw trajectories before/after and the error history (PNG)")
+    p.add_argument("input", help="g2o file (the initial graph)")
+    p.add_argument("optimized", nargs="?", help="g2o file of the optimized graph")
+    p.add_argument("-o", "--output", required=True, metavar="FIG.png", help="image to write (png, pdf, svg)")
+    p.add_argument("--trace", metavar="TRACE.json", help="debug trace ('optimize --debug') for the error history")
+    p.add_argument("--size", type=_image_size, default=None, metavar="WxH",
+                   help="image size in pixels (default depends on the panels)")
+    p.add_argument("--dpi", type=int_at_least(10), default=100, help="resolution (pixels per inch; default 100)")
+
+
+def _image_size(text: str):
+    """argparse type for ``--size``: ``WIDTHxHEIGHT`` in pixels."""
+    try:
+        w, h = (int(v) for v in text.lower().split("x"))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected WIDTHxHEIGHT in pixels (e.g. 1200x800), received {text!r}") from None
+    if w < 100 or h < 100 or w > 20000 or h > 20000:
+        raise argparse.ArgumentTypeError(f"expected sizes in [100, 20000] pixels, received {text!r}")
+    return w, h
 
 
 def _setup_warnings(quiet: bool) -> None:
@@ -110,9 +156,14 @@ def cmd_optimize(args: argparse.Namespace) -> int:
     from .builder import build_problem
     from .init import initialize
     from .io import read_g2o, write_g2o
-    from .report import ProgressPrinter, format_summary, summary
+    from .config import resolve_device
+    from .errors import PoseGraphError
+    from .report import ProgressBar, format_summary, summary
     from .solve.optimize import SolverOptions, optimize
 
+    if not args.input:
+        raise PoseGraphError("no input graph: give INPUT or 'input:' in the --config file", args.config)
+    device = resolve_device(args.device)
     t0 = time.perf_counter()
     graph = read_g2o(args.input)
     t_read = time.perf_counter()
@@ -120,7 +171,7 @@ def cmd_optimize(args: argparse.Namespace) -> int:
     t1 = time.perf_counter()
     dtype = torch.float64 if args.dtype == "float64" else torch.float32
     mesh = _load_mesh(args, graph)
-    problem = build_problem(graph, dtype=dtype, mesh=mesh, robust=args.robust, robust_edges=args.robust_edges)
+    problem = build_problem(graph, dtype=dtype, device=device, mesh=mesh, robust=args.robust, robust_edges=args.robust_edges)
     t2 = time.perf_counter()
     options = SolverOptions(
         solver=args.solver,
@@ -129,7 +180,7 @@ def cmd_optimize(args: argparse.Namespace) -> int:
         abs_tolerance=args.abs_tol,
         linear_solver=args.linear_solver,
     )
-    progress = None if args.quiet else ProgressPrinter()
+    progress = _progress(args)
     debug = None
     if args.debug:
         from .debug import DebugCallback
@@ -145,6 +196,8 @@ def cmd_optimize(args: argparse.Namespace) -> int:
         if debug is not None:
             debug.check_final(problem.objective, iteration=result.iterations)
     finally:
+        if isinstance(progress, ProgressBar):
+            progress.close()
         if debug is not None:
             debug.save(args.debug)  # the trace is written even when the run stopped
     if debug is not None and debug.first_nonfinite is not None:
@@ -198,20 +251,75 @@ def _load_mesh(args: argparse.Namespace, graph):
     return mesh_term(graph, verts, faces, args.laplacian_weight, args.laplacian, args.mesh_first_id, args.mesh)
 
 
+def _progress(args: argparse.Namespace):
+    """Progress hook of ``optimize``: none with ``--quiet``, a table with ``--verbose``, else a
+    bar that appears after a second."""
+    from .report import ProgressBar, ProgressPrinter
+
+    if args.quiet:
+        return None
+    if args.verbose:
+        return ProgressPrinter()
+    return ProgressBar(total=args.max_iters)
+
+
 def cmd_inspect(args: argparse.Namespace) -> int:
     from .debug import run_inspect
 
     return run_inspect(args.trace, out=sys.stdout, top=args.top)
 
 
+def cmd_info(args: argparse.Namespace) -> int:
+    from .info import format_info, graph_info
+    from .io import read_g2o
+
+    info = graph_info(read_g2o(args.input))
+    sys.stdout.write((json.dumps(info) if args.json else format_info(info)) + "\n")
+    return EXIT_OK
+
+
+def cmd_eval(args: argparse.Namespace) -> int:
+    from .eval import evaluate_files, format_evaluation
+
+    result = evaluate_files(args.estimate, args.gt, align=args.align)
+    sys.stdout.write((json.dumps(result) if args.json else format_evaluation(result)) + "\n")
+    return EXIT_OK
+
+
+def cmd_plot(args: argparse.Namespace) -> int:
+    from .plot import plot_files
+
+    plot_files(args.input, args.optimized, args.output, trace=args.trace, size=args.size, dpi=args.dpi)
+    return EXIT_OK
+
+
+COMMANDS = {"optimize": cmd_optimize, "inspect": cmd_inspect, "info": cmd_info, "eval": cmd_eval, "plot": cmd_plot}
+
+
+def _parse_args(argv: Optional[List[str]]) -> argparse.Namespace:
+    """Parse the command line; ``--config FILE`` values become the sub-command's defaults, so
+    flags win over the file (:func:`posegraph.config.parse_with_config`)."""
+    parser = _parser()
+    args = parser.parse_args(argv)
+    if getattr(args, "config", None):
+        from .config import parse_with_config, subcommand_parser
+
+        args = parse_with_config(parser, argv, subcommand_parser(parser, args.command))
+    return args
+
+
 def main(argv: Optional[List[str]] = None) -> int:
     """Entry point of the ``posegraph`` console script."""
     from .errors import OptimizationError
 
-    args = _parser().parse_args(argv)
+    try:
+        args = _parse_args(argv)
+    except PoseGraphError as err:  # a bad --config file
+        sys.stderr.write(f"error: {err}\n")
+        return EXIT_BAD_INPUT
     _setup_warnings(getattr(args, "quiet", False))
     try:
-        return {"optimize": cmd_optimize, "inspect": cmd_inspect}[args.command](args)
+        return COMMANDS[args.command](args)
     except PoseGraphError as err:
         sys.stderr.write(f"error: {err}\n")
         return EXIT_BAD_INPUT

@@ -36,3 +36,20 @@ class GraphStructureError(PoseGraphError):
 
 class OptimizationError(RuntimeError):
     """The optimization could not proceed (solver failure, non-finite values)."""
+
+
+def read_text_input(path: str, noun: str, expected: str, error: type = PoseGraphError) -> str:
+    """Text of a UTF-8 input file, or ``error`` with one clear message: ``no such {noun}``,
+    ``is a directory, expected {expected}``, ``not {expected}: not UTF-8 text``, ``cannot read
+    {noun}: …`` (e.g. ``noun="trace file"``, ``expected="a trace file (JSON)"``)."""
+    try:
+        with open(path, "r", encoding="utf-8") as fh:
+            return fh.read()
+    except FileNotFoundError:
+        raise error(f"no such {noun}", path) from None
+    except IsADirectoryError:
+        raise error(f"is a directory, expected {expected}", path) from None
+    except UnicodeDecodeError:
+        raise error(f"not {expected}: not UTF-8 text", path) from None
+    except OSError as err:
+        raise error(f"cannot read {noun}: {err.strerror}", path) from None

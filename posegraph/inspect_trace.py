@@ -9,7 +9,7 @@ import os
 import sys
 from typing import IO, Any, Dict, List, Optional, Tuple, Union
 
-from .errors import PoseGraphError
+from .errors import PoseGraphError, read_text_input
 
 PathLike = Union[str, "os.PathLike[str]"]
 
@@ -37,19 +37,11 @@ def load_trace(path: PathLike) -> Dict[str, Any]:
             (message and path, as the CLI prints them).
     """
     spath = os.fspath(path)
+    text = read_text_input(spath, "trace file", "a trace file (JSON)")
     try:
-        with open(spath, "r", encoding="utf-8") as fh:
-            data = json.load(fh)
-    except FileNotFoundError:
-        raise PoseGraphError("no such trace file", spath) from None
-    except IsADirectoryError:
-        raise PoseGraphError("is a directory, expected a trace file (JSON)", spath) from None
-    except UnicodeDecodeError:
-        raise PoseGraphError("not a debug trace: not UTF-8 text", spath) from None
+        data = json.loads(text)
     except json.JSONDecodeError as err:
         raise PoseGraphError(f"not a debug trace: invalid JSON ({err.msg})", spath, err.lineno) from None
-    except OSError as err:
-        raise PoseGraphError(f"cannot read trace: {err.strerror}", spath) from None
     if not isinstance(data, dict) or not isinstance(data.get("iterations"), list):
         raise PoseGraphError('not a debug trace: expected a JSON object with an "iterations" list', spath)
     iterations: List[Dict[str, Any]] = []

@@ -1,4 +1,10 @@
-"""What people read: per-iteration progress, the run summary (text and JSON)."""
+"""What people read: per-iteration progress, the run summary (text and JSON).
+
+Progress goes to stderr only, never to stdout (which carries the summary or the one JSON
+object of ``--json``): :class:`ProgressBar` (a tqdm bar that appears only when a run lasts
+longer than ``delay`` seconds, the CLI's default) and :class:`ProgressPrinter` (one table row
+per iteration, ``posegraph optimize --verbose``).
+"""
 
 from __future__ import annotations
 
@@ -30,6 +36,46 @@ class ProgressPrinter:
         elapsed = time.perf_counter() - self._start
         self.stream.write(f"{rec.iteration:>5} {chi2:>16.10g} {rel:>13} {elapsed:>8.3f}s\n")
         self.stream.flush()
+
+
+#: seconds a run lasts before :class:`ProgressBar` shows itself
+PROGRESS_DELAY_S = 1.0
+
+
+class ProgressBar:
+    """A tqdm progress bar over iterations (stderr by default) with the current χ² and its
+    relative decrease; it appears only once the run has lasted ``delay`` seconds
+    (:data:`PROGRESS_DELAY_S` by default), so short runs
+    print nothing. Call it with each :class:`IterationRecord`; :meth:`close` at the end (or use
+    it as a context manager)."""
+
+    def __init__(self, total: int, stream: Optional[IO[str]] = None, delay: Optional[float] = None, desc: str = "optimize"):
+        from tqdm import tqdm
+
+        delay = PROGRESS_DELAY_S if delay is None else delay
+        self._bar = tqdm(
+            total=max(int(total), 1), file=stream or sys.stderr, delay=delay, desc=desc,
+            unit="it", dynamic_ncols=True, leave=True,
+        )
+        self._last: Optional[float] = None
+
+    def __call__(self, rec: IterationRecord) -> None:
+        chi2 = 2.0 * rec.error
+        postfix = {"chi2": f"{chi2:.6g}"}
+        if self._last:
+            postfix["rel.decrease"] = f"{(self._last - chi2) / self._last:.2e}"
+        self._last = chi2
+        self._bar.set_postfix(postfix, refresh=False)
+        self._bar.update(rec.iteration - self._bar.n)
+
+    def close(self) -> None:
+        self._bar.close()
+
+    def __enter__(self) -> "ProgressBar":
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()
 
 
 def summary(

@@ -138,7 +138,7 @@ def test_json_output_is_one_object(tmp_path, capsys, synthetic):
 
 def test_progress_on_stderr_unless_quiet(tmp_path, capsys, synthetic):
     s, path = _noisy_se3(synthetic, tmp_path)
-    code, out, err = run_cli(capsys, path, "--json")
+    code, out, err = run_cli(capsys, path, "--json", "--verbose")
     assert code == 0
     data = json.loads(out)  # progress never goes to stdout
     rows = [l.split() for l in err.splitlines()[1:]]
@@ -199,7 +199,7 @@ def test_init_chordal_prints_its_initial_cost(tmp_path, capsys, synthetic):
     s = synthetic(kind="SE3", n=10, loops=((0, 5), (9, 3), (2, 7)), seed=2, noise=0.3)
     path = tmp_path / "c.g2o"
     path.write_text(s.text(vertices=s.truth[::-1].copy()))  # poor file vertices
-    code, out, err = run_cli(capsys, path, "--json", "--init", "chordal")
+    code, out, err = run_cli(capsys, path, "--json", "--verbose", "--init", "chordal")
     assert code == 0
     data = json.loads(out)
     assert data["init"] == "chordal" and data["status"] == "converged"

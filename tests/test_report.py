@@ -1,0 +1,45 @@
+"""Progress on stderr: a tqdm bar after a delay, never on stdout, silent with --quiet."""
+
+from __future__ import annotations
+
+import io
+import json
+
+import posegraph.report as report
+from posegraph.cli import main
+from posegraph.report import ProgressBar
+from posegraph.solve.optimize import IterationRecord
+
+
+def _feed(bar, errors):
+    for k, e in enumerate(errors):
+        bar(IterationRecord(k, e, 0.1 * k))
+    bar.close()
+
+
+def test_bar_shows_iterations_and_chi2():
+    stream = io.StringIO()
+    _feed(ProgressBar(total=10, stream=stream, delay=0), [50.0, 5.0, 4.0])
+    text = stream.getvalue()
+    assert "optimize" in text and "2/10" in text
+    assert "chi2=8" in text and "rel.decrease=2.00e-01" in text
+
+
+def test_bar_silent_for_short_runs():
+    stream = io.StringIO()
+    _feed(ProgressBar(total=10, stream=stream, delay=30.0), [50.0, 5.0, 4.0])
+    assert stream.getvalue() == ""
+
+
+def test_cli_progress_on_stderr_json_on_stdout(tmp_path, capsys, monkeypatch, synthetic):
+    s = synthetic(kind="SE2", n=10, loops=((0, 5), (9, 2)), seed=4, noise=0.2)
+    path = tmp_path / "g.g2o"
+    path.write_text(s.text())
+    monkeypatch.setattr(report, "PROGRESS_DELAY_S", 0.0)  # as if the run were long
+    assert main(["optimize", str(path), "--json"]) == 0
+    out, err = capsys.readouterr()
+    assert out.count("\n") == 1 and json.loads(out)["status"] == "converged"
+    assert "optimize" in err and "chi2=" in err
+    assert main(["optimize", str(path), "--json", "--quiet"]) == 0
+    out, err = capsys.readouterr()
+    assert err == "" and json.loads(out)["status"] == "converged"
