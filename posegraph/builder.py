@@ -211,6 +211,18 @@ def _as_tensor(value: TensorOrVar) -> torch.Tensor:
     return value.tensor if isinstance(value, th.Variable) else value
 
 
+def _lookup(ref: Union[th.Variable, str, int], items: Sequence[th.Variable], index: Dict[str, int], noun: str, what: str) -> int:
+    """Position of a variable given by object, name or position among ``items``."""
+    if isinstance(ref, int):
+        if not 0 <= ref < len(items):
+            raise BuilderError(f"{what}: expected a {noun} index in [0, {len(items)}), received {ref}")
+        return ref
+    name = ref if isinstance(ref, str) else getattr(ref, "name", None)
+    if name not in index or (not isinstance(ref, str) and items[index[name]] is not ref):
+        raise BuilderError(f"{what}: refers to {name!r}, which is not a {noun} added to this builder")
+    return index[name]
+
+
 # -- the builder -----------------------------------------------------------------------------------
 
 
@@ -267,26 +279,54 @@ class PoseGraphBuilder:
         what = f"pose {pose.name!r}"
         if self._kind is not None and kind != self._kind:
             raise BuilderError(f"{what}: expected th.{self._kind} like the other poses, received th.{kind}")
-        _check_element_tensor(pose.tensor, type(pose), what)
-        self._consensus.check(what, pose.tensor)
-        self._claim_name(pose.name, what)
+        index = self._register(pose, self._poses, self._index, self._fixed, fixed, what)
         self._kind = kind
-        self._index[pose.name] = len(self._poses)
-        self._poses.append(pose)
-        self._fixed.append(bool(fixed))
-        return len(self._poses) - 1
+        return index
+
+    def _register(
+        self,
+        var: th.Manifold,
+        items: List,
+        index: Dict[str, int],
+        fixed_flags: List[bool],
+        fixed: bool,
+        what: str,
+    ) -> int:
+        """Check a pose/point variable's tensor and name, then add it; returns its position."""
+        _check_element_tensor(var.tensor, type(var), what)
+        self._consensus.check(what, var.tensor)
+        self._claim_name(var.name, what)
+        index[var.name] = len(items)
+        items.append(var)
+        fixed_flags.append(bool(fixed))
+        return len(items) - 1
 
     def _pose_index(self, ref: Union[th.Manifold, str, int], what: str) -> int:
-        if isinstance(ref, int):
-            if not 0 <= ref < len(self._poses):
-                raise BuilderError(f"{what}: expected a pose index in [0, {len(self._poses)}), received {ref}")
-            return ref
-        name = ref if isinstance(ref, str) else getattr(ref, "name", None)
-        if name not in self._index or (
-            not isinstance(ref, str) and self._poses[self._index[name]] is not ref
-        ):
-            raise BuilderError(f"{what}: refers to {name!r}, which is not a pose added to this builder")
-        return self._index[name]
+        return _lookup(ref, self._poses, self._index, "pose", what)
+
+    def _measurement_and_information(
+        self,
+        measurement: TensorOrVar,
+        information: Optional[TensorOrVar],
+        cls: type,
+        dof: int,
+        what: str,
+    ) -> Tuple[torch.Tensor, torch.Tensor]:
+        """Checked ``(B|1, *shape)`` measurement of class ``cls`` and ``(B|1, dof, dof)``
+        information (identity if None)."""
+        if isinstance(measurement, th.Variable):
+            _check_class(measurement, (cls,), f"{what} measurement")
+        meas = _as_tensor(measurement)
+        if meas.ndim == len(element_layout(cls)[0]):
+            meas = meas.unsqueeze(0)
+        _check_element_tensor(meas, cls, f"{what} measurement")
+        self._consensus.check(f"{what} measurement", meas)
+        if information is None:
+            info = torch.eye(dof, dtype=meas.dtype, device=meas.device).unsqueeze(0)
+        else:
+            info = _check_information(_as_tensor(information), dof, f"{what} information")
+        self._consensus.check(f"{what} information", info)
+        return meas, info
 
     def add_between(
         self,
@@ -309,19 +349,8 @@ class PoseGraphBuilder:
         if i == j:
             raise BuilderError(f"{what}: self-loop on pose {self._poses[i].name!r}")
         assert self._kind is not None
-        cls, shape, dof = POSE_KINDS[self._kind]
-        if isinstance(measurement, th.Variable):
-            _check_class(measurement, (cls,), f"{what} measurement")
-        meas = _as_tensor(measurement)
-        if meas.ndim == len(shape):
-            meas = meas.unsqueeze(0)
-        _check_element_tensor(meas, cls, f"{what} measurement")
-        self._consensus.check(f"{what} measurement", meas)
-        if information is None:
-            info = torch.eye(dof, dtype=meas.dtype, device=meas.device).unsqueeze(0)
-        else:
-            info = _check_information(_as_tensor(information), dof, f"{what} information")
-        self._consensus.check(f"{what} information", info)
+        cls, _, dof = POSE_KINDS[self._kind]
+        meas, info = self._measurement_and_information(measurement, information, cls, dof, what)
         edge_name = name or f"between {self._poses[i].name} {self._poses[j].name}"
         if name:
             self._claim_name(name, what)
@@ -340,25 +369,10 @@ class PoseGraphBuilder:
         """
         _check_class(point, (th.Point3,), "point")
         what = f"point {point.name!r}"
-        _check_element_tensor(point.tensor, th.Point3, what)
-        self._consensus.check(what, point.tensor)
-        self._claim_name(point.name, what)
-        self._point_index[point.name] = len(self._points)
-        self._points.append(point)
-        self._point_fixed.append(bool(fixed))
-        return len(self._points) - 1
+        return self._register(point, self._points, self._point_index, self._point_fixed, fixed, what)
 
     def _point_ref(self, ref: Union[th.Point3, str, int], what: str) -> int:
-        if isinstance(ref, int):
-            if not 0 <= ref < len(self._points):
-                raise BuilderError(f"{what}: expected a point index in [0, {len(self._points)}), received {ref}")
-            return ref
-        name = ref if isinstance(ref, str) else getattr(ref, "name", None)
-        if name not in self._point_index or (
-            not isinstance(ref, str) and self._points[self._point_index[name]] is not ref
-        ):
-            raise BuilderError(f"{what}: refers to {name!r}, which is not a point added to this builder")
-        return self._point_index[name]
+        return _lookup(ref, self._points, self._point_index, "point", what)
 
     def add_point_observation(
         self,
@@ -383,17 +397,7 @@ class PoseGraphBuilder:
             raise BuilderError(f"{what}: points are observed from th.SE3 poses, the builder has {got}")
         i = self._pose_index(pose, what)
         j = self._point_ref(point, what)
-        if isinstance(measurement, th.Variable):
-            _check_class(measurement, (th.Point3,), f"{what} measurement")
-        meas = _as_tensor(measurement)
-        meas = meas.unsqueeze(0) if meas.ndim == 1 else meas
-        _check_element_tensor(meas, th.Point3, f"{what} measurement")
-        self._consensus.check(f"{what} measurement", meas)
-        if information is None:
-            info = torch.eye(3, dtype=meas.dtype, device=meas.device).unsqueeze(0)
-        else:
-            info = _check_information(_as_tensor(information), 3, f"{what} information")
-        self._consensus.check(f"{what} information", info)
+        meas, info = self._measurement_and_information(measurement, information, th.Point3, 3, what)
         if offset is None:
             off = torch.eye(3, 4, dtype=meas.dtype, device=meas.device)
         else:

@@ -7,6 +7,7 @@ Poses use Theseus' tensor layouts so they can be wrapped without copies: SE3 ``(
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass, field, replace
 from typing import List, Optional, Tuple
 
@@ -152,12 +153,7 @@ class PoseGraph:
     # -- conversions ----------------------------------------------------------------------------
     def to(self, device=None, dtype=None) -> "PoseGraph":
         """Copy with float tensors moved/cast (index tensors keep their dtype)."""
-
-        def mv(t: Optional[torch.Tensor], is_float: bool) -> Optional[torch.Tensor]:
-            if t is None:
-                return None
-            return t.to(device=device, dtype=dtype if is_float else None)
-
+        mv = functools.partial(_move, device=device, dtype=dtype)
         return replace(
             self,
             ids=mv(self.ids, False),
@@ -221,10 +217,7 @@ class Landmarks:
 
     def to(self, device=None, dtype=None) -> "Landmarks":
         """Copy with float tensors moved/cast (index tensors keep their dtype)."""
-
-        def mv(t: Optional[torch.Tensor], is_float: bool) -> Optional[torch.Tensor]:
-            return None if t is None else t.to(device=device, dtype=dtype if is_float else None)
-
+        mv = functools.partial(_move, device=device, dtype=dtype)
         return replace(
             self,
             ids=mv(self.ids, False),
@@ -241,6 +234,11 @@ class Landmarks:
         """``"EDGE_SE3_TRACKXYZ 3 1001"`` per observation (pose id, point id)."""
         pairs = zip(pose_ids[self.observations[:, 0]].tolist(), self.ids[self.observations[:, 1]].tolist())
         return [f"EDGE_SE3_TRACKXYZ {a} {b}" for a, b in pairs]
+
+
+def _move(t: Optional[torch.Tensor], is_float: bool, device=None, dtype=None) -> Optional[torch.Tensor]:
+    """``t`` on ``device``; cast to ``dtype`` only when it holds floats (None stays None)."""
+    return None if t is None else t.to(device=device, dtype=dtype if is_float else None)
 
 
 def connected_components(num_nodes: int, edges: np.ndarray) -> np.ndarray:
