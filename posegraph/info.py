@@ -42,8 +42,9 @@ def information_summary(information: torch.Tensor) -> Dict[str, Any]:
 def initial_chi2(graph: PoseGraph) -> float:
     """χ² = Σ eᵀΩe of the graph's own poses (the graph must have poses and edges)."""
     from .builder import build_problem
+    from .init import initialize
 
-    problem = build_problem(graph, dtype=torch.float64)
+    problem = build_problem(initialize(graph, "file"), dtype=torch.float64)  # places points
     with torch.no_grad():
         return float(2 * problem.error().double().mean())
 
@@ -74,6 +75,8 @@ def graph_info(graph: PoseGraph) -> Dict[str, Any]:
         "information": information_summary(graph.information),
         "initial_chi2": chi2,
         "initial_error": chi2 / 2 if chi2 is not None else None,
+        "points": graph.num_points,
+        "point_observations": 0 if graph.landmarks is None else graph.landmarks.num_observations,
     }
 
 
@@ -86,6 +89,8 @@ def format_info(info: Dict[str, Any]) -> str:
         f"edges        {info['edges']} ({info['odometry_edges']} odometry, {info['loop_closures']} loop closures)",
         f"fixed        {info['fixed']}" + (f" (ids {', '.join(map(str, info['fixed_ids']))})" if info["fixed"] else ""),
     ]
+    if info["points"]:
+        lines.append(f"points       {info['points']} (TRACKXYZ), {info['point_observations']} observations")
     if info["edges"]:
         lines.append(
             f"components   {info['components']} (largest {info['largest_component']} vertices, "

@@ -80,3 +80,14 @@ def test_cli_info_bad_file(tmp_path, capsys):
     assert main(["info", str(path)]) == EXIT_BAD_INPUT
     out, err = capsys.readouterr()
     assert out == "" and err == f"error: {path}:1: VERTEX_SE2: expected 4 values after the tag, received 3\n"
+
+
+def test_info_counts_points_and_their_cost(capsys):
+    from posegraph.cli import main
+
+    data = Path(__file__).resolve().parents[1] / "data"
+    assert main(["info", str(data / "mesh_demo.g2o"), "--json"]) == 0
+    info = json.loads(capsys.readouterr().out)
+    assert info["points"] == 642 and info["point_observations"] > 642
+    problem = build_problem(read_g2o(data / "mesh_demo.g2o"))
+    assert info["initial_chi2"] == pytest.approx(2 * float(problem.error()), rel=1e-12)
