@@ -7,8 +7,8 @@ Measures, for uniform and cotangent weights:
 * one ``weighted_block_jacobians_error()`` (what a block-sparse solver asks for),
 * ``taubin_smooth`` (10 λ|μ pairs) forward + backward with vertices that require grad,
 * on CPU, a pose graph whose landmarks are the mesh's vertices (``synthetic.mesh_observations``):
-  ``build_problem`` and the LM time per iteration (solve to convergence ÷ iterations) without
-  and with the Laplacian regularizer — the difference is what the regularizer adds.
+  ``build_problem``, one linearization, one CHOLMOD factorization + solve and the LM time per
+  iteration, without and with the Laplacian regularizer — the differences are what it adds.
 
 Usage::
 
@@ -39,6 +39,7 @@ import theseus as th  # noqa: E402
 
 from posegraph.builder import build_problem, mesh_term  # noqa: E402
 from posegraph.mesh import LaplacianSmoothingCost, icosphere, taubin_smooth  # noqa: E402
+from posegraph.solve.cholmod import CholmodSolver  # noqa: E402
 from posegraph.solve.optimize import SolverOptions, optimize  # noqa: E402
 from posegraph.synthetic import mesh_observations  # noqa: E402
 from posegraph.variables import ManifoldArray  # noqa: E402
@@ -117,17 +118,25 @@ def run(subdivisions: int, repeats: int, batch: int, device: str, dtype: str) ->
 
 
 def _in_pose_graph(subdivisions: int, repeats: int, dtype: torch.dtype) -> Dict[str, Dict[str, float]]:
-    """Build and per-iteration LM time of poses + mesh-vertex landmarks, without/with the
-    Laplacian regularizer (uniform, weight 100)."""
-    noisy, _ = mesh_observations(subdivisions=subdivisions, num_poses=200, observations_per_pose=150)
+    """Poses + mesh-vertex landmarks, without/with the Laplacian regularizer (uniform, weight
+    100): ``build_problem``, one linearization (costs' Jacobians placed in A), one CHOLMOD
+    factorization + solve, and the LM time per iteration (solve to convergence ÷ iterations)."""
+    noisy, _ = mesh_observations(subdivisions=subdivisions, num_poses=200, observations_per_pose=60)
     verts, faces = noisy.extras["mesh"]
+    cpu = torch.device("cpu")
+    reps = max(1, repeats // 2)
     out: Dict[str, Dict[str, float]] = {}
     for label, mesh in (("without mesh", None), ("with mesh", mesh_term(noisy, verts, faces, 100.0))):
         out[f"pose graph: build_problem ({label})"] = time_call(
-            lambda: build_problem(noisy, mesh=mesh, dtype=dtype), max(1, repeats // 2), torch.device("cpu")
+            lambda: build_problem(noisy, mesh=mesh, dtype=dtype), reps, cpu
+        )
+        solver = CholmodSolver(build_problem(noisy, mesh=mesh, dtype=dtype).objective)
+        out[f"pose graph: linearize ({label})"] = time_call(solver.linearization.linearize, reps, cpu)
+        out[f"pose graph: CHOLMOD factor+solve ({label})"] = time_call(
+            lambda: solver.solve(damping=1e-5), reps, cpu
         )
         per_iter: List[float] = []
-        for _ in range(max(1, repeats // 2)):
+        for _ in range(reps):
             problem = build_problem(noisy, mesh=mesh, dtype=dtype)
             start = time.perf_counter()
             result = optimize(problem, SolverOptions(solver="lm"))
