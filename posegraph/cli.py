@@ -39,7 +39,7 @@ def _parser() -> argparse.ArgumentParser:
     o.add_argument("--abs-tol", type=float, default=1e-10, help="absolute error decrease to stop at (default 1e-10)")
     o.add_argument("--init", choices=["auto", "file", "spanning-tree"], default="auto",
                    help="initial guess: file vertices when present, else spanning tree (auto)")
-    o.add_argument("--linear-solver", choices=["auto", "cholmod", "dense"], default="auto")
+    o.add_argument("--linear-solver", choices=["auto", "cholmod", "dense", "batched_dense", "cg"], default="auto")
     o.add_argument("--dtype", choices=["float64", "float32"], default="float64")
     o.add_argument("--json", action="store_true", help="print one JSON object on stdout")
     o.add_argument("--quiet", action="store_true", help="no progress on stderr")
