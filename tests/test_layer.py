@@ -367,3 +367,33 @@ def test_cuda_gradients_match_cpu(mode):
         got.append(z.grad.cpu())
     for grad in got[1:]:
         torch.testing.assert_close(grad, got[0], rtol=1e-6, atol=1e-8)
+
+
+# -- the example script ------------------------------------------------------------------------------
+
+
+def _example():
+    import importlib.util
+    import sys
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[1] / "examples" / "learn_noise_scales.py"
+    spec = importlib.util.spec_from_file_location("learn_noise_scales", path)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # dataclasses look their module up
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_example_learns_odometry_bias():
+    hist = _example().run(learn="bias", steps=8, batch=2, num_poses=60, verbose=False)
+    assert hist[-1].loss < 0.7 * hist[0].loss
+    x0, x1 = hist[0].learned[0], hist[-1].learned[0]
+    assert x0 == 0.0 and 0.0 < x1 <= 0.06  # moving from 0 towards the true 0.04
+
+
+def test_example_learns_scales_truncated():
+    hist = _example().run(learn="scales", steps=4, batch=4, num_poses=60, verbose=False,
+                          backward_mode="truncated", backward_num_iterations=2)
+    assert hist[-1].loss < hist[0].loss
+    assert hist[-1].learned[0] > 1.0  # loop closures learned to be noisier than odometry
