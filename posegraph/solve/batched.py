@@ -209,7 +209,8 @@ class ConjugateGradientSolver(_BlockSparseSolver):
     Args:
         max_iterations: CG iteration cap per solve (default ``max(100, n)`` capped at 2000,
             n = number of tangent columns).
-        tolerance: relative residual ``‖Aᵀb − (AᵀA+λI)x‖ / ‖Aᵀb‖`` at which an element stops.
+        tolerance: relative residual ``‖Aᵀb − (AᵀA+λI)x‖ / ‖Aᵀb‖`` at which an element stops
+            (default 1e-10 in float64, 1e-6 in lower precision).
     """
 
     def __init__(
@@ -218,12 +219,14 @@ class ConjugateGradientSolver(_BlockSparseSolver):
         linearization_cls: Optional[Type[Linearization]] = None,
         linearization_kwargs: Optional[dict] = None,
         max_iterations: Optional[int] = None,
-        tolerance: float = 1e-10,
+        tolerance: Optional[float] = None,
         **kwargs,
     ):
         super().__init__(objective, linearization_cls, linearization_kwargs, **kwargs)
         n = self.linearization.num_cols
         self.max_iterations = max_iterations or min(max(100, n), 2000)
+        if tolerance is None:
+            tolerance = 1e-10 if objective.dtype == torch.float64 else 1e-6
         self.tolerance = tolerance
         self.last_iterations: Optional[torch.Tensor] = None
 
