@@ -278,6 +278,18 @@ def test_linear_solver_choice_per_device_and_size(monkeypatch):
     assert torch.cuda.is_available() or not batched_mod.cuda_extensions_available()
 
 
+def test_compiled_theseus_solvers_fail_clearly_without_extensions():
+    try:
+        from theseus.extlib.baspacho_solver import SymbolicDecomposition  # noqa: F401
+        pytest.skip("Theseus' BaSpaCho extension is installed")
+    except ImportError:
+        pass
+    g, _ = loop_graph("SE2", seed=14)
+    layer = PoseGraphLayer(g, options=options(linear_solver="baspacho"))
+    with pytest.raises(RuntimeError, match="extension"):
+        layer()
+
+
 @pytest.mark.parametrize("linear", ["batched_dense", "cg", "dense"])
 def test_forced_linear_solvers_agree_with_cholmod(linear):
     g, _ = loop_graph("SE3", n=7, seed=8, batch=3)

@@ -24,7 +24,7 @@ from .cholmod import CholmodSolver
 from .linearization import BlockSparseLinearization
 
 SOLVERS = ("gn", "lm")
-LINEAR_SOLVERS = ("auto", "cholmod", "dense", "batched_dense", "cg", "lu_cuda")
+LINEAR_SOLVERS = ("auto", "cholmod", "dense", "batched_dense", "cg", "lu_cuda", "baspacho")
 #: ``auto`` on an accelerator: dense Cholesky up to this many tangent columns, CG beyond.
 DENSE_MAX_COLUMNS = 3000
 #: ``auto`` with Theseus' CUDA extension: its LU solver (dense per-cost Jacobians) up to this
@@ -156,8 +156,9 @@ class SolverOptions:
         linear_solver: ``"auto"`` (see :func:`resolve_linear_solver`), ``"cholmod"``
             (CPU), ``"dense"`` (Theseus' ``CholeskyDenseSolver`` + ``DenseLinearization``),
             ``"batched_dense"`` (our dense Cholesky from block-sparse A), ``"cg"`` (batched
-            preconditioned conjugate gradients, any device) or ``"lu_cuda"`` (Theseus'
-            ``LUCudaSparseSolver``; needs its CUDA extension).
+            preconditioned conjugate gradients, any device), ``"lu_cuda"`` or ``"baspacho"``
+            (Theseus' ``LUCudaSparseSolver`` / ``BaspachoSparseSolver``; need its compiled
+            extensions, and form per-cost dense Jacobians: small graphs).
         damping: LM's initial λ.
     """
 
@@ -241,8 +242,9 @@ def _linear_solver_kwargs(linear: str) -> Dict:
     """Theseus optimizer kwargs selecting linear solver ``linear`` (a resolved name)."""
     if linear == "dense":
         return dict(linear_solver_cls=th.CholeskyDenseSolver, linearization_cls=th.DenseLinearization)
-    if linear == "lu_cuda":
-        return dict(linear_solver_cls=th.LUCudaSparseSolver, linearization_cls=th.SparseLinearization)
+    if linear in ("lu_cuda", "baspacho"):  # Theseus' compiled solvers, over its own linearization
+        cls = th.LUCudaSparseSolver if linear == "lu_cuda" else th.BaspachoSparseSolver
+        return dict(linear_solver_cls=cls, linearization_cls=th.SparseLinearization)
     cls = {"cholmod": CholmodSolver, "batched_dense": DenseCholeskySolver, "cg": ConjugateGradientSolver}[linear]
     return dict(linear_solver_cls=cls, linearization_cls=BlockSparseLinearization)
 
