@@ -113,7 +113,11 @@ def run(
     n = data.layer_graph.num_poses
     layer = pg.PoseGraphLayer(
         data.layer_graph,
-        options=pg.SolverOptions(max_iterations=iterations, rel_tolerance=1e-8, abs_tolerance=1e-10),
+        options=pg.SolverOptions(  # tolerances within reach of the precision
+            max_iterations=iterations,
+            rel_tolerance=1e-8 if dtype == torch.float64 else 1e-5,
+            abs_tolerance=1e-10 if dtype == torch.float64 else 1e-6,
+        ),
         backward_mode=backward_mode,
         backward_num_iterations=backward_num_iterations,
         weights="kind" if learn == "scales" else None,

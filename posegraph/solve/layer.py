@@ -16,6 +16,11 @@ learnable weights and the initial poses, with Theseus' backward modes: ``"implic
 Gauss–Newton step at the solution with the Hessian held constant, Theseus' implicit
 differentiation), ``"truncated"`` (the last k iterations differentiated) or ``"unroll"``
 (every iteration differentiated).
+
+In a batch, each problem stops changing once it has converged
+(:class:`~posegraph.solve.optimize.PerProblemConvergence`), so a batched call returns what
+solving each graph alone returns; in implicit / truncated mode every problem then takes the
+differentiated step(s), as in Theseus.
 """
 
 from __future__ import annotations
