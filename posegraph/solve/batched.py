@@ -18,6 +18,7 @@ Both take Levenberg–Marquardt's scalar damping ``λI`` (per batch element) onl
 
 from __future__ import annotations
 
+import abc
 from typing import Any, Optional, Tuple, Type, Union
 
 import theseus as th
@@ -50,8 +51,12 @@ def _damping_column(damping: DampingType, like: torch.Tensor) -> torch.Tensor:
     return lam.reshape(-1, 1)
 
 
-class _BlockSparseSolver(LinearSolver):
-    """Shared constructor: these solvers need a :class:`BlockSparseLinearization`."""
+class BlockSparseSolver(LinearSolver):
+    """Base of posegraph's linear solvers: over a :class:`BlockSparseLinearization`, with
+    Levenberg–Marquardt's scalar damping ``λI`` (per problem; ``default_damping`` when the
+    optimizer passes none). Subclasses implement :meth:`_solve`."""
+
+    default_damping: float = 0.0
 
     def __init__(
         self,
@@ -69,13 +74,25 @@ class _BlockSparseSolver(LinearSolver):
         super().__init__(objective, linearization_cls, linearization_kwargs)
         self.linearization: BlockSparseLinearization = self.linearization
 
-    @staticmethod
-    def _check_damping(ellipsoidal_damping: bool) -> None:
+    def solve(
+        self,
+        damping: DampingType = None,
+        ellipsoidal_damping: bool = False,
+        damping_eps: Optional[float] = None,
+        **kwargs,
+    ) -> torch.Tensor:
+        """``δ`` ``(B, n)`` solving ``(AᵀA + λI) δ = Aᵀb`` (scalar damping λ per problem)."""
         if ellipsoidal_damping:
-            raise NotImplementedError("posegraph's batched solvers support scalar (λI) damping only")
+            raise NotImplementedError(f"{type(self).__name__} supports scalar (λI) damping only")
+        lam = self.default_damping if damping is None else damping
+        return self._solve(_damping_column(lam, self.linearization.b))
+
+    @abc.abstractmethod
+    def _solve(self, lam: torch.Tensor) -> torch.Tensor:
+        """Solve with damping ``lam`` ``(B|1, 1)``."""
 
 
-class DenseCholeskySolver(_BlockSparseSolver):
+class DenseCholeskySolver(BlockSparseSolver):
     """Batched dense Cholesky on ``AᵀA + λI`` (Golub & Van Loan, "Matrix Computations", §4.2).
 
     ``AᵀA`` comes from :meth:`BlockSparseLinearization.AtA` (detached in Theseus' implicit
@@ -84,17 +101,10 @@ class DenseCholeskySolver(_BlockSparseSolver):
     optimizers report as a failed solve.
     """
 
-    def solve(
-        self,
-        damping: DampingType = None,
-        ellipsoidal_damping: bool = False,
-        damping_eps: Optional[float] = None,
-        **kwargs,
-    ) -> torch.Tensor:
-        self._check_damping(ellipsoidal_damping)
+    def _solve(self, lam: torch.Tensor) -> torch.Tensor:
         lin = self.linearization
         ata = lin.AtA
-        lam = _damping_column(damping, ata).unsqueeze(-1)
+        lam = lam.unsqueeze(-1)
         eye = torch.eye(ata.shape[-1], dtype=ata.dtype, device=ata.device)
         lower, info = torch.linalg.cholesky_ex(ata + lam * eye)
         if bool((info != 0).any()):
@@ -203,7 +213,7 @@ class CGNormalSolve(torch.autograd.Function):
         return grad_a, grad_b, None, None, None
 
 
-class ConjugateGradientSolver(_BlockSparseSolver):
+class ConjugateGradientSolver(BlockSparseSolver):
     """Batched Jacobi-preconditioned CG on the normal equations, differentiable (implicit).
 
     Args:
@@ -230,20 +240,13 @@ class ConjugateGradientSolver(_BlockSparseSolver):
         self.tolerance = tolerance
         self.last_iterations: Optional[torch.Tensor] = None
 
-    def solve(
-        self,
-        damping: DampingType = None,
-        ellipsoidal_damping: bool = False,
-        damping_eps: Optional[float] = None,
-        **kwargs,
-    ) -> torch.Tensor:
-        self._check_damping(ellipsoidal_damping)
+    def _solve(self, lam: torch.Tensor) -> torch.Tensor:
         lin = self.linearization
-        lam = _damping_column(damping, lin.b)
         return CGNormalSolve.apply(lin.A_val, lin.b, self, lam, lin.detached_hessian)
 
 
 __all__ = [
+    "BlockSparseSolver",
     "DenseCholeskySolver",
     "ConjugateGradientSolver",
     "CGNormalSolve",

@@ -24,10 +24,8 @@ import theseus as th
 import torch
 from sksparse.cholmod import CholmodError, Factor, analyze_AAt
 from theseus.optimizer import Linearization
-from theseus.optimizer.linear import LinearSolver
 
-from .batched import normal_solve_gradients
-from .linearization import BlockSparseLinearization
+from .batched import BlockSparseSolver, normal_solve_gradients
 
 DampingType = Optional[Union[float, torch.Tensor]]
 
@@ -95,7 +93,7 @@ class CholmodNormalSolve(torch.autograd.Function):
         return grad_a.to(**to), grad_b.to(**to), None, None, None
 
 
-class CholmodSolver(LinearSolver):
+class CholmodSolver(BlockSparseSolver):
     """Theseus ``LinearSolver`` over :class:`BlockSparseLinearization` using CHOLMOD.
 
     Supports Levenberg–Marquardt's scalar damping (``λI``, per batch element) — GTSAM's default
@@ -110,28 +108,11 @@ class CholmodSolver(LinearSolver):
         damping: float = 0.0,
         **kwargs,
     ):
-        linearization_cls = linearization_cls or BlockSparseLinearization
-        if not issubclass(linearization_cls, BlockSparseLinearization):
-            raise TypeError(
-                "CholmodSolver needs a BlockSparseLinearization, "
-                f"received {linearization_cls.__name__}"
-            )
         super().__init__(objective, linearization_cls, linearization_kwargs, **kwargs)
-        self.linearization: BlockSparseLinearization = self.linearization
         self.symbolic = analyze_AAt(self.linearization.structure().mock_csc_transpose())
-        self._damping = damping
+        self.default_damping = damping
 
-    def solve(
-        self,
-        damping: DampingType = None,
-        ellipsoidal_damping: bool = False,
-        damping_eps: Optional[float] = None,
-        **kwargs,
-    ) -> torch.Tensor:
-        if ellipsoidal_damping:
-            raise NotImplementedError("CholmodSolver supports scalar (λI) damping only")
+    def _solve(self, lam: torch.Tensor) -> torch.Tensor:
         lin = self.linearization
-        batch = lin.A_val.shape[0]
-        dampings = _per_batch_damping(damping if damping is not None else self._damping, batch)
+        dampings = _per_batch_damping(lam, lin.A_val.shape[0])
         return CholmodNormalSolve.apply(lin.A_val, lin.b, self, dampings, lin.detached_hessian)
-

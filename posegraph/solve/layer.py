@@ -35,7 +35,7 @@ from torch import nn
 from ..builder import BuilderError, PoseGraphProblem, _Consensus, _check_information, _shape_str, build_problem
 from ..graph import POSE_KINDS, PoseGraph
 from ..weights import sqrt_information as eigen_sqrt_information
-from .optimize import SolverOptions, _status_name, make_optimizer, problem_linear_solver, run_kwargs
+from .optimize import SolverOptions, _status_name, make_optimizer, mark_failed, problem_linear_solver, run_kwargs
 
 BACKWARD_MODES = ("implicit", "truncated", "unroll")
 WEIGHT_MODES = (None, "edge", "kind")
@@ -142,7 +142,7 @@ class PoseGraphLayer(nn.Module):
         self.backward_mode = self._check_backward(backward_mode, backward_num_iterations)
         self.backward_num_iterations = backward_num_iterations
         self.end_iter_callback = end_iter_callback
-        self.edge_kinds: Optional[torch.Tensor] = None
+        self.register_buffer("edge_kinds", None, persistent=False)
         if weights not in WEIGHT_MODES:
             raise ValueError(f"weights: expected None, 'edge' or 'kind', received {weights!r}")
         self.weights = weights
@@ -228,7 +228,7 @@ class PoseGraphLayer(nn.Module):
         if self.weights is None:
             return None
         scale = self.log_weight.exp()
-        return scale[self.edge_kinds] if self.weights == "kind" else scale
+        return scale[self.edge_kinds.to(scale.device)] if self.weights == "kind" else scale
 
     # -- Theseus objects per device / dtype -----------------------------------------------------
     def compiled(self, device: torch.device, dtype: torch.dtype) -> _Compiled:
@@ -353,8 +353,7 @@ class PoseGraphLayer(nn.Module):
         return out, self._info(info, initial, final, compiled, mode, out)
 
     def _info(self, info, initial, final, compiled: _Compiled, mode: str, out: torch.Tensor) -> LayerInfo:
-        status = [_status_name(s) for s in info.status]
-        status = ["failed" if not bool(torch.isfinite(f)) else s for f, s in zip(final, status)]
+        status = mark_failed([_status_name(s) for s in info.status], final)
         iters = info.converged_iter.detach().clone().cpu()
         iters[iters < 0] = self.options.max_iterations
         return LayerInfo(

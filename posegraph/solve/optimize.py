@@ -219,6 +219,12 @@ def _status_name(status) -> str:
     }[status]
 
 
+def mark_failed(status: List[str], final_error: torch.Tensor) -> List[str]:
+    """``status`` with ``"failed"`` for every problem whose final error is not finite."""
+    finite = torch.isfinite(final_error).cpu().tolist()
+    return [s if ok else "failed" for s, ok in zip(status, finite)]
+
+
 def resolve_linear_solver(
     name: str, device: torch.device, num_columns: int = 0, num_rows: int = 0
 ) -> str:
@@ -329,8 +335,7 @@ def optimize(
         history.append(IterationRecord(iterations, float(final.mean()), time.perf_counter() - start))
         if on_iteration is not None:
             on_iteration(history[-1])
-    if not torch.isfinite(final).all():
-        status = ["failed" if not torch.isfinite(f) else s for f, s in zip(final, status)]
+    status = mark_failed(status, final)
     problem.write_back()
     return SolveResult(
         status=status,
