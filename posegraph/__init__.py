@@ -34,6 +34,15 @@ Meshes
 Solving
     ``optimize(problem, SolverOptions(...)) -> SolveResult`` — Gauss–Newton / LM on the
     vectorized CHOLMOD path (``BlockSparseLinearization`` + ``CholmodSolver``).
+Differentiable, batched solving
+    ``PoseGraphLayer(graph | kind, edges, fixed)`` — ``torch.nn.Module`` over
+    ``th.TheseusLayer``: ``layer(poses, measurements, information) -> (poses, LayerInfo)``
+    for B graphs of one topology (each stops at its own convergence; same result as solving
+    each alone); backward modes ``implicit`` / ``truncated`` / ``unroll``; gradients to
+    measurements, information, learnable per-edge / per-edge-kind weights, initial poses.
+    Linear solver per device and size (CHOLMOD on CPU; Theseus' CUDA LU, batched dense
+    Cholesky ``DenseCholeskySolver`` or batched CG ``ConjugateGradientSolver`` elsewhere),
+    reported in ``LayerInfo.linear_solver``; ``SolverOptions(linear_solver=...)`` forces one.
 Extension points (Theseus)
     ``ManifoldArray`` (packed variables), ``BlockSparseCostFunction`` / ``BetweenEdges``
     (vectorized costs), ``FullInformationWeight`` / ``BlockScaleWeight`` (cost weights),
@@ -68,7 +77,9 @@ from .init import initialize
 from .io import read_g2o, write_g2o
 from .mesh import LaplacianSmoothingCost, laplacian_smooth, read_obj, taubin_smooth, write_obj
 from .robust import RobustBlockWeight, RobustKernel, RobustSpecError
+from .solve.batched import ConjugateGradientSolver, DenseCholeskySolver
 from .solve.cholmod import CholmodSolver
+from .solve.layer import LayerInfo, PoseGraphLayer
 from .solve.linearization import BlockSparseLinearization
 from .solve.optimize import SolveResult, SolverOptions, optimize
 from .variables import ManifoldArray
@@ -108,6 +119,10 @@ __all__ = [
     "RobustSpecError",
     "BlockSparseLinearization",
     "CholmodSolver",
+    "PoseGraphLayer",
+    "LayerInfo",
+    "DenseCholeskySolver",
+    "ConjugateGradientSolver",
     "DebugCallback",
     "NonFiniteError",
     "normal_matrix",

@@ -68,7 +68,7 @@ def _parser() -> argparse.ArgumentParser:
                    help="robust kernel: huber:C, cauchy:C (C in standard deviations) or none")
     o.add_argument("--robust-edges", choices=["all", "loop-closures"], default="all",
                    help="edges the kernel applies to; loop closures: ids not consecutive (default all)")
-    o.add_argument("--linear-solver", choices=["auto", "cholmod", "dense"], default="auto")
+    o.add_argument("--linear-solver", choices=["auto", "cholmod", "dense", "batched_dense", "cg"], default="auto")
     o.add_argument("--dtype", choices=["float64", "float32"], default="float64")
     o.add_argument("--mesh", metavar="MESH.obj",
                    help="regularize the graph's 3D points with the Laplacian of this mesh: OBJ vertex k "

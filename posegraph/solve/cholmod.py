@@ -10,7 +10,8 @@ Gradients (Theseus' unroll / truncated / implicit modes) come from
 ``∂L/∂b = A H`` and ``∂L/∂A_rc = (b − A δ)_r H_c − (A H)_r δ_c`` on A's nonzeros
 (the derivation in Theseus' ``CholmodSolveFunction``; Golub & Van Loan, "Matrix Computations",
 §5.3 for the normal-equation perturbation). With a detached Hessian (implicit mode) the second
-term vanishes: ``∂L/∂A_rc = b_r H_c``. Unlike Theseus' version it stays in float64 throughout
+term vanishes: ``∂L/∂A_rc = b_r H_c`` (:func:`~posegraph.solve.batched.normal_solve_gradients`,
+shared with the batched CG solver). Unlike Theseus' version it stays in float64 throughout
 and computes the gradient with vectorized gathers, not a loop over rows.
 """
 
@@ -23,9 +24,8 @@ import theseus as th
 import torch
 from sksparse.cholmod import CholmodError, Factor, analyze_AAt
 from theseus.optimizer import Linearization
-from theseus.optimizer.linear import LinearSolver
 
-from .linearization import BlockSparseLinearization
+from .batched import BlockSparseSolver, normal_solve_gradients
 
 DampingType = Optional[Union[float, torch.Tensor]]
 
@@ -71,7 +71,7 @@ class CholmodNormalSolve(torch.autograd.Function):
             raise RuntimeError("CHOLMOD solve produced non-finite values")
         ctx.save_for_backward(A_val, b)
         ctx.x_np, ctx.a_np, ctx.b_np = x_np, a_np, b_np
-        ctx.factors, ctx.structure = factors, structure
+        ctx.factors = factors
         ctx.detach_hessian = detach_hessian
         ctx.lin = lin
         return torch.as_tensor(x_np).to(dtype=A_val.dtype, device=A_val.device)
@@ -80,26 +80,20 @@ class CholmodNormalSolve(torch.autograd.Function):
     def backward(ctx: Any, grad_x: torch.Tensor):  # type: ignore[override]
         A_val, b = ctx.saved_tensors
         g = grad_x.detach().cpu().double().numpy()
-        lin = ctx.lin
-        rows = lin._row_of_nz.cpu().numpy()
-        cols = lin.A_col_ind
-        grad_a = np.empty_like(ctx.a_np)
-        grad_b = np.empty_like(ctx.b_np)
-        for i, factor in enumerate(ctx.factors):
-            a = ctx.structure.csr_straight(ctx.a_np[i])
-            h = factor(g[i])
-            ah = a @ h
-            grad_b[i] = ah
-            if ctx.detach_hessian:
-                grad_a[i] = ctx.b_np[i][rows] * h[cols]
-            else:
-                r = ctx.b_np[i] - a @ ctx.x_np[i]
-                grad_a[i] = r[rows] * h[cols] - ah[rows] * ctx.x_np[i][cols]
+        h = np.stack([factor(g[i]) for i, factor in enumerate(ctx.factors)])
+        grad_a, grad_b = normal_solve_gradients(
+            ctx.lin,
+            torch.as_tensor(ctx.b_np),
+            torch.as_tensor(ctx.x_np),
+            torch.as_tensor(h),
+            torch.as_tensor(ctx.a_np),
+            ctx.detach_hessian,
+        )
         to = dict(dtype=A_val.dtype, device=A_val.device)
-        return torch.as_tensor(grad_a).to(**to), torch.as_tensor(grad_b).to(**to), None, None, None
+        return grad_a.to(**to), grad_b.to(**to), None, None, None
 
 
-class CholmodSolver(LinearSolver):
+class CholmodSolver(BlockSparseSolver):
     """Theseus ``LinearSolver`` over :class:`BlockSparseLinearization` using CHOLMOD.
 
     Supports Levenberg–Marquardt's scalar damping (``λI``, per batch element) — GTSAM's default
@@ -114,28 +108,11 @@ class CholmodSolver(LinearSolver):
         damping: float = 0.0,
         **kwargs,
     ):
-        linearization_cls = linearization_cls or BlockSparseLinearization
-        if not issubclass(linearization_cls, BlockSparseLinearization):
-            raise TypeError(
-                "CholmodSolver needs a BlockSparseLinearization, "
-                f"received {linearization_cls.__name__}"
-            )
         super().__init__(objective, linearization_cls, linearization_kwargs, **kwargs)
-        self.linearization: BlockSparseLinearization = self.linearization
         self.symbolic = analyze_AAt(self.linearization.structure().mock_csc_transpose())
-        self._damping = damping
+        self.default_damping = damping
 
-    def solve(
-        self,
-        damping: DampingType = None,
-        ellipsoidal_damping: bool = False,
-        damping_eps: Optional[float] = None,
-        **kwargs,
-    ) -> torch.Tensor:
-        if ellipsoidal_damping:
-            raise NotImplementedError("CholmodSolver supports scalar (λI) damping only")
+    def _solve(self, lam: torch.Tensor) -> torch.Tensor:
         lin = self.linearization
-        batch = lin.A_val.shape[0]
-        dampings = _per_batch_damping(damping if damping is not None else self._damping, batch)
+        dampings = _per_batch_damping(lam, lin.A_val.shape[0])
         return CholmodNormalSolve.apply(lin.A_val, lin.b, self, dampings, lin.detached_hessian)
-

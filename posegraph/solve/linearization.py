@@ -18,7 +18,7 @@ gradients flow through it for Theseus' backward modes.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import List, Optional
+from typing import List, Optional, Tuple
 
 import numpy as np
 import scipy.sparse as sp
@@ -74,6 +74,7 @@ class BlockSparseLinearization(Linearization):
         self.b: torch.Tensor = None  # type: ignore[assignment]
         self._Atb: Optional[torch.Tensor] = None
         self._AtA_diag: Optional[torch.Tensor] = None
+        self._pairs: Optional[Tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = None
         self.detached_hessian = False
 
     # -- structure --------------------------------------------------------------------------
@@ -172,10 +173,16 @@ class BlockSparseLinearization(Linearization):
 
     def _atb_impl(self) -> torch.Tensor:
         if self._Atb is None:
-            contrib = self.A_val * self.b[:, self._row_of_nz]
-            atb = contrib.new_zeros(contrib.shape[0], self.num_cols)
-            self._Atb = atb.index_add(1, self._col_of_nz, contrib).unsqueeze(2)
+            self._Atb = self.Atv(self.b).unsqueeze(2)
         return self._Atb
+
+    def Atv(self, u: torch.Tensor, a_val: Optional[torch.Tensor] = None) -> torch.Tensor:
+        """``Aᵀ u`` for ``u`` ``(B, num_rows)`` → ``(B, num_cols)`` (``a_val`` overrides
+        ``A_val``, e.g. a detached copy)."""
+        a = self.A_val if a_val is None else a_val
+        contrib = a * u[:, self._row_of_nz]
+        out = contrib.new_zeros(contrib.shape[0], self.num_cols)
+        return out.index_add(1, self._col_of_nz, contrib)
 
     def ata_diagonal(self) -> torch.Tensor:
         """``diag(AᵀA)``, ``(B, num_cols)``."""
@@ -189,8 +196,10 @@ class BlockSparseLinearization(Linearization):
     def diagonal_scaling(self, v: torch.Tensor) -> torch.Tensor:
         return self.ata_diagonal() * v
 
-    def Av(self, v: torch.Tensor) -> torch.Tensor:
-        contrib = self.A_val * v[:, self._col_of_nz]
+    def Av(self, v: torch.Tensor, a_val: Optional[torch.Tensor] = None) -> torch.Tensor:
+        """``A v`` for ``v`` ``(B, num_cols)`` → ``(B, num_rows)``."""
+        a = self.A_val if a_val is None else a_val
+        contrib = a * v[:, self._col_of_nz]
         out = contrib.new_zeros(contrib.shape[0], self.num_rows)
         return out.index_add(1, self._row_of_nz, contrib)
 
@@ -207,9 +216,33 @@ class BlockSparseLinearization(Linearization):
         a = self.A_scipy(batch_index)
         return (a.T @ a).tocsc()
 
+    def _row_pairs(self) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Every pair ``(p, q)`` of nonzeros sharing a row of A, and the flat ``AᵀA`` slot
+        ``col[p]·n + col[q]`` each product ``A_p A_q`` adds to (worked out once).
+
+        ``(AᵀA)_{c₁c₂} = Σ_r A_{rc₁} A_{rc₂}``: only nonzeros of one row meet.
+        """
+        if self._pairs is None:
+            counts = np.diff(self.A_row_ptr)
+            sq = counts**2
+            row = np.repeat(np.arange(len(counts)), sq)
+            local = np.arange(int(sq.sum())) - np.repeat(np.cumsum(sq) - sq, sq)
+            width = counts[row]
+            p = self.A_row_ptr[row] + local // np.maximum(width, 1)
+            q = self.A_row_ptr[row] + local % np.maximum(width, 1)
+            slot = self.A_col_ind[p] * self.num_cols + self.A_col_ind[q]
+            dev = self.objective.device
+            self._pairs = tuple(torch.as_tensor(x, device=dev) for x in (p, q, slot))
+        return self._pairs
+
     def _ata_impl(self) -> torch.Tensor:
-        """Dense ``AᵀA`` ``(B, n, n)`` (Theseus' contract); use :meth:`sparse_ata` on large
-        problems."""
-        rows = [torch.as_tensor(self.sparse_ata(i).toarray()) for i in range(self.A_val.shape[0])]
-        return torch.stack(rows).to(dtype=self.A_val.dtype, device=self.A_val.device)
+        """Dense ``AᵀA`` ``(B, n, n)`` (Theseus' contract), formed on A's device with one
+        gather and one ``index_add`` over row pairs (differentiable; detached from A when
+        the last linearization asked for a detached Hessian, as Theseus' implicit mode
+        does). Memory grows as n²: use :meth:`sparse_ata` on large problems."""
+        a = self.A_val.detach() if self.detached_hessian else self.A_val
+        p, q, slot = self._row_pairs()
+        prod = a[:, p] * a[:, q]
+        out = prod.new_zeros(prod.shape[0], self.num_cols * self.num_cols)
+        return out.index_add(1, slot, prod).view(-1, self.num_cols, self.num_cols)
 

@@ -20,14 +20,77 @@ import torch
 
 from ..builder import PoseGraphProblem
 from ..errors import OptimizationError
+from .batched import ConjugateGradientSolver, DenseCholeskySolver, cuda_extensions_available
 from .cholmod import CholmodSolver
 from .linearization import BlockSparseLinearization
 
 SOLVERS = ("gn", "lm")
-LINEAR_SOLVERS = ("auto", "cholmod", "dense")
+LINEAR_SOLVERS = ("auto", "cholmod", "dense", "batched_dense", "cg", "lu_cuda", "baspacho")
+#: ``auto`` on an accelerator: dense Cholesky up to this many tangent columns, CG beyond.
+DENSE_MAX_COLUMNS = 3000
+#: ``auto`` with Theseus' CUDA extension: its LU solver (dense per-cost Jacobians) up to this
+#: many Jacobian entries per problem (rows × columns).
+LU_CUDA_MAX_DENSE_ENTRIES = 2**24
 
 
-class LevenbergMarquardt(th.LevenbergMarquardt):
+class PerProblemConvergence:
+    """Mixin for Theseus' nonlinear least-squares optimizers: decide convergence per problem
+    of a batch, so a batched solve takes, for every problem, the steps it would take alone.
+
+    Theseus 0.2.3 freezes problems once converged (``ignore_mask`` in its retraction), but
+    (a) declares the whole batch converged when the batch *mean* error is below
+    ``abs_err_tolerance``, and (b) counts a problem whose LM step was rejected as converged
+    (its error did not change) — while alone, it would retry with more damping
+    (``_MAX_ALL_REJECT_ATTEMPTS`` times). Here the absolute test is per problem and a
+    rejected problem counts as converged only after that many rejections in a row. For a
+    single problem both rules coincide with Theseus'.
+    """
+
+    _rejections: Optional[torch.Tensor] = None
+    _frozen: Optional[torch.Tensor] = None
+
+    def reset(self, **kwargs) -> None:
+        super().reset(**kwargs)  # type: ignore[misc]
+        self._rejections = None
+        self._frozen = None
+
+    def _step(self, delta, previous_err, converged_indices, force_update, delta_forced_to_gn, **kwargs):
+        self._frozen = None if force_update else converged_indices
+        return super()._step(  # type: ignore[misc]
+            delta, previous_err, converged_indices, force_update, delta_forced_to_gn, **kwargs
+        )
+
+    def _note_rejections(self, reject: Optional[torch.Tensor]) -> None:
+        """Count consecutive rejected steps per problem (frozen problems excluded)."""
+        if reject is None:
+            self._rejections = None
+            return
+        count = self._rejections if self._rejections is not None else torch.zeros_like(reject, dtype=torch.long)
+        if self._frozen is not None:
+            reject = reject & ~self._frozen
+        self._rejections = torch.where(reject, count + 1, torch.zeros_like(count))
+
+    @torch.no_grad()
+    def _check_convergence(self, err: torch.Tensor, last_err: torch.Tensor) -> torch.Tensor:
+        params = self.params  # type: ignore[attr-defined]
+        change = (last_err - err).abs()
+        converged = (
+            (err.abs() < params.abs_err_tolerance)
+            | (change < params.abs_err_tolerance)
+            | ((change / last_err).abs() < params.rel_err_tolerance)
+        )
+        if self._rejections is not None:
+            limit = self._MAX_ALL_REJECT_ATTEMPTS  # type: ignore[attr-defined]
+            pending = (self._rejections > 0) & (self._rejections < limit)
+            converged = converged & ~pending
+        return converged
+
+
+class GaussNewton(PerProblemConvergence, th.GaussNewton):
+    """Theseus' Gauss–Newton with per-problem convergence (:class:`PerProblemConvergence`)."""
+
+
+class LevenbergMarquardt(PerProblemConvergence, th.LevenbergMarquardt):
     """Theseus' LM with GTSAM's damping schedule, for any of our linear solvers.
 
     Damping ``λI`` starts at ``1e-5``; a step is accepted when the gain ratio
@@ -44,7 +107,7 @@ class LevenbergMarquardt(th.LevenbergMarquardt):
 
     def __init__(self, objective: th.Objective, **kwargs):
         super().__init__(objective, **kwargs)
-        if isinstance(self.linear_solver, CholmodSolver):
+        if isinstance(self.linear_solver, (CholmodSolver, DenseCholeskySolver, ConjugateGradientSolver)):
             self._allows_adaptive = True
 
     def reset(self, damping: float = 1e-5, adaptive_damping: bool = True, **kwargs) -> None:
@@ -59,6 +122,7 @@ class LevenbergMarquardt(th.LevenbergMarquardt):
         **kwargs,
     ) -> Optional[torch.Tensor]:
         if not adaptive_damping:
+            self._note_rejections(None)
             return None
         with torch.no_grad():
             lin = self.linear_solver.linearization
@@ -66,10 +130,18 @@ class LevenbergMarquardt(th.LevenbergMarquardt):
             predicted = (delta * (lam * delta + lin.Atb.squeeze(2))).sum(dim=1) / 2
             rho = (previous_err - new_err) / predicted
             reject = ~(rho > self.min_model_fidelity)  # NaN/inf errors are rejected too
+            # A step whose predicted decrease is below the convergence tolerances is accepted
+            # (ρ is rounding noise there): a converged problem then stops instead of retrying,
+            # and Theseus' differentiated steps at the solution (truncated mode) take effect.
+            negligible = predicted.abs() <= (
+                self.params.rel_err_tolerance * previous_err.abs() + self.params.abs_err_tolerance
+            )
+            reject = reject & ~(negligible & torch.isfinite(new_err))
             scaled = torch.where(
                 reject, self._damping * self.lambda_factor, self._damping / self.lambda_factor
             )
             self._damping = scaled.clamp(*self.lambda_bounds)
+        self._note_rejections(reject)
         return reject
 
 
@@ -82,8 +154,12 @@ class SolverOptions:
         max_iterations: iteration cap.
         rel_tolerance / abs_tolerance: stop when the error's relative / absolute decrease
             falls below these (Theseus' convergence test on ½ Σ eᵀΩe).
-        linear_solver: ``"auto"`` (CHOLMOD on CPU, dense Cholesky elsewhere), ``"cholmod"``
-            or ``"dense"``.
+        linear_solver: ``"auto"`` (see :func:`resolve_linear_solver`), ``"cholmod"``
+            (CPU), ``"dense"`` (Theseus' ``CholeskyDenseSolver`` + ``DenseLinearization``),
+            ``"batched_dense"`` (our dense Cholesky from block-sparse A), ``"cg"`` (batched
+            preconditioned conjugate gradients, any device), ``"lu_cuda"`` or ``"baspacho"``
+            (Theseus' ``LUCudaSparseSolver`` / ``BaspachoSparseSolver``; need its compiled
+            extensions, and form per-cost dense Jacobians: small graphs).
         damping: LM's initial λ.
     """
 
@@ -144,31 +220,74 @@ def _status_name(status) -> str:
     }[status]
 
 
-def resolve_linear_solver(name: str, device: torch.device) -> str:
-    """``auto`` → ``cholmod`` on CPU, ``dense`` elsewhere."""
-    if name == "auto":
-        return "cholmod" if device.type == "cpu" else "dense"
-    return name
+def mark_failed(status: List[str], final_error: torch.Tensor) -> List[str]:
+    """``status`` with ``"failed"`` for every problem whose final error is not finite."""
+    finite = torch.isfinite(final_error).cpu().tolist()
+    return [s if ok else "failed" for s, ok in zip(status, finite)]
+
+
+def resolve_linear_solver(
+    name: str, device: torch.device, num_columns: int = 0, num_rows: int = 0
+) -> str:
+    """The linear solver ``name`` stands for on ``device`` for a problem of that size.
+
+    ``auto``: ``cholmod`` on CPU; on an accelerator, Theseus' ``lu_cuda`` when its CUDA
+    extension is importable and the per-cost dense Jacobians it needs stay under
+    ``LU_CUDA_MAX_DENSE_ENTRIES``, else ``batched_dense`` up to ``DENSE_MAX_COLUMNS`` tangent
+    columns and ``cg`` beyond. Other names are returned unchanged.
+    """
+    if name != "auto":
+        return name
+    if torch.device(device).type == "cpu":
+        return "cholmod"
+    if cuda_extensions_available() and num_rows * num_columns <= LU_CUDA_MAX_DENSE_ENTRIES:
+        return "lu_cuda"
+    return "batched_dense" if num_columns <= DENSE_MAX_COLUMNS else "cg"
+
+
+def _linear_solver_kwargs(linear: str) -> Dict:
+    """Theseus optimizer kwargs selecting linear solver ``linear`` (a resolved name)."""
+    if linear == "dense":
+        return dict(linear_solver_cls=th.CholeskyDenseSolver, linearization_cls=th.DenseLinearization)
+    if linear in ("lu_cuda", "baspacho"):  # Theseus' compiled solvers, over its own linearization
+        cls = th.LUCudaSparseSolver if linear == "lu_cuda" else th.BaspachoSparseSolver
+        return dict(linear_solver_cls=cls, linearization_cls=th.SparseLinearization)
+    cls = {"cholmod": CholmodSolver, "batched_dense": DenseCholeskySolver, "cg": ConjugateGradientSolver}[linear]
+    return dict(linear_solver_cls=cls, linearization_cls=BlockSparseLinearization)
+
+
+def problem_linear_solver(problem: PoseGraphProblem, options: "SolverOptions") -> str:
+    """The resolved linear solver for ``problem`` under ``options``."""
+    poses = problem.poses
+    return resolve_linear_solver(
+        options.linear_solver, poses.tensor.device, poses.dof(), problem.objective.dim()
+    )
 
 
 def make_optimizer(problem: PoseGraphProblem, options: SolverOptions) -> th.NonlinearOptimizer:
     """Build the Theseus optimizer for ``problem``."""
     options.validate()
-    device = problem.poses.tensor.device
-    linear = resolve_linear_solver(options.linear_solver, device)
+    linear = problem_linear_solver(problem, options)
     kwargs: Dict = dict(
         max_iterations=max(options.max_iterations, 1),
         rel_err_tolerance=options.rel_tolerance,
         abs_err_tolerance=options.abs_tolerance,
     )
-    if linear == "cholmod":
-        kwargs.update(linear_solver_cls=CholmodSolver, linearization_cls=BlockSparseLinearization)
-    else:
-        kwargs.update(linear_solver_cls=th.CholeskyDenseSolver, linearization_cls=th.DenseLinearization)
-    cls = LevenbergMarquardt if options.solver == "lm" else th.GaussNewton
+    kwargs.update(_linear_solver_kwargs(linear))
+    cls = LevenbergMarquardt if options.solver == "lm" else GaussNewton
     with warnings.catch_warnings():  # vectorization is ours (packed costs), not Theseus'
         warnings.filterwarnings("ignore", message="Vectorization is off by default")
         return cls(problem.objective, **kwargs)
+
+
+def run_kwargs(options: SolverOptions, **theseus_kwargs) -> Dict:
+    """Keyword arguments for ``optimizer.optimize`` under ``options`` (LM: adaptive damping
+    from ``options.damping``), plus ``theseus_kwargs``."""
+    kwargs = dict(theseus_kwargs)
+    if options.solver == "lm":
+        kwargs.setdefault("adaptive_damping", True)
+        kwargs.setdefault("damping", options.damping)
+    return kwargs
 
 
 def optimize(
@@ -189,7 +308,7 @@ def optimize(
     """
     options = options or SolverOptions()
     opt = optimizer or make_optimizer(problem, options)
-    linear = resolve_linear_solver(options.linear_solver, problem.poses.tensor.device)
+    linear = problem_linear_solver(problem, options)
     start = time.perf_counter()
     with torch.no_grad():
         initial = problem.error().detach().clone()
@@ -205,10 +324,7 @@ def optimize(
 
     if on_iteration is not None:
         on_iteration(history[0])
-    kwargs = dict(theseus_kwargs)
-    if options.solver == "lm":
-        kwargs.setdefault("adaptive_damping", True)
-        kwargs.setdefault("damping", options.damping)
+    kwargs = run_kwargs(options, **theseus_kwargs)
     if options.max_iterations == 0:
         info = None
         status = ["max-iterations"] * int(initial.numel())
@@ -222,8 +338,7 @@ def optimize(
         history.append(IterationRecord(iterations, float(final.mean()), time.perf_counter() - start))
         if on_iteration is not None:
             on_iteration(history[-1])
-    if not torch.isfinite(final).all():
-        status = ["failed" if not torch.isfinite(f) else s for f, s in zip(final, status)]
+    status = mark_failed(status, final)
     problem.write_back()
     return SolveResult(
         status=status,
@@ -251,5 +366,8 @@ __all__ = [
     "optimize",
     "make_optimizer",
     "LevenbergMarquardt",
+    "GaussNewton",
+    "PerProblemConvergence",
+    "resolve_linear_solver",
     "OptimizationError",
 ]
