@@ -1,13 +1,14 @@
 """Batched solving with PoseGraphLayer: one graph, B noisy copies in one call, vs one by one.
 
-    .venv/bin/python benchmarks/gpu_layer.py [--device cuda] [--batch 32] [--dataset FILE]
-                                             [--linear-solver auto] [--dtype float64] [--json]
+    .venv/bin/python benchmarks/gpu_layer.py [--config configs/batched_gpu.yaml] [--device cuda]
+                 [--batch-size 32] [--input FILE] [--linear-solver auto] [--dtype float64] [--json]
 
-On ``--device`` (default: cuda when available, else cpu) it measures, for sphere2500 (or
-``--dataset``, initialized as the CLI does):
+Options are those of ``posegraph.config.layer_parser()`` (a ``--config`` file gives their
+defaults; flags win). On ``--device`` (``auto``: cuda when available, else cpu) it measures, for
+sphere2500 (or ``--input``, initialized as the CLI does):
 
 1. a single solve (first call, which builds the objective and solver, and a warm call);
-2. ``--batch`` noisy copies (measurements ``Z · Exp(n)``, ``n ~ N(0, σ²)``, same initial
+2. ``--batch-size`` noisy copies (measurements ``Z · Exp(n)``, ``n ~ N(0, σ²)``, same initial
    guess) in one batched call;
 3. the same copies solved one after another on the CPU with posegraph's CHOLMOD path, and
    with GTSAM's Levenberg–Marquardt when ``gtsam`` is importable (``pip install gtsam``;
@@ -33,6 +34,7 @@ import theseus as th
 import torch
 
 import posegraph as pg
+from posegraph.config import layer_parser, parse_with_config, resolve_device
 
 warnings.filterwarnings("ignore")
 DEFAULT_DATASET = (
@@ -119,39 +121,32 @@ def gtsam_sequential(graph: pg.PoseGraph, meas: torch.Tensor, count: int) -> Opt
 
 
 def main(argv: Optional[List[str]] = None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    ap.add_argument("--dtype", choices=["float64", "float32"], default="float64")
-    ap.add_argument("--dataset", type=Path, default=DEFAULT_DATASET)
-    ap.add_argument("--batch", type=int, default=32)
+    ap = layer_parser()  # the keys of configs/batched_gpu.yaml (schema "layer")
+    ap.description = __doc__.splitlines()[0]
     ap.add_argument("--sequential", type=int, default=None, metavar="N",
                     help="solve only N copies one by one and extrapolate (default: all)")
-    ap.add_argument("--linear-solver", default="auto", choices=list(pg.solve.optimize.LINEAR_SOLVERS))
-    ap.add_argument("--iterations", type=int, default=100)
-    ap.add_argument("--sigma-t", type=float, default=0.05, help="translation noise of the copies")
-    ap.add_argument("--sigma-r", type=float, default=0.005, help="rotation noise of the copies (rad)")
-    ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--json", action="store_true")
-    a = ap.parse_args(argv)
-    device, dtype = torch.device(a.device), getattr(torch, a.dtype)
-    options = pg.SolverOptions(max_iterations=a.iterations, linear_solver=a.linear_solver)
+    a = parse_with_config(ap, argv)
+    a.input = Path(a.input) if a.input else DEFAULT_DATASET
+    device, dtype = resolve_device(a.device), getattr(torch, a.dtype)
+    options = pg.SolverOptions(solver=a.solver, max_iterations=a.max_iters, linear_solver=a.linear_solver)
 
-    graph = pg.initialize(pg.read_g2o(a.dataset))
-    meas = noisy_copies(graph, a.batch, a.sigma_t, a.sigma_r, a.seed)
+    graph = pg.initialize(pg.read_g2o(a.input))
+    meas = noisy_copies(graph, a.batch_size, a.translation_sigma, a.rotation_sigma, a.seed)
     to = dict(device=device, dtype=dtype)
     poses, info = graph.poses.to(**to), graph.information.to(**to)
     gpu_layer = pg.PoseGraphLayer(graph, options=options)
     out: Dict[str, Any] = {
-        "dataset": str(a.dataset), "poses": graph.num_poses, "edges": graph.num_edges,
+        "dataset": str(a.input), "poses": graph.num_poses, "edges": graph.num_edges,
         "device": str(device), "device_name": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
-        "dtype": a.dtype, "batch": a.batch,
+        "dtype": a.dtype, "batch": a.batch_size,
     }
     out["single_first"] = run_layer(gpu_layer, poses, meas[:1].to(**to), info, device)
     out["single"] = run_layer(gpu_layer, poses, meas[:1].to(**to), info, device)
-    out["batched"] = run_layer(gpu_layer, poses.expand(a.batch, *poses.shape), meas.to(**to), info, device)
+    out["batched"] = run_layer(gpu_layer, poses.expand(a.batch_size, *poses.shape), meas.to(**to), info, device)
 
-    count = min(a.sequential or a.batch, a.batch)
-    cpu_layer = pg.PoseGraphLayer(graph, options=pg.SolverOptions(max_iterations=a.iterations))
+    count = min(a.sequential or a.batch_size, a.batch_size)
+    cpu_layer = pg.PoseGraphLayer(graph, options=pg.SolverOptions(solver=a.solver, max_iterations=a.max_iters))
     cpu_layer(graph.poses, meas[:1], graph.information)  # build once (not timed)
     seq_err, t0 = [], time.perf_counter()
     for b in range(count):
@@ -162,7 +157,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     out["gtsam_sequential"] = gtsam_sequential(graph, meas, count)
 
     per = lambda r: r["time_s"] / r["count"]  # noqa: E731
-    batched_rate = a.batch / out["batched"]["time_s"]
+    batched_rate = a.batch_size / out["batched"]["time_s"]
     out["throughput"] = {
         "batched_per_s": batched_rate,
         "sequential_cpu_per_s": 1.0 / per(out["sequential_cpu"]),
@@ -177,13 +172,13 @@ def main(argv: Optional[List[str]] = None) -> int:
         print(json.dumps(out, indent=1))
         return 0
     b = out["batched"]
-    print(f"{a.dataset.name}: {graph.num_poses} poses, {graph.num_edges} edges on {out['device_name']} ({a.dtype}), "
+    print(f"{a.input.name}: {graph.num_poses} poses, {graph.num_edges} edges on {out['device_name']} ({a.dtype}), "
           f"linear solver {b['linear_solver']}")
     print(f"  single solve   first call {out['single_first']['time_s']:8.3f} s   warm {out['single']['time_s']:8.3f} s "
           f"({out['single']['iterations'][0]} it, error {out['single']['final_error'][0]:.6g})")
-    print(f"  batched x{a.batch:<4d} {b['time_s']:8.3f} s   {batched_rate:8.3f} problems/s "
+    print(f"  batched x{a.batch_size:<4d} {b['time_s']:8.3f} s   {batched_rate:8.3f} problems/s "
           f"(iterations {min(b['iterations'])}–{max(b['iterations'])}, {b['status'].count('converged')} converged)")
-    extra = f" (first {count} of {a.batch}, extrapolated)" if count < a.batch else ""
+    extra = f" (first {count} of {a.batch_size}, extrapolated)" if count < a.batch_size else ""
     s = out["sequential_cpu"]
     print(f"  one by one, posegraph CPU  {s['time_s']:8.3f} s for {count}{extra}   "
           f"{out['throughput']['sequential_cpu_per_s']:8.3f} problems/s   "
@@ -201,4 +196,7 @@ def main(argv: Optional[List[str]] = None) -> int:
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    try:
+        raise SystemExit(main())
+    except pg.PoseGraphError as err:  # e.g. --device cuda without CUDA, a bad --config file
+        raise SystemExit(f"error: {err}") from None

@@ -85,15 +85,17 @@ def _positive_float(text: str) -> float:
 
 
 #: Theseus' ``BackwardMode`` names (``th.BackwardMode.<NAME>``), lower case.
-BACKWARD_MODES = ("unroll", "implicit", "truncated", "dlm")
-
-
 def layer_parser() -> argparse.ArgumentParser:
-    """Schema (and flags) of a batched, differentiable run: ``configs/batched_gpu.yaml``.
+    """Schema (and flags) of a batched run of :class:`~posegraph.PoseGraphLayer`: B noisy
+    copies of one graph solved in one call (``configs/batched_gpu.yaml``, read by
+    ``benchmarks/gpu_layer.py --config``).
 
     Scripts may use it directly: ``layer_parser().parse_args()`` gives the same options as
     flags, and :func:`parse_with_config` merges a file under them.
     """
+    from .solve.layer import BACKWARD_MODES
+    from .solve.optimize import LINEAR_SOLVERS
+
     p = argparse.ArgumentParser(
         prog="posegraph-layer", description="A batched differentiable pose-graph solve."
     )
@@ -102,21 +104,22 @@ def layer_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto",
                    help="auto: cuda when available, else cpu")
     p.add_argument("--dtype", choices=["float64", "float32"], default="float64")
-    p.add_argument("--batch-size", type=_positive_int, default=8, metavar="B",
+    p.add_argument("--batch-size", type=_positive_int, default=32, metavar="B",
                    help="graphs solved together (noisy copies of the input)")
-    p.add_argument("--solver", choices=["gn", "lm"], default="gn")
-    p.add_argument("--max-iters", type=_positive_int, default=10, metavar="N")
-    p.add_argument("--linear-solver", choices=["auto", "cholmod", "dense"], default="auto")
+    p.add_argument("--solver", choices=["gn", "lm"], default="lm")
+    p.add_argument("--max-iters", type=_positive_int, default=100, metavar="N")
+    p.add_argument("--linear-solver", choices=list(LINEAR_SOLVERS), default="auto",
+                   help="auto: CHOLMOD on CPU; on CUDA Theseus' compiled solver when built, else "
+                        "batched dense Cholesky or conjugate gradients by size")
     p.add_argument("--backward-mode", choices=list(BACKWARD_MODES), default="implicit",
                    help="how gradients flow through the solve (Theseus' BackwardMode)")
     p.add_argument("--backward-num-iterations", type=_positive_int, default=5, metavar="K",
                    help="iterations differentiated with backward_mode truncated")
-    p.add_argument("--noise-sigma", type=_positive_float, default=0.05,
-                   help="std. dev. of the measurement noise of the batch copies")
-    p.add_argument("--learning-rate", type=_positive_float, default=1e-2)
-    p.add_argument("--steps", type=_positive_int, default=20, metavar="N", help="outer (learning) steps")
+    p.add_argument("--translation-sigma", type=_positive_float, default=0.05,
+                   help="std. dev. of the translation noise of the batch copies")
+    p.add_argument("--rotation-sigma", type=_positive_float, default=0.005,
+                   help="std. dev. (rad) of the rotation noise of the batch copies")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--output", metavar="DIR", help="folder for results")
     return p
 
 

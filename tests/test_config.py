@@ -170,13 +170,13 @@ def test_optimize_without_input_names_the_config(tmp_path, capsys):
 
 def test_layer_schema(tmp_path):
     cfg = load_config(REPO / "configs" / "batched_gpu.yaml", schema="layer")
-    assert cfg["device"] == "cuda" and cfg["batch_size"] == 16 and cfg["backward_mode"] == "implicit"
+    assert cfg["device"] == "cuda" and cfg["batch_size"] == 32 and cfg["backward_mode"] == "implicit"
     bad = tmp_path / "bad.yaml"
     bad.write_text("batch_size: 0\n")
     with pytest.raises(ConfigError, match=r"bad.yaml:1: batch_size: expected an integer ≥ 1, received '0'"):
         load_config(bad, schema="layer")
     bad.write_text("backward_mode: magic\n")
-    with pytest.raises(ConfigError, match="backward_mode: expected one of unroll, implicit, truncated, dlm"):
+    with pytest.raises(ConfigError, match="backward_mode: expected one of implicit, truncated, unroll"):
         load_config(bad, schema="layer")
     bad.write_text("max_iter: 3\n")  # the optimize spelling differs: clear error with valid keys
     with pytest.raises(ConfigError, match="unknown key 'max_iter'; valid keys: .*max_iters"):
@@ -187,7 +187,7 @@ def test_parse_with_config_for_scripts(tmp_path):
     cfg = tmp_path / "c.yaml"
     cfg.write_text("batch_size: 4\ndevice: cpu\n")
     args = parse_with_config(layer_parser(), ["--config", str(cfg), "--device", "auto"])
-    assert (args.batch_size, args.device, args.solver) == (4, "auto", "gn")
+    assert (args.batch_size, args.device, args.solver) == (4, "auto", "lm")
 
 
 def test_device_resolution():
@@ -204,3 +204,19 @@ def test_cli_device_cuda_unavailable(capsys):
     out, err = capsys.readouterr()
     assert code == EXIT_BAD_INPUT and out == ""
     assert err.startswith("error: device: expected an available CUDA device") and err.count("\n") == 1
+
+
+def test_batched_config_drives_the_layer_benchmark(capsys):
+    """configs/batched_gpu.yaml is what benchmarks/gpu_layer.py --config reads (flags win)."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("gpu_layer_bench", REPO / "benchmarks" / "gpu_layer.py")
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    argv = ["--config", str(REPO / "configs" / "batched_gpu.yaml"), "--device", "cpu", "--batch-size", "2",
+            "--sequential", "1", "--input", str(REPO / "data" / "grid_se2.g2o"), "--json"]
+    assert bench.main(argv) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert out["batch"] == 2 and out["device"] == "cpu" and out["dtype"] == "float64"
+    assert out["batched"]["linear_solver"] == "cholmod"
+    assert out["max_rel_error_difference_batched_vs_sequential"] < 1e-8
