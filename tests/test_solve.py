@@ -9,6 +9,7 @@ import theseus as th
 import torch
 
 import posegraph as pg
+from posegraph.solve.linearization import BlockSparseLinearization
 from posegraph.solve.optimize import make_optimizer
 
 
@@ -242,3 +243,26 @@ def test_unroll_gradient_through_solve_is_finite_and_matches_fd():
     d[1, 0] = 1e-6
     num = (loss_of((meas + d).detach()) - loss_of((meas - d).detach())) / 2e-6
     assert abs(float(num) - float(meas.grad[1, 0])) < 1e-4 * max(1.0, abs(float(num)))
+
+
+def test_sparse_linearization_sums_entries_sharing_a_slot():
+    """A block cost touching one element twice on a row (a self-loop edge, which the builder
+    refuses but a hand-made cost may have) takes the scatter-add path: A = dense A."""
+    g = random_graph("SE2", n=5, seed=4)
+    poses = pg.ManifoldArray(g.poses.unsqueeze(0).clone(), th.SE2, g.gauge_fixed(), name="poses")
+    edges = torch.cat([g.edges, torch.tensor([[2, 2]])])
+    meas = torch.cat([g.measurements, g.measurements[:1]]).unsqueeze(0)
+    info = torch.cat([g.information, g.information[:1]]).unsqueeze(0)
+    cost = pg.BetweenEdges(
+        poses, edges, th.Variable(meas, name="z"), pg.FullInformationWeight.from_information(info)
+    )
+    obj = th.Objective()
+    obj.add(cost)
+    obj.update()
+    sparse = BlockSparseLinearization(obj)
+    dense = th.DenseLinearization(obj)
+    sparse.linearize()
+    dense.linearize()
+    assert not sparse._pure_copy
+    torch.testing.assert_close(torch.as_tensor(sparse.A_scipy().toarray()), dense.A[0])
+    torch.testing.assert_close(sparse.Atb, dense.Atb)

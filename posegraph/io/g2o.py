@@ -104,10 +104,10 @@ class _Records:
         self.kind: Optional[str] = None
         self.kind_line = 0
         self.vertex_ids: List[int] = []
-        self.vertex_values: List[List[float]] = []
+        self.vertex_values: List[List[str]] = []  # number tokens, converted by _floats
         self.vertex_lines: List[int] = []
         self.edge_ids: List[Tuple[int, int]] = []
-        self.edge_values: List[List[float]] = []
+        self.edge_values: List[List[str]] = []
         self.edge_lines: List[int] = []
         self.fixed: List[Tuple[int, int]] = []  # (id, line)
         self.unknown: Counter = Counter()
@@ -147,9 +147,7 @@ def _parse_lines(path: str, text: str) -> _Records:
                 lineno,
             )
         ids = [_vertex_id(t, path, lineno, tag_name) for t in toks[1 : 1 + tag.num_ids]]
-        values = [
-            _number(t, path, lineno, tag_name) for t in toks[1 + tag.num_ids :]
-        ]
+        values = toks[1 + tag.num_ids :]  # converted all at once in _floats
         if tag.role == "vertex":
             rec.vertex_ids.append(ids[0])
             rec.vertex_values.append(values)
@@ -163,6 +161,27 @@ def _parse_lines(path: str, text: str) -> _Records:
             rec.edge_values.append(values)
             rec.edge_lines.append(lineno)
     return rec
+
+
+def _floats(
+    rows: List[List[str]], width: int, path: str, lines: Sequence[int], what: str
+) -> np.ndarray:
+    """Number tokens of many lines → ``(len(rows), width)`` float64, in one numpy conversion.
+
+    On a bad token (not a number, or not finite) the lines are re-read one number at a time,
+    so the error names the first offending line and token, as :func:`_number` words it.
+    """
+    try:
+        out = np.array(rows, dtype=np.float64).reshape(len(rows), width)
+    except ValueError:
+        out = None
+    if out is None or not np.isfinite(out).all():
+        first = 0 if out is None else int(np.flatnonzero(~np.isfinite(out).all(axis=1))[0])
+        for row, line in zip(rows[first:], lines[first:]):
+            for tok in row:
+                _number(tok, path, line, what)
+    assert out is not None
+    return out
 
 
 def _upper_to_symmetric(upper: np.ndarray, dim: int) -> np.ndarray:
@@ -271,8 +290,10 @@ def _assemble(path: str, rec: _Records) -> PoseGraph:
 
     meas_len = 7 if kind == "SE3" else 3
     # explicit width: a file with vertices but no edges gives a (0, width) array
-    ev = np.asarray(rec.edge_values, dtype=np.float64).reshape(
-        len(rec.edge_values), meas_len + dof * (dof + 1) // 2
+    edge_tag = "EDGE_SE3:QUAT" if kind == "SE3" else "EDGE_SE2"
+    vertex_tag = "VERTEX_SE3:QUAT" if kind == "SE3" else "VERTEX_SE2"
+    ev = _floats(
+        rec.edge_values, meas_len + dof * (dof + 1) // 2, path, rec.edge_lines, edge_tag
     )
     if kind == "SE3":
         _quaternions(ev[:, 3:7], path, rec.edge_lines)
@@ -281,7 +302,7 @@ def _assemble(path: str, rec: _Records) -> PoseGraph:
 
     poses = None
     if rec.vertex_ids:
-        vv = np.asarray(rec.vertex_values, dtype=np.float64)
+        vv = _floats(rec.vertex_values, meas_len, path, rec.vertex_lines, vertex_tag)
         if kind == "SE3":
             _quaternions(vv[:, 3:7], path, rec.vertex_lines)
         poses = _poses_from_values(kind, vv)

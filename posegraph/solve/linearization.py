@@ -111,13 +111,9 @@ class BlockSparseLinearization(Linearization):
         cols_a = np.concatenate(cols) if cols else np.zeros(0, dtype=np.int64)
         keep_a = np.concatenate(keep) if keep else np.zeros(0, dtype=bool)
         kept = np.flatnonzero(keep_a)
-        keys = rows_a[kept].astype(np.int64) * max(self.num_cols, 1) + cols_a[kept]
-        uniq, dest = np.unique(keys, return_inverse=True)
-        self.nnz = len(uniq)
+        u_rows, dest = self._csr_slots(rows_a[kept], cols_a[kept])
+        self.nnz = len(u_rows)
         self.num_raw = len(rows_a)
-        u_rows = uniq // max(self.num_cols, 1)
-        self.A_col_ind = (uniq % max(self.num_cols, 1)).astype(np.int64)
-        self.A_row_ptr = np.searchsorted(u_rows, np.arange(self.num_rows + 1)).astype(np.int64)
         dev = self.objective.device
         self._row_of_nz = torch.as_tensor(u_rows, dtype=torch.long, device=dev)
         self._col_of_nz = torch.as_tensor(self.A_col_ind, dtype=torch.long, device=dev)
@@ -141,6 +137,35 @@ class BlockSparseLinearization(Linearization):
                 self._piece_dest.append(torch.as_tensor(d[keep_here], device=dev))
             start = stop
 
+    def _csr_slots(self, r: np.ndarray, c: np.ndarray):
+        """CSR pattern of entries ``(r[k], c[k])`` (sets ``A_col_ind``/``A_row_ptr``); returns
+        the row of each nonzero and the slot ``dest[k]`` of each entry.
+
+        Fast path: SciPy's COO → CSR conversion (a counting sort by row, then a sort within
+        each short row) carrying each entry's index as its value; it is exact when no two
+        entries share a slot. Otherwise (duplicates are summed there) ``np.unique`` on
+        ``row · num_cols + col`` keys.
+        """
+        n = len(r)
+        shape = (self.num_rows, max(self.num_cols, 1))
+        csr = sp.csr_matrix(
+            (np.arange(1, n + 1, dtype=np.int64), (r, c)), shape=shape
+        )  # values 1..n: an index survives as itself unless summed with another
+        csr.sort_indices()
+        if csr.nnz == n:
+            self.A_col_ind = csr.indices.astype(np.int64)
+            self.A_row_ptr = csr.indptr.astype(np.int64)
+            dest = np.empty(n, dtype=np.int64)
+            dest[csr.data - 1] = np.arange(n)
+            u_rows = np.repeat(np.arange(self.num_rows), np.diff(self.A_row_ptr))
+            return u_rows, dest
+        keys = r.astype(np.int64) * shape[1] + c
+        uniq, dest = np.unique(keys, return_inverse=True)
+        u_rows = uniq // shape[1]
+        self.A_col_ind = (uniq % shape[1]).astype(np.int64)
+        self.A_row_ptr = np.searchsorted(u_rows, np.arange(self.num_rows + 1)).astype(np.int64)
+        return u_rows, dest.reshape(-1)
+
     def structure(self) -> SparseStructure:
         """CSR structure of A (Theseus' ``SparseStructure``)."""
         return SparseStructure(
@@ -160,7 +185,7 @@ class BlockSparseLinearization(Linearization):
         # Jacobian values go straight to their CSR slots (one index_copy_/index_add_ per
         # Jacobian tensor into one buffer; no concatenation of the raw values).
         alloc = torch.empty if self._pure_copy else torch.zeros  # pure copy: every slot written
-        a_val = alloc(batch, self.nnz, dtype=dtype, device=device)
+        a_val = alloc((batch, self.nnz), dtype=dtype, device=device)
         fill = a_val.index_copy_ if self._pure_copy else a_val.index_add_
         errs: List[torch.Tensor] = []
         piece = 0
