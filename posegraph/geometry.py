@@ -35,6 +35,7 @@ from torch import Tensor
 
 __all__ = [
     "skew",
+    "small_matmul",
     "so3_exp",
     "so3_log",
     "so3_right_jacobian_inv",
@@ -165,6 +166,16 @@ def _se3_jr_inv_coefficients(
 # ------------------------------------------------------------------------------------------
 # SO(3)
 # ------------------------------------------------------------------------------------------
+
+
+def small_matmul(a: Tensor, b: Tensor) -> Tensor:
+    """``a @ b`` for many small matrices (``(..., m, k) @ (..., k, n)``, broadcasting), as a sum
+    of ``k`` broadcast outer products: elementwise kernels over all blocks at once, where
+    ``torch.bmm`` on CPU runs one tiny GEMM per block (and scales badly across threads)."""
+    out = a[..., :, 0, None] * b[..., None, 0, :]
+    for k in range(1, a.shape[-1]):
+        out = out + a[..., :, k, None] * b[..., None, k, :]
+    return out
 
 
 def skew(v: Tensor) -> Tensor:
@@ -393,7 +404,7 @@ def se3_between_error_jacobians(xi: Tensor, xj: Tensor, z: Tensor) -> Tuple[Tens
     r_t = rel[..., :3].transpose(-1, -2)
     t_p = -(r_t @ rel[..., 3:]).transpose(-1, -2)  # (..., 1, 3)
     left = torch.cat([jinv, torch.linalg.cross(jinv, t_p.expand_as(jinv)) + top_right], dim=-2)
-    prod = left @ r_t  # (..., 6, 3)
+    prod = small_matmul(left, r_t)  # (..., 6, 3)
     ji = _block_upper(-prod[..., :3, :], -prod[..., 3:, :], -prod[..., :3, :])
     return err, ji, _block_upper(jinv, top_right, jinv)
 
