@@ -28,7 +28,7 @@ References
 
 from __future__ import annotations
 
-from typing import Tuple
+from typing import Callable, Tuple
 
 import torch
 from torch import Tensor
@@ -75,6 +75,17 @@ def _small(theta2: Tensor) -> Tensor:
     return theta2 < eps * eps
 
 
+def _select(small: Tensor, series: Callable[[], Tensor], closed: Callable[[], Tensor]) -> Tensor:
+    """``where(small, series, closed)``, evaluating only the branches some element takes (a
+    data-dependent shortcut that saves most of the work on small graphs; values and gradients
+    are those of the full ``where``)."""
+    if not bool(small.any()):
+        return closed()
+    if bool(small.all()):
+        return series()
+    return torch.where(small, series(), closed())
+
+
 def _safe(mask: Tensor, x: Tensor, fill: float = 1.0) -> Tensor:
     """``x`` where ``mask`` is False, ``fill`` elsewhere: the inner half of a double where."""
     return torch.where(mask, fill, x)
@@ -102,9 +113,11 @@ def _sinc_coefficients(theta2: Tensor) -> Tuple[Tensor, Tensor, Tensor]:
     t2 = _safe(small, theta2)
     t = t2.sqrt()
     s, c = torch.sin(t), torch.cos(t)
-    a = torch.where(small, 1 - theta2 / 6 + theta2**2 / 120, s / t)
-    b = torch.where(small, 0.5 - theta2 / 24 + theta2**2 / 720, (1 - c) / t2)
-    cc = torch.where(small, 1 / 6 - theta2 / 120 + theta2**2 / 5040, (t - s) / (t2 * t))
+    a = _select(small, lambda: 1 - theta2 / 6 + theta2**2 / 120, lambda: s / t)
+    b = _select(small, lambda: 0.5 - theta2 / 24 + theta2**2 / 720, lambda: (1 - c) / t2)
+    cc = _select(
+        small, lambda: 1 / 6 - theta2 / 120 + theta2**2 / 5040, lambda: (t - s) / (t2 * t)
+    )
     return a, b, cc
 
 
@@ -120,13 +133,23 @@ def _half_cot_coefficient(theta2: Tensor, sine: Tensor, cosine: Tensor) -> Tuple
     """
     small = _small(theta2)
     t2 = _safe(small, theta2)
-    t = t2.sqrt()
-    front = cosine > 0
-    alpha_front = t * (1 + cosine) / (2 * _safe(~front | small, sine))
-    alpha_back = t * sine / (2 * _safe(front, 1 - cosine))
-    alpha_closed = torch.where(front, alpha_front, alpha_back)
-    alpha = torch.where(small, 1 - theta2 / 12 - theta2**2 / 720, alpha_closed)
-    beta = torch.where(small, 1 / 12 + theta2 / 720 + theta2**2 / 30240, (1 - alpha_closed) / t2)
+
+    def closed_alpha() -> Tensor:
+        t = t2.sqrt()
+        front = cosine > 0
+        return _select(
+            front,
+            lambda: t * (1 + cosine) / (2 * _safe(~front | small, sine)),
+            lambda: t * sine / (2 * _safe(front, 1 - cosine)),
+        )
+
+    if bool(small.all()):
+        return 1 - theta2 / 12 - theta2**2 / 720, 1 / 12 + theta2 / 720 + theta2**2 / 30240
+    alpha_closed = closed_alpha()
+    alpha = _select(small, lambda: 1 - theta2 / 12 - theta2**2 / 720, lambda: alpha_closed)
+    beta = _select(
+        small, lambda: 1 / 12 + theta2 / 720 + theta2**2 / 30240, lambda: (1 - alpha_closed) / t2
+    )
     return alpha, beta
 
 
@@ -142,24 +165,25 @@ def _se3_jr_inv_coefficients(
     eps_g = SMALL_ANGLE_GAMMA.get(theta2.dtype, 1.0)
     small_g = theta2 < eps_g * eps_g
     small = _small(theta2)
-    t2g = _safe(small_g, theta2)
-    tg = t2g.sqrt()
-    sg = torch.where(small_g, 1.0, sine)
-    cg = torch.where(small_g, 0.0, cosine)
-    gamma_closed = (4 * cg - 4 + tg * sg + t2g) / (2 * t2g * t2g * (1 - cg))
     t2s = theta2**2
-    gamma = torch.where(
+
+    def closed_gamma() -> Tensor:
+        t2g = _safe(small_g, theta2)
+        sg = torch.where(small_g, 1.0, sine)
+        cg = torch.where(small_g, 0.0, cosine)
+        return (4 * cg - 4 + t2g.sqrt() * sg + t2g) / (2 * t2g * t2g * (1 - cg))
+
+    def closed_delta() -> Tensor:
+        t = _safe(small, theta2).sqrt()
+        return -(t - sine) / (2 * t * _safe(small, 1 - cosine))
+
+    gamma = _select(
         small_g,
-        1 / 360 + theta2 / 7560 + t2s / 201600 + t2s * theta2 / 5987520
+        lambda: 1 / 360 + theta2 / 7560 + t2s / 201600 + t2s * theta2 / 5987520
         + 691 * t2s * t2s / 130767436800,
-        gamma_closed,
+        closed_gamma,
     )
-    t2 = _safe(small, theta2)
-    t = t2.sqrt()
-    one_minus_cos = _safe(small, 1 - cosine)
-    delta = torch.where(
-        small, -1 / 6 - theta2 / 180 - t2s / 5040, -(t - sine) / (2 * t * one_minus_cos)
-    )
+    delta = _select(small, lambda: -1 / 6 - theta2 / 180 - t2s / 5040, closed_delta)
     return gamma, delta
 
 
