@@ -202,6 +202,19 @@ def small_matmul(a: Tensor, b: Tensor) -> Tensor:
     return out
 
 
+def _dot3(a: Tensor, b: Tensor) -> Tensor:
+    """``Σₖ aₖ bₖ`` over a last axis of size 3 (explicit adds: torch's reduction over a
+    size-3 axis is many times slower)."""
+    return a[..., 0] * b[..., 0] + a[..., 1] * b[..., 1] + a[..., 2] * b[..., 2]
+
+
+def _cross(a: Tensor, b: Tensor) -> Tensor:
+    """``a × b`` over the last axis (broadcasting)."""
+    a0, a1, a2 = a[..., 0], a[..., 1], a[..., 2]
+    b0, b1, b2 = b[..., 0], b[..., 1], b[..., 2]
+    return torch.stack([a1 * b2 - a2 * b1, a2 * b0 - a0 * b2, a0 * b1 - a1 * b0], dim=-1)
+
+
 def skew(v: Tensor) -> Tensor:
     """``[v]×``, ``(..., 3)`` → ``(..., 3, 3)``."""
     x, y, z = v.unbind(-1)
@@ -211,7 +224,7 @@ def skew(v: Tensor) -> Tensor:
 
 def so3_exp(omega: Tensor) -> Tensor:
     """``Exp(ω) = I + A[ω]× + B[ω]×²`` (Rodrigues; [Barfoot] eq. 7.15), ``(..., 3)`` → ``(..., 3, 3)``."""
-    a, b, _ = _sinc_coefficients((omega * omega).sum(-1))
+    a, b, _ = _sinc_coefficients(_dot3(omega, omega))
     k = skew(omega)
     eye = torch.eye(3, dtype=omega.dtype, device=omega.device)
     return eye + a[..., None, None] * k + b[..., None, None] * (k @ k)
@@ -235,8 +248,8 @@ def _so3_log_parts(rot: Tensor) -> Tuple[Tensor, Tensor, Tensor, Tensor]:
         dim=-1,
     )
     diag = torch.diagonal(r, dim1=-2, dim2=-1)
-    cosine = (0.5 * (diag.sum(-1) - 1)).clamp(-1.0, 1.0)
-    sin2 = (w * w).sum(-1)
+    cosine = (0.5 * ((diag[..., 0] + diag[..., 1] + diag[..., 2]) - 1)).clamp(-1.0, 1.0)
+    sin2 = _dot3(w, w)
     zero_sin = sin2 == 0
     sine = torch.where(zero_sin, 0.0, _safe(zero_sin, sin2).sqrt())
     theta = torch.atan2(sine, cosine)
@@ -285,7 +298,7 @@ def _so3_jr_inv(omega: Tensor, theta2: Tensor, sine: Tensor, cosine: Tensor) -> 
 
 def so3_right_jacobian_inv(omega: Tensor) -> Tensor:
     """``J_r⁻¹(ω) = α I + β ωωᵀ + ½[ω]×`` ([Barfoot] eq. 7.95 at −ω; [Solà] eq. 146)."""
-    theta2 = (omega * omega).sum(-1)
+    theta2 = _dot3(omega, omega)
     return _so3_jr_inv(omega, theta2, *_sin_cos(theta2))
 
 
@@ -316,7 +329,7 @@ def se3_exp(xi: Tensor) -> Tensor:
     """``Exp(ρ, ω) = [Exp(ω) | V ρ]``, ``V = I + B[ω]× + C[ω]×²`` ([Barfoot] eqs. 7.83, 7.86;
     [Solà] eqs. 172–174), ``(..., 6)`` → ``(..., 3, 4)``."""
     rho, omega = xi[..., :3], xi[..., 3:]
-    a, b, c = _sinc_coefficients((omega * omega).sum(-1))
+    a, b, c = _sinc_coefficients(_dot3(omega, omega))
     k = skew(omega)
     k2 = k @ k
     eye = torch.eye(3, dtype=xi.dtype, device=xi.device)
@@ -337,8 +350,8 @@ def _se3_log_parts(x: Tensor) -> Tuple[Tensor, Tensor, Tensor, Tensor]:
     t = x[..., 3]
     rho = (
         alpha[..., None] * t
-        - 0.5 * torch.cross(omega, t, dim=-1)
-        + (beta * (omega * t).sum(-1))[..., None] * omega
+        - 0.5 * _cross(omega, t)
+        + (beta * _dot3(omega, t))[..., None] * omega
     )
     return torch.cat([rho, omega], dim=-1), theta2, sine, cosine
 
@@ -364,7 +377,7 @@ def _se3_jr_inv_blocks(
     w_col, w_row = omega[..., :, None], omega[..., None, :]
     outer = w_col * w_row
     jinv = alpha[..., None, None] * eye + beta[..., None, None] * outer + 0.5 * skew(omega)
-    e = (omega * rho).sum(-1)[..., None, None]
+    e = _dot3(omega, rho)[..., None, None]
     bw = beta[..., None, None] * w_col
     top_right = (
         (gamma[..., None, None] * e) * outer
@@ -392,7 +405,7 @@ def _se3_jr_inv(xi: Tensor, theta2: Tensor, sine: Tensor, cosine: Tensor) -> Ten
 
 def se3_right_jacobian_inv(xi: Tensor) -> Tensor:
     """``J_r⁻¹(ξ)`` of SE(3), ``(..., 6)`` → ``(..., 6, 6)``: ``Log(Exp(ξ)·Exp(δ)) ≈ ξ + J_r⁻¹ δ``."""
-    theta2 = (xi[..., 3:] ** 2).sum(-1)
+    theta2 = _dot3(xi[..., 3:], xi[..., 3:])
     return _se3_jr_inv(xi, theta2, *_sin_cos(theta2))
 
 
@@ -427,7 +440,7 @@ def se3_between_error_jacobians(xi: Tensor, xj: Tensor, z: Tensor) -> Tuple[Tens
     # (row r of J⁻¹) × t'.
     r_t = rel[..., :3].transpose(-1, -2)
     t_p = -(r_t @ rel[..., 3:]).transpose(-1, -2)  # (..., 1, 3)
-    left = torch.cat([jinv, torch.linalg.cross(jinv, t_p.expand_as(jinv)) + top_right], dim=-2)
+    left = torch.cat([jinv, _cross(jinv, t_p) + top_right], dim=-2)
     prod = small_matmul(left, r_t)  # (..., 6, 3)
     ji = _block_upper(-prod[..., :3, :], -prod[..., 3:, :], -prod[..., :3, :])
     return err, ji, _block_upper(jinv, top_right, jinv)
