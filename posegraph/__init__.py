@@ -29,8 +29,13 @@ Debugging
     ``posegraph inspect``.
 Numerics
     ``posegraph.lie`` — stable rotation ↔ quaternion conversions and ``patch_theseus()``.
+    ``posegraph.geometry`` — vectorized SE(3)/SE(2) kernels on plain tensors (exp, log,
+    right-Jacobian inverses, adjoints, ``se3_between_error_jacobians`` /
+    ``se2_between_error_jacobians``), differentiable, with explicit small-angle / near-π
+    branches; ``BetweenEdges`` and ``ManifoldArray`` run on them.
 """
 
+from . import geometry
 from .builder import PoseGraphBuilder, PoseGraphProblem, build_problem
 from .costs import BetweenEdges, BlockSparseCostFunction, JacobianBlocks
 from .debug import DebugCallback, NonFiniteError, normal_matrix, normal_rhs
@@ -47,6 +52,7 @@ from .weights import BlockScaleWeight, FullInformationWeight
 __version__ = "0.1.0"
 
 __all__ = [
+    "geometry",
     "read_g2o",
     "write_g2o",
     "PoseGraph",
