@@ -116,8 +116,7 @@ class _Records:
 def _parse_lines(path: str, text: str) -> _Records:
     rec = _Records()
     for lineno, raw_line in enumerate(text.splitlines(), start=1):
-        content = raw_line.split("#", 1)[0]
-        toks = content.split()
+        toks = (raw_line.split("#", 1)[0] if "#" in raw_line else raw_line).split()
         if not toks:
             continue
         tag_name = toks[0]
@@ -146,19 +145,19 @@ def _parse_lines(path: str, text: str) -> _Records:
                 path,
                 lineno,
             )
-        ids = [_vertex_id(t, path, lineno, tag_name) for t in toks[1 : 1 + tag.num_ids]]
-        values = toks[1 + tag.num_ids :]  # converted all at once in _floats
         if tag.role == "vertex":
-            rec.vertex_ids.append(ids[0])
-            rec.vertex_values.append(values)
+            rec.vertex_ids.append(_vertex_id(toks[1], path, lineno, tag_name))
+            rec.vertex_values.append(toks[2:])  # converted all at once in _floats
             rec.vertex_lines.append(lineno)
         else:
-            if ids[0] == ids[1]:
+            a = _vertex_id(toks[1], path, lineno, tag_name)
+            b = _vertex_id(toks[2], path, lineno, tag_name)
+            if a == b:
                 raise G2oFormatError(
-                    f"{tag_name}: self-loop edge from vertex {ids[0]} to itself", path, lineno
+                    f"{tag_name}: self-loop edge from vertex {a} to itself", path, lineno
                 )
-            rec.edge_ids.append((ids[0], ids[1]))
-            rec.edge_values.append(values)
+            rec.edge_ids.append((a, b))
+            rec.edge_values.append(toks[3:])
             rec.edge_lines.append(lineno)
     return rec
 
