@@ -76,6 +76,8 @@ class BlockSparseLinearization(Linearization):
         self._Atb: Optional[torch.Tensor] = None
         self._AtA_diag: Optional[torch.Tensor] = None
         self.detached_hessian = False
+        self._stamp: Optional[tuple] = None
+        self.reused = 0  # linearizations skipped because no variable changed
 
     # -- structure --------------------------------------------------------------------------
     def _var_start(self, var: th.Manifold) -> int:
@@ -206,8 +208,29 @@ class BlockSparseLinearization(Linearization):
         self.b = -torch.cat(errs, dim=1) if len(errs) != 1 else -errs[0]
 
     def _linearize_hessian_impl(self, _detach_hessian: bool = False) -> None:
-        self._linearize_jacobian_impl()
+        stamp = self._variables_stamp()
+        if stamp is None or stamp != self._stamp:
+            self._linearize_jacobian_impl()
+            self._stamp = stamp
+        else:
+            self.reused += 1
         self.detached_hessian = _detach_hessian
+
+    def _variables_stamp(self) -> Optional[tuple]:
+        """Identity and version of every variable tensor of the objective, or None when the
+        linearization must be recomputed anyway (autograd is recording).
+
+        Theseus' optimizers re-linearize after every step, also after an LM step that was
+        rejected for the whole batch, where nothing changed; the stamp lets that repeat be
+        skipped. (Theseus replaces a variable's tensor on update; in-place edits bump the
+        tensor's version.)
+        """
+        if torch.is_grad_enabled():
+            return None
+        obj = self.objective
+        tensors = [v.tensor for v in obj.optim_vars.values()]
+        tensors += [v.tensor for v in obj.aux_vars.values()]
+        return tuple((id(t), t._version) for t in tensors)
 
     def _atb_impl(self) -> torch.Tensor:
         if self._Atb is None:
