@@ -88,7 +88,7 @@ def _select(small: Tensor, series: Callable[[], Tensor], closed: Callable[[], Te
 
 def _safe(mask: Tensor, x: Tensor, fill: float = 1.0) -> Tensor:
     """``x`` where ``mask`` is False, ``fill`` elsewhere: the inner half of a double where."""
-    return torch.where(mask, fill, x)
+    return x.masked_fill(mask, fill)
 
 
 def _sin_cos(theta2: Tensor) -> Tuple[Tensor, Tensor]:
@@ -169,8 +169,8 @@ def _se3_jr_inv_coefficients(
 
     def closed_gamma() -> Tensor:
         t2g = _safe(small_g, theta2)
-        sg = torch.where(small_g, 1.0, sine)
-        cg = torch.where(small_g, 0.0, cosine)
+        sg = sine.masked_fill(small_g, 1.0)
+        cg = cosine.masked_fill(small_g, 0.0)
         return (4 * cg - 4 + t2g.sqrt() * sg + t2g) / (2 * t2g * t2g * (1 - cg))
 
     def closed_delta() -> Tensor:
@@ -251,16 +251,16 @@ def _so3_log_parts(rot: Tensor) -> Tuple[Tensor, Tensor, Tensor, Tensor]:
     cosine = (0.5 * ((diag[..., 0] + diag[..., 1] + diag[..., 2]) - 1)).clamp(-1.0, 1.0)
     sin2 = _dot3(w, w)
     zero_sin = sin2 == 0
-    sine = torch.where(zero_sin, 0.0, _safe(zero_sin, sin2).sqrt())
+    sine = _safe(zero_sin, sin2).sqrt().masked_fill(zero_sin, 0.0)
     theta = torch.atan2(sine, cosine)
     theta2 = theta * theta
     small = _small(theta2)
     near_pi = (1 + cosine) <= NEAR_PI.get(r.dtype, 1e-2)
     general = ~(small | near_pi)
-    scale = torch.where(
+    scale = _select(
         small,
-        1 + theta2 / 6 + 7 * theta2**2 / 360,
-        theta / torch.where(general, sine, 1.0),
+        lambda: 1 + theta2 / 6 + 7 * theta2**2 / 360,
+        lambda: theta / sine.masked_fill(~general, 1.0),
     )
     omega = w * scale[..., None]
     if bool(near_pi.any()):  # (a data-dependent shortcut: the branch is rarely needed)
@@ -277,7 +277,7 @@ def _so3_log_near_pi(r: Tensor, w: Tensor, diag: Tensor, cosine: Tensor, theta: 
         3, dtype=r.dtype, device=r.device
     )
     col = torch.gather(sym, -1, k[..., None, :].expand(*sym.shape[:-1], 1)).squeeze(-1)
-    col = torch.where(near_pi[..., None], col, 1.0)
+    col = col.masked_fill(~near_pi[..., None], 1.0)
     axis = col / col.norm(dim=-1, keepdim=True)
     w_k = torch.gather(w, -1, k).squeeze(-1)
     sign = torch.where(w_k < 0, -1.0, 1.0).to(w_k)
