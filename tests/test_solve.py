@@ -284,3 +284,19 @@ def test_linearization_reused_only_while_nothing_changed():
     assert not torch.allclose(lin.A_val, first)
     lin.linearize()  # grad mode: always recomputed
     assert lin.reused == 1
+
+
+def test_solver_threads_option_applies_and_restores():
+    problem = pg.build_problem(near_graph("SE2"))
+    before = torch.get_num_threads()
+    seen = []
+    result = pg.optimize(
+        problem,
+        pg.SolverOptions(threads=1, max_iterations=3),
+        on_iteration=lambda rec: seen.append(torch.get_num_threads()),
+    )
+    assert seen and set(seen) == {1}
+    assert torch.get_num_threads() == before
+    assert result.iterations >= 1
+    with pytest.raises(ValueError, match="threads"):
+        pg.optimize(problem, pg.SolverOptions(threads=0))
