@@ -123,12 +123,10 @@ class FullInformationWeight(BlockCostWeight):
         key = id(rows)
         cached = self._identity_rows.get(key)
         if cached is None or cached[0] is not rows:
-            ident = rows.numel() == w.shape[1] and bool(
-                torch.equal(rows, torch.arange(rows.numel(), device=rows.device))
-            )
+            ident = bool(torch.equal(rows, torch.arange(rows.numel(), device=rows.device)))
             cached = (rows, ident)
             self._identity_rows[key] = cached
-        return w if cached[1] else w[:, rows]
+        return w if cached[1] and rows.numel() == w.shape[1] else w[:, rows]
 
     def _copy_impl(self, new_name: Optional[str] = None) -> "FullInformationWeight":
         return FullInformationWeight(self.sqrt_information.copy(), name=new_name)

@@ -300,3 +300,19 @@ def test_solver_threads_option_applies_and_restores():
     assert result.iterations >= 1
     with pytest.raises(ValueError, match="threads"):
         pg.optimize(problem, pg.SolverOptions(threads=0))
+
+
+def test_full_information_weight_rows_identity_and_subset():
+    gen = torch.Generator().manual_seed(9)
+    w = pg.FullInformationWeight(torch.randn(1, 3, 6, 6, generator=gen))
+    jac = torch.randn(1, 3, 6, 6, generator=gen)
+    all_rows = torch.arange(3)
+    full = w.sqrt_information.tensor
+    torch.testing.assert_close(w.weight_block_jacobians(jac, all_rows), full @ jac)
+    sub = torch.tensor([2, 0])
+    torch.testing.assert_close(w.weight_block_jacobians(jac[:, :2], sub), full[:, sub] @ jac[:, :2])
+    # the same rows tensor again after the weight's values changed: the new values are used
+    w.sqrt_information.update(torch.randn(1, 3, 6, 6, generator=gen))
+    torch.testing.assert_close(
+        w.weight_block_jacobians(jac, all_rows), w.sqrt_information.tensor @ jac
+    )
