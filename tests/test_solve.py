@@ -284,6 +284,11 @@ def test_linearization_reused_only_while_nothing_changed():
     assert not torch.allclose(lin.A_val, first)
     lin.linearize()  # grad mode: always recomputed
     assert lin.reused == 1
+    with torch.no_grad():
+        lin.linearize()
+        opt.linear_solver.reset()  # a new optimization starts afresh
+        lin.linearize()
+    assert lin.reused == 1
 
 
 def test_solver_threads_option_applies_and_restores():

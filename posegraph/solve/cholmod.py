@@ -125,6 +125,11 @@ class CholmodSolver(LinearSolver):
         self.symbolic = analyze_AAt(self.linearization.structure().mock_csc_transpose())
         self._damping = damping
 
+    def reset(self, **kwargs) -> None:
+        """Called by Theseus when an optimization starts: linearize afresh."""
+        super().reset(**kwargs)
+        self.linearization.invalidate()
+
     def solve(
         self,
         damping: DampingType = None,

@@ -216,6 +216,11 @@ class BlockSparseLinearization(Linearization):
             self.reused += 1
         self.detached_hessian = _detach_hessian
 
+    def invalidate(self) -> None:
+        """Forget the reuse stamp: the next :meth:`linearize` re-evaluates every cost (called
+        when an optimizer starts; use it after changing a cost's non-variable state)."""
+        self._stamp = None
+
     def _variables_stamp(self) -> Optional[tuple]:
         """Identity and version of every variable tensor of the objective, or None when the
         linearization must be recomputed anyway (autograd is recording).
