@@ -128,10 +128,11 @@ class BlockSparseCostFunction(th.CostFunction, abc.ABC):
         return f"{self.name}[{index}]"
 
 
-#: Hand-written kernels per element class: (error, (error, J_i, J_j)) of Log(Z⁻¹ Xᵢ⁻¹ Xⱼ).
-_BETWEEN_KERNELS: Dict[type, Tuple[Callable, Callable]] = {
-    th.SE3: (geometry.se3_between_error, geometry.se3_between_error_jacobians),
-    th.SE2: (geometry.se2_between_error, geometry.se2_between_error_jacobians),
+#: Hand-written kernels per element class for Log(Z⁻¹ Xᵢ⁻¹ Xⱼ): the error; the error with
+#: ∂e/∂δⱼ and Xᵢ⁻¹Xⱼ; and M ↦ M·Ad((Xᵢ⁻¹Xⱼ)⁻¹), which gives ∂e/∂δᵢ = −∂e/∂δⱼ·Ad(Xⱼ⁻¹Xᵢ).
+_BETWEEN_KERNELS: Dict[type, Tuple[Callable, Callable, Callable]] = {
+    th.SE3: (geometry.se3_between_error, geometry.se3_between_parts, geometry.se3_mul_adjoint_inverse),
+    th.SE2: (geometry.se2_between_error, geometry.se2_between_parts, geometry.se2_mul_adjoint_inverse),
 }
 
 
@@ -201,8 +202,22 @@ class BetweenEdges(BlockSparseCostFunction):
         kernels = _BETWEEN_KERNELS.get(self.poses.element_cls)
         if kernels is None:
             return self._generic_error_jacobians(batch, True)
-        err, j_i, j_j = kernels[1](*self._endpoints(batch))
-        return [j_i, j_j], err
+        err, j_j, rel = kernels[1](*self._endpoints(batch))
+        return [-kernels[2](j_j, rel), j_j], err
+
+    def weighted_block_jacobians_error(self) -> Tuple[List[torch.Tensor], torch.Tensor]:
+        """Weighted Jacobian blocks and error, weighting one Jacobian instead of two.
+
+        A block weight acts on each residual block from the left (``W e``, ``W J``), so
+        ``W ∂e/∂δᵢ = −(W ∂e/∂δⱼ) Ad(Xⱼ⁻¹ Xᵢ)``: the weighted ``∂e/∂δⱼ`` gives both.
+        """
+        kernels = _BETWEEN_KERNELS.get(self.poses.element_cls)
+        if kernels is None:
+            return super().weighted_block_jacobians_error()
+        err, j_j, rel = kernels[1](*self._endpoints(self._batch()))
+        weight: BlockCostWeight = self.weight
+        w_j = weight.weight_block_jacobians(j_j, self._rows)
+        return [-kernels[2](w_j, rel), w_j], weight.weight_block_error(err)
 
     def _generic_error_jacobians(self, batch: int, jacobians: bool):
         """Other element classes (points): Theseus' own group operations."""

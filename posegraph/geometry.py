@@ -48,6 +48,8 @@ __all__ = [
     "se3_retract",
     "se3_between_error",
     "se3_between_error_jacobians",
+    "se3_between_parts",
+    "se3_mul_adjoint_inverse",
     "se2_exp",
     "se2_log",
     "se2_right_jacobian_inv",
@@ -57,6 +59,8 @@ __all__ = [
     "se2_retract",
     "se2_between_error",
     "se2_between_error_jacobians",
+    "se2_between_parts",
+    "se2_mul_adjoint_inverse",
 ]
 
 #: Below this angle the Taylor series replace the closed forms. The series' truncation error
@@ -425,6 +429,27 @@ def se3_between_error(xi: Tensor, xj: Tensor, z: Tensor) -> Tensor:
     return se3_log(_se3_inv_compose(z, _se3_inv_compose(xi, xj)))
 
 
+def se3_between_parts(xi: Tensor, xj: Tensor, z: Tensor) -> Tuple[Tensor, Tensor, Tensor]:
+    """``e = Log(E)``, ``E = Z⁻¹ Xᵢ⁻¹ Xⱼ``, its Jacobian ``∂e/∂δⱼ = J_r⁻¹(e)`` and
+    ``rel = Xᵢ⁻¹ Xⱼ`` (for ``∂e/∂δᵢ``, see :func:`se3_between_error_jacobians`)."""
+    rel = _se3_inv_compose(xi, xj)
+    err, theta2, sine, cosine = _se3_log_parts(_se3_inv_compose(z, rel))
+    jinv, top_right = _se3_jr_inv_blocks(err, theta2, sine, cosine)
+    return err, _block_upper(jinv, top_right, jinv), rel
+
+
+def se3_mul_adjoint_inverse(m: Tensor, rel: Tensor) -> Tensor:
+    """``M · Ad(rel⁻¹)`` for ``M`` ``(..., k, 6)``: with ``R' = Rᵀ``, ``t' = −Rᵀ t``,
+    ``Ad(rel⁻¹) = [[R', [t']× R'], [0, R']]``, so ``M Ad = [M_L R', (M_L [t']× + M_R) R']``
+    (``M_L``/``M_R``: first/last three columns; row r of ``M_L [t']×`` is ``M_L[r] × t'``)."""
+    r_t = rel[..., :3].transpose(-1, -2)
+    t_p = -(r_t @ rel[..., 3:]).transpose(-1, -2)  # (..., 1, 3)
+    m_l = m[..., :3]
+    k = m.shape[-2]
+    prod = small_matmul(torch.cat([m_l, _cross(m_l, t_p) + m[..., 3:]], dim=-2), r_t)
+    return torch.cat([prod[..., :k, :], prod[..., k:, :]], dim=-1)
+
+
 def se3_between_error_jacobians(xi: Tensor, xj: Tensor, z: Tensor) -> Tuple[Tensor, Tensor, Tensor]:
     """``e = Log(E)``, ``E = Z⁻¹ Xᵢ⁻¹ Xⱼ``, and its right-perturbation Jacobians.
 
@@ -432,18 +457,8 @@ def se3_between_error_jacobians(xi: Tensor, xj: Tensor, z: Tensor) -> Tuple[Tens
     ``Z⁻¹ (Xᵢ Exp(δ))⁻¹ Xⱼ = E · Exp(−Ad(Xⱼ⁻¹ Xᵢ) δ)``). Returns ``(e, J_i, J_j)``, shapes
     ``(..., 6)``, ``(..., 6, 6)``, ``(..., 6, 6)``.
     """
-    rel = _se3_inv_compose(xi, xj)  # Xi⁻¹ Xj
-    err, theta2, sine, cosine = _se3_log_parts(_se3_inv_compose(z, rel))
-    jinv, top_right = _se3_jr_inv_blocks(err, theta2, sine, cosine)
-    # Ad(rel⁻¹) = [[R', [t']× R'], [0, R']] with R' = Rᵀ, t' = −Rᵀ t, so
-    # J_r⁻¹ Ad(rel⁻¹) = [[J⁻¹ R', (J⁻¹ [t']× + T) R'], [0, J⁻¹ R']]; row r of J⁻¹ [t']× is
-    # (row r of J⁻¹) × t'.
-    r_t = rel[..., :3].transpose(-1, -2)
-    t_p = -(r_t @ rel[..., 3:]).transpose(-1, -2)  # (..., 1, 3)
-    left = torch.cat([jinv, _cross(jinv, t_p) + top_right], dim=-2)
-    prod = small_matmul(left, r_t)  # (..., 6, 3)
-    ji = _block_upper(-prod[..., :3, :], -prod[..., 3:, :], -prod[..., :3, :])
-    return err, ji, _block_upper(jinv, top_right, jinv)
+    err, jj, rel = se3_between_parts(xi, xj, z)
+    return err, -se3_mul_adjoint_inverse(jj, rel), jj
 
 
 # ------------------------------------------------------------------------------------------
@@ -566,11 +581,19 @@ def se2_between_error(xi: Tensor, xj: Tensor, z: Tensor) -> Tensor:
     return se2_log(_se2_inv_compose(z, _se2_inv_compose(xi, xj)))
 
 
-def se2_between_error_jacobians(xi: Tensor, xj: Tensor, z: Tensor) -> Tuple[Tensor, Tensor, Tensor]:
-    """SE(2) version of :func:`se3_between_error_jacobians`: ``(e, J_i, J_j)``."""
+def se2_between_parts(xi: Tensor, xj: Tensor, z: Tensor) -> Tuple[Tensor, Tensor, Tensor]:
+    """SE(2) version of :func:`se3_between_parts`: ``(e, J_r⁻¹(e), Xᵢ⁻¹ Xⱼ)``."""
     rel = _se2_inv_compose(xi, xj)
     err, alpha, _ = _se2_log_parts(_se2_inv_compose(z, rel))
-    jj = _se2_jr_inv(err, alpha)
-    ji = -(jj @ se2_adjoint(se2_inverse(rel)))
-    return err, ji, jj
+    return err, _se2_jr_inv(err, alpha), rel
 
+
+def se2_mul_adjoint_inverse(m: Tensor, rel: Tensor) -> Tensor:
+    """``M · Ad(rel⁻¹)`` for ``M`` ``(..., k, 3)``."""
+    return small_matmul(m, se2_adjoint(se2_inverse(rel)))
+
+
+def se2_between_error_jacobians(xi: Tensor, xj: Tensor, z: Tensor) -> Tuple[Tensor, Tensor, Tensor]:
+    """SE(2) version of :func:`se3_between_error_jacobians`: ``(e, J_i, J_j)``."""
+    err, jj, rel = se2_between_parts(xi, xj, z)
+    return err, -se2_mul_adjoint_inverse(jj, rel), jj

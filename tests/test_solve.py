@@ -321,3 +321,23 @@ def test_full_information_weight_rows_identity_and_subset():
     torch.testing.assert_close(
         w.weight_block_jacobians(jac, all_rows), w.sqrt_information.tensor @ jac
     )
+
+
+@pytest.mark.parametrize("kind", ["SE3", "SE2"])
+@pytest.mark.parametrize("weight", ["full", "scale"])
+def test_between_weighted_jacobians_equal_weighting_each(kind, weight):
+    """BetweenEdges weights ∂e/∂δⱼ once and derives the weighted ∂e/∂δᵢ; the result equals
+    weighting both Jacobians (the generic BlockSparseCostFunction path)."""
+    g = random_graph(kind, n=6, seed=11, batch=2)
+    cls = g.element_cls
+    poses = pg.ManifoldArray(g.poses.clone(), cls, g.gauge_fixed(), name="poses")
+    if weight == "full":
+        w = pg.FullInformationWeight.from_information(g.information)
+    else:
+        w = pg.BlockScaleWeight(torch.rand(2, g.num_edges) + 0.5, poses.element_dof)
+    cost = pg.BetweenEdges(poses, g.edges, th.Variable(g.measurements.clone(), name="z"), w)
+    got, err = cost.weighted_block_jacobians_error()
+    ref, ref_err = pg.BlockSparseCostFunction.weighted_block_jacobians_error(cost)
+    torch.testing.assert_close(err, ref_err)
+    for a, b in zip(got, ref):
+        torch.testing.assert_close(a, b)
