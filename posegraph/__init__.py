@@ -61,9 +61,13 @@ Runs, evaluation, figures
     ``posegraph.plot.plot_graphs`` — trajectory/error-history figures (needs matplotlib).
 Numerics
     ``posegraph.lie`` — stable rotation ↔ quaternion conversions and ``patch_theseus()``.
+    ``posegraph.geometry`` — vectorized SE(3)/SE(2) kernels on plain tensors (exp, log,
+    right-Jacobian inverses, adjoints, ``se3_between_error_jacobians`` /
+    ``se2_between_error_jacobians``), differentiable, with explicit small-angle / near-π
+    branches; ``BetweenEdges`` and ``ManifoldArray`` run on them.
 """
 
-from . import synthetic
+from . import geometry, synthetic
 from .builder import MeshTerm, PoseGraphBuilder, PoseGraphProblem, build_problem, mesh_term
 from .costs import BetweenEdges, BlockSparseCostFunction, JacobianBlocks, PointObservations
 from .chordal import chordal_initialization
@@ -88,6 +92,7 @@ from .weights import BlockScaleWeight, FullInformationWeight
 __version__ = "0.1.0"
 
 __all__ = [
+    "geometry",
     "read_g2o",
     "write_g2o",
     "PoseGraph",

@@ -12,11 +12,12 @@ from __future__ import annotations
 
 import abc
 from dataclasses import dataclass
-from typing import List, Optional, Sequence, Tuple
+from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
 import theseus as th
 import torch
 
+from . import geometry
 from .variables import ManifoldArray
 from .weights import BlockCostWeight
 
@@ -126,9 +127,12 @@ class BlockSparseCostFunction(th.CostFunction, abc.ABC):
         return f"{self.name}[{index}]"
 
 
-def _flat_elements(var: ManifoldArray, index: torch.Tensor, batch: int) -> torch.Tensor:
-    x = var.tensor[:, index]
-    return x.expand(batch, *x.shape[1:]).reshape(batch * index.numel(), *var.element_shape)
+#: Hand-written kernels per element class for Log(Z⁻¹ Xᵢ⁻¹ Xⱼ): the error; the error with
+#: ∂e/∂δⱼ and Xᵢ⁻¹Xⱼ; and M ↦ M·Ad((Xᵢ⁻¹Xⱼ)⁻¹), which gives ∂e/∂δᵢ = −∂e/∂δⱼ·Ad(Xⱼ⁻¹Xᵢ).
+_BETWEEN_KERNELS: Dict[type, Tuple[Callable, Callable, Callable]] = {
+    th.SE3: (geometry.se3_between_error, geometry.se3_between_parts, geometry.se3_mul_adjoint_inverse),
+    th.SE2: (geometry.se2_between_error, geometry.se2_between_parts, geometry.se2_mul_adjoint_inverse),
+}
 
 
 class BetweenEdges(BlockSparseCostFunction):
@@ -140,6 +144,8 @@ class BetweenEdges(BlockSparseCostFunction):
     ``∂e/∂δⱼ = J`` and ``∂e/∂δᵢ = −J · Ad(Xⱼ⁻¹ Xᵢ)``, since
     ``Z⁻¹ (Xᵢ Exp(δ))⁻¹ Xⱼ = E · Exp(−Ad(E⁻¹ Z⁻¹) δ)`` and ``E⁻¹ Z⁻¹ = Xⱼ⁻¹ Xᵢ``
     (Solà et al. 2018, "A micro Lie theory for state estimation in robotics", eqs. 28–31).
+    SE3 and SE2 edges use the hand-written kernels of :mod:`posegraph.geometry` (``J`` is
+    the right Jacobian inverse ``J_r⁻¹(e)``); other element classes use Theseus' operations.
 
     Args:
         poses: the packed poses (``th.SE3`` or ``th.SE2`` elements).
@@ -175,30 +181,56 @@ class BetweenEdges(BlockSparseCostFunction):
     def _batch(self) -> int:
         return max(self.poses.tensor.shape[0], self.measurements.tensor.shape[0])
 
-    def _relative(self, batch: int) -> Tuple[th.LieGroup, th.LieGroup]:
-        xi = self.poses.as_element(_flat_elements(self.poses, self.edges[:, 0], batch))
-        xj = self.poses.as_element(_flat_elements(self.poses, self.edges[:, 1], batch))
-        z = self.measurements.tensor
-        z = z.expand(batch, *z.shape[1:]).reshape(-1, *self.poses.element_shape)
-        rel = xi.between(xj)  # Xi⁻¹ Xj
-        return rel, self.poses.as_element(z).between(rel)  # Z⁻¹ Xi⁻¹ Xj
+    def _endpoints(self, batch: int) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """``Xᵢ``, ``Xⱼ``, ``Z`` per edge, each ``(batch, E, *element_shape)``."""
+        x, z = self.poses.tensor, self.measurements.tensor
+        xi = x[:, self.edges[:, 0]]
+        xj = x[:, self.edges[:, 1]]
+        size = (batch, self.num_blocks, *self.poses.element_shape)
+        return xi.expand(size), xj.expand(size), z.expand(size)
 
     def block_error(self) -> torch.Tensor:
         batch = self._batch()
-        _, err_el = self._relative(batch)
-        return err_el.log_map().reshape(batch, self.num_blocks, self.block_dim)
+        kernels = _BETWEEN_KERNELS.get(self.poses.element_cls)
+        if kernels is None:
+            return self._generic_error_jacobians(batch, False)[1]
+        return kernels[0](*self._endpoints(batch))
 
     def block_jacobians(self) -> Tuple[List[torch.Tensor], torch.Tensor]:
         batch = self._batch()
-        rel, err_el = self._relative(batch)
+        kernels = _BETWEEN_KERNELS.get(self.poses.element_cls)
+        if kernels is None:
+            return self._generic_error_jacobians(batch, True)
+        err, j_j, rel = kernels[1](*self._endpoints(batch))
+        return [-kernels[2](j_j, rel), j_j], err
+
+    def weighted_block_jacobians_error(self) -> Tuple[List[torch.Tensor], torch.Tensor]:
+        """Weighted Jacobian blocks and error, weighting one Jacobian instead of two.
+
+        A block weight acts on each residual block from the left (``W e``, ``W J``), so
+        ``W ∂e/∂δᵢ = −(W ∂e/∂δⱼ) Ad(Xⱼ⁻¹ Xᵢ)``: the weighted ``∂e/∂δⱼ`` gives both.
+        """
+        kernels = _BETWEEN_KERNELS.get(self.poses.element_cls)
+        if kernels is None:
+            return super().weighted_block_jacobians_error()
+        err, j_j, rel = kernels[1](*self._endpoints(self._batch()))
+        weight: BlockCostWeight = self.weight
+        w_j = weight.weight_block_jacobians(j_j, self._rows)
+        return [-kernels[2](w_j, rel), w_j], weight.weight_block_error(err)
+
+    def _generic_error_jacobians(self, batch: int, jacobians: bool):
+        """Other element classes (points): Theseus' own group operations."""
+        flat = [t.reshape(-1, *self.poses.element_shape) for t in self._endpoints(batch)]
+        xi, xj, z = (self.poses.as_element(t) for t in flat)
+        rel = xi.between(xj)  # Xi⁻¹ Xj
         jlog: List[torch.Tensor] = []
-        err = err_el.log_map(jacobians=jlog)
-        j_j = jlog[0]
-        j_i = -j_j @ rel.inverse().adjoint()
-        shape = (batch, self.num_blocks, self.block_dim, self.block_dim)
-        return [j_i.reshape(shape), j_j.reshape(shape)], err.reshape(
-            batch, self.num_blocks, self.block_dim
-        )
+        err = z.between(rel).log_map(jacobians=jlog if jacobians else None)
+        shape = (batch, self.num_blocks, self.block_dim)
+        err = err.reshape(shape)
+        if not jacobians:
+            return None, err
+        j_i = -jlog[0] @ rel.inverse().adjoint()
+        return [j.reshape(*shape, self.block_dim) for j in (j_i, jlog[0])], err
 
     def _copy_impl(self, new_name: Optional[str] = None) -> "BetweenEdges":
         return BetweenEdges(

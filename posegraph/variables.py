@@ -17,6 +17,8 @@ from typing import Dict, List, Optional, Tuple, Type
 import theseus as th
 import torch
 
+from . import geometry
+
 #: Element kinds a ManifoldArray can hold: (tensor shape of one element, tangent dimension).
 ELEMENT_LAYOUTS: Dict[Type[th.Manifold], Tuple[Tuple[int, ...], int]] = {
     th.SE3: ((3, 4), 6),
@@ -24,6 +26,10 @@ ELEMENT_LAYOUTS: Dict[Type[th.Manifold], Tuple[Tuple[int, ...], int]] = {
     th.Point3: ((3,), 3),
     th.Point2: ((2,), 2),
 }
+
+
+#: Batched right retractions ``X ⊕ δ = X · Exp(δ)`` of :mod:`posegraph.geometry`.
+_RETRACTIONS = {th.SE3: geometry.se3_retract, th.SE2: geometry.se2_retract}
 
 
 def element_layout(element_cls: Type[th.Manifold]) -> Tuple[Tuple[int, ...], int]:
@@ -135,7 +141,11 @@ class ManifoldArray(th.Manifold):
     def _retract_impl(self, delta: torch.Tensor) -> "ManifoldArray":
         batch = max(self.tensor.shape[0], delta.shape[0])
         d = delta.expand(batch, -1).reshape(batch * self.num_free, self.element_dof)
-        moved = self.as_element(self._free_flat(batch)).retract(d).tensor
+        retract = _RETRACTIONS.get(self.element_cls)
+        if retract is not None:  # hand-written X·Exp(δ), same result as the class's retract
+            moved = retract(self._free_flat(batch), d)
+        else:
+            moved = self.as_element(self._free_flat(batch)).retract(d).tensor
         moved = moved.reshape(batch, self.num_free, *self.element_shape)
         base = self.tensor.expand(batch, *self.tensor.shape[1:])
         new = base.index_copy(1, self.free_index, moved)

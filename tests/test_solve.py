@@ -9,6 +9,7 @@ import theseus as th
 import torch
 
 import posegraph as pg
+from posegraph.solve.linearization import BlockSparseLinearization
 from posegraph.solve.optimize import make_optimizer
 
 
@@ -242,3 +243,101 @@ def test_unroll_gradient_through_solve_is_finite_and_matches_fd():
     d[1, 0] = 1e-6
     num = (loss_of((meas + d).detach()) - loss_of((meas - d).detach())) / 2e-6
     assert abs(float(num) - float(meas.grad[1, 0])) < 1e-4 * max(1.0, abs(float(num)))
+
+
+def test_sparse_linearization_sums_entries_sharing_a_slot():
+    """A block cost touching one element twice on a row (a self-loop edge, which the builder
+    refuses but a hand-made cost may have) takes the scatter-add path: A = dense A."""
+    g = random_graph("SE2", n=5, seed=4)
+    poses = pg.ManifoldArray(g.poses.unsqueeze(0).clone(), th.SE2, g.gauge_fixed(), name="poses")
+    edges = torch.cat([g.edges, torch.tensor([[2, 2]])])
+    meas = torch.cat([g.measurements, g.measurements[:1]]).unsqueeze(0)
+    info = torch.cat([g.information, g.information[:1]]).unsqueeze(0)
+    cost = pg.BetweenEdges(
+        poses, edges, th.Variable(meas, name="z"), pg.FullInformationWeight.from_information(info)
+    )
+    obj = th.Objective()
+    obj.add(cost)
+    obj.update()
+    sparse = BlockSparseLinearization(obj)
+    dense = th.DenseLinearization(obj)
+    sparse.linearize()
+    dense.linearize()
+    assert not sparse._pure_copy
+    torch.testing.assert_close(torch.as_tensor(sparse.A_scipy().toarray()), dense.A[0])
+    torch.testing.assert_close(sparse.Atb, dense.Atb)
+
+
+def test_linearization_reused_only_while_nothing_changed():
+    """Theseus re-linearizes after a rejected step; with no variable changed the values are
+    reused, and any update (or autograd recording) recomputes them."""
+    opt, lin = linearized_cholmod("SE3", n=6, seed=5)
+    first = lin.A_val.clone()
+    with torch.no_grad():
+        lin.linearize()
+        lin.linearize()
+        assert lin.reused == 1
+        poses = opt.objective.optim_vars["poses"]
+        poses.update(poses.retract(torch.full((1, poses.dof()), 0.1)).tensor)
+        lin.linearize()
+    assert lin.reused == 1
+    assert not torch.allclose(lin.A_val, first)
+    lin.linearize()  # grad mode: always recomputed
+    assert lin.reused == 1
+    with torch.no_grad():
+        lin.linearize()
+        opt.linear_solver.reset()  # a new optimization starts afresh
+        lin.linearize()
+    assert lin.reused == 1
+
+
+def test_solver_threads_option_applies_and_restores():
+    problem = pg.build_problem(near_graph("SE2"))
+    before = torch.get_num_threads()
+    seen = []
+    result = pg.optimize(
+        problem,
+        pg.SolverOptions(threads=1, max_iterations=3),
+        on_iteration=lambda rec: seen.append(torch.get_num_threads()),
+    )
+    assert seen and set(seen) == {1}
+    assert torch.get_num_threads() == before
+    assert result.iterations >= 1
+    with pytest.raises(ValueError, match="threads"):
+        pg.optimize(problem, pg.SolverOptions(threads=0))
+
+
+def test_full_information_weight_rows_identity_and_subset():
+    gen = torch.Generator().manual_seed(9)
+    w = pg.FullInformationWeight(torch.randn(1, 3, 6, 6, generator=gen))
+    jac = torch.randn(1, 3, 6, 6, generator=gen)
+    all_rows = torch.arange(3)
+    full = w.sqrt_information.tensor
+    torch.testing.assert_close(w.weight_block_jacobians(jac, all_rows), full @ jac)
+    sub = torch.tensor([2, 0])
+    torch.testing.assert_close(w.weight_block_jacobians(jac[:, :2], sub), full[:, sub] @ jac[:, :2])
+    # the same rows tensor again after the weight's values changed: the new values are used
+    w.sqrt_information.update(torch.randn(1, 3, 6, 6, generator=gen))
+    torch.testing.assert_close(
+        w.weight_block_jacobians(jac, all_rows), w.sqrt_information.tensor @ jac
+    )
+
+
+@pytest.mark.parametrize("kind", ["SE3", "SE2"])
+@pytest.mark.parametrize("weight", ["full", "scale"])
+def test_between_weighted_jacobians_equal_weighting_each(kind, weight):
+    """BetweenEdges weights ∂e/∂δⱼ once and derives the weighted ∂e/∂δᵢ; the result equals
+    weighting both Jacobians (the generic BlockSparseCostFunction path)."""
+    g = random_graph(kind, n=6, seed=11, batch=2)
+    cls = g.element_cls
+    poses = pg.ManifoldArray(g.poses.clone(), cls, g.gauge_fixed(), name="poses")
+    if weight == "full":
+        w = pg.FullInformationWeight.from_information(g.information)
+    else:
+        w = pg.BlockScaleWeight(torch.rand(2, g.num_edges) + 0.5, poses.element_dof)
+    cost = pg.BetweenEdges(poses, g.edges, th.Variable(g.measurements.clone(), name="z"), w)
+    got, err = cost.weighted_block_jacobians_error()
+    ref, ref_err = pg.BlockSparseCostFunction.weighted_block_jacobians_error(cost)
+    torch.testing.assert_close(err, ref_err)
+    for a, b in zip(got, ref):
+        torch.testing.assert_close(a, b)

@@ -107,10 +107,10 @@ class _Records:
         self.kind: Optional[str] = None
         self.kind_line = 0
         self.vertex_ids: List[int] = []
-        self.vertex_values: List[List[float]] = []
+        self.vertex_values: List[List[str]] = []  # number tokens, converted by _floats
         self.vertex_lines: List[int] = []
         self.edge_ids: List[Tuple[int, int]] = []
-        self.edge_values: List[List[float]] = []
+        self.edge_values: List[List[str]] = []
         self.edge_lines: List[int] = []
         self.fixed: List[Tuple[int, int]] = []  # (id, line)
         self.unknown: Counter = Counter()
@@ -181,8 +181,7 @@ def _parse_point_line(
 def _parse_lines(path: str, text: str) -> _Records:
     rec = _Records()
     for lineno, raw_line in enumerate(text.splitlines(), start=1):
-        content = raw_line.split("#", 1)[0]
-        toks = content.split()
+        toks = (raw_line.split("#", 1)[0] if "#" in raw_line else raw_line).split()
         if not toks:
             continue
         tag_name = toks[0]
@@ -214,23 +213,42 @@ def _parse_lines(path: str, text: str) -> _Records:
                 path,
                 lineno,
             )
-        ids = [_vertex_id(t, path, lineno, tag_name) for t in toks[1 : 1 + tag.num_ids]]
-        values = [
-            _number(t, path, lineno, tag_name) for t in toks[1 + tag.num_ids :]
-        ]
         if tag.role == "vertex":
-            rec.vertex_ids.append(ids[0])
-            rec.vertex_values.append(values)
+            rec.vertex_ids.append(_vertex_id(toks[1], path, lineno, tag_name))
+            rec.vertex_values.append(toks[2:])  # converted all at once in _floats
             rec.vertex_lines.append(lineno)
         else:
-            if ids[0] == ids[1]:
+            a = _vertex_id(toks[1], path, lineno, tag_name)
+            b = _vertex_id(toks[2], path, lineno, tag_name)
+            if a == b:
                 raise G2oFormatError(
-                    f"{tag_name}: self-loop edge from vertex {ids[0]} to itself", path, lineno
+                    f"{tag_name}: self-loop edge from vertex {a} to itself", path, lineno
                 )
-            rec.edge_ids.append((ids[0], ids[1]))
-            rec.edge_values.append(values)
+            rec.edge_ids.append((a, b))
+            rec.edge_values.append(toks[3:])
             rec.edge_lines.append(lineno)
     return rec
+
+
+def _floats(
+    rows: List[List[str]], width: int, path: str, lines: Sequence[int], what: str
+) -> np.ndarray:
+    """Number tokens of many lines → ``(len(rows), width)`` float64, in one numpy conversion.
+
+    On a bad token (not a number, or not finite) the lines are re-read one number at a time,
+    so the error names the first offending line and token, as :func:`_number` words it.
+    """
+    try:
+        out = np.array(rows, dtype=np.float64).reshape(len(rows), width)
+    except ValueError:
+        out = None
+    if out is None or not np.isfinite(out).all():
+        first = 0 if out is None else int(np.flatnonzero(~np.isfinite(out).all(axis=1))[0])
+        for row, line in zip(rows[first:], lines[first:]):
+            for tok in row:
+                _number(tok, path, line, what)
+    assert out is not None
+    return out
 
 
 def _upper_to_symmetric(upper: np.ndarray, dim: int) -> np.ndarray:
@@ -358,8 +376,10 @@ def _assemble(path: str, rec: _Records) -> PoseGraph:
 
     meas_len = 7 if kind == "SE3" else 3
     # explicit width: a file with vertices but no edges gives a (0, width) array
-    ev = np.asarray(rec.edge_values, dtype=np.float64).reshape(
-        len(rec.edge_values), meas_len + dof * (dof + 1) // 2
+    edge_tag = "EDGE_SE3:QUAT" if kind == "SE3" else "EDGE_SE2"
+    vertex_tag = "VERTEX_SE3:QUAT" if kind == "SE3" else "VERTEX_SE2"
+    ev = _floats(
+        rec.edge_values, meas_len + dof * (dof + 1) // 2, path, rec.edge_lines, edge_tag
     )
     if kind == "SE3":
         _quaternions(ev[:, 3:7], path, rec.edge_lines)
@@ -368,7 +388,7 @@ def _assemble(path: str, rec: _Records) -> PoseGraph:
 
     poses = None
     if rec.vertex_ids:
-        vv = np.asarray(rec.vertex_values, dtype=np.float64)
+        vv = _floats(rec.vertex_values, meas_len, path, rec.vertex_lines, vertex_tag)
         if kind == "SE3":
             _quaternions(vv[:, 3:7], path, rec.vertex_lines)
         poses = _poses_from_values(kind, vv)

@@ -9,8 +9,9 @@ at construction, as a map from "raw" Jacobian entries to CSR slots:
 * any other ``th.CostFunction`` (users' own terms) contributes its dense per-variable
   Jacobians ``(B, dim, dof)``, as in Theseus.
 
-Each linearization then is: evaluate the costs, concatenate their flattened Jacobians, and
-gather (or scatter-add, where entries share a slot) into ``A_val``. ``Atb``, ``AtA``'s
+Each linearization then is: evaluate the costs and copy each flattened Jacobian tensor
+straight into its CSR slots of ``A_val`` (``index_copy_``; ``index_add_`` where entries share
+a slot), with no intermediate concatenation. ``Atb``, ``AtA``'s
 diagonal and ``A v`` are single ``index_add`` calls. Everything stays a torch op, so
 gradients flow through it for Theseus' backward modes.
 """
@@ -76,6 +77,8 @@ class BlockSparseLinearization(Linearization):
         self._AtA_diag: Optional[torch.Tensor] = None
         self._pairs: Optional[Tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = None
         self.detached_hessian = False
+        self._stamp: Optional[tuple] = None
+        self.reused = 0  # linearizations skipped because no variable changed
 
     # -- structure --------------------------------------------------------------------------
     def _var_start(self, var: th.Manifold) -> int:
@@ -111,25 +114,60 @@ class BlockSparseLinearization(Linearization):
         cols_a = np.concatenate(cols) if cols else np.zeros(0, dtype=np.int64)
         keep_a = np.concatenate(keep) if keep else np.zeros(0, dtype=bool)
         kept = np.flatnonzero(keep_a)
-        keys = rows_a[kept].astype(np.int64) * max(self.num_cols, 1) + cols_a[kept]
-        uniq, dest = np.unique(keys, return_inverse=True)
-        self.nnz = len(uniq)
+        u_rows, dest = self._csr_slots(rows_a[kept], cols_a[kept])
+        self.nnz = len(u_rows)
         self.num_raw = len(rows_a)
-        u_rows = uniq // max(self.num_cols, 1)
-        self.A_col_ind = (uniq % max(self.num_cols, 1)).astype(np.int64)
-        self.A_row_ptr = np.searchsorted(u_rows, np.arange(self.num_rows + 1)).astype(np.int64)
         dev = self.objective.device
         self._row_of_nz = torch.as_tensor(u_rows, dtype=torch.long, device=dev)
         self._col_of_nz = torch.as_tensor(self.A_col_ind, dtype=torch.long, device=dev)
-        if self.nnz == len(kept):  # every kept entry has its own slot: a pure gather
-            order = np.empty(self.nnz, dtype=np.int64)
-            order[dest] = kept
-            self._gather = torch.as_tensor(order, device=dev)
-            self._scatter_src = self._scatter_dest = None
-        else:  # entries sharing a slot (a cost touching one element twice) are summed
-            self._gather = None
-            self._scatter_src = torch.as_tensor(kept, device=dev)
-            self._scatter_dest = torch.as_tensor(dest, device=dev)
+        # Per raw piece (one Jacobian tensor of one cost, in evaluation order): its slice of
+        # the raw entries, and where its kept entries go in A_val.
+        self._piece_dest: List[Optional[torch.Tensor]] = []
+        self._piece_src: List[Optional[torch.Tensor]] = []
+        self._pure_copy = self.nnz == len(kept)  # no two entries share a slot
+        dest_of_raw = np.full(len(rows_a), -1, dtype=np.int64)
+        dest_of_raw[kept] = dest
+        start = 0
+        for r in rows:
+            stop = start + len(r)
+            d = dest_of_raw[start:stop]
+            keep_here = np.flatnonzero(d >= 0)
+            if len(keep_here) == len(d):
+                self._piece_src.append(None)  # every entry kept
+                self._piece_dest.append(torch.as_tensor(d, device=dev))
+            else:
+                self._piece_src.append(torch.as_tensor(keep_here, device=dev))
+                self._piece_dest.append(torch.as_tensor(d[keep_here], device=dev))
+            start = stop
+
+    def _csr_slots(self, r: np.ndarray, c: np.ndarray):
+        """CSR pattern of entries ``(r[k], c[k])`` (sets ``A_col_ind``/``A_row_ptr``); returns
+        the row of each nonzero and the slot ``dest[k]`` of each entry.
+
+        Fast path: SciPy's COO → CSR conversion (a counting sort by row, then a sort within
+        each short row) carrying each entry's index as its value; it is exact when no two
+        entries share a slot. Otherwise (duplicates are summed there) ``np.unique`` on
+        ``row · num_cols + col`` keys.
+        """
+        n = len(r)
+        shape = (self.num_rows, max(self.num_cols, 1))
+        csr = sp.csr_matrix(
+            (np.arange(1, n + 1, dtype=np.int64), (r, c)), shape=shape
+        )  # values 1..n: an index survives as itself unless summed with another
+        csr.sort_indices()
+        if csr.nnz == n:
+            self.A_col_ind = csr.indices.astype(np.int64)
+            self.A_row_ptr = csr.indptr.astype(np.int64)
+            dest = np.empty(n, dtype=np.int64)
+            dest[csr.data - 1] = np.arange(n)
+            u_rows = np.repeat(np.arange(self.num_rows), np.diff(self.A_row_ptr))
+            return u_rows, dest
+        keys = r.astype(np.int64) * shape[1] + c
+        uniq, dest = np.unique(keys, return_inverse=True)
+        u_rows = uniq // shape[1]
+        self.A_col_ind = (uniq % shape[1]).astype(np.int64)
+        self.A_row_ptr = np.searchsorted(u_rows, np.arange(self.num_rows + 1)).astype(np.int64)
+        return u_rows, dest.reshape(-1)
 
     def structure(self) -> SparseStructure:
         """CSR structure of A (Theseus' ``SparseStructure``)."""
@@ -146,30 +184,59 @@ class BlockSparseLinearization(Linearization):
         self._Atb = None
         self._AtA_diag = None
         batch = self.objective.batch_size
-        vals: List[torch.Tensor] = []
+        dtype, device = self.objective.dtype, self.objective.device
+        # Jacobian values go straight to their CSR slots (one index_copy_/index_add_ per
+        # Jacobian tensor into one buffer; no concatenation of the raw values).
+        alloc = torch.empty if self._pure_copy else torch.zeros  # pure copy: every slot written
+        a_val = alloc((batch, self.nnz), dtype=dtype, device=device)
+        fill = a_val.index_copy_ if self._pure_copy else a_val.index_add_
         errs: List[torch.Tensor] = []
+        piece = 0
         for plan in self._plans:
             if plan.block:
                 jacs, err = plan.cost.weighted_block_jacobians_error()
             else:
                 jacs, err = plan.cost.weighted_jacobians_error()
             for j in jacs:
-                vals.append(j.expand(batch, *j.shape[1:]).reshape(batch, -1))
+                flat = j.expand(batch, *j.shape[1:]).reshape(batch, -1)
+                src = self._piece_src[piece]
+                if src is not None:
+                    flat = flat.index_select(1, src)
+                fill(1, self._piece_dest[piece], flat)
+                piece += 1
             errs.append(err.expand(batch, *err.shape[1:]).reshape(batch, -1))
-        raw = torch.cat(vals, dim=1) if vals else None
-        if raw is None:
-            self.A_val = torch.zeros(batch, 0, dtype=self.objective.dtype)
-        elif self._gather is not None:
-            self.A_val = raw.index_select(1, self._gather)
-        else:
-            self.A_val = raw.new_zeros(batch, self.nnz).index_add(
-                1, self._scatter_dest, raw.index_select(1, self._scatter_src)
-            )
-        self.b = -torch.cat(errs, dim=1)
+        self.A_val = a_val
+        self.b = -torch.cat(errs, dim=1) if len(errs) != 1 else -errs[0]
 
     def _linearize_hessian_impl(self, _detach_hessian: bool = False) -> None:
-        self._linearize_jacobian_impl()
+        stamp = self._variables_stamp()
+        if stamp is None or stamp != self._stamp:
+            self._linearize_jacobian_impl()
+            self._stamp = stamp
+        else:
+            self.reused += 1
         self.detached_hessian = _detach_hessian
+
+    def invalidate(self) -> None:
+        """Forget the reuse stamp: the next :meth:`linearize` re-evaluates every cost (called
+        when an optimizer starts; use it after changing a cost's non-variable state)."""
+        self._stamp = None
+
+    def _variables_stamp(self) -> Optional[tuple]:
+        """Identity and version of every variable tensor of the objective, or None when the
+        linearization must be recomputed anyway (autograd is recording).
+
+        Theseus' optimizers re-linearize after every step, also after an LM step that was
+        rejected for the whole batch, where nothing changed; the stamp lets that repeat be
+        skipped. (Theseus replaces a variable's tensor on update; in-place edits bump the
+        tensor's version.)
+        """
+        if torch.is_grad_enabled():
+            return None
+        obj = self.objective
+        tensors = [v.tensor for v in obj.optim_vars.values()]
+        tensors += [v.tensor for v in obj.aux_vars.values()]
+        return tuple((id(t), t._version) for t in tensors)
 
     def _atb_impl(self) -> torch.Tensor:
         if self._Atb is None:

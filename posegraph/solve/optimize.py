@@ -10,10 +10,11 @@ as GTSAM's default LM damps with ``λI``.
 
 from __future__ import annotations
 
+import contextlib
 import time
 import warnings
 from dataclasses import dataclass, field
-from typing import Callable, Dict, List, Optional
+from typing import Callable, Dict, Iterator, List, Optional
 
 import theseus as th
 import torch
@@ -161,6 +162,10 @@ class SolverOptions:
             (Theseus' ``LUCudaSparseSolver`` / ``BaspachoSparseSolver``; need its compiled
             extensions, and form per-cost dense Jacobians: small graphs).
         damping: LM's initial λ.
+        threads: torch intra-op threads while optimizing (restored afterwards); ``None``
+            leaves torch's setting alone. The per-edge tensors are small (~10⁵ values), so
+            threads gain little on an idle machine and can stall every operation when the
+            cores are shared with other jobs: ``threads=1`` is the robust choice there.
     """
 
     solver: str = "lm"
@@ -169,6 +174,7 @@ class SolverOptions:
     abs_tolerance: float = 1e-10
     linear_solver: str = "auto"
     damping: float = 1e-5
+    threads: Optional[int] = None
 
     def validate(self) -> None:
         if self.solver not in SOLVERS:
@@ -179,6 +185,8 @@ class SolverOptions:
             )
         if self.max_iterations < 0:
             raise ValueError(f"max_iterations: expected ≥ 0, received {self.max_iterations}")
+        if self.threads is not None and self.threads < 1:
+            raise ValueError(f"threads: expected ≥ 1 or None, received {self.threads}")
 
 
 @dataclass
@@ -307,6 +315,33 @@ def optimize(
         theseus_kwargs: passed to ``optimizer.optimize`` (e.g. ``backward_mode``).
     """
     options = options or SolverOptions()
+    options.validate()
+    with _torch_threads(options.threads):
+        return _optimize(problem, options, on_iteration, end_iter_callback, optimizer, theseus_kwargs)
+
+
+@contextlib.contextmanager
+def _torch_threads(threads: Optional[int]) -> Iterator[None]:
+    """Run with ``threads`` torch intra-op threads (``None``: unchanged), then restore."""
+    if threads is None:
+        yield
+        return
+    previous = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(previous)
+
+
+def _optimize(
+    problem: PoseGraphProblem,
+    options: SolverOptions,
+    on_iteration: Optional[IterationHook],
+    end_iter_callback: Optional[Callable],
+    optimizer: Optional[th.NonlinearOptimizer],
+    theseus_kwargs: Dict,
+) -> SolveResult:
     opt = optimizer or make_optimizer(problem, options)
     linear = problem_linear_solver(problem, options)
     start = time.perf_counter()
