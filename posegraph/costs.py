@@ -207,16 +207,17 @@ class BetweenEdges(BlockSparseCostFunction):
     def weighted_block_jacobians_error(self) -> Tuple[List[torch.Tensor], torch.Tensor]:
         """Weighted Jacobian blocks and error, weighting one Jacobian instead of two.
 
-        A block weight acts on each residual block from the left (``W e``, ``W J``), so
-        ``W ∂e/∂δᵢ = −(W ∂e/∂δⱼ) Ad(Xⱼ⁻¹ Xᵢ)``: the weighted ``∂e/∂δⱼ`` gives both.
+        A block weight acts on each residual block's Jacobian from the left (``W J``; a robust
+        weight also scales the block by ``√ρ'``), so ``W ∂e/∂δᵢ = −(W ∂e/∂δⱼ) Ad(Xⱼ⁻¹ Xᵢ)``: the
+        weighted ``∂e/∂δⱼ`` gives both.
         """
         kernels = _BETWEEN_KERNELS.get(self.poses.element_cls)
         if kernels is None:
             return super().weighted_block_jacobians_error()
         err, j_j, rel = kernels[1](*self._endpoints(self._batch()))
         weight: BlockCostWeight = self.weight
-        w_j = weight.weight_block_jacobians(j_j, self._rows)
-        return [-kernels[2](w_j, rel), w_j], weight.weight_block_error(err)
+        (w_j,), werr = weight.weight_block_jacobians_and_error([j_j], [self._rows], err)
+        return [-kernels[2](w_j, rel), w_j], werr
 
     def _generic_error_jacobians(self, batch: int, jacobians: bool):
         """Other element classes (points): Theseus' own group operations."""
