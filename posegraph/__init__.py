@@ -13,8 +13,7 @@ Files and graphs
     ``initialize(graph, method)`` — initial guess: ``"auto"``, ``"file"``,
     ``"spanning-tree"`` or ``"chordal"``; ``chordal_initialization(graph, weighting,
     regularization)`` — chordal rotations (Carlone et al. 2015) then translations, by sparse
-    least squares.
-    Landmarks without estimates are placed from their observations.
+    least squares. Landmarks without estimates are placed from their observations.
     ``Landmarks`` — 3D points observed from SE3 poses (g2o ``VERTEX_TRACKXYZ`` /
     ``EDGE_SE3_TRACKXYZ`` / ``PARAMS_SE3OFFSET``), ``graph.landmarks``.
 Building
@@ -25,8 +24,9 @@ Building
     pose → point observations in the same objective (anything but a ``th.Point3`` is refused).
     ``build_problem(graph, mesh=None, robust=None, robust_edges="all") -> PoseGraphProblem``
     — the same objective from a PoseGraph; ``robust="huber:1.0"`` / ``"cauchy:0.5"`` or a
-    ``RobustKernel`` on all edges or on loop closures (ids not consecutive); ``mesh_term(graph, verts, faces, weight)`` ties a mesh's vertices to the graph's
-    points (vertex k ↔ point id first + k) and adds a Laplacian smoothness regularizer.
+    ``RobustKernel`` on all edges or on loop closures (ids not consecutive); ``mesh=mesh_term(
+    graph, verts, faces, weight)`` ties a mesh's vertices to the graph's points (vertex k ↔
+    point id first + k) and adds a Laplacian smoothness regularizer (``MeshTerm``).
 Meshes
     ``posegraph.mesh``: ``laplacian_smooth`` / ``taubin_smooth`` (autograd-safe, CPU/CUDA),
     ``LaplacianSmoothingCost`` (Theseus cost on ``th.Point3`` vertices), ``read_obj`` /
@@ -44,8 +44,8 @@ Differentiable, batched solving
     Cholesky ``DenseCholeskySolver`` or batched CG ``ConjugateGradientSolver`` elsewhere),
     reported in ``LayerInfo.linear_solver``; ``SolverOptions(linear_solver=...)`` forces one.
 Extension points (Theseus)
-    ``ManifoldArray`` (packed variables), ``BlockSparseCostFunction`` / ``BetweenEdges``
-    (vectorized costs), ``FullInformationWeight`` / ``BlockScaleWeight`` (cost weights),
+    ``ManifoldArray`` (packed variables), ``BlockSparseCostFunction`` / ``BetweenEdges`` /
+    ``PointObservations`` (vectorized costs), ``FullInformationWeight`` / ``BlockScaleWeight`` (cost weights),
     ``RobustBlockWeight`` (a robust kernel over any block weight: cost ``½ Σ ρ(‖We‖²)``,
     IRLS linearization; ``RobustSpecError`` for bad kernel specs).
 Debugging
