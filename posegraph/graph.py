@@ -117,6 +117,11 @@ class PoseGraph:
             names.append(f"{tag} {a} {b}" + (f" #{k + 1}" if k else ""))
         return names
 
+    def loop_closures(self) -> torch.Tensor:
+        """``(E,)`` bool: edges whose vertex ids are not consecutive (see
+        :func:`loop_closure_mask`); the others are odometry."""
+        return loop_closure_mask(self.ids, self.edges)
+
     def where_edge(self, index: int) -> str:
         """``FILE:LINE`` (or the edge name) of edge ``index`` for messages."""
         if self.source and self.edge_lines:
@@ -234,6 +239,13 @@ class Landmarks:
         """``"EDGE_SE3_TRACKXYZ 3 1001"`` per observation (pose id, point id)."""
         pairs = zip(pose_ids[self.observations[:, 0]].tolist(), self.ids[self.observations[:, 1]].tolist())
         return [f"EDGE_SE3_TRACKXYZ {a} {b}" for a, b in pairs]
+
+
+def loop_closure_mask(ids: torch.Tensor, edges: torch.Tensor) -> torch.Tensor:
+    """``(E,)`` bool: edges ``(i, j)`` whose vertex ids are not consecutive, ``|idᵢ − idⱼ| ≠ 1``
+    — posegraph's one definition of a loop closure (odometry links consecutive ids)."""
+    pair = ids.to(edges.device)[edges]
+    return (pair[:, 0] - pair[:, 1]).abs() != 1
 
 
 def _move(t: Optional[torch.Tensor], is_float: bool, device=None, dtype=None) -> Optional[torch.Tensor]:

@@ -20,8 +20,7 @@ from .graph import PoseGraph
 
 def edge_kinds(graph: PoseGraph) -> np.ndarray:
     """Per edge, True for odometry (vertex ids differ by 1), False for a loop closure."""
-    pairs = graph.ids.cpu()[graph.edges.cpu()].numpy().reshape(-1, 2)
-    return np.abs(pairs[:, 0] - pairs[:, 1]) == 1
+    return ~graph.loop_closures().cpu().numpy()
 
 
 def information_summary(information: torch.Tensor) -> Dict[str, Any]:

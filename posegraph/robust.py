@@ -43,6 +43,7 @@ import theseus as th
 import torch
 
 from .errors import PoseGraphError
+from .graph import loop_closure_mask
 from .weights import BlockCostWeight
 
 ROBUST_EDGES = ("all", "loop-closures")
@@ -200,12 +201,6 @@ class RobustBlockWeight(BlockCostWeight):
 
     def _copy_impl(self, new_name: Optional[str] = None) -> "RobustBlockWeight":
         return RobustBlockWeight(self.base.copy(), self.kernel, self.mask, name=new_name)
-
-
-def loop_closure_mask(ids: torch.Tensor, edges: torch.Tensor) -> torch.Tensor:
-    """``(E,)`` bool: edges whose vertex ids are not consecutive (``|idᵢ − idⱼ| ≠ 1``)."""
-    pair = ids.to(edges.device)[edges]
-    return (pair[:, 0] - pair[:, 1]).abs() != 1
 
 
 def robustify(

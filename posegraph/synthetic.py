@@ -569,8 +569,7 @@ def with_wrong_loop_closures(
     if not 0.0 <= fraction <= 1.0:
         raise ValueError(f"fraction: expected a number in [0, 1], received {fraction!r}")
     rng = np.random.Generator(np.random.PCG64(seed))
-    ids = graph.ids[graph.edges]
-    loops = np.flatnonzero(((ids[:, 0] - ids[:, 1]).abs() != 1).numpy())
+    loops = np.flatnonzero(graph.loop_closures().cpu().numpy())
     picked = np.sort(rng.choice(loops, size=int(round(fraction * len(loops))), replace=False))
     m = len(picked)
     if graph.kind == "SE3":
