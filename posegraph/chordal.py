@@ -45,7 +45,7 @@ from sksparse.cholmod import cholesky_AAt
 
 from .graph import PoseGraph
 from .init import from_homogeneous, require_connected, to_homogeneous
-from .weights import sqrt_information
+from .weights import cholesky_sqrt_information
 
 WEIGHTINGS = ("information", "isotropic")
 DEFAULT_REGULARIZATION = 1e-12
@@ -191,15 +191,6 @@ def chordal_translations(
     return x.reshape(n, k)
 
 
-def _sqrt_psd(information: np.ndarray) -> np.ndarray:
-    """``W`` with ``Wᵀ W = Ω`` for ``(E, k, k)`` PSD matrices: ``Lᵀ`` of the Cholesky factor
-    (fast), or :func:`~posegraph.weights.sqrt_information` when some Ω is singular."""
-    try:
-        return np.linalg.cholesky(information).transpose(0, 2, 1)
-    except np.linalg.LinAlgError:
-        return sqrt_information(torch.as_tensor(information)).numpy()
-
-
 def _anchors(graph: PoseGraph, labels: np.ndarray, batch_index: int) -> Tuple[np.ndarray, np.ndarray]:
     """Anchored vertices (bool ``(N,)``) and all poses as homogeneous matrices (the anchors'
     rows are meaningful): the gauge with its file poses, or the lowest id at the identity."""
@@ -244,7 +235,7 @@ def chordal_initialization(
             edges, z[:, :k, :k], rotation_weights(info_np, graph.kind, weighting), known,
             anchor[:, :k, :k], regularization,
         )
-        w_tt = _sqrt_psd(info_np[:, :k, :k])
+        w_tt = cholesky_sqrt_information(torch.as_tensor(info_np[:, :k, :k])).numpy()
         trans = chordal_translations(edges, z, w_tt, rot, known, anchor[:, :k, k], regularization)
         poses = anchor.copy()
         poses[:, :k, :k], poses[:, :k, k] = rot, trans

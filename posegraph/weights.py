@@ -30,6 +30,18 @@ def sqrt_information(information: torch.Tensor) -> torch.Tensor:
     return lam.clamp_min(0.0).sqrt().unsqueeze(-1) * vecs.transpose(-1, -2)
 
 
+def cholesky_sqrt_information(information: torch.Tensor) -> torch.Tensor:
+    """``W`` with ``WᵀW = Ω``, as the Cholesky factor ``W = Lᵀ`` (``Ω = L Lᵀ``): faster than
+    :func:`sqrt_information`, and its gradient stays finite for repeated eigenvalues
+    (``Ω = I``), where the eigen-decomposition's does not. Singular PSD blocks (no Cholesky
+    factor) fall back to :func:`sqrt_information`, block by block."""
+    lower, info = torch.linalg.cholesky_ex(information)
+    if bool((info == 0).all()):
+        return lower.transpose(-1, -2)
+    ok = (info == 0)[..., None, None]
+    return torch.where(ok, lower.transpose(-1, -2), sqrt_information(information))
+
+
 class BlockCostWeight(th.CostWeight, abc.ABC):
     """A cost weight applied independently to each residual block of size ``block_dim``.
 

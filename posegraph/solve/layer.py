@@ -34,7 +34,10 @@ from torch import nn
 
 from ..builder import BuilderError, PoseGraphProblem, _Consensus, _check_information, _shape_str, build_problem
 from ..graph import POSE_KINDS, PoseGraph
-from ..weights import sqrt_information as eigen_sqrt_information
+from ..weights import cholesky_sqrt_information
+
+#: the square root the layer uses (finite gradients at Ω = I); kept under its earlier name
+differentiable_sqrt_information = cholesky_sqrt_information
 from .optimize import SolverOptions, _status_name, make_optimizer, mark_failed, problem_linear_solver, run_kwargs
 
 BACKWARD_MODES = ("implicit", "truncated", "unroll")
@@ -69,19 +72,6 @@ class LayerInfo:
     @property
     def converged(self) -> bool:
         return all(s == "converged" for s in self.status)
-
-
-def differentiable_sqrt_information(information: torch.Tensor) -> torch.Tensor:
-    """``W`` with ``WᵀW = Ω`` whose gradient is finite for repeated eigenvalues (``Ω = I``).
-
-    Uses the Cholesky factor ``W = Lᵀ`` (``Ω = L Lᵀ``); singular PSD blocks (no Cholesky
-    factor) fall back to the eigen square root of :func:`posegraph.weights.sqrt_information`.
-    """
-    lower, info = torch.linalg.cholesky_ex(information)
-    if bool((info == 0).all()):
-        return lower.transpose(-1, -2)
-    ok = (info == 0)[..., None, None]
-    return torch.where(ok, lower.transpose(-1, -2), eigen_sqrt_information(information))
 
 
 @dataclass
@@ -277,7 +267,7 @@ class PoseGraphLayer(nn.Module):
                 information = g.information.to(device=poses.device, dtype=poses.dtype)
             info = self._batched("information", information, (e, dof, dof), consensus)
             _check_information(info.detach().reshape(-1, dof, dof), dof, "information")
-            sqrt_info = differentiable_sqrt_information(info)
+            sqrt_info = cholesky_sqrt_information(info)
         scale = self.weight_scale()
         if scale is not None:
             sqrt_info = sqrt_info * scale.to(device=poses.device, dtype=poses.dtype)[:, None, None]
