@@ -157,7 +157,6 @@ def cmd_optimize(args: argparse.Namespace) -> int:
     from .init import initialize
     from .io import read_g2o, write_g2o
     from .config import resolve_device
-    from .errors import PoseGraphError
     from .report import ProgressBar, format_summary, summary
     from .solve.optimize import SolverOptions, optimize
 

@@ -407,7 +407,7 @@ def _assemble(path: str, rec: _Records) -> PoseGraph:
         source=path,
         edge_lines=list(rec.edge_lines),
         vertex_lines=list(rec.vertex_lines) if rec.vertex_ids else None,
-        landmarks=_landmarks(path, pts, index, point_ids, point_fixed) if pts else None,
+        landmarks=_landmarks(path, pts, index, point_ids, point_index, point_fixed) if pts else None,
     )
 
 
@@ -460,10 +460,10 @@ def _landmarks(
     pts: _PointRecords,
     pose_index: Dict[int, int],
     point_ids: List[int],
+    point_index: Dict[int, int],
     fixed: torch.Tensor,
 ) -> Landmarks:
     """Tensors of the point records (checked by :func:`_point_ids`/:func:`_check_id_spaces`)."""
-    point_index = {v: k for k, v in enumerate(point_ids)}
     ov = np.asarray(pts.obs_values, dtype=np.float64).reshape(len(pts.obs_values), 3 + 6)
     info = _upper_to_symmetric(ov[:, 3:], 3)
     check_information(info, path, pts.obs_lines)

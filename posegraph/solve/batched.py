@@ -134,7 +134,7 @@ def _jacobi_cg(
     the iterations each element took.
     """
     with torch.no_grad():
-        diag = torch.zeros_like(rhs).index_add(1, lin._col_of_nz, a_val * a_val) + lam
+        diag = lin.column_sums(a_val * a_val) + lam  # diag(AᵀA) + λ
         inv_m = torch.where(diag > 0, 1.0 / diag, torch.ones_like(diag))
 
         def op(v: torch.Tensor) -> torch.Tensor:

@@ -17,7 +17,7 @@ and computes the gradient with vectorized gathers, not a loop over rows.
 
 from __future__ import annotations
 
-from typing import Any, List, Optional, Sequence, Type, Union
+from typing import Any, List, Optional, Sequence, Type
 
 import numpy as np
 import theseus as th
@@ -26,20 +26,6 @@ from sksparse.cholmod import CholmodError, Factor, analyze_AAt
 from theseus.optimizer import Linearization
 
 from .batched import BlockSparseSolver, normal_solve_gradients
-
-DampingType = Optional[Union[float, torch.Tensor]]
-
-
-def _per_batch_damping(damping: DampingType, batch: int) -> List[float]:
-    if damping is None:
-        return [0.0] * batch
-    if isinstance(damping, torch.Tensor):
-        d = damping.detach().flatten().cpu().double()
-        if d.numel() == 1:
-            return [float(d[0])] * batch
-        return [float(v) for v in d]
-    return [float(damping)] * batch
-
 
 class CholmodNormalSolve(torch.autograd.Function):
     """``δ = (AᵀA + λI)⁻¹ Aᵀ b`` for each batch element; A given by CSR values."""
@@ -114,5 +100,5 @@ class CholmodSolver(BlockSparseSolver):
 
     def _solve(self, lam: torch.Tensor) -> torch.Tensor:
         lin = self.linearization
-        dampings = _per_batch_damping(lam, lin.A_val.shape[0])
+        dampings = lam.flatten().double().cpu().expand(lin.A_val.shape[0]).tolist()  # (B|1, 1) → B
         return CholmodNormalSolve.apply(lin.A_val, lin.b, self, dampings, lin.detached_hessian)

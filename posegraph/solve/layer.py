@@ -320,10 +320,8 @@ class PoseGraphLayer(nn.Module):
             if self.graph.poses is None:
                 raise BuilderError("poses: expected initial poses (the layer's graph has none), received None")
             poses = self.graph.poses
-        mode = self._check_backward(
-            backward_mode or self.backward_mode,
-            backward_num_iterations if backward_num_iterations is not None else self.backward_num_iterations,
-        )
+        k = backward_num_iterations if backward_num_iterations is not None else self.backward_num_iterations
+        mode = self._check_backward(backward_mode or self.backward_mode, k)
         inputs = self._inputs(poses, measurements, information, sqrt_information)
         compiled = self.compiled(inputs["poses"].device, inputs["poses"].dtype)
         objective = compiled.problem.objective
@@ -332,7 +330,7 @@ class PoseGraphLayer(nn.Module):
             initial = objective.error_metric().detach().clone()
         kwargs = run_kwargs(self.options, backward_mode=mode)
         if mode == "truncated":
-            kwargs["backward_num_iterations"] = backward_num_iterations or self.backward_num_iterations
+            kwargs["backward_num_iterations"] = k
         callback = end_iter_callback or self.end_iter_callback
         if callback is not None:
             kwargs["end_iter_callback"] = callback

@@ -247,17 +247,17 @@ class BlockSparseLinearization(Linearization):
         """``Aᵀ u`` for ``u`` ``(B, num_rows)`` → ``(B, num_cols)`` (``a_val`` overrides
         ``A_val``, e.g. a detached copy)."""
         a = self.A_val if a_val is None else a_val
-        contrib = a * u[:, self._row_of_nz]
-        out = contrib.new_zeros(contrib.shape[0], self.num_cols)
-        return out.index_add(1, self._col_of_nz, contrib)
+        return self.column_sums(a * u[:, self._row_of_nz])
+
+    def column_sums(self, values: torch.Tensor) -> torch.Tensor:
+        """Sum per column of A of values ``(B, nnz)`` laid out like ``A_val`` → ``(B, num_cols)``."""
+        out = values.new_zeros(values.shape[0], self.num_cols)
+        return out.index_add(1, self._col_of_nz, values)
 
     def ata_diagonal(self) -> torch.Tensor:
         """``diag(AᵀA)``, ``(B, num_cols)``."""
         if self._AtA_diag is None:
-            sq = self.A_val**2
-            self._AtA_diag = sq.new_zeros(sq.shape[0], self.num_cols).index_add(
-                1, self._col_of_nz, sq
-            )
+            self._AtA_diag = self.column_sums(self.A_val**2)
         return self._AtA_diag
 
     def diagonal_scaling(self, v: torch.Tensor) -> torch.Tensor:

@@ -21,7 +21,7 @@ import torch
 
 from ..builder import PoseGraphProblem
 from ..errors import OptimizationError
-from .batched import ConjugateGradientSolver, DenseCholeskySolver, cuda_extensions_available
+from .batched import BlockSparseSolver, ConjugateGradientSolver, DenseCholeskySolver, cuda_extensions_available
 from .cholmod import CholmodSolver
 from .linearization import BlockSparseLinearization
 
@@ -108,7 +108,7 @@ class LevenbergMarquardt(PerProblemConvergence, th.LevenbergMarquardt):
 
     def __init__(self, objective: th.Objective, **kwargs):
         super().__init__(objective, **kwargs)
-        if isinstance(self.linear_solver, (CholmodSolver, DenseCholeskySolver, ConjugateGradientSolver)):
+        if isinstance(self.linear_solver, BlockSparseSolver):
             self._allows_adaptive = True
 
     def reset(self, damping: float = 1e-5, adaptive_damping: bool = True, **kwargs) -> None:
