@@ -84,7 +84,6 @@ def _positive_float(text: str) -> float:
     return value
 
 
-#: Theseus' ``BackwardMode`` names (``th.BackwardMode.<NAME>``), lower case.
 def layer_parser() -> argparse.ArgumentParser:
     """Schema (and flags) of a batched run of :class:`~posegraph.PoseGraphLayer`: B noisy
     copies of one graph solved in one call (``configs/batched_gpu.yaml``, read by
