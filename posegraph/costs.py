@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import abc
 from dataclasses import dataclass
-from typing import Callable, Dict, List, Optional, Sequence, Tuple
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 import theseus as th
 import torch
@@ -127,11 +127,81 @@ class BlockSparseCostFunction(th.CostFunction, abc.ABC):
         return f"{self.name}[{index}]"
 
 
-#: Hand-written kernels per element class for Log(Z⁻¹ Xᵢ⁻¹ Xⱼ): the error; the error with
-#: ∂e/∂δⱼ and Xᵢ⁻¹Xⱼ; and M ↦ M·Ad((Xᵢ⁻¹Xⱼ)⁻¹), which gives ∂e/∂δᵢ = −∂e/∂δⱼ·Ad(Xⱼ⁻¹Xᵢ).
-_BETWEEN_KERNELS: Dict[type, Tuple[Callable, Callable, Callable]] = {
-    th.SE3: (geometry.se3_between_error, geometry.se3_between_parts, geometry.se3_mul_adjoint_inverse),
-    th.SE2: (geometry.se2_between_error, geometry.se2_between_parts, geometry.se2_mul_adjoint_inverse),
+class EvaluationCache:
+    """The last value computed from some tensors, reused while they are unchanged.
+
+    The key is the tensors' identity (``is``; the cache holds references, so an id cannot be
+    recycled by a new tensor) and their in-place version counters (``_version``; Theseus
+    replaces a variable's tensor on update, an in-place edit bumps the version). The value's
+    own tensors that are handed to callers (``outputs``) are checked the same way, so a caller
+    editing one in place does not corrupt the next reuse. Only used while autograd is off:
+    under autograd a value from another graph is never handed out, and nothing is stored.
+    Tensors that track no versions (inference mode) are not cached.
+    """
+
+    def __init__(self) -> None:
+        self._tensors: Tuple[torch.Tensor, ...] = ()
+        self._versions: Tuple[int, ...] = ()
+        self._num_keys = 0
+        self._value: Any = None
+        #: Number of lookups answered from the cache (for tests and profiling).
+        self.hits = 0
+
+    @staticmethod
+    def _usable(tensors: Sequence[torch.Tensor]) -> bool:
+        return not torch.is_grad_enabled() and not any(t.is_inference() for t in tensors)
+
+    def get(self, tensors: Sequence[torch.Tensor]) -> Any:
+        """The value stored for exactly these tensors at their current versions, or None."""
+        if self._value is None or not self._usable(tensors):
+            return None
+        if len(tensors) != self._num_keys or not all(a is b for a, b in zip(tensors, self._tensors)):
+            return None
+        if tuple(t._version for t in self._tensors) != self._versions:
+            return None
+        self.hits += 1
+        return self._value
+
+    def put(
+        self, tensors: Sequence[torch.Tensor], value: Any, outputs: Sequence[torch.Tensor] = ()
+    ) -> None:
+        """Remember ``value`` for ``tensors``; ``outputs``: the value's tensors that callers
+        receive (nothing is stored while autograd records)."""
+        if self._usable(tensors):
+            self._tensors = (*tensors, *outputs)
+            self._num_keys = len(tensors)
+            self._versions = tuple(t._version for t in self._tensors)
+            self._value = value
+
+    def clear(self) -> None:
+        """Forget the stored value (and release its tensors)."""
+        self._tensors, self._versions, self._num_keys, self._value = (), (), 0, None
+
+
+@dataclass(frozen=True)
+class _BetweenKernels:
+    """Hand-written kernels of one element class for ``e = Log(Z⁻¹ Xᵢ⁻¹ Xⱼ)``
+    (:mod:`posegraph.geometry`)."""
+
+    #: ``(Xᵢ, Xⱼ, Z) ↦ BetweenLogParts``: ``e``, ``Xᵢ⁻¹Xⱼ`` and the logarithm's scalars.
+    log_parts: Callable[..., geometry.BetweenLogParts]
+    #: ``BetweenLogParts ↦ ∂e/∂δⱼ = J_r⁻¹(e)``, without a second logarithm.
+    jacobian: Callable[[geometry.BetweenLogParts], torch.Tensor]
+    #: ``(M, Xᵢ⁻¹Xⱼ) ↦ M·Ad((Xᵢ⁻¹Xⱼ)⁻¹)``, so ``∂e/∂δᵢ = −∂e/∂δⱼ·Ad(Xⱼ⁻¹Xᵢ)``.
+    mul_adjoint_inverse: Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+
+
+_BETWEEN_KERNELS: Dict[type, _BetweenKernels] = {
+    th.SE3: _BetweenKernels(
+        geometry.se3_between_log_parts,
+        geometry.se3_between_jacobian_from_parts,
+        geometry.se3_mul_adjoint_inverse,
+    ),
+    th.SE2: _BetweenKernels(
+        geometry.se2_between_log_parts,
+        geometry.se2_between_jacobian_from_parts,
+        geometry.se2_mul_adjoint_inverse,
+    ),
 }
 
 
@@ -146,6 +216,12 @@ class BetweenEdges(BlockSparseCostFunction):
     (Solà et al. 2018, "A micro Lie theory for state estimation in robotics", eqs. 28–31).
     SE3 and SE2 edges use the hand-written kernels of :mod:`posegraph.geometry` (``J`` is
     the right Jacobian inverse ``J_r⁻¹(e)``); other element classes use Theseus' operations.
+
+    With autograd off, the logarithm of the last evaluation (error, ``Xᵢ⁻¹Xⱼ``, its angle
+    terms) is kept in :attr:`log_cache`, keyed by the pose, measurement and edge tensors: an
+    LM step evaluates the error at ``x + δ`` and, once accepted, linearizes at that same
+    point, so the linearization reuses it (and an error evaluation after a linearization
+    reuses the linearization's).
 
     Args:
         poses: the packed poses (``th.SE3`` or ``th.SE2`` elements).
@@ -169,6 +245,7 @@ class BetweenEdges(BlockSparseCostFunction):
         self.measurements = measurements
         self.edges = edges.to(device=poses.tensor.device, dtype=torch.long)
         self._rows = torch.arange(edges.shape[0], device=self.edges.device)
+        self.log_cache = EvaluationCache()
         self.register_optim_vars(["poses"])
         self.register_aux_vars(["measurements"])
 
@@ -189,20 +266,29 @@ class BetweenEdges(BlockSparseCostFunction):
         size = (batch, self.num_blocks, *self.poses.element_shape)
         return xi.expand(size), xj.expand(size), z.expand(size)
 
+    def _log_parts(self, kernels: _BetweenKernels) -> geometry.BetweenLogParts:
+        """``Log(Z⁻¹ Xᵢ⁻¹ Xⱼ)`` with its intermediates, from :attr:`log_cache` when the pose,
+        measurement and edge tensors are those of the last evaluation (autograd off)."""
+        key = (self.poses.tensor, self.measurements.tensor, self.edges)
+        parts = self.log_cache.get(key)
+        if parts is None:
+            parts = kernels.log_parts(*self._endpoints(self._batch()))
+            self.log_cache.put(key, parts, outputs=(parts.err,))
+        return parts
+
     def block_error(self) -> torch.Tensor:
-        batch = self._batch()
         kernels = _BETWEEN_KERNELS.get(self.poses.element_cls)
         if kernels is None:
-            return self._generic_error_jacobians(batch, False)[1]
-        return kernels[0](*self._endpoints(batch))
+            return self._generic_error_jacobians(self._batch(), False)[1]
+        return self._log_parts(kernels).err
 
     def block_jacobians(self) -> Tuple[List[torch.Tensor], torch.Tensor]:
-        batch = self._batch()
         kernels = _BETWEEN_KERNELS.get(self.poses.element_cls)
         if kernels is None:
-            return self._generic_error_jacobians(batch, True)
-        err, j_j, rel = kernels[1](*self._endpoints(batch))
-        return [-kernels[2](j_j, rel), j_j], err
+            return self._generic_error_jacobians(self._batch(), True)
+        parts = self._log_parts(kernels)
+        j_j = kernels.jacobian(parts)
+        return [-kernels.mul_adjoint_inverse(j_j, parts.rel), j_j], parts.err
 
     def weighted_block_jacobians_error(self) -> Tuple[List[torch.Tensor], torch.Tensor]:
         """Weighted Jacobian blocks and error, weighting one Jacobian instead of two.
@@ -214,10 +300,12 @@ class BetweenEdges(BlockSparseCostFunction):
         kernels = _BETWEEN_KERNELS.get(self.poses.element_cls)
         if kernels is None:
             return super().weighted_block_jacobians_error()
-        err, j_j, rel = kernels[1](*self._endpoints(self._batch()))
+        parts = self._log_parts(kernels)
         weight: BlockCostWeight = self.weight
-        (w_j,), werr = weight.weight_block_jacobians_and_error([j_j], [self._rows], err)
-        return [-kernels[2](w_j, rel), w_j], werr
+        (w_j,), werr = weight.weight_block_jacobians_and_error(
+            [kernels.jacobian(parts)], [self._rows], parts.err
+        )
+        return [-kernels.mul_adjoint_inverse(w_j, parts.rel), w_j], werr
 
     def _generic_error_jacobians(self, batch: int, jacobians: bool):
         """Other element classes (points): Theseus' own group operations."""

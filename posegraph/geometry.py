@@ -28,7 +28,7 @@ References
 
 from __future__ import annotations
 
-from typing import Callable, Tuple
+from typing import Callable, NamedTuple, Tuple
 
 import torch
 from torch import Tensor
@@ -46,9 +46,12 @@ __all__ = [
     "se3_inverse",
     "se3_compose",
     "se3_retract",
+    "BetweenLogParts",
     "se3_between_error",
     "se3_between_error_jacobians",
     "se3_between_parts",
+    "se3_between_log_parts",
+    "se3_between_jacobian_from_parts",
     "se3_mul_adjoint_inverse",
     "se2_exp",
     "se2_log",
@@ -60,6 +63,8 @@ __all__ = [
     "se2_between_error",
     "se2_between_error_jacobians",
     "se2_between_parts",
+    "se2_between_log_parts",
+    "se2_between_jacobian_from_parts",
     "se2_mul_adjoint_inverse",
 ]
 
@@ -424,18 +429,47 @@ def se3_adjoint(x: Tensor) -> Tensor:
     return _block_upper(rot, tr, rot)
 
 
+class BetweenLogParts(NamedTuple):
+    """A between residual ``e = Log(Z⁻¹ Xᵢ⁻¹ Xⱼ)`` with the intermediates its Jacobians need,
+    so that an error evaluation can be reused by the linearization at the same point.
+
+    Attributes:
+        err: ``e``, ``(..., d)``.
+        rel: ``Xᵢ⁻¹ Xⱼ`` (for ``∂e/∂δᵢ = −∂e/∂δⱼ · Ad(rel⁻¹)``).
+        log_scalars: the logarithm's scalars that ``J_r⁻¹(e)`` reuses: SE(3)
+            ``(θ², sin θ, cos θ)`` of ``e``'s rotation; SE(2) ``(α,)``, ``α = (θ/2) cot(θ/2)``.
+    """
+
+    err: Tensor
+    rel: Tensor
+    log_scalars: Tuple[Tensor, ...]
+
+
+def se3_between_log_parts(xi: Tensor, xj: Tensor, z: Tensor) -> BetweenLogParts:
+    """``e = Log(E)``, ``E = Z⁻¹ Xᵢ⁻¹ Xⱼ`` ([Barfoot] eq. 7.86 via :func:`_se3_log_parts`),
+    with ``rel = Xᵢ⁻¹ Xⱼ`` and ``(θ², sin θ, cos θ)``: everything
+    :func:`se3_between_jacobian_from_parts` needs, without a second logarithm."""
+    rel = _se3_inv_compose(xi, xj)
+    err, theta2, sine, cosine = _se3_log_parts(_se3_inv_compose(z, rel))
+    return BetweenLogParts(err, rel, (theta2, sine, cosine))
+
+
+def se3_between_jacobian_from_parts(parts: BetweenLogParts) -> Tensor:
+    """``∂e/∂δⱼ = J_r⁻¹(e)`` ``(..., 6, 6)`` ([Solà] eqs. 179–180; see
+    :func:`_se3_jr_inv_blocks`) from :func:`se3_between_log_parts`' result."""
+    return _se3_jr_inv(parts.err, *parts.log_scalars)
+
+
 def se3_between_error(xi: Tensor, xj: Tensor, z: Tensor) -> Tensor:
     """``e = Log(Z⁻¹ Xᵢ⁻¹ Xⱼ)``, ``(..., 6)``."""
-    return se3_log(_se3_inv_compose(z, _se3_inv_compose(xi, xj)))
+    return se3_between_log_parts(xi, xj, z).err
 
 
 def se3_between_parts(xi: Tensor, xj: Tensor, z: Tensor) -> Tuple[Tensor, Tensor, Tensor]:
     """``e = Log(E)``, ``E = Z⁻¹ Xᵢ⁻¹ Xⱼ``, its Jacobian ``∂e/∂δⱼ = J_r⁻¹(e)`` and
     ``rel = Xᵢ⁻¹ Xⱼ`` (for ``∂e/∂δᵢ``, see :func:`se3_between_error_jacobians`)."""
-    rel = _se3_inv_compose(xi, xj)
-    err, theta2, sine, cosine = _se3_log_parts(_se3_inv_compose(z, rel))
-    jinv, top_right = _se3_jr_inv_blocks(err, theta2, sine, cosine)
-    return err, _block_upper(jinv, top_right, jinv), rel
+    parts = se3_between_log_parts(xi, xj, z)
+    return parts.err, se3_between_jacobian_from_parts(parts), parts.rel
 
 
 def se3_mul_adjoint_inverse(m: Tensor, rel: Tensor) -> Tensor:
@@ -576,16 +610,29 @@ def se2_adjoint(x: Tensor) -> Tensor:
     return torch.stack([c, -s, ty, s, c, -tx, zero, zero, one], dim=-1).reshape(*c.shape, 3, 3)
 
 
+def se2_between_log_parts(xi: Tensor, xj: Tensor, z: Tensor) -> BetweenLogParts:
+    """SE(2) version of :func:`se3_between_log_parts`: ``e = Log(Z⁻¹ Xᵢ⁻¹ Xⱼ)`` ([Solà]
+    eq. 158 via :func:`_se2_log_parts`), ``rel = Xᵢ⁻¹ Xⱼ`` and ``(α,)``."""
+    rel = _se2_inv_compose(xi, xj)
+    err, alpha, _ = _se2_log_parts(_se2_inv_compose(z, rel))
+    return BetweenLogParts(err, rel, (alpha,))
+
+
+def se2_between_jacobian_from_parts(parts: BetweenLogParts) -> Tensor:
+    """``∂e/∂δⱼ = J_r⁻¹(e)`` ``(..., 3, 3)`` ([Solà] eq. 163; see :func:`_se2_jr_inv`) from
+    :func:`se2_between_log_parts`' result."""
+    return _se2_jr_inv(parts.err, *parts.log_scalars)
+
+
 def se2_between_error(xi: Tensor, xj: Tensor, z: Tensor) -> Tensor:
     """``e = Log(Z⁻¹ Xᵢ⁻¹ Xⱼ)``, ``(..., 3)``."""
-    return se2_log(_se2_inv_compose(z, _se2_inv_compose(xi, xj)))
+    return se2_between_log_parts(xi, xj, z).err
 
 
 def se2_between_parts(xi: Tensor, xj: Tensor, z: Tensor) -> Tuple[Tensor, Tensor, Tensor]:
     """SE(2) version of :func:`se3_between_parts`: ``(e, J_r⁻¹(e), Xᵢ⁻¹ Xⱼ)``."""
-    rel = _se2_inv_compose(xi, xj)
-    err, alpha, _ = _se2_log_parts(_se2_inv_compose(z, rel))
-    return err, _se2_jr_inv(err, alpha), rel
+    parts = se2_between_log_parts(xi, xj, z)
+    return parts.err, se2_between_jacobian_from_parts(parts), parts.rel
 
 
 def se2_mul_adjoint_inverse(m: Tensor, rel: Tensor) -> Tensor:
