@@ -20,9 +20,8 @@ import warnings
 from pathlib import Path
 from typing import List, Optional
 
-import torch
-
 import posegraph as pg
+import torch  # noqa: E402 (after posegraph, which sets OpenMP's wait policy first)
 
 warnings.filterwarnings("ignore")
 DEFAULT_DATASETS = Path(__file__).resolve().parents[1].parent / "shared" / "datasets" / "g2o"

@@ -30,12 +30,8 @@ import sys
 import time
 from typing import Callable, Dict, List
 
-import torch
-
 if __package__ in (None, ""):  # run as a script: make the repository root importable
     sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-
-import theseus as th  # noqa: E402
 
 from posegraph.builder import build_problem, mesh_term  # noqa: E402
 from posegraph.mesh import LaplacianSmoothingCost, icosphere, taubin_smooth  # noqa: E402
@@ -43,6 +39,8 @@ from posegraph.solve.cholmod import CholmodSolver  # noqa: E402
 from posegraph.solve.optimize import SolverOptions, optimize  # noqa: E402
 from posegraph.synthetic import mesh_observations  # noqa: E402
 from posegraph.variables import ManifoldArray  # noqa: E402
+import theseus as th  # noqa: E402
+import torch  # noqa: E402 (after posegraph, which sets OpenMP's wait policy first)
 
 
 def _sync(device: torch.device) -> None:

@@ -25,12 +25,12 @@ import warnings
 from pathlib import Path
 from typing import Any, Dict, List, Optional
 
-import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # this checkout's posegraph
 import posegraph as pg  # noqa: E402
 from posegraph.solve.optimize import make_optimizer  # noqa: E402
 from posegraph.synthetic import large_se2, sphere_se3  # noqa: E402
+import torch  # noqa: E402 (after posegraph, which sets OpenMP's wait policy first)
 
 warnings.filterwarnings("ignore")
 DEFAULT_SIZES = [1000, 3000, 10000, 30000, 100000]

@@ -67,6 +67,10 @@ Numerics
     branches; ``BetweenEdges`` and ``ManifoldArray`` run on them.
 """
 
+from ._openmp import prefer_passive_waiting
+
+prefer_passive_waiting()  # before torch loads (see posegraph._openmp)
+
 from . import geometry, synthetic
 from .builder import MeshTerm, PoseGraphBuilder, PoseGraphProblem, build_problem, mesh_term
 from .costs import BetweenEdges, BlockSparseCostFunction, JacobianBlocks, PointObservations

@@ -69,6 +69,11 @@ def _parser() -> argparse.ArgumentParser:
     o.add_argument("--robust-edges", choices=["all", "loop-closures"], default="all",
                    help="edges the kernel applies to; loop closures: ids not consecutive (default all)")
     o.add_argument("--linear-solver", choices=["auto", "cholmod", "dense", "batched_dense", "cg"], default="auto")
+    o.add_argument("--cholmod-mode", choices=["auto", "supernodal", "simplicial"], default="auto",
+                   help="CHOLMOD factorization (auto: from the estimated fill of the factor)")
+    o.add_argument("--no-factor-reuse", dest="reuse_factor", action="store_false",
+                   help="refactor at every solve (default: reuse the last CHOLMOD factor through "
+                        "preconditioned CG while that converges in a few iterations)")
     o.add_argument("--dtype", choices=["float64", "float32"], default="float64")
     o.add_argument("--mesh", metavar="MESH.obj",
                    help="regularize the graph's 3D points with the Laplacian of this mesh: OBJ vertex k "
@@ -178,6 +183,8 @@ def cmd_optimize(args: argparse.Namespace) -> int:
         rel_tolerance=args.rel_tol,
         abs_tolerance=args.abs_tol,
         linear_solver=args.linear_solver,
+        cholmod_mode=args.cholmod_mode,
+        reuse_factor=args.reuse_factor,
     )
     progress = _progress(args)
     debug = None

@@ -8,6 +8,8 @@ per iteration, ``posegraph optimize --verbose``).
 
 from __future__ import annotations
 
+import dataclasses
+
 import sys
 import time
 from typing import IO, Any, Dict, Optional
@@ -108,6 +110,8 @@ def summary(
         "device": result.device,
         "time_s": {k: round(v, 6) for k, v in timings.items()},
     }
+    if result.factor_stats is not None:
+        out["cholmod"] = dataclasses.asdict(result.factor_stats)
     if graph.landmarks is not None:
         out["num_points"] = graph.landmarks.num_points
         out["num_point_observations"] = graph.landmarks.num_observations
@@ -129,6 +133,10 @@ def format_summary(s: Dict[str, Any]) -> str:
         f"error (χ²/2) {s['initial_error']:.10g} -> {s['final_error']:.10g}",
         f"time         {times}",
     ]
+    if s.get("cholmod"):
+        c = s["cholmod"]
+        lines.insert(2, f"cholmod      {c['mode']}: {c['factorizations']} factorizations, "
+                        f"{c['reused']} solves by the last factor ({c['cg_iterations']} CG iterations)")
     if s.get("robust"):
         r = s["robust"]
         lines.insert(3, f"robust       {r['kernel']} on {r['edges']} edges (chi2, error: Σρ(eᵀΩe), ½ of it)")

@@ -448,3 +448,19 @@ def test_mesh_bad_files(tmp_path, capsys, mesh_files):
     code, _, err = run_cli(capsys, graph, "--mesh-output", tmp_path / "x.obj")
     assert code == EXIT_BAD_INPUT and "--mesh-output needs --mesh" in err
     assert not (tmp_path / "x.obj").exists()
+
+
+def test_cholmod_flags_and_report(tmp_path, capsys):
+    path = Path(__file__).resolve().parents[1] / "data" / "sphere_se3.g2o"
+    code, out, _ = run_cli(capsys, path, "--json", "--quiet")
+    default = json.loads(out)
+    assert code == 0 and default["cholmod"]["reused"] > 0
+    assert default["cholmod"]["factorizations"] + default["cholmod"]["reused"] == default["iterations"]
+    code, out, _ = run_cli(capsys, path, "--json", "--quiet", "--no-factor-reuse", "--cholmod-mode", "simplicial")
+    fresh = json.loads(out)
+    assert code == 0 and fresh["cholmod"] == {
+        "mode": "simplicial", "factorizations": fresh["iterations"], "reused": 0, "cg_iterations": 0
+    }
+    assert fresh["final_error"] == pytest.approx(default["final_error"], rel=1e-9)
+    code, out, _ = run_cli(capsys, path, "--quiet")
+    assert code == 0 and "cholmod      " in out and "factorizations" in out

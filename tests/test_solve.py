@@ -341,3 +341,95 @@ def test_between_weighted_jacobians_equal_weighting_each(kind, weight):
     torch.testing.assert_close(err, ref_err)
     for a, b in zip(got, ref):
         torch.testing.assert_close(a, b)
+
+
+# -- CHOLMOD: lagged factors, factorization mode ------------------------------------------
+
+
+def normal_system(kind: str, n: int, seed: int):
+    """Aᵀ (CSC), the right-hand side Aᵀb and the CHOLMOD solver of a random graph."""
+    opt, lin = linearized_cholmod(kind, n=n, seed=seed)
+    at = lin.structure().csc_transpose(lin.A_val[0].numpy())
+    return at, at @ lin.b[0].numpy(), opt.linear_solver
+
+
+def test_lagged_factor_cg_converges_with_a_nearby_factor_and_gives_up_with_a_far_one():
+    import numpy as np
+
+    from posegraph.solve.cholmod import lagged_factor_cg
+
+    at, rhs, solver = normal_system("SE3", n=9, seed=11)
+    exact = solver.symbolic.cholesky_AAt(at, beta=1e-6)
+    x, its = lagged_factor_cg(at, rhs, 1e-6, exact, 1e-10, 10)
+    assert its == 1 and np.allclose(x, exact(rhs), rtol=1e-9, atol=1e-12)
+    near = solver.symbolic.cholesky_AAt(at * 1.001, beta=1e-6)
+    x, its = lagged_factor_cg(at, rhs, 1e-6, near, 1e-10, 10)
+    assert 1 < its <= 10
+    h = (at @ at.T).toarray() + 1e-6 * np.eye(at.shape[0])
+    assert np.linalg.norm(h @ x - rhs) <= 1e-10 * np.linalg.norm(rhs)
+    far = solver.symbolic.cholesky_AAt(at, beta=1e3)  # heavy damping: a poor preconditioner
+    x, its = lagged_factor_cg(at, rhs, 1e-6, far, 1e-10, 10)
+    assert x is None and its < 10
+    zero, its = lagged_factor_cg(at, 0 * rhs, 1e-6, exact, 1e-10, 10)
+    assert its == 0 and not zero.any()
+
+
+def solve_bundled(name: str, **options):
+    from pathlib import Path
+
+    g = pg.initialize(pg.read_g2o(Path(__file__).resolve().parents[1] / "data" / name))
+    problem = pg.build_problem(g)
+    with torch.no_grad():
+        return pg.optimize(problem, pg.SolverOptions(linear_solver="cholmod", **options))
+
+
+@pytest.mark.parametrize("name", ["sphere_se3.g2o", "grid_se2.g2o"])
+def test_factor_reuse_saves_factorizations_and_keeps_the_optimum(name):
+    fresh = solve_bundled(name, reuse_factor=False)
+    reused = solve_bundled(name)
+    assert fresh.factor_stats.reused == 0
+    assert fresh.factor_stats.factorizations == fresh.iterations
+    assert reused.factor_stats.reused > 0
+    assert reused.factor_stats.factorizations + reused.factor_stats.reused == reused.iterations
+    assert reused.iterations == fresh.iterations
+    torch.testing.assert_close(reused.final_error, fresh.final_error, rtol=1e-9, atol=0)
+
+
+def test_factor_reuse_only_without_gradients():
+    opt, lin = linearized_cholmod("SE2", n=6, seed=3)
+    solver = opt.linear_solver
+    a_val = lin.A_val.detach().clone().requires_grad_(True)
+    with torch.no_grad():
+        assert solver.reuse_allowed(a_val, lin.b)
+    with torch.enable_grad():
+        assert not solver.reuse_allowed(a_val, lin.b)
+        assert solver.reuse_allowed(lin.A_val.detach(), lin.b.detach())
+    solver.reuse_factor = False
+    with torch.no_grad():
+        assert not solver.reuse_allowed(a_val, lin.b)
+
+
+def test_recorded_solves_always_factor():
+    """Unroll mode records every solve: each gets its own factorization (its backward needs it)."""
+    problem = pg.build_problem(random_graph("SE2", n=6, seed=2))
+    problem.poses.tensor.requires_grad_(True)
+    res = pg.optimize(problem, pg.SolverOptions(linear_solver="cholmod", max_iterations=4))
+    assert res.factor_stats.reused == 0 and res.factor_stats.factorizations >= res.iterations
+
+
+@pytest.mark.parametrize("mode", ["supernodal", "simplicial"])
+def test_cholmod_modes_agree(mode):
+    auto = solve_bundled("sphere_se3.g2o")
+    forced = solve_bundled("sphere_se3.g2o", cholmod_mode=mode)
+    assert forced.factor_stats.mode == mode
+    torch.testing.assert_close(forced.final_error, auto.final_error, rtol=1e-9, atol=0)
+
+
+def test_cholmod_mode_is_validated():
+    from posegraph.solve.cholmod import CholmodSolver
+
+    with pytest.raises(ValueError, match=r"cholmod_mode: expected one of auto, supernodal, simplicial, received 'dense'"):
+        pg.SolverOptions(cholmod_mode="dense").validate()
+    problem = pg.build_problem(random_graph("SE2", n=4, seed=1))
+    with pytest.raises(ValueError, match=r"mode: expected one of .* received 'fast'"):
+        CholmodSolver(problem.objective, mode="fast")

@@ -22,7 +22,7 @@ import torch
 from ..builder import PoseGraphProblem
 from ..errors import OptimizationError
 from .batched import BlockSparseSolver, ConjugateGradientSolver, DenseCholeskySolver, cuda_extensions_available
-from .cholmod import CholmodSolver
+from .cholmod import CHOLMOD_MODES, CholmodSolver, FactorStats
 from .linearization import BlockSparseLinearization
 
 SOLVERS = ("gn", "lm")
@@ -162,6 +162,12 @@ class SolverOptions:
             (Theseus' ``LUCudaSparseSolver`` / ``BaspachoSparseSolver``; need its compiled
             extensions, and form per-cost dense Jacobians: small graphs).
         damping: LM's initial λ.
+        cholmod_mode: CHOLMOD's factorization, ``"auto"`` (from the estimated fill,
+            :func:`~posegraph.solve.symbolic.choose_cholmod_mode`), ``"supernodal"`` or
+            ``"simplicial"``.
+        reuse_factor: let CHOLMOD serve a solve with the last factorization through
+            preconditioned CG when that converges quickly (see
+            :class:`~posegraph.solve.cholmod.CholmodSolver`); ``False`` refactors every solve.
         threads: torch intra-op threads while optimizing (restored afterwards); ``None``
             leaves torch's setting alone. The per-edge tensors are small (~10⁵ values), so
             threads gain little on an idle machine and can stall every operation when the
@@ -174,6 +180,8 @@ class SolverOptions:
     abs_tolerance: float = 1e-10
     linear_solver: str = "auto"
     damping: float = 1e-5
+    cholmod_mode: str = "auto"
+    reuse_factor: bool = True
     threads: Optional[int] = None
 
     def validate(self) -> None:
@@ -182,6 +190,10 @@ class SolverOptions:
         if self.linear_solver not in LINEAR_SOLVERS:
             raise ValueError(
                 f"linear_solver: expected one of {', '.join(LINEAR_SOLVERS)}, received {self.linear_solver!r}"
+            )
+        if self.cholmod_mode not in CHOLMOD_MODES:
+            raise ValueError(
+                f"cholmod_mode: expected one of {', '.join(CHOLMOD_MODES)}, received {self.cholmod_mode!r}"
             )
         if self.max_iterations < 0:
             raise ValueError(f"max_iterations: expected ≥ 0, received {self.max_iterations}")
@@ -210,6 +222,7 @@ class SolveResult:
     time_s: float
     history: List[IterationRecord] = field(default_factory=list)
     info: Optional[th.NonlinearOptimizerInfo] = None
+    factor_stats: Optional[FactorStats] = None  # CHOLMOD's factorizations and reused factors
 
     @property
     def converged(self) -> bool:
@@ -253,15 +266,19 @@ def resolve_linear_solver(
     return "batched_dense" if num_columns <= DENSE_MAX_COLUMNS else "cg"
 
 
-def _linear_solver_kwargs(linear: str) -> Dict:
-    """Theseus optimizer kwargs selecting linear solver ``linear`` (a resolved name)."""
+def _linear_solver_kwargs(linear: str, options: Optional["SolverOptions"] = None) -> Dict:
+    """Theseus optimizer kwargs selecting linear solver ``linear`` (a resolved name), with
+    ``options``' CHOLMOD settings."""
     if linear == "dense":
         return dict(linear_solver_cls=th.CholeskyDenseSolver, linearization_cls=th.DenseLinearization)
     if linear in ("lu_cuda", "baspacho"):  # Theseus' compiled solvers, over its own linearization
         cls = th.LUCudaSparseSolver if linear == "lu_cuda" else th.BaspachoSparseSolver
         return dict(linear_solver_cls=cls, linearization_cls=th.SparseLinearization)
     cls = {"cholmod": CholmodSolver, "batched_dense": DenseCholeskySolver, "cg": ConjugateGradientSolver}[linear]
-    return dict(linear_solver_cls=cls, linearization_cls=BlockSparseLinearization)
+    kwargs: Dict = dict(linear_solver_cls=cls, linearization_cls=BlockSparseLinearization)
+    if linear == "cholmod" and options is not None:
+        kwargs["linear_solver_kwargs"] = dict(mode=options.cholmod_mode, reuse_factor=options.reuse_factor)
+    return kwargs
 
 
 def problem_linear_solver(problem: PoseGraphProblem, options: "SolverOptions") -> str:
@@ -281,7 +298,7 @@ def make_optimizer(problem: PoseGraphProblem, options: SolverOptions) -> th.Nonl
         rel_err_tolerance=options.rel_tolerance,
         abs_err_tolerance=options.abs_tolerance,
     )
-    kwargs.update(_linear_solver_kwargs(linear))
+    kwargs.update(_linear_solver_kwargs(linear, options))
     cls = LevenbergMarquardt if options.solver == "lm" else GaussNewton
     with warnings.catch_warnings():  # vectorization is ours (packed costs), not Theseus'
         warnings.filterwarnings("ignore", message="Vectorization is off by default")
@@ -386,6 +403,7 @@ def _optimize(
         time_s=time.perf_counter() - start,
         history=history,
         info=info,
+        factor_stats=getattr(opt.linear_solver, "stats", None),
     )
 
 

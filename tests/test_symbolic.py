@@ -1,0 +1,101 @@
+"""Factor-cost estimate on the block graph (posegraph.solve.symbolic) against CHOLMOD's own."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import scipy.sparse as sp
+import theseus as th
+import torch
+from sksparse.cholmod import analyze
+
+import posegraph as pg
+from posegraph.solve import symbolic
+from posegraph.solve.optimize import make_optimizer
+from posegraph.synthetic import sphere_se3
+
+DATA = Path(__file__).resolve().parents[1] / "data"
+
+
+def linearization(graph: pg.PoseGraph, **build):
+    problem = pg.build_problem(pg.initialize(graph), **build)
+    opt = make_optimizer(problem, pg.SolverOptions(linear_solver="cholmod"))
+    lin = opt.linear_solver.linearization
+    lin.linearize()
+    return lin
+
+
+def scalar_factor_cost(lin, ordering):
+    """nnz(L) and Σ c_j² of CHOLMOD's simplicial factor of the scalar pattern of AᵀA (A's
+    values set to 1, so no entry cancels) plus I, eliminated in ``ordering``."""
+    a = lin.A_scipy()
+    a.data[:] = 1.0
+    h = (a.T @ a + sp.identity(a.shape[1], format="csr")).tocsc()
+    h = h[ordering][:, ordering].tocsc()
+    lower = analyze(h, mode="simplicial", ordering_method="natural").cholesky(h).L().tocsc()
+    counts = np.diff(lower.indptr).astype(float)
+    return counts.sum(), (counts**2).sum()
+
+
+@pytest.mark.parametrize(
+    "graph",
+    [
+        pg.read_g2o(DATA / "sphere_se3.g2o"),
+        pg.read_g2o(DATA / "grid_se2.g2o"),
+    ],
+    ids=["sphere_se3", "grid_se2"],
+)
+def test_estimate_equals_scalar_factor_in_the_same_order(graph):
+    lin = linearization(graph)
+    sizes = symbolic.column_block_sizes(lin)
+    assert sizes.sum() == lin.num_cols
+    graph_b = symbolic.block_graph(lin, sizes)
+    block_order = analyze(graph_b, mode="simplicial", ordering_method="amd").P()
+    starts = np.concatenate([[0], np.cumsum(sizes)[:-1]])
+    scalar_order = np.concatenate([np.arange(starts[b], starts[b] + sizes[b]) for b in block_order])
+    nnz, flops = scalar_factor_cost(lin, scalar_order)
+    est = symbolic.estimate_factor_cost(lin)
+    assert est.nonzeros == pytest.approx(nnz, rel=1e-12)
+    assert est.flops == pytest.approx(flops, rel=1e-12)
+
+
+def test_column_blocks_follow_variables_and_skip_fixed_poses():
+    g = pg.read_g2o(DATA / "mesh_demo.g2o")  # SE3 poses (one fixed) and TRACKXYZ points
+    lin = linearization(g)
+    sizes = symbolic.column_block_sizes(lin)
+    free = int((~g.gauge_fixed()).sum())
+    assert list(np.unique(sizes)) == [3, 6]
+    assert (sizes == 6).sum() == free
+    assert (sizes == 3).sum() == g.landmarks.num_points
+
+
+def test_mode_follows_fill():
+    sparse = sphere_se3(num_rings=2, poses_per_ring=40, seed=0)[0]  # two rings: little fill
+    dense = sphere_se3(num_rings=12, poses_per_ring=50, seed=0)[0]  # sphere: separators of rings
+    lo = symbolic.estimate_factor_cost(linearization(sparse))
+    hi = symbolic.estimate_factor_cost(linearization(dense))
+    assert lo.flops_per_nonzero < symbolic.SUPERNODAL_MIN_FLOPS_PER_NONZERO <= hi.flops_per_nonzero
+    assert symbolic.choose_cholmod_mode(linearization(sparse)) == "simplicial"
+    assert symbolic.choose_cholmod_mode(linearization(dense)) == "supernodal"
+
+
+def test_large_graphs_skip_the_estimate(monkeypatch):
+    lin = linearization(sphere_se3(num_rings=2, poses_per_ring=40, seed=0)[0])
+    monkeypatch.setattr(symbolic, "MAX_ESTIMATED_BLOCKS", 10)
+    monkeypatch.setattr(symbolic, "estimate_factor_cost", lambda *a: pytest.fail("estimated"))
+    assert symbolic.choose_cholmod_mode(lin) == "supernodal"
+
+
+def test_user_variables_are_one_block_each():
+    x = th.Vector(tensor=torch.zeros(1, 4, dtype=torch.float64), name="x")
+    obj = th.Objective(dtype=torch.float64)
+    target = th.Vector(tensor=torch.ones(1, 4, dtype=torch.float64), name="t")
+    obj.add(th.Difference(x, target, th.ScaleCostWeight(torch.ones(1, 1, dtype=torch.float64)), name="d"))
+    from posegraph.solve.linearization import BlockSparseLinearization
+
+    lin = BlockSparseLinearization(obj)
+    assert symbolic.column_block_sizes(lin).tolist() == [4]
+    cost = symbolic.estimate_factor_cost(lin)
+    assert cost.nonzeros == 10 and cost.flops == 1 + 4 + 9 + 16
