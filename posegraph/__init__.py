@@ -34,6 +34,14 @@ Meshes
 Solving
     ``optimize(problem, SolverOptions(...)) -> SolveResult`` — Gauss–Newton / LM on the
     vectorized CHOLMOD path (``BlockSparseLinearization`` + ``CholmodSolver``).
+    ``CholmodSolver(objective, mode="auto"|"supernodal"|"simplicial", reuse_factor=True)``
+    — supernodal or simplicial from the factor's fill estimated on the block graph
+    (``posegraph.solve.symbolic.estimate_factor_cost`` / ``choose_cholmod_mode``); solves
+    without recorded gradients first try CG preconditioned with the last factor
+    (``lagged_factor_cg``) and refactor only when it converges slowly. ``SolverOptions``'
+    ``cholmod_mode`` / ``reuse_factor`` set both; ``SolveResult.factor_stats`` counts
+    factorizations, reused factors and CG iterations. Importing posegraph before torch sets
+    ``OMP_WAIT_POLICY=PASSIVE`` unless set (``posegraph._openmp`` says why).
 Differentiable, batched solving
     ``PoseGraphLayer(graph | kind, edges, fixed)`` — ``torch.nn.Module`` over
     ``th.TheseusLayer``: ``layer(poses, measurements, information) -> (poses, LayerInfo)``

@@ -71,9 +71,10 @@ def _parser() -> argparse.ArgumentParser:
     o.add_argument("--linear-solver", choices=["auto", "cholmod", "dense", "batched_dense", "cg"], default="auto")
     o.add_argument("--cholmod-mode", choices=["auto", "supernodal", "simplicial"], default="auto",
                    help="CHOLMOD factorization (auto: from the estimated fill of the factor)")
-    o.add_argument("--no-factor-reuse", dest="reuse_factor", action="store_false",
-                   help="refactor at every solve (default: reuse the last CHOLMOD factor through "
-                        "preconditioned CG while that converges in a few iterations)")
+    o.add_argument("--reuse-factor", action=argparse.BooleanOptionalAction, default=True,
+                   help="serve a CHOLMOD solve with the last factor through preconditioned CG while "
+                        "that converges in a few iterations (default); --no-reuse-factor refactors "
+                        "at every solve")
     o.add_argument("--dtype", choices=["float64", "float32"], default="float64")
     o.add_argument("--mesh", metavar="MESH.obj",
                    help="regularize the graph's 3D points with the Laplacian of this mesh: OBJ vertex k "

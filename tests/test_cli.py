@@ -456,7 +456,7 @@ def test_cholmod_flags_and_report(tmp_path, capsys):
     default = json.loads(out)
     assert code == 0 and default["cholmod"]["reused"] > 0
     assert default["cholmod"]["factorizations"] + default["cholmod"]["reused"] == default["iterations"]
-    code, out, _ = run_cli(capsys, path, "--json", "--quiet", "--no-factor-reuse", "--cholmod-mode", "simplicial")
+    code, out, _ = run_cli(capsys, path, "--json", "--quiet", "--no-reuse-factor", "--cholmod-mode", "simplicial")
     fresh = json.loads(out)
     assert code == 0 and fresh["cholmod"] == {
         "mode": "simplicial", "factorizations": fresh["iterations"], "reused": 0, "cg_iterations": 0

@@ -220,3 +220,11 @@ def test_batched_config_drives_the_layer_benchmark(capsys):
     assert out["batch"] == 2 and out["device"] == "cpu" and out["dtype"] == "float64"
     assert out["batched"]["linear_solver"] == "cholmod"
     assert out["max_rel_error_difference_batched_vs_sequential"] < 1e-8
+
+
+def test_boolean_option_key_takes_its_value(tmp_path):
+    from posegraph.config import load_config
+
+    path = tmp_path / "c.yaml"
+    path.write_text("reuse_factor: false\ncholmod_mode: simplicial\n")
+    assert load_config(path) == {"reuse_factor": False, "cholmod_mode": "simplicial"}

@@ -1,0 +1,104 @@
+"""CHOLMOD supernodal vs simplicial factorization time against the estimated fill.
+
+    .venv/bin/python benchmarks/cholmod_modes.py [--datasets DIR] [--repeat N] [--json]
+
+For the shared datasets (when present) and generated sphere / 2D graphs of several sizes it
+prints the factor's estimated flops and flops per nonzero of L
+(:func:`posegraph.solve.symbolic.estimate_factor_cost`), the measured numeric factorization
+time of ``AᵀA + λI`` in each CHOLMOD mode (AMD ordering, best of N), the faster mode and the
+mode :func:`posegraph.solve.symbolic.choose_cholmod_mode` picks — the measurements behind
+``SUPERNODAL_MIN_FLOPS_PER_NONZERO``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import sys
+import time
+import warnings
+from pathlib import Path
+from typing import Any, Callable, Dict, Iterator, List, Optional, Tuple
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # this checkout's posegraph
+import posegraph as pg  # noqa: E402
+from posegraph.solve import symbolic  # noqa: E402
+from posegraph.solve.optimize import make_optimizer  # noqa: E402
+from posegraph.synthetic import large_se2, sphere_se3  # noqa: E402
+from sksparse.cholmod import analyze_AAt  # noqa: E402
+
+warnings.filterwarnings("ignore")
+DEFAULT_DATASETS = Path(__file__).resolve().parents[1].parent / "shared" / "datasets" / "g2o"
+FILES = ["smallGrid3D", "intel", "manhattan", "parking-garage", "sphere2500"]
+
+
+def best_ms(fn: Callable[[], Any], repeat: int) -> float:
+    fn()
+    times = []
+    for _ in range(repeat):
+        t0 = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t0)
+    return 1e3 * min(times)
+
+
+def graphs(datasets: Path) -> Iterator[Tuple[str, pg.PoseGraph]]:
+    for name in FILES:
+        path = datasets / f"{name}.g2o"
+        if path.exists():
+            yield name, pg.read_g2o(path)
+    for n in (300, 1000, 2500, 5000):
+        per_ring = max(10, int(round(math.sqrt(n))))
+        yield f"sphere-{n}", sphere_se3(num_rings=max(2, n // per_ring), poses_per_ring=per_ring, seed=0)[0]
+    for rings, per_ring in ((4, 50), (10, 100)):
+        yield f"sphere-{rings}x{per_ring}", sphere_se3(num_rings=rings, poses_per_ring=per_ring, seed=0)[0]
+    for n in (3000, 10000):
+        yield f"se2-{n}", large_se2(num_poses=n, seed=0)[0]
+
+
+def measure(name: str, graph: pg.PoseGraph, repeat: int) -> Dict[str, Any]:
+    problem = pg.build_problem(pg.initialize(graph))
+    lin = make_optimizer(problem, pg.SolverOptions(linear_solver="cholmod")).linear_solver.linearization
+    lin.linearize()
+    at = lin.structure().csc_transpose(lin.A_val[0].double().numpy())
+    cost = symbolic.estimate_factor_cost(lin)
+    times = {}
+    for mode in ("supernodal", "simplicial"):
+        sym = analyze_AAt(at, mode=mode, ordering_method="amd")
+        times[mode] = best_ms(lambda: sym.cholesky_AAt(at, beta=1e-6), repeat)
+    return {
+        "graph": name,
+        "columns": lin.num_cols,
+        "flops_m": cost.flops / 1e6,
+        "flops_per_nonzero": cost.flops_per_nonzero,
+        "supernodal_ms": times["supernodal"],
+        "simplicial_ms": times["simplicial"],
+        "faster": min(times, key=times.get),
+        "chosen": symbolic.choose_cholmod_mode(lin),
+    }
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--datasets", type=Path, default=Path(os.environ.get("POSEGRAPH_DATASETS", DEFAULT_DATASETS)))
+    ap.add_argument("--repeat", type=int, default=3, help="factorizations per mode (best kept)")
+    ap.add_argument("--json", action="store_true")
+    args = ap.parse_args(argv)
+    rows = []
+    for name, graph in graphs(args.datasets):
+        rows.append(measure(name, graph, args.repeat))
+        if not args.json:
+            r = rows[-1]
+            if len(rows) == 1:
+                print(f"{'graph':<18}{'columns':>8}{'Mflop':>9}{'flop/nnz':>9}{'supernodal':>12}{'simplicial':>12}  faster      chosen")
+            print(f"{r['graph']:<18}{r['columns']:>8}{r['flops_m']:>9.1f}{r['flops_per_nonzero']:>9.0f}"
+                  f"{r['supernodal_ms']:>10.2f}ms{r['simplicial_ms']:>10.2f}ms  {r['faster']:<11} {r['chosen']}", flush=True)
+    if args.json:
+        print(json.dumps(rows, indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
