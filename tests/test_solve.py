@@ -433,3 +433,20 @@ def test_cholmod_mode_is_validated():
     problem = pg.build_problem(random_graph("SE2", n=4, seed=1))
     with pytest.raises(ValueError, match=r"mode: expected one of .* received 'fast'"):
         CholmodSolver(problem.objective, mode="fast")
+
+
+def test_scipy_products_equal_the_torch_ones():
+    """Without autograd on CPU, Aᵀu and A v run on SciPy; with it, on torch: same values."""
+    opt, lin = linearized_cholmod("SE3", n=7, seed=8)
+    u = torch.randn(1, lin.num_rows)
+    v = torch.randn(1, lin.num_cols)
+    with torch.no_grad():
+        atu, av = lin.Atv(u), lin.Av(v)
+        leaf = lin.A_val.detach().clone().requires_grad_(True)  # needs detach() before numpy()
+        torch.testing.assert_close(lin.Atv(u, leaf), atu, rtol=0, atol=0)
+    a_grad = lin.A_val.detach().clone().requires_grad_(True)
+    torch.testing.assert_close(lin.Atv(u, a_grad), atu, rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(lin.Av(v, a_grad), av, rtol=1e-12, atol=1e-12)
+    assert lin.Atv(u, a_grad).requires_grad
+    dense = torch.as_tensor(lin.A_scipy().toarray())
+    torch.testing.assert_close(atu[0], dense.T @ u[0], rtol=1e-12, atol=1e-12)
