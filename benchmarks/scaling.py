@@ -109,11 +109,12 @@ def main(argv: Optional[List[str]] = None) -> int:
     ap.add_argument("--sizes", type=int, nargs="*", default=DEFAULT_SIZES)
     ap.add_argument("--kind", choices=["se2", "se3", "both"], default="se2")
     ap.add_argument("--iterations", type=int, default=5, help="LM iterations per graph")
-    ap.add_argument("--threads", type=int, default=0, help="torch threads (default: all cores)")
+    ap.add_argument("--threads", type=int, default=0, help="torch threads (default: torch's default)")
     ap.add_argument("--repeat", type=int, default=1, help="runs per graph, keep the fastest")
     ap.add_argument("--json", action="store_true")
     args = ap.parse_args(argv)
-    torch.set_num_threads(args.threads or max(1, os.cpu_count() or 1))
+    if args.threads:  # otherwise torch's own default, as the CLI runs (an explicit call is not neutral)
+        torch.set_num_threads(args.threads)
     kinds = ["se2", "se3"] if args.kind == "both" else [args.kind]
     rows = []
     if not args.json:
