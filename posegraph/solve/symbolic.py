@@ -10,9 +10,9 @@ Pose-graph columns come in blocks (one per pose: 3 or 6 columns with identical s
 the fill is computed on the *block graph* — one node per column block, an edge where two
 blocks share a row of ``A`` — which is 9–36 times smaller than ``AᵀA``. With ``d_b`` columns
 in block ``b`` and ``s_b`` columns in the blocks below it in ``L``'s block column, column
-``t = 1..d_b`` of the block has ``t + s_b`` nonzeros, so (George & Liu 1981, "Computer
-Solution of Large Sparse Positive Definite Systems", §2.2: a column with ``c`` nonzeros costs
-``c²`` flops, up to lower-order terms)
+``t = 1..d_b`` of the block has ``t + s_b`` nonzeros, so (a column of ``L`` with ``c``
+nonzeros costs about ``c²`` flops: the usual operation count of sparse Cholesky, Davis 2006,
+"Direct Methods for Sparse Linear Systems", ch. 4)
 
     nnz(L) = Σ_b d_b (d_b + 1)/2 + d_b s_b,
     flops  = Σ_b Σ_{t=1}^{d_b} (t + s_b)²
