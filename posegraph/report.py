@@ -9,7 +9,6 @@ per iteration, ``posegraph optimize --verbose``).
 from __future__ import annotations
 
 import dataclasses
-
 import sys
 import time
 from typing import IO, Any, Dict, Optional

@@ -29,6 +29,7 @@ from sksparse.cholmod import CholmodError, Factor, analyze_AAt
 from theseus.optimizer import Linearization
 
 from .batched import BlockSparseSolver, normal_solve_gradients
+from .linearization import records_gradient
 from .symbolic import choose_cholmod_mode
 
 CHOLMOD_MODES = ("auto", "supernodal", "simplicial")
@@ -198,8 +199,7 @@ class CholmodSolver(BlockSparseSolver):
     def reuse_allowed(self, a_val: torch.Tensor, b: torch.Tensor) -> bool:
         """Lagged factors serve a solve only when no gradient flows through it (the backward
         pass needs this matrix's own factor)."""
-        recording = torch.is_grad_enabled() and (a_val.requires_grad or b.requires_grad)
-        return self.reuse_factor and not recording
+        return self.reuse_factor and not records_gradient(a_val, b)
 
     def solve_one(
         self, index: int, at: sp.csc_matrix, rhs: np.ndarray, beta: float, exact: bool

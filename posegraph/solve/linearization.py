@@ -28,13 +28,20 @@ import torch
 from theseus.optimizer import Linearization, VariableOrdering
 from theseus.optimizer.linear_system import SparseStructure
 
-from ..costs import BlockSparseCostFunction
+from ..costs import BlockSparseCostFunction, EvaluationCache
+
+
+def records_gradient(*tensors: torch.Tensor) -> bool:
+    """Whether autograd records an operation on ``tensors`` (grad mode on and one of them
+    requires grad): then it must stay a torch operation, with its own exact values."""
+    return torch.is_grad_enabled() and any(t.requires_grad for t in tensors)
 
 
 def _plain_cpu(*tensors: torch.Tensor) -> bool:
     """All on CPU, same dtype, and no gradient to record (SciPy can do the product)."""
-    recording = torch.is_grad_enabled() and any(t.requires_grad for t in tensors)
-    return not recording and all(t.device.type == "cpu" and t.dtype == tensors[0].dtype for t in tensors)
+    return not records_gradient(*tensors) and all(
+        t.device.type == "cpu" and t.dtype == tensors[0].dtype for t in tensors
+    )
 
 
 @dataclass
@@ -83,7 +90,7 @@ class BlockSparseLinearization(Linearization):
         self._AtA_diag: Optional[torch.Tensor] = None
         self._pairs: Optional[Tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = None
         self.detached_hessian = False
-        self._stamp: Optional[tuple] = None
+        self._unchanged = EvaluationCache()  # the variable tensors of the last linearization
         self.reused = 0  # linearizations skipped because no variable changed
 
     # -- structure --------------------------------------------------------------------------
@@ -215,34 +222,29 @@ class BlockSparseLinearization(Linearization):
         self.b = -torch.cat(errs, dim=1) if len(errs) != 1 else -errs[0]
 
     def _linearize_hessian_impl(self, _detach_hessian: bool = False) -> None:
-        stamp = self._variables_stamp()
-        if stamp is None or stamp != self._stamp:
+        """Theseus' optimizers re-linearize after every step, also after an LM step that was
+        rejected for the whole batch, where nothing changed: while every variable tensor is
+        the one (and at the version) of the last linearization, and autograd is off, the
+        values are kept (:class:`~posegraph.costs.EvaluationCache` decides)."""
+        variables = self._variable_tensors()
+        if self._unchanged.get(variables) is None:
             self._linearize_jacobian_impl()
-            self._stamp = stamp
+            self._unchanged.clear()  # under autograd nothing is stored: the next call recomputes
+            self._unchanged.put(variables, True)
         else:
             self.reused += 1
         self.detached_hessian = _detach_hessian
 
     def invalidate(self) -> None:
-        """Forget the reuse stamp: the next :meth:`linearize` re-evaluates every cost (called
-        when an optimizer starts; use it after changing a cost's non-variable state)."""
-        self._stamp = None
+        """Forget the last linearization's variables: the next :meth:`linearize` re-evaluates
+        every cost (called when an optimizer starts; use it after changing a cost's
+        non-variable state)."""
+        self._unchanged.clear()
 
-    def _variables_stamp(self) -> Optional[tuple]:
-        """Identity and version of every variable tensor of the objective, or None when the
-        linearization must be recomputed anyway (autograd is recording).
-
-        Theseus' optimizers re-linearize after every step, also after an LM step that was
-        rejected for the whole batch, where nothing changed; the stamp lets that repeat be
-        skipped. (Theseus replaces a variable's tensor on update; in-place edits bump the
-        tensor's version.)
-        """
-        if torch.is_grad_enabled():
-            return None
+    def _variable_tensors(self) -> Tuple[torch.Tensor, ...]:
+        """Every optimization and auxiliary variable tensor of the objective."""
         obj = self.objective
-        tensors = [v.tensor for v in obj.optim_vars.values()]
-        tensors += [v.tensor for v in obj.aux_vars.values()]
-        return tuple((id(t), t._version) for t in tensors)
+        return tuple(v.tensor for v in (*obj.optim_vars.values(), *obj.aux_vars.values()))
 
     def _atb_impl(self) -> torch.Tensor:
         if self._Atb is None:
@@ -287,17 +289,18 @@ class BlockSparseLinearization(Linearization):
         a_np, v_np = a.detach().numpy(), v.detach().numpy()
         out = np.empty((a_np.shape[0], self.num_cols if transpose else self.num_rows), dtype=a_np.dtype)
         for i in range(a_np.shape[0]):
-            csr = sp.csr_matrix((a_np[i], self.A_col_ind, self.A_row_ptr), shape=(self.num_rows, self.num_cols))
+            csr = self._csr(a_np[i])
             out[i] = (csr.T if transpose else csr) @ v_np[i]
         return torch.from_numpy(out)
+
+    def _csr(self, values: np.ndarray) -> sp.csr_matrix:
+        """A with ``values`` (one batch element, CSR order) as a SciPy CSR matrix."""
+        return sp.csr_matrix((values, self.A_col_ind, self.A_row_ptr), shape=(self.num_rows, self.num_cols))
 
     # -- sparse views (debugging, solvers) --------------------------------------------------
     def A_scipy(self, batch_index: int = 0) -> sp.csr_matrix:
         """A of one batch element as a SciPy CSR matrix (float64)."""
-        val = self.A_val[batch_index].detach().cpu().double().numpy()
-        return sp.csr_matrix(
-            (val, self.A_col_ind, self.A_row_ptr), shape=(self.num_rows, self.num_cols)
-        )
+        return self._csr(self.A_val[batch_index].detach().cpu().double().numpy())
 
     def sparse_ata(self, batch_index: int = 0) -> sp.csc_matrix:
         """AᵀA of one batch element as a SciPy CSC matrix (no dense matrix is formed)."""
