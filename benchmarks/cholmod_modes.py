@@ -5,9 +5,12 @@
 For the shared datasets (when present) and generated sphere / 2D graphs of several sizes it
 prints the factor's estimated flops and flops per nonzero of L
 (:func:`posegraph.solve.symbolic.estimate_factor_cost`), the measured numeric factorization
-time of ``AᵀA + λI`` in each CHOLMOD mode (AMD ordering, best of N), the faster mode and the
-mode :func:`posegraph.solve.symbolic.choose_cholmod_mode` picks — the measurements behind
-``SUPERNODAL_MIN_FLOPS_PER_NONZERO``.
+time of ``AᵀA + λI`` (best of N) supernodal and simplicial in CHOLMOD's AMD ordering, and
+simplicial in the block-graph order the solver uses
+(:func:`posegraph.solve.symbolic.block_fill_order`), the time to find each order (CHOLMOD's
+analysis of the scalar pattern; the block order plus CHOLMOD's analysis in it), the faster
+mode and the mode :func:`posegraph.solve.symbolic.choose_cholmod_mode` picks — the
+measurements behind ``SUPERNODAL_MIN_FLOPS_PER_NONZERO`` and the block order.
 """
 
 from __future__ import annotations
@@ -25,6 +28,7 @@ from typing import Any, Callable, Dict, Iterator, List, Optional, Tuple
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # this checkout's posegraph
 import posegraph as pg  # noqa: E402
 from posegraph.solve import symbolic  # noqa: E402
+from posegraph.solve.cholmod import OrderedTranspose  # noqa: E402
 from posegraph.solve.optimize import make_optimizer  # noqa: E402
 from posegraph.synthetic import large_se2, sphere_se3  # noqa: E402
 from sksparse.cholmod import analyze_AAt  # noqa: E402
@@ -62,12 +66,22 @@ def measure(name: str, graph: pg.PoseGraph, repeat: int) -> Dict[str, Any]:
     problem = pg.build_problem(pg.initialize(graph))
     lin = make_optimizer(problem, pg.SolverOptions(linear_solver="cholmod")).linear_solver.linearization
     lin.linearize()
-    at = lin.structure().csc_transpose(lin.A_val[0].double().numpy())
+    values = lin.A_val[0].double().numpy()
+    at = lin.structure().csc_transpose(values)
     cost = symbolic.estimate_factor_cost(lin)
     times = {}
     for mode in ("supernodal", "simplicial"):
         sym = analyze_AAt(at, mode=mode, ordering_method="amd")
         times[mode] = best_ms(lambda: sym.cholesky_AAt(at, beta=1e-6), repeat)
+    block = symbolic.block_fill_order(lin)
+    ordered = OrderedTranspose(lin, block.columns).transpose(values)
+    sym = analyze_AAt(ordered, mode="simplicial", ordering_method="natural")
+    times["block"] = best_ms(lambda: sym.cholesky_AAt(ordered, beta=1e-6), repeat)
+
+    def block_analysis() -> None:
+        order = symbolic.block_fill_order(lin)
+        analyze_AAt(OrderedTranspose(lin, order.columns).pattern(), mode="simplicial", ordering_method="natural")
+
     return {
         "graph": name,
         "columns": lin.num_cols,
@@ -75,7 +89,11 @@ def measure(name: str, graph: pg.PoseGraph, repeat: int) -> Dict[str, Any]:
         "flops_per_nonzero": cost.flops_per_nonzero,
         "supernodal_ms": times["supernodal"],
         "simplicial_ms": times["simplicial"],
-        "faster": min(times, key=times.get),
+        "simplicial_block_ms": times["block"],
+        "block_method": block.method,
+        "analysis_ms": best_ms(lambda: analyze_AAt(at, mode="simplicial"), repeat),
+        "block_analysis_ms": best_ms(block_analysis, repeat),
+        "faster": "supernodal" if times["supernodal"] < times["block"] else "simplicial",
         "chosen": symbolic.choose_cholmod_mode(lin),
     }
 
@@ -92,9 +110,12 @@ def main(argv: Optional[List[str]] = None) -> int:
         if not args.json:
             r = rows[-1]
             if len(rows) == 1:
-                print(f"{'graph':<18}{'columns':>8}{'Mflop':>9}{'flop/nnz':>9}{'supernodal':>12}{'simplicial':>12}  faster      chosen")
+                print(f"{'graph':<18}{'columns':>8}{'Mflop':>9}{'flop/nnz':>9}{'supernodal':>12}{'simplicial':>12}"
+                      f"{'block order':>13}{'analysis':>10}{'block':>10}  faster      chosen")
             print(f"{r['graph']:<18}{r['columns']:>8}{r['flops_m']:>9.1f}{r['flops_per_nonzero']:>9.0f}"
-                  f"{r['supernodal_ms']:>10.2f}ms{r['simplicial_ms']:>10.2f}ms  {r['faster']:<11} {r['chosen']}", flush=True)
+                  f"{r['supernodal_ms']:>10.2f}ms{r['simplicial_ms']:>10.2f}ms{r['simplicial_block_ms']:>11.2f}ms"
+                  f"{r['analysis_ms']:>8.2f}ms{r['block_analysis_ms']:>8.2f}ms  {r['faster']:<11} {r['chosen']}",
+                  flush=True)
     if args.json:
         print(json.dumps(rows, indent=1))
     return 0

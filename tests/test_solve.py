@@ -347,9 +347,10 @@ def test_between_weighted_jacobians_equal_weighting_each(kind, weight):
 
 
 def normal_system(kind: str, n: int, seed: int):
-    """Aᵀ (CSC), the right-hand side Aᵀb and the CHOLMOD solver of a random graph."""
+    """Aᵀ (CSC, rows in the solver's elimination order), the right-hand side Aᵀb and the
+    CHOLMOD solver of a random graph."""
     opt, lin = linearized_cholmod(kind, n=n, seed=seed)
-    at = lin.structure().csc_transpose(lin.A_val[0].numpy())
+    at = opt.linear_solver.order.transpose(lin.A_val[0].numpy())
     return at, at @ lin.b[0].numpy(), opt.linear_solver
 
 
@@ -423,6 +424,55 @@ def test_cholmod_modes_agree(mode):
     forced = solve_bundled("sphere_se3.g2o", cholmod_mode=mode)
     assert forced.factor_stats.mode == mode
     torch.testing.assert_close(forced.final_error, auto.final_error, rtol=1e-9, atol=0)
+
+
+def test_ordered_transpose_permutes_the_rows_of_a_transpose():
+    import numpy as np
+
+    from posegraph.solve.cholmod import OrderedTranspose
+
+    _, lin = linearized_cholmod("SE3", n=9, seed=2)
+    values = lin.A_val[0].numpy()
+    columns = np.random.default_rng(0).permutation(lin.num_cols)
+    order = OrderedTranspose(lin, columns)
+    at = order.transpose(values)
+    assert at.has_sorted_indices
+    expected = lin.structure().csc_transpose(values)[columns]
+    assert (at != expected).nnz == 0
+    v = np.arange(lin.num_cols, dtype=float)
+    assert np.array_equal(order.apply(v), v[columns])
+    assert np.array_equal(order.restore(order.apply(v)), v)
+    plain = OrderedTranspose(lin)
+    assert (plain.transpose(values) != lin.structure().csc_transpose(values)).nnz == 0
+    assert plain.apply(v) is v and plain.restore(v) is v
+
+
+@pytest.mark.parametrize("mode", ["simplicial", "supernodal"])
+def test_cholmod_solve_and_gradient_in_either_order(mode):
+    """Simplicial solves run in the block order, supernodal in CHOLMOD's: both give the dense
+    solution and the dense gradient."""
+    from posegraph.solve.cholmod import CholmodNormalSolve, CholmodSolver
+
+    _, lin = linearized_cholmod("SE3", n=9, seed=8)
+    solver = CholmodSolver(lin.objective, mode=mode)
+    solver.linearization.linearize()
+    lin = solver.linearization
+    assert (solver.order.columns is not None) == (mode == "simplicial")
+    if mode == "simplicial":
+        assert not (solver.order.columns == torch.arange(lin.num_cols).numpy()).all()
+    a_val = lin.A_val.detach().clone().requires_grad_(True)
+    b = lin.b.detach().clone().requires_grad_(True)
+    x = CholmodNormalSolve.apply(a_val, b, solver, [0.2], False)
+    dense_a = lin.A_val.detach().clone().requires_grad_(True)
+    dense_b = lin.b.detach().clone().requires_grad_(True)
+    dense = torch.zeros(lin.num_rows, lin.num_cols).index_put((lin._row_of_nz, lin._col_of_nz), dense_a[0])
+    expected = torch.linalg.solve(dense.T @ dense + 0.2 * torch.eye(lin.num_cols), dense.T @ dense_b[0])
+    torch.testing.assert_close(x[0], expected, rtol=1e-9, atol=1e-10)
+    w = torch.randn_like(x)
+    (x * w).sum().backward()
+    (expected * w[0]).sum().backward()
+    torch.testing.assert_close(a_val.grad, dense_a.grad, rtol=1e-8, atol=1e-10)
+    torch.testing.assert_close(b.grad, dense_b.grad, rtol=1e-8, atol=1e-10)
 
 
 def test_cholmod_mode_is_validated():

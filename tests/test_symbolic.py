@@ -84,8 +84,54 @@ def test_mode_follows_fill():
 def test_large_graphs_skip_the_estimate(monkeypatch):
     lin = linearization(sphere_se3(num_rings=2, poses_per_ring=40, seed=0)[0])
     monkeypatch.setattr(symbolic, "MAX_ESTIMATED_BLOCKS", 10)
-    monkeypatch.setattr(symbolic, "estimate_factor_cost", lambda *a: pytest.fail("estimated"))
+    monkeypatch.setattr(symbolic, "block_fill_order", lambda *a, **k: pytest.fail("estimated"))
     assert symbolic.choose_cholmod_mode(lin) == "supernodal"
+    assert symbolic.plan_factorization(lin) == symbolic.FactorizationPlan("supernodal", None)
+
+
+def test_expand_block_order_keeps_each_block_together():
+    sizes = np.array([6, 3, 6])
+    columns = symbolic.expand_block_order(np.array([2, 0, 1]), sizes)
+    assert columns.tolist() == [9, 10, 11, 12, 13, 14, 0, 1, 2, 3, 4, 5, 6, 7, 8]
+
+
+@pytest.mark.parametrize(
+    "name, methods",
+    [("sphere_se3.g2o", None), ("grid_se2.g2o", None), ("grid_se2.g2o", ("nesdis",))],
+)
+def test_block_fill_order_cost_is_exact_and_lowest(name, methods):
+    """The chosen order's estimate equals the scalar factor in that order, and no candidate
+    method gives fewer estimated flops."""
+    lin = linearization(pg.read_g2o(DATA / name))
+    order = symbolic.block_fill_order(lin, methods=methods)
+    assert sorted(order.columns.tolist()) == list(range(lin.num_cols))
+    nnz, flops = scalar_factor_cost(lin, order.columns)
+    assert order.cost.nonzeros == pytest.approx(nnz, rel=1e-12)
+    assert order.cost.flops == pytest.approx(flops, rel=1e-12)
+    for method in methods or ("amd", "best"):
+        assert order.cost.flops <= symbolic.block_fill_order(lin, methods=(method,)).cost.flops
+
+
+def test_best_order_only_on_small_graphs(monkeypatch):
+    lin = linearization(pg.read_g2o(DATA / "grid_se2.g2o"))
+    tried = []
+    real = symbolic._ordered_cost
+    monkeypatch.setattr(symbolic, "_ordered_cost", lambda g, s, m: tried.append(m) or real(g, s, m))
+    symbolic.block_fill_order(lin)
+    assert tried == ["amd", "best"]
+    tried.clear()
+    monkeypatch.setattr(symbolic, "MAX_BEST_ORDER_BLOCKS", 10)
+    symbolic.block_fill_order(lin)
+    assert tried == ["amd"]
+
+
+def test_plan_gives_the_block_order_to_simplicial_factorizations_only():
+    lin = linearization(pg.read_g2o(DATA / "grid_se2.g2o"))
+    simplicial = symbolic.plan_factorization(lin, "simplicial")
+    assert simplicial.mode == "simplicial" and simplicial.order is not None
+    assert symbolic.plan_factorization(lin, "supernodal") == symbolic.FactorizationPlan("supernodal", None)
+    auto = symbolic.plan_factorization(lin)  # a 2D grid fills in little: simplicial
+    assert auto.mode == "simplicial" and np.array_equal(auto.order.columns, simplicial.order.columns)
 
 
 def test_user_variables_are_one_block_each():

@@ -1,9 +1,11 @@
 """CHOLMOD linear solver for :class:`BlockSparseLinearization`, differentiable.
 
 The normal equations ``(AᵀA + λI) δ = Aᵀb`` are factored with CHOLMOD (scikit-sparse). The
-fill-reducing symbolic analysis of ``AAᵀ``'s pattern runs once per solver; each call does the
-numeric factorization only (``Factor.cholesky_AAt``, which forms ``AᵀA`` inside CHOLMOD and
-keeps its pattern even where values are exactly zero).
+symbolic analysis of ``AAᵀ``'s pattern runs once per solver; each call does the numeric
+factorization only (``Factor.cholesky_AAt``, which forms ``AᵀA`` inside CHOLMOD and keeps its
+pattern even where values are exactly zero). Simplicial factorizations run in the block-graph
+order of :func:`~posegraph.solve.symbolic.plan_factorization`: CHOLMOD is handed ``Aᵀ`` with
+its rows in that order (:class:`OrderedTranspose`) and told to keep it.
 
 Gradients (Theseus' unroll / truncated / implicit modes) come from
 :class:`CholmodNormalSolve`: with ``H = (AᵀA + λI)⁻¹ g`` for the incoming gradient ``g``,
@@ -29,8 +31,8 @@ from sksparse.cholmod import CholmodError, Factor, analyze_AAt
 from theseus.optimizer import Linearization
 
 from .batched import BlockSparseSolver, normal_solve_gradients
-from .linearization import records_gradient
-from .symbolic import choose_cholmod_mode
+from .linearization import BlockSparseLinearization, records_gradient
+from .symbolic import plan_factorization
 
 CHOLMOD_MODES = ("auto", "supernodal", "simplicial")
 
@@ -47,22 +49,27 @@ class CholmodNormalSolve(torch.autograd.Function):
         dampings: Sequence[float],
         detach_hessian: bool,
         exact: bool = True,
+        atb: Optional[torch.Tensor] = None,
     ) -> torch.Tensor:
         lin = solver.linearization
-        structure = lin.structure()
+        order = solver.order
         a_np = A_val.detach().cpu().double().numpy()
         b_np = b.detach().cpu().double().numpy()
+        atb_np = None if atb is None else atb.detach().cpu().double().numpy()
         x_np = np.empty((a_np.shape[0], lin.num_cols))
         factors: List[Factor] = []
         for i in range(a_np.shape[0]):
-            at = structure.csc_transpose(a_np[i])
-            x_np[i], factor = solver.solve_one(i, at, at @ b_np[i], dampings[i], exact)
+            at = order.transpose(a_np[i])
+            rhs = at @ b_np[i] if atb_np is None else order.apply(atb_np[i])
+            y, factor = solver.solve_one(i, at, rhs, dampings[i], exact)
+            x_np[i] = order.restore(y)
             factors.append(factor)
         if not np.isfinite(x_np).all():
             raise RuntimeError("CHOLMOD solve produced non-finite values")
         ctx.save_for_backward(A_val, b)
         ctx.x_np, ctx.a_np, ctx.b_np = x_np, a_np, b_np
         ctx.factors = factors
+        ctx.order = order
         ctx.detach_hessian = detach_hessian
         ctx.lin = lin
         return torch.as_tensor(x_np).to(dtype=A_val.dtype, device=A_val.device)
@@ -71,7 +78,8 @@ class CholmodNormalSolve(torch.autograd.Function):
     def backward(ctx: Any, grad_x: torch.Tensor):  # type: ignore[override]
         A_val, b = ctx.saved_tensors
         g = grad_x.detach().cpu().double().numpy()
-        h = np.stack([factor(g[i]) for i, factor in enumerate(ctx.factors)])
+        order = ctx.order
+        h = np.stack([order.restore(factor(order.apply(g[i]))) for i, factor in enumerate(ctx.factors)])
         grad_a, grad_b = normal_solve_gradients(
             ctx.lin,
             torch.as_tensor(ctx.b_np),
@@ -81,7 +89,58 @@ class CholmodNormalSolve(torch.autograd.Function):
             ctx.detach_hessian,
         )
         to = dict(dtype=A_val.dtype, device=A_val.device)
-        return grad_a.to(**to), grad_b.to(**to), None, None, None, None
+        return grad_a.to(**to), grad_b.to(**to), None, None, None, None, None
+
+
+class OrderedTranspose:
+    """``Aᵀ`` (CSC) with its rows — A's columns — in an elimination order, so that CHOLMOD,
+    told to keep the natural order, factors ``AᵀA`` in that order.
+
+    ``columns[i]`` is the column of A eliminated ``i``-th (``None``: A's own order). Within a
+    column of ``Aᵀ`` (a row of A) the permuted row indices are re-sorted once here; each call
+    then gathers the values in that order. Vectors move between A's column order and the
+    solver's with :meth:`apply` (``v[columns]``) and :meth:`restore` (its inverse).
+    """
+
+    def __init__(self, lin: BlockSparseLinearization, columns: Optional[np.ndarray] = None):
+        self.columns = columns
+        self.shape = (lin.num_cols, lin.num_rows)
+        indices, self._gather = np.asarray(lin.A_col_ind), None
+        if columns is not None:
+            self._position = np.empty(lin.num_cols, dtype=np.int64)
+            self._position[columns] = np.arange(lin.num_cols)
+            # Re-sort each column of Aᵀ (short: a row of A) with SciPy's per-column sort,
+            # carrying each value's index 1..nnz as its value.
+            keyed = sp.csc_matrix(
+                (np.arange(1, len(indices) + 1, dtype=np.float64), self._position[indices], lin.A_row_ptr),
+                shape=(lin.num_cols, lin.num_rows),
+            )
+            keyed.has_sorted_indices = False
+            keyed.sort_indices()
+            gather = keyed.data.astype(np.int64) - 1
+            indices = keyed.indices
+            if not np.array_equal(gather, np.arange(len(gather))):
+                self._gather = gather
+        index = np.int32 if max(len(indices), lin.num_cols) < np.iinfo(np.int32).max else np.int64
+        self._indices = indices.astype(index)  # SciPy would otherwise convert them on every call
+        self._indptr = np.asarray(lin.A_row_ptr).astype(index)
+
+    def transpose(self, a_values: np.ndarray) -> sp.csc_matrix:
+        """The ordered ``Aᵀ`` for A's values ``a_values`` (CSR order of the linearization)."""
+        data = a_values if self._gather is None else a_values[self._gather]
+        return sp.csc_matrix((data, self._indices, self._indptr), shape=self.shape)
+
+    def pattern(self) -> sp.csc_matrix:
+        """The ordered ``Aᵀ`` with every value 1 (for the symbolic analysis)."""
+        return self.transpose(np.ones(len(self._indices)))
+
+    def apply(self, v: np.ndarray) -> np.ndarray:
+        """``v`` (A's column order) in the elimination order."""
+        return v if self.columns is None else v[self.columns]
+
+    def restore(self, v: np.ndarray) -> np.ndarray:
+        """``v`` (elimination order) back in A's column order."""
+        return v if self.columns is None else v[self._position]
 
 
 @dataclass
@@ -156,7 +215,8 @@ class CholmodSolver(BlockSparseSolver):
 
     Args:
         mode: CHOLMOD's ``"supernodal"`` or ``"simplicial"`` factorization, or ``"auto"``
-            (:func:`~posegraph.solve.symbolic.choose_cholmod_mode`, from the estimated fill).
+            (from the estimated fill). Simplicial factorizations run in the block-graph order
+            (:func:`~posegraph.solve.symbolic.plan_factorization`); ``solver.order`` holds it.
         reuse_factor: when no gradient is being recorded, first try conjugate gradients
             preconditioned with the last factorization (:func:`lagged_factor_cg`) and
             refactor only when that does not converge quickly: near the optimum the normal
@@ -181,8 +241,12 @@ class CholmodSolver(BlockSparseSolver):
         super().__init__(objective, linearization_cls, linearization_kwargs, **kwargs)
         if mode not in CHOLMOD_MODES:
             raise ValueError(f"mode: expected one of {', '.join(CHOLMOD_MODES)}, received {mode!r}")
-        self.mode = choose_cholmod_mode(self.linearization) if mode == "auto" else mode
-        self.symbolic = analyze_AAt(self.linearization.structure().mock_csc_transpose(), mode=self.mode)
+        plan = plan_factorization(self.linearization, mode)
+        self.mode = plan.mode
+        self.order = OrderedTranspose(self.linearization, None if plan.order is None else plan.order.columns)
+        self.symbolic = analyze_AAt(
+            self.order.pattern(), mode=self.mode, ordering_method="default" if plan.order is None else "natural"
+        )
         self.default_damping = damping
         self.reuse_factor = reuse_factor
         self.cg_tolerance = cg_tolerance
@@ -205,7 +269,8 @@ class CholmodSolver(BlockSparseSolver):
         self, index: int, at: sp.csc_matrix, rhs: np.ndarray, beta: float, exact: bool
     ) -> Tuple[np.ndarray, Factor]:
         """``(AᵀA + βI)⁻¹ rhs`` for batch element ``index`` and the factor it used (the lagged
-        one when CG converged with it, else a fresh one, which becomes the lagged one)."""
+        one when CG converged with it, else a fresh one, which becomes the lagged one); ``at``
+        and ``rhs`` in the solver's order (:class:`OrderedTranspose`), and so is the result."""
         last = None if exact else self._last_factors.get(index)
         if last is not None:
             x, iterations = lagged_factor_cg(at, rhs, beta, last, self.cg_tolerance, self.cg_max_iterations)
@@ -225,4 +290,7 @@ class CholmodSolver(BlockSparseSolver):
         lin = self.linearization
         dampings = lam.flatten().double().cpu().expand(lin.A_val.shape[0]).tolist()  # (B|1, 1) → B
         exact = not self.reuse_allowed(lin.A_val, lin.b)  # decided here: apply() disables grad
-        return CholmodNormalSolve.apply(lin.A_val, lin.b, self, dampings, lin.detached_hessian, exact)
+        # Without a gradient to record, the right-hand side is the linearization's Aᵀb (formed
+        # once per linearization; LM's gain ratio uses it too); else it is formed from A and b.
+        atb = None if records_gradient(lin.A_val, lin.b) or lin.A_val.dtype != torch.float64 else lin.Atb[..., 0]
+        return CholmodNormalSolve.apply(lin.A_val, lin.b, self, dampings, lin.detached_hessian, exact, atb)

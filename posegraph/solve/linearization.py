@@ -133,25 +133,18 @@ class BlockSparseLinearization(Linearization):
         dev = self.objective.device
         self._row_of_nz = torch.as_tensor(u_rows, dtype=torch.long, device=dev)
         self._col_of_nz = torch.as_tensor(self.A_col_ind, dtype=torch.long, device=dev)
-        # Per raw piece (one Jacobian tensor of one cost, in evaluation order): its slice of
-        # the raw entries, and where its kept entries go in A_val.
-        self._piece_dest: List[Optional[torch.Tensor]] = []
-        self._piece_src: List[Optional[torch.Tensor]] = []
-        self._pure_copy = self.nnz == len(kept)  # no two entries share a slot
-        dest_of_raw = np.full(len(rows_a), -1, dtype=np.int64)
+        # Per raw piece (one Jacobian tensor of one cost, in evaluation order): where each of
+        # its entries goes in the value buffer. Dropped entries (blocks of fixed elements) go
+        # to one extra slot past the nonzeros, so every piece is copied whole, without first
+        # selecting its kept entries (sphere2500: 0.5 ms per linearization).
+        self._pure_copy = self.nnz == len(kept)  # no two kept entries share a slot
+        self._has_dropped = len(kept) < len(rows_a)
+        dest_of_raw = np.full(len(rows_a), self.nnz, dtype=np.int64)
         dest_of_raw[kept] = dest
-        start = 0
-        for r in rows:
-            stop = start + len(r)
-            d = dest_of_raw[start:stop]
-            keep_here = np.flatnonzero(d >= 0)
-            if len(keep_here) == len(d):
-                self._piece_src.append(None)  # every entry kept
-                self._piece_dest.append(torch.as_tensor(d, device=dev))
-            else:
-                self._piece_src.append(torch.as_tensor(keep_here, device=dev))
-                self._piece_dest.append(torch.as_tensor(d[keep_here], device=dev))
-            start = stop
+        bounds = np.cumsum([0] + [len(r) for r in rows])
+        self._piece_dest: List[torch.Tensor] = [
+            torch.as_tensor(dest_of_raw[start:stop], device=dev) for start, stop in zip(bounds[:-1], bounds[1:])
+        ]
 
     def _csr_slots(self, r: np.ndarray, c: np.ndarray):
         """CSR pattern of entries ``(r[k], c[k])`` (sets ``A_col_ind``/``A_row_ptr``); returns
@@ -201,7 +194,7 @@ class BlockSparseLinearization(Linearization):
         # Jacobian values go straight to their CSR slots (one index_copy_/index_add_ per
         # Jacobian tensor into one buffer; no concatenation of the raw values).
         alloc = torch.empty if self._pure_copy else torch.zeros  # pure copy: every slot written
-        a_val = alloc((batch, self.nnz), dtype=dtype, device=device)
+        a_val = alloc((batch, self.nnz + int(self._has_dropped)), dtype=dtype, device=device)
         fill = a_val.index_copy_ if self._pure_copy else a_val.index_add_
         errs: List[torch.Tensor] = []
         piece = 0
@@ -212,13 +205,10 @@ class BlockSparseLinearization(Linearization):
                 jacs, err = plan.cost.weighted_jacobians_error()
             for j in jacs:
                 flat = j.expand(batch, *j.shape[1:]).reshape(batch, -1)
-                src = self._piece_src[piece]
-                if src is not None:
-                    flat = flat.index_select(1, src)
                 fill(1, self._piece_dest[piece], flat)
                 piece += 1
             errs.append(err.expand(batch, *err.shape[1:]).reshape(batch, -1))
-        self.A_val = a_val
+        self.A_val = a_val[:, : self.nnz] if self._has_dropped else a_val  # without the dropped slot
         self.b = -torch.cat(errs, dim=1) if len(errs) != 1 else -errs[0]
 
     def _linearize_hessian_impl(self, _detach_hessian: bool = False) -> None:
