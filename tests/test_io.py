@@ -3,9 +3,11 @@ errors naming file and line, exact round trips and atomic writes."""
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import os
 import warnings
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -518,3 +520,168 @@ def test_points_bad_input(write_file, name, text, line, words):
     assert msg.startswith(f"{path}:{line}: "), msg
     for w in words:
         assert w in msg, (w, msg)
+
+
+# -- the bulk parser gives the reference parser's graphs and errors --------------------------------
+
+DATA = Path(__file__).resolve().parents[1] / "data"
+
+
+def read_reference(path):
+    """read_g2o through the line-by-line reference parser only."""
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(g2o_mod, "_parse_bulk", lambda path, text: None)
+        return read_g2o(path)
+
+
+def outcome(read, path):
+    """('ok', graph, warnings) or ('error', message, line) of one read."""
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        try:
+            graph = read(path)
+        except G2oFormatError as err:
+            return ("error", str(err), err.line)
+    return ("ok", graph, [str(w.message) for w in caught])
+
+
+def assert_identical(a, b) -> None:
+    """Same fields; tensors equal exactly, with the same dtypes; line lists equal as lists."""
+    assert type(a) is type(b)
+    for f in dataclasses.fields(a):
+        x, y = getattr(a, f.name), getattr(b, f.name)
+        if isinstance(x, torch.Tensor):
+            assert isinstance(y, torch.Tensor) and x.dtype == y.dtype and torch.equal(x, y), f.name
+        elif dataclasses.is_dataclass(x):
+            assert_identical(x, y)
+        else:
+            assert type(x) is type(y) and x == y, f.name
+            if isinstance(x, list):
+                assert all(type(v) is int for v in x), f.name
+
+
+def assert_same_outcome(path, bulk_used=None) -> None:
+    """read_g2o (bulk first) and the reference parser agree; ``bulk_used``: whether the bulk
+    parser must have accepted (True) or given up on (False) the file."""
+    fast, ref = outcome(read_g2o, path), outcome(read_reference, path)
+    assert fast[0] == ref[0], (fast, ref)
+    if fast[0] == "error":
+        assert fast[1:] == ref[1:]
+    else:
+        assert_identical(fast[1], ref[1])
+        assert fast[2] == ref[2]
+    if bulk_used is not None:
+        text = Path(path).read_bytes().decode("utf-8")
+        assert (g2o_mod._parse_bulk(str(path), text) is not None) == bulk_used
+
+
+@pytest.mark.parametrize(
+    "name", ["parking-garage", "sphere2500", "manhattan", "smallGrid3D", "tinyGrid3D", "intel"]
+)
+def test_bulk_parser_matches_reference_on_datasets(datasets_dir, name):
+    path = datasets_dir / f"{name}.g2o"
+    if not path.exists():
+        pytest.skip(f"{path} not found")
+    assert_same_outcome(path, bulk_used=True)
+
+
+@pytest.mark.parametrize("name", sorted(p.name for p in DATA.glob("*.g2o")))
+def test_bulk_parser_matches_reference_on_data_files(name):
+    assert_same_outcome(DATA / name, bulk_used=True)
+
+
+def test_bulk_parser_matches_reference_with_points(write_file):
+    assert_same_outcome(write_file("p.g2o", POINTS_TEXT), bulk_used=True)
+
+
+E3 = f"EDGE_SE3:QUAT 0 1 1 0 0 0 0 0 1 {IDENTITY21}\n"
+#: (name, content, expected line (None: no error), whether the bulk parser handles it)
+BULK_CASES = [
+    ("count-vertex", V2 + "VERTEX_SE2 2 0 0\n" + E2, 3, False),
+    ("count-edge", V2 + E2 + "EDGE_SE2 0 1 1 0 0 1 0 0 1 0 1 7\n", 4, False),
+    ("tag-alone", V2 + "EDGE_SE2\n" + E2, 3, False),
+    ("float-id", V2 + "EDGE_SE2 0 1.0 1 0 0 1 0 0 1 0 1\n", 3, False),
+    ("exponent-id", V2 + "EDGE_SE2 0 1e0 1 0 0 1 0 0 1 0 1\n", 3, False),
+    ("huge-id", V2 + E2 + "VERTEX_SE2 9223372036854775808 0 0 0\n", 4, False),
+    ("max-id", V2 + "VERTEX_SE2 9223372036854775807 0 0 0\n" + E2, None, True),
+    ("underscore-id", "VERTEX_SE2 1_0 0 0 0\nVERTEX_SE2 1 0 0 0\nEDGE_SE2 10 1 1 0 0 1 0 0 1 0 1\n",
+     None, False),
+    ("nan", V2 + "EDGE_SE2 0 1 1 nan 0 1 0 0 1 0 1\n", 3, False),
+    ("inf-vertex", V2.replace("1 1 0 0", "1 -inf 0 0") + E2, 2, False),
+    ("hex", V2 + "EDGE_SE2 0 1 0x1 0 0 1 0 0 1 0 1\n", 3, False),
+    ("decimal-comma", V2 + "EDGE_SE2 0 1 1,0 0 0 1 0 0 1 0 1\n", 3, False),
+    ("quoted", V2 + 'EDGE_SE2 0 1 "1" 0 0 1 0 0 1 0 1\n', 3, False),
+    ("arabic-digit", V2 + "EDGE_SE2 0 1 \u0661 0 0 1 0 0 1 0 1\n", None, False),
+    ("nbsp", V2 + "EDGE_SE2 0 1\u00a01 0 0 1 0 0 1 0 1\n", None, True),
+    ("self-loop", V2 + E2 + "EDGE_SE2 1 1 1 0 0 1 0 0 1 0 1\n", 4, False),
+    ("mixed", V2 + E2 + E3, 4, False),
+    ("mixed-vertex-first", V3 + V2.replace("0 0 0 0", "7 0 0 0", 1) + E3, 3, False),
+    ("bad-fix-then-bad-edge", V2 + "FIX\n" + "EDGE_SE2 0 1 1 0\n", 3, False),
+    ("bad-edge-then-bad-fix", V2 + "EDGE_SE2 0 1 1 0\n" + "FIX x\n", 3, False),
+    ("bad-point-then-bad-edge", V3 + "VERTEX_TRACKXYZ 5 1 2\n" + "EDGE_SE3:QUAT 0 1\n", 3, False),
+    ("comment-on-edge", V2 + "EDGE_SE2 0 1 1 0 0 1 0 0 1 0 1 # odometry\n", None, True),
+    ("comment-cuts-values", V2 + "EDGE_SE2 0 1 1 0 0 1 0 0 1 # 0 1\n", 3, False),
+    ("crlf-tabs", V2.replace("\n", "\r\n").replace(" ", "\t") + "  EDGE_SE2 \t0 1 1 0 0 1 0 0 1 0 1\t\r\n",
+     None, True),
+    ("no-final-newline", V2 + E2.rstrip("\n"), None, True),
+    ("unknown-tags", "FOO 1\n" + V2 + "BAR\nFOO 2 3\n" + E2, None, True),
+    ("quaternion-far", V3.replace("0 0 0 1\nV", "0 0 0 2\nV", 1) + E3, None, True),
+    ("fix", V2 + "FIX 1 0\n" + E2, None, True),
+    # errors of the assembly (shared by both parsers): first offending line in file order
+    ("duplicates", V2 + "VERTEX_SE2 7 0 0 0\nVERTEX_SE2 7 0 0 0\nVERTEX_SE2 0 0 0 0\n" + E2, 4, True),
+    ("unknown-b-then-a", V2 + "EDGE_SE2 0 9 1 0 0 1 0 0 1 0 1\nEDGE_SE2 8 1 1 0 0 1 0 0 1 0 1\n", 3, True),
+    ("unknown-a", V2 + E2 + "EDGE_SE2 8 9 1 0 0 1 0 0 1 0 1\n", 4, True),
+    ("fix-unknown", V2 + "FIX 0 77 1 78\n" + E2, 3, True),
+    ("edge-only", "EDGE_SE2 5 -3 1 0 0 1 0 0 1 0 1\nFIX -3\nEDGE_SE2 9 5 1 0 0 1 0 0 1 0 1\n", None, True),
+    ("edge-only-fix-unknown", "EDGE_SE2 5 -3 1 0 0 1 0 0 1 0 1\nFIX 4\n", 2, True),
+    ("not-psd-and-not-number", V2 + "EDGE_SE2 1 0 1 0 0 1 2 0 1 0 1\nEDGE_SE2 0 1 1 0 x 1 0 0 1 0 1\n", 4, False),
+]
+
+
+@pytest.mark.parametrize("name,content,line,bulk", BULK_CASES, ids=[c[0] for c in BULK_CASES])
+def test_bulk_parser_matches_reference_on_odd_files(write_file, name, content, line, bulk):
+    path = write_file(f"{name}.g2o", content)
+    assert_same_outcome(path, bulk_used=bulk)
+    result = outcome(read_g2o, path)
+    assert result[0] == ("ok" if line is None else "error"), result
+    if line is not None:
+        assert result[2] == line, result
+
+
+def test_assembly_errors_name_the_first_offending_line(write_file):
+    """The vectorized checks word their errors as the per-line ones did."""
+    cases = [
+        ("duplicates", "duplicate vertex id 7 (first defined on line 3)"),
+        ("unknown-b-then-a", "edge refers to vertex 9, which has no VERTEX line"),
+        ("unknown-a", "edge refers to vertex 8, which has no VERTEX line"),
+        ("fix-unknown", "FIX refers to unknown vertex 77"),
+        ("edge-only-fix-unknown", "FIX refers to unknown vertex 4"),
+        ("not-psd-and-not-number", "EDGE_SE2: expected a number, received 'x'"),
+    ]
+    contents = {c[0]: (c[1], c[2]) for c in BULK_CASES}
+    for name, message in cases:
+        content, line = contents[name]
+        path = write_file(f"{name}.g2o", content)
+        with pytest.raises(G2oFormatError) as exc:
+            read_g2o(path)
+        assert str(exc.value) == f"{path}:{line}: {message}"
+
+
+def test_check_information_cholesky_shortcut_agrees_with_eigenvalues():
+    """PD batches are accepted by the Cholesky test alone; PSD-singular and slightly negative
+    (within PSD_TOLERANCE) matrices fall back to eigenvalues and are accepted too; a clearly
+    indefinite matrix is named by its line."""
+    rng = np.random.default_rng(0)
+    q = np.linalg.qr(rng.normal(size=(5, 6, 6)))[0]
+    lam = rng.uniform(1, 10, size=(5, 6))
+    lam[1, 0] = 0.0  # singular PSD
+    lam[2, 0] = -1e-12  # round-off sized negative: accepted
+    info = (q * lam[:, None, :]) @ q.transpose(0, 2, 1)
+    info = (info + info.transpose(0, 2, 1)) / 2
+    lines = [10, 11, 12, 13, 14]
+    g2o_mod.check_information(info[[0, 3, 4]], "f.g2o", lines)
+    g2o_mod.check_information(info, "f.g2o", lines)
+    info[3] -= (lam[3, 0] + 1e-3) * np.outer(q[3][:, 0], q[3][:, 0])  # λ_min = −1e-3
+    with pytest.raises(G2oFormatError) as exc:
+        g2o_mod.check_information(info, "f.g2o", lines)
+    assert exc.value.line == 13 and "positive semidefinite" in exc.value.message

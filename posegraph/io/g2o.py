@@ -12,11 +12,14 @@ Format reference: g2o's ``types_slam2d``/``types_slam3d`` (Kümmerle et al. 2011
 the SE-Sync/GTSAM datasets.
 
 Every problem is reported as :class:`~posegraph.errors.G2oFormatError` naming file and line.
+Pose lines are converted in bulk (one strict ``np.loadtxt`` per tag); on anything unusual the
+file is re-read line by line by the reference parser, so errors are the same either way.
 Writing is atomic (temporary file + rename) and round-trips exactly in float64.
 """
 
 from __future__ import annotations
 
+import functools
 import math
 import os
 import tempfile
@@ -100,18 +103,23 @@ def _vertex_id(tok: str, path: str, line: int, what: str) -> int:
     return value
 
 
+#: Pose values: the number tokens of each line (reference parser; :func:`_assemble` converts
+#: them with :func:`_floats`, keeping its error order) or float64 rows (bulk parser, all finite).
+_Values = Union[np.ndarray, List[List[str]]]
+
+
 class _Records:
-    """Raw records of one file, in file order."""
+    """Records of one file. Pose vertices/edges are arrays with one row per line, in file order."""
 
     def __init__(self) -> None:
         self.kind: Optional[str] = None
         self.kind_line = 0
-        self.vertex_ids: List[int] = []
-        self.vertex_values: List[List[str]] = []  # number tokens, converted by _floats
-        self.vertex_lines: List[int] = []
-        self.edge_ids: List[Tuple[int, int]] = []
-        self.edge_values: List[List[str]] = []
-        self.edge_lines: List[int] = []
+        self.vertex_ids = np.zeros(0, dtype=np.int64)  # (N,)
+        self.vertex_values: _Values = []  # (N, 3|7)
+        self.vertex_lines = np.zeros(0, dtype=np.int64)  # (N,)
+        self.edge_ids = np.zeros((0, 2), dtype=np.int64)  # (E, 2)
+        self.edge_values: _Values = []  # (E, 3+6 | 7+21)
+        self.edge_lines = np.zeros(0, dtype=np.int64)  # (E,)
         self.fixed: List[Tuple[int, int]] = []  # (id, line)
         self.unknown: Counter = Counter()
         self.points = _PointRecords()
@@ -178,24 +186,39 @@ def _parse_point_line(
         rec.params[ids[0]] = (values, lineno)
 
 
+def _parse_other_line(path: str, lineno: int, toks: List[str], rec: _Records) -> None:
+    """One line whose tag is not a pose tag: FIX, a point tag, or an unknown tag (counted)."""
+    tag_name = toks[0]
+    if tag_name == "FIX":
+        if len(toks) < 2:
+            raise G2oFormatError("FIX: expected at least one vertex id", path, lineno)
+        rec.fixed.extend((_vertex_id(t, path, lineno, "FIX"), lineno) for t in toks[1:])
+    elif tag_name in _POINT_TAGS:
+        _parse_point_line(path, lineno, tag_name, toks, rec.points)
+    else:
+        rec.unknown[tag_name] += 1
+
+
 def _parse_lines(path: str, text: str) -> _Records:
+    """The reference parser: line by line, raising on the first bad line in file order.
+
+    Number values of pose lines are only split here; :func:`_assemble` converts them.
+    """
     rec = _Records()
+    vertex_ids: List[int] = []
+    vertex_lines: List[int] = []
+    edge_ids: List[Tuple[int, int]] = []
+    edge_lines: List[int] = []
+    vertex_values: List[List[str]] = []
+    edge_values: List[List[str]] = []
     for lineno, raw_line in enumerate(text.splitlines(), start=1):
         toks = (raw_line.split("#", 1)[0] if "#" in raw_line else raw_line).split()
         if not toks:
             continue
         tag_name = toks[0]
-        if tag_name == "FIX":
-            if len(toks) < 2:
-                raise G2oFormatError("FIX: expected at least one vertex id", path, lineno)
-            rec.fixed.extend((_vertex_id(t, path, lineno, "FIX"), lineno) for t in toks[1:])
-            continue
-        if tag_name in _POINT_TAGS:
-            _parse_point_line(path, lineno, tag_name, toks, rec.points)
-            continue
         tag = _TAGS.get(tag_name)
         if tag is None:
-            rec.unknown[tag_name] += 1
+            _parse_other_line(path, lineno, toks, rec)
             continue
         expected = tag.num_ids + tag.num_values
         if len(toks) - 1 != expected:
@@ -214,9 +237,9 @@ def _parse_lines(path: str, text: str) -> _Records:
                 lineno,
             )
         if tag.role == "vertex":
-            rec.vertex_ids.append(_vertex_id(toks[1], path, lineno, tag_name))
-            rec.vertex_values.append(toks[2:])  # converted all at once in _floats
-            rec.vertex_lines.append(lineno)
+            vertex_ids.append(_vertex_id(toks[1], path, lineno, tag_name))
+            vertex_values.append(toks[2:])
+            vertex_lines.append(lineno)
         else:
             a = _vertex_id(toks[1], path, lineno, tag_name)
             b = _vertex_id(toks[2], path, lineno, tag_name)
@@ -224,22 +247,119 @@ def _parse_lines(path: str, text: str) -> _Records:
                 raise G2oFormatError(
                     f"{tag_name}: self-loop edge from vertex {a} to itself", path, lineno
                 )
-            rec.edge_ids.append((a, b))
-            rec.edge_values.append(toks[3:])
-            rec.edge_lines.append(lineno)
+            edge_ids.append((a, b))
+            edge_values.append(toks[3:])
+            edge_lines.append(lineno)
+    rec.vertex_ids = np.asarray(vertex_ids, dtype=np.int64)
+    rec.vertex_lines = np.asarray(vertex_lines, dtype=np.int64)
+    rec.edge_ids = np.asarray(edge_ids, dtype=np.int64).reshape(-1, 2)
+    rec.edge_lines = np.asarray(edge_lines, dtype=np.int64)
+    rec.vertex_values, rec.edge_values = vertex_values, edge_values
     return rec
+
+
+def _parse_bulk(path: str, text: str) -> Optional[_Records]:
+    """The fast parser: the same records as :func:`_parse_lines`, or None where it cannot tell.
+
+    Pose lines are grouped by tag and each group is converted by one strict ``np.loadtxt``
+    call (exactly the expected column count, integer ids, no hex, separators or quotes);
+    every other line goes through :func:`_parse_other_line` as in the reference parser.
+    Anything unusual (a conversion error, a non-finite value, a self-loop, SE2 mixed with
+    SE3, or any error on another line) gives None, so that :func:`_parse_lines` reports the
+    first problem in file order with its usual message.
+    """
+    if not _loadtxt_is_strict():
+        return None
+    rec = _Records()
+    groups: Dict[str, Tuple[List[str], List[int]]] = {name: ([], []) for name in _TAGS}
+    try:
+        for lineno, line in enumerate(text.splitlines(), start=1):
+            if "#" in line:
+                line = line.split("#", 1)[0]
+            head = line.split(None, 1)
+            if not head:
+                continue
+            group = groups.get(head[0])
+            if group is None:
+                _parse_other_line(path, lineno, line.split(), rec)
+            elif len(head) == 1:
+                return None  # a tag without values
+            else:
+                group[0].append(head[1])
+                group[1].append(lineno)
+    except G2oFormatError:
+        return None
+    present = [name for name, (_, lines) in groups.items() if lines]
+    if len({_TAGS[name].kind for name in present}) > 1:
+        return None
+    for name in present:
+        tag = _TAGS[name]
+        rows, lines = groups[name]
+        table = _load_rows(rows, tag)
+        if table is None:
+            return None
+        ids, values = table
+        if tag.role == "vertex":
+            rec.vertex_ids, rec.vertex_values = ids[:, 0].copy(), values
+            rec.vertex_lines = np.asarray(lines, dtype=np.int64)
+        else:
+            if np.any(ids[:, 0] == ids[:, 1]):
+                return None  # self-loop
+            rec.edge_ids, rec.edge_values = ids, values
+            rec.edge_lines = np.asarray(lines, dtype=np.int64)
+    if present:
+        rec.kind = _TAGS[present[0]].kind
+        rec.kind_line = min(groups[name][1][0] for name in present)
+    return rec
+
+
+@functools.lru_cache(maxsize=None)
+def _loadtxt_is_strict() -> bool:
+    """Whether ``np.loadtxt`` refuses ``1.0`` in an integer column (older NumPy accepted it
+    with a DeprecationWarning); the bulk parser is used only then."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        try:
+            np.loadtxt(["1.0"], dtype=np.int64)
+        except ValueError:
+            return True
+    return False
+
+
+def _load_rows(rows: List[str], tag: _Tag) -> Optional[Tuple[np.ndarray, np.ndarray]]:
+    """Lines of one pose tag (without the tag) → (int64 ids, finite float64 values), contiguous;
+    None if ``np.loadtxt`` refuses a line or a value is not finite.
+
+    ``np.loadtxt`` splits on the same whitespace as ``str.split`` and converts floats with
+    CPython's own ``PyOS_string_to_double`` (bit-identical to ``float``); it refuses what the
+    reference parser refuses (wrong column count, non-integer or out-of-range ids, hex,
+    ``1,0``, quotes) and also ``1_0`` and non-ASCII digits, which ``int``/``float`` accept:
+    those files go to the reference parser.
+    """
+    dtype = np.dtype(
+        [("ids", np.int64, (tag.num_ids,)), ("values", np.float64, (tag.num_values,))]
+    )
+    try:
+        table = np.loadtxt(rows, dtype=dtype, comments=None, ndmin=1)
+    except ValueError:
+        return None
+    values = np.ascontiguousarray(table["values"])
+    if table.shape[0] != len(rows) or not np.isfinite(values).all():
+        return None
+    return np.ascontiguousarray(table["ids"]), values
 
 
 def _floats(
     rows: List[List[str]], width: int, path: str, lines: Sequence[int], what: str
 ) -> np.ndarray:
-    """Number tokens of many lines → ``(len(rows), width)`` float64, in one numpy conversion.
+    """Number tokens of many lines (or rows already converted by the bulk parser) →
+    ``(len(rows), width)`` float64, in one numpy conversion.
 
     On a bad token (not a number, or not finite) the lines are re-read one number at a time,
     so the error names the first offending line and token, as :func:`_number` words it.
     """
     try:
-        out = np.array(rows, dtype=np.float64).reshape(len(rows), width)
+        out = np.asarray(rows, dtype=np.float64).reshape(len(rows), width)
     except ValueError:
         out = None
     if out is None or not np.isfinite(out).all():
@@ -263,6 +383,11 @@ def _upper_to_symmetric(upper: np.ndarray, dim: int) -> np.ndarray:
 def check_information(info: np.ndarray, path: str, lines: Sequence[int]) -> None:
     """Raise on the first information matrix that is not positive semidefinite."""
     if info.shape[0] == 0:
+        return
+    # Fast accept: a Cholesky factorization that succeeds proves A + E ≻ 0 with
+    # ‖E‖ = O(n²u‖A‖) (Higham 2002, Thm 10.3), far inside the PSD_TOLERANCE margin, so the
+    # eigenvalue test below would accept too; it runs only to name the first failing matrix.
+    if bool((torch.linalg.cholesky_ex(torch.as_tensor(info)).info == 0).all()):
         return
     lam = np.linalg.eigvalsh(info)
     scale = np.maximum(1.0, np.abs(lam).max(axis=1))
@@ -319,7 +444,10 @@ def read_g2o(path: PathLike) -> PoseGraph:
         raise G2oFormatError("is a directory, expected a g2o file", path) from None
     except OSError as err:
         raise G2oFormatError(f"cannot read file: {err.strerror}", path) from None
-    rec = _parse_lines(path, _decode(path, raw))
+    text = _decode(path, raw)
+    rec = _parse_bulk(path, text)
+    if rec is None:  # something unusual: the reference parser names the first problem
+        rec = _parse_lines(path, text)
     for tag_name, count in sorted(rec.unknown.items()):
         warnings.warn(f"{path}: skipped {count} line(s) with unsupported tag {tag_name}")
     if rec.kind is None:
@@ -336,65 +464,131 @@ def read_g2o(path: PathLike) -> PoseGraph:
     return _assemble(path, rec)
 
 
+class _IdIndex:
+    """Vertex id → storage index, by a sorted copy of the ids (vectorized, no per-id dict).
+
+    Assumes unique ids once :meth:`first_duplicate` has returned None.
+    """
+
+    def __init__(self, ids: np.ndarray) -> None:
+        self.order = np.argsort(ids, kind="stable")  # equal ids keep file order
+        self.sorted = ids[self.order]
+
+    def first_duplicate(self) -> Optional[Tuple[int, int]]:
+        """(position, position of the id's first occurrence) of the earliest repeat of an
+        already seen id, in storage order; None if all ids are distinct."""
+        repeat = np.flatnonzero(self.sorted[1:] == self.sorted[:-1]) + 1
+        if repeat.size == 0:
+            return None
+        k = int(repeat[np.argmin(self.order[repeat])])
+        first = int(np.searchsorted(self.sorted, self.sorted[k], side="left"))
+        return int(self.order[k]), int(self.order[first])
+
+    def find(self, query: np.ndarray) -> Tuple[np.ndarray, np.ndarray]:
+        """(storage index, found) for each id of ``query``; the index is meaningless where
+        not found."""
+        if self.sorted.size == 0:
+            return np.zeros(query.shape, dtype=np.int64), np.zeros(query.shape, dtype=bool)
+        pos = np.minimum(np.searchsorted(self.sorted, query), self.sorted.size - 1)
+        return self.order[pos], self.sorted[pos] == query
+
+    def __contains__(self, vid: int) -> bool:
+        return bool(self.find(np.asarray([vid], dtype=np.int64))[1][0])
+
+    def __getitem__(self, vid: int) -> int:
+        index, found = self.find(np.asarray([vid], dtype=np.int64))
+        if not found[0]:
+            raise KeyError(vid)
+        return int(index[0])
+
+
+def _unknown_pose(path: str, vid: int, line: int, point_ids: List[int]) -> G2oFormatError:
+    what = "a 3D point (VERTEX_TRACKXYZ), expected a pose" if vid in point_ids else (
+        "which has no VERTEX line"
+    )
+    return G2oFormatError(f"edge refers to vertex {vid}, {what}", path, line)
+
+
+def _pose_index(path: str, rec: _Records) -> Tuple[np.ndarray, _IdIndex, List[int]]:
+    """(pose ids in storage order, their index, point ids), checking duplicate ids and that
+    every edge (then every point observation) refers to a pose with a VERTEX line."""
+    pts = rec.points
+    index = _IdIndex(rec.vertex_ids)
+    dup = index.first_duplicate()
+    if dup is not None:
+        at, first = dup
+        raise G2oFormatError(
+            f"duplicate vertex id {int(rec.vertex_ids[at])} "
+            f"(first defined on line {int(rec.vertex_lines[first])})",
+            path,
+            int(rec.vertex_lines[at]),
+        )
+    pose_lines = dict(zip(rec.vertex_ids.tolist(), rec.vertex_lines.tolist())) if pts else {}
+    point_ids = _point_ids(path, pts, pose_lines)
+    if rec.vertex_ids.size == 0:
+        obs = np.asarray([a for a, _ in pts.obs_ids], dtype=np.int64)
+        ids = np.unique(np.concatenate([rec.edge_ids.ravel(), obs]))
+        return ids, _IdIndex(ids), point_ids
+    _, found = index.find(rec.edge_ids)
+    if not found.all():
+        k = int(np.flatnonzero(~found.ravel())[0])  # row-major: file order, a before b
+        raise _unknown_pose(
+            path, int(rec.edge_ids.ravel()[k]), int(rec.edge_lines[k // 2]), point_ids
+        )
+    for (a, _), line in zip(pts.obs_ids, pts.obs_lines):
+        if a not in index:
+            raise _unknown_pose(path, a, line, point_ids)
+    return rec.vertex_ids, index, point_ids
+
+
+def _fixed_masks(
+    path: str, rec: _Records, index: _IdIndex, point_index: Dict[int, int]
+) -> Tuple[torch.Tensor, torch.Tensor]:
+    """FIX lines → (pose, point) boolean masks; the first unknown id is an error."""
+    fixed = torch.zeros(index.sorted.size, dtype=torch.bool)
+    point_fixed = torch.zeros(len(point_index), dtype=torch.bool)
+    if not rec.fixed:
+        return fixed, point_fixed
+    where, found = index.find(np.asarray([vid for vid, _ in rec.fixed], dtype=np.int64))
+    fixed[torch.as_tensor(where[found])] = True
+    for k in np.flatnonzero(~found).tolist():
+        vid, line = rec.fixed[k]
+        if vid not in point_index:
+            raise G2oFormatError(f"FIX refers to unknown vertex {vid}", path, line)
+        point_fixed[point_index[vid]] = True
+    return fixed, point_fixed
+
+
 def _assemble(path: str, rec: _Records) -> PoseGraph:
     kind = rec.kind
     assert kind is not None
     dof = _DOF[kind]
-    first_line: Dict[int, int] = {}
-    for vid, line in zip(rec.vertex_ids, rec.vertex_lines):
-        if vid in first_line:
-            raise G2oFormatError(
-                f"duplicate vertex id {vid} (first defined on line {first_line[vid]})", path, line
-            )
-        first_line[vid] = line
     pts = rec.points
-    point_ids = _point_ids(path, pts, first_line)
-    if rec.vertex_ids:
-        ids = list(rec.vertex_ids)
-        pose_refs = [(v, line) for pair, line in zip(rec.edge_ids, rec.edge_lines) for v in pair]
-        pose_refs += [(a, line) for (a, _), line in zip(pts.obs_ids, pts.obs_lines)]
-        for v, line in pose_refs:
-            if v not in first_line:
-                what = "a 3D point (VERTEX_TRACKXYZ), expected a pose" if v in point_ids else (
-                    "which has no VERTEX line"
-                )
-                raise G2oFormatError(f"edge refers to vertex {v}, {what}", path, line)
-    else:
-        ids = sorted({v for pair in rec.edge_ids for v in pair} | {a for a, _ in pts.obs_ids})
-    index = {v: k for k, v in enumerate(ids)}
+    ids, index, point_ids = _pose_index(path, rec)
     point_index = {v: k for k, v in enumerate(point_ids)}
     _check_id_spaces(path, pts, index, point_index)
-    fixed = torch.zeros(len(ids), dtype=torch.bool)
-    point_fixed = torch.zeros(len(point_ids), dtype=torch.bool)
-    for vid, line in rec.fixed:
-        if vid in index:
-            fixed[index[vid]] = True
-        elif vid in point_index:
-            point_fixed[point_index[vid]] = True
-        else:
-            raise G2oFormatError(f"FIX refers to unknown vertex {vid}", path, line)
+    fixed, point_fixed = _fixed_masks(path, rec, index, point_index)
 
     meas_len = 7 if kind == "SE3" else 3
     # explicit width: a file with vertices but no edges gives a (0, width) array
     edge_tag = "EDGE_SE3:QUAT" if kind == "SE3" else "EDGE_SE2"
     vertex_tag = "VERTEX_SE3:QUAT" if kind == "SE3" else "VERTEX_SE2"
-    ev = _floats(
-        rec.edge_values, meas_len + dof * (dof + 1) // 2, path, rec.edge_lines, edge_tag
-    )
+    edge_lines = rec.edge_lines.tolist()
+    ev = _floats(rec.edge_values, meas_len + dof * (dof + 1) // 2, path, edge_lines, edge_tag)
     if kind == "SE3":
-        _quaternions(ev[:, 3:7], path, rec.edge_lines)
+        _quaternions(ev[:, 3:7], path, edge_lines)
     info = _upper_to_symmetric(ev[:, meas_len:], dof)
-    check_information(info, path, rec.edge_lines)
+    check_information(info, path, edge_lines)
 
     poses = None
-    if rec.vertex_ids:
-        vv = _floats(rec.vertex_values, meas_len, path, rec.vertex_lines, vertex_tag)
+    vertex_lines = None
+    if rec.vertex_ids.size:
+        vertex_lines = rec.vertex_lines.tolist()
+        vv = _floats(rec.vertex_values, meas_len, path, vertex_lines, vertex_tag)
         if kind == "SE3":
-            _quaternions(vv[:, 3:7], path, rec.vertex_lines)
+            _quaternions(vv[:, 3:7], path, vertex_lines)
         poses = _poses_from_values(kind, vv)
-    edges = torch.as_tensor(
-        [[index[a], index[b]] for a, b in rec.edge_ids], dtype=torch.long
-    ).reshape(-1, 2)
+    edges = torch.as_tensor(index.find(rec.edge_ids)[0], dtype=torch.long).reshape(-1, 2)
     measurements = _poses_from_values(kind, ev[:, :meas_len].reshape(-1, meas_len))
     return PoseGraph(
         kind=kind,
@@ -405,8 +599,8 @@ def _assemble(path: str, rec: _Records) -> PoseGraph:
         information=torch.as_tensor(info),
         fixed=fixed,
         source=path,
-        edge_lines=list(rec.edge_lines),
-        vertex_lines=list(rec.vertex_lines) if rec.vertex_ids else None,
+        edge_lines=edge_lines,
+        vertex_lines=vertex_lines,
         landmarks=_landmarks(path, pts, index, point_ids, point_index, point_fixed) if pts else None,
     )
 
@@ -434,7 +628,7 @@ def _point_ids(path: str, pts: _PointRecords, pose_lines: Dict[int, int]) -> Lis
 
 
 def _check_id_spaces(
-    path: str, pts: _PointRecords, pose_index: Dict[int, int], point_index: Dict[int, int]
+    path: str, pts: _PointRecords, pose_index: _IdIndex, point_index: Dict[int, int]
 ) -> None:
     """Edge-only files: an id cannot be both a pose and a point; params must exist."""
     for (a, b), param, line in zip(pts.obs_ids, pts.obs_params, pts.obs_lines):
@@ -458,7 +652,7 @@ def _check_id_spaces(
 def _landmarks(
     path: str,
     pts: _PointRecords,
-    pose_index: Dict[int, int],
+    pose_index: _IdIndex,
     point_ids: List[int],
     point_index: Dict[int, int],
     fixed: torch.Tensor,
