@@ -244,6 +244,7 @@ class BetweenEdges(BlockSparseCostFunction):
         self.poses = poses
         self.measurements = measurements
         self.edges = edges.to(device=poses.tensor.device, dtype=torch.long)
+        self._ends = (self.edges[:, 0].contiguous(), self.edges[:, 1].contiguous())  # for index_select
         self._rows = torch.arange(edges.shape[0], device=self.edges.device)
         self.log_cache = EvaluationCache()
         self.register_optim_vars(["poses"])
@@ -261,8 +262,8 @@ class BetweenEdges(BlockSparseCostFunction):
     def _endpoints(self, batch: int) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """``Xᵢ``, ``Xⱼ``, ``Z`` per edge, each ``(batch, E, *element_shape)``."""
         x, z = self.poses.tensor, self.measurements.tensor
-        xi = x[:, self.edges[:, 0]]
-        xj = x[:, self.edges[:, 1]]
+        xi = x.index_select(1, self._ends[0])
+        xj = x.index_select(1, self._ends[1])
         size = (batch, self.num_blocks, *self.poses.element_shape)
         return xi.expand(size), xj.expand(size), z.expand(size)
 
@@ -394,8 +395,8 @@ class PointObservations(BlockSparseCostFunction):
 
     def _terms(self) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
         """``R (B,M,3,3)``, ``R_o (1,M,3,3)``, ``y (B,M,3)``, ``r (B,M,3)``."""
-        x = self.poses.tensor[:, self.observations[:, 0]]
-        p = self.points.tensor[:, self.observations[:, 1]]
+        x = self.poses.tensor.index_select(1, self.observations[:, 0].contiguous())
+        p = self.points.tensor.index_select(1, self.observations[:, 1].contiguous())
         z = self.measurements.tensor
         batch = max(x.shape[0], p.shape[0], z.shape[0])
         rot, t = x[..., :3], x[..., 3]

@@ -562,7 +562,7 @@ class LaplacianSmoothingCost(BlockSparseCostFunction):
     ):
         verts = _check_vertex_variable(verts)
         self.elements = _check_elements(elements, verts.tensor.shape[1], verts.tensor.device)
-        tensor = verts.tensor[:, self.elements]
+        tensor = verts.tensor.index_select(1, self.elements)
         num_verts = tensor.shape[1]
         self.kind = _check_kind(kind)
         self.faces = _check_faces(faces, num_verts, tensor.device)
@@ -641,7 +641,7 @@ class LaplacianSmoothingCost(BlockSparseCostFunction):
     def block_error(self) -> torch.Tensor:
         """``r`` ``(B, V, 3)`` via one gather and one ``index_add``."""
         self._sync()
-        return laplacian_residual(self.verts.tensor[:, self.elements], self.laplacian, self._has)
+        return laplacian_residual(self.verts.tensor.index_select(1, self.elements), self.laplacian, self._has)
 
     def block_jacobians(self) -> Tuple[List[torch.Tensor], torch.Tensor]:
         """Constant blocks ``[(B, V, 3, 3) I, (B, K, 3, 3) −w_ij I]`` and the block error.

@@ -134,7 +134,7 @@ class ManifoldArray(th.Manifold):
         return tensor
 
     def _free_flat(self, batch: int) -> torch.Tensor:
-        x = self.tensor[:, self.free_index]
+        x = self.tensor.index_select(1, self.free_index)
         x = x.expand(batch, *x.shape[1:])
         return x.reshape(batch * self.num_free, *self.element_shape)
 
@@ -166,7 +166,7 @@ class ManifoldArray(th.Manifold):
         self, euclidean_grad: torch.Tensor, is_sparse: bool = False
     ) -> torch.Tensor:
         batch = euclidean_grad.shape[0]
-        grad = euclidean_grad[:, self.free_index].reshape(
+        grad = euclidean_grad.index_select(1, self.free_index).reshape(
             batch * self.num_free, *self.element_shape
         )
         proj = self.as_element(self._free_flat(batch)).project(grad)

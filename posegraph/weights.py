@@ -160,7 +160,7 @@ class FullInformationWeight(LinearBlockWeight):
             ident = bool(torch.equal(rows, torch.arange(rows.numel(), device=rows.device)))
             cached = (rows, ident)
             self._identity_rows[key] = cached
-        return w if cached[1] and rows.numel() == w.shape[1] else w[:, rows]
+        return w if cached[1] and rows.numel() == w.shape[1] else w.index_select(1, rows)
 
     def _copy_impl(self, new_name: Optional[str] = None) -> "FullInformationWeight":
         return FullInformationWeight(self.sqrt_information.copy(), name=new_name)
@@ -203,7 +203,7 @@ class BlockScaleWeight(LinearBlockWeight):
 
     def weight_block_jacobians(self, jac: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
         s = self.scale.tensor
-        s = s[:, rows] if s.shape[1] > 1 else s
+        s = s.index_select(1, rows) if s.shape[1] > 1 else s
         return jac * s[..., None, None]
 
     def _copy_impl(self, new_name: Optional[str] = None) -> "BlockScaleWeight":

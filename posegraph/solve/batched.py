@@ -182,10 +182,10 @@ def normal_solve_gradients(
     rows, cols = lin._row_of_nz, lin._col_of_nz
     ah = lin.Av(h, a_val)
     if detach_hessian:
-        grad_a = b[:, rows] * h[:, cols]
+        grad_a = b.index_select(1, rows) * h.index_select(1, cols)
     else:
         r = b - lin.Av(x, a_val)
-        grad_a = r[:, rows] * h[:, cols] - ah[:, rows] * x[:, cols]
+        grad_a = r.index_select(1, rows) * h.index_select(1, cols) - ah.index_select(1, rows) * x.index_select(1, cols)
     return grad_a, ah
 
 

@@ -247,7 +247,7 @@ class BlockSparseLinearization(Linearization):
         a = self.A_val if a_val is None else a_val
         if _plain_cpu(a, u):
             return self._scipy_product(a, u, transpose=True)
-        return self.column_sums(a * u[:, self._row_of_nz])
+        return self.column_sums(a * u.index_select(1, self._row_of_nz))
 
     def column_sums(self, values: torch.Tensor) -> torch.Tensor:
         """Sum per column of A of values ``(B, nnz)`` laid out like ``A_val`` → ``(B, num_cols)``."""
@@ -268,7 +268,7 @@ class BlockSparseLinearization(Linearization):
         a = self.A_val if a_val is None else a_val
         if _plain_cpu(a, v):
             return self._scipy_product(a, v, transpose=False)
-        contrib = a * v[:, self._col_of_nz]
+        contrib = a * v.index_select(1, self._col_of_nz)
         out = contrib.new_zeros(contrib.shape[0], self.num_rows)
         return out.index_add(1, self._row_of_nz, contrib)
 
