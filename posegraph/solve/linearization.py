@@ -89,6 +89,7 @@ class BlockSparseLinearization(Linearization):
         self._Atb: Optional[torch.Tensor] = None
         self._AtA_diag: Optional[torch.Tensor] = None
         self._pairs: Optional[Tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = None
+        self._scipy_index: Optional[Tuple[np.ndarray, np.ndarray]] = None
         self.detached_hessian = False
         self._unchanged = EvaluationCache()  # the variable tensors of the last linearization
         self.reused = 0  # linearizations skipped because no variable changed
@@ -279,13 +280,20 @@ class BlockSparseLinearization(Linearization):
         a_np, v_np = a.detach().numpy(), v.detach().numpy()
         out = np.empty((a_np.shape[0], self.num_cols if transpose else self.num_rows), dtype=a_np.dtype)
         for i in range(a_np.shape[0]):
-            csr = self._csr(a_np[i])
-            out[i] = (csr.T if transpose else csr) @ v_np[i]
+            out[i] = self._csr(a_np[i], transpose) @ v_np[i]
         return torch.from_numpy(out)
 
-    def _csr(self, values: np.ndarray) -> sp.csr_matrix:
-        """A with ``values`` (one batch element, CSR order) as a SciPy CSR matrix."""
-        return sp.csr_matrix((values, self.A_col_ind, self.A_row_ptr), shape=(self.num_rows, self.num_cols))
+    def _csr(self, values: np.ndarray, transpose: bool = False) -> sp.spmatrix:
+        """A with ``values`` (one batch element, CSR order) as a SciPy CSR matrix, or ``Aᵀ`` as
+        the CSC matrix with the same arrays (``transpose``). The index arrays are converted
+        to SciPy's index type once (it would otherwise convert them on every call)."""
+        if self._scipy_index is None:
+            index = np.int32 if max(self.nnz, self.num_rows, self.num_cols) < np.iinfo(np.int32).max else np.int64
+            self._scipy_index = (self.A_col_ind.astype(index), self.A_row_ptr.astype(index))
+        indices, indptr = self._scipy_index
+        if transpose:
+            return sp.csc_matrix((values, indices, indptr), shape=(self.num_cols, self.num_rows))
+        return sp.csr_matrix((values, indices, indptr), shape=(self.num_rows, self.num_cols))
 
     # -- sparse views (debugging, solvers) --------------------------------------------------
     def A_scipy(self, batch_index: int = 0) -> sp.csr_matrix:
