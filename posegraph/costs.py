@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import abc
 from dataclasses import dataclass
-from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple, Union
 
 import theseus as th
 import torch
@@ -45,7 +45,7 @@ class BlockSparseCostFunction(th.CostFunction, abc.ABC):
         block_dim: int,
         num_blocks: int,
         name: Optional[str] = None,
-        block_names: Optional[Sequence[str]] = None,
+        block_names: Optional[Union[Sequence[str], Callable[[], Sequence[str]]]] = None,
     ):
         super().__init__(weight, name=name)
         if weight.block_dim != block_dim:
@@ -55,7 +55,8 @@ class BlockSparseCostFunction(th.CostFunction, abc.ABC):
             )
         self.block_dim = block_dim
         self.num_blocks = num_blocks
-        self.block_names = list(block_names) if block_names is not None else None
+        # Names (or a function making them, called when a name is first asked for).
+        self._block_names = block_names if block_names is None or callable(block_names) else list(block_names)
 
     # -- to implement ----------------------------------------------------------------------
     @abc.abstractmethod
@@ -119,6 +120,13 @@ class BlockSparseCostFunction(th.CostFunction, abc.ABC):
             )
         mats = [dense[id(v)].reshape(batch, self.dim(), v.dof()) for v in self.optim_vars]
         return mats, err.reshape(batch, -1)
+
+    @property
+    def block_names(self) -> Optional[List[str]]:
+        """Per-block names, when given (made on first use when given as a function)."""
+        if callable(self._block_names):
+            self._block_names = list(self._block_names())
+        return self._block_names
 
     def block_name(self, index: int) -> str:
         """Stable, meaningful name of residual block ``index`` (e.g. a g2o edge's ids)."""
@@ -228,7 +236,8 @@ class BetweenEdges(BlockSparseCostFunction):
         edges: ``(E, 2)`` long tensor of element indices ``(i, j)``.
         measurements: ``th.Variable`` with tensor ``(B, E, *element_shape)`` (``Zᵢⱼ``).
         weight: a block weight with ``block_dim`` = pose dof (e.g. FullInformationWeight).
-        edge_names: optional per-edge names, e.g. ``"EDGE_SE3:QUAT 12 13"``.
+        edge_names: optional per-edge names, e.g. ``"EDGE_SE3:QUAT 12 13"``, or a function
+            returning them (called when a name is first asked for).
     """
 
     def __init__(
@@ -238,7 +247,7 @@ class BetweenEdges(BlockSparseCostFunction):
         measurements: th.Variable,
         weight: BlockCostWeight,
         name: Optional[str] = None,
-        edge_names: Optional[Sequence[str]] = None,
+        edge_names: Optional[Union[Sequence[str], Callable[[], Sequence[str]]]] = None,
     ):
         super().__init__(weight, poses.element_dof, edges.shape[0], name, edge_names)
         self.poses = poses
@@ -370,7 +379,7 @@ class PointObservations(BlockSparseCostFunction):
         offsets: th.Variable,
         weight: BlockCostWeight,
         name: Optional[str] = None,
-        observation_names: Optional[Sequence[str]] = None,
+        observation_names: Optional[Union[Sequence[str], Callable[[], Sequence[str]]]] = None,
     ):
         if poses.element_cls is not th.SE3 or points.element_cls is not th.Point3:
             raise TypeError(

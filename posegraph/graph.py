@@ -12,6 +12,8 @@ from dataclasses import dataclass, field, replace
 from typing import List, Optional, Tuple
 
 import numpy as np
+import scipy.sparse as sp
+from scipy.sparse import csgraph
 import theseus as th
 import torch
 
@@ -254,19 +256,15 @@ def _move(t: Optional[torch.Tensor], is_float: bool, device=None, dtype=None) ->
 
 
 def connected_components(num_nodes: int, edges: np.ndarray) -> np.ndarray:
-    """Component label per node via union–find with path halving (Tarjan 1975)."""
-    parent = np.arange(num_nodes)
-
-    def find(a: int) -> int:
-        while parent[a] != a:
-            parent[a] = parent[parent[a]]
-            a = parent[a]
-        return a
-
-    for a, b in edges.tolist():
-        ra, rb = find(a), find(b)
-        if ra != rb:
-            parent[max(ra, rb)] = min(ra, rb)
-    roots = np.array([find(a) for a in range(num_nodes)], dtype=np.int64)
-    _, labels = np.unique(roots, return_inverse=True)
-    return labels
+    """Component label per node (labels 0..C-1, numbered by each component's lowest node),
+    by SciPy's graph search (``scipy.sparse.csgraph.connected_components``)."""
+    edges = np.asarray(edges, dtype=np.int64).reshape(-1, 2)
+    adjacency = sp.coo_matrix(
+        (np.ones(len(edges), dtype=np.int8), (edges[:, 0], edges[:, 1])), shape=(num_nodes, num_nodes)
+    )
+    _, found = csgraph.connected_components(adjacency, directed=False)
+    # Renumber by lowest node: the first node of each label, in node order.
+    _, first = np.unique(found, return_index=True)
+    rank = np.empty(len(first), dtype=np.int64)
+    rank[np.argsort(first)] = np.arange(len(first))
+    return rank[found]
