@@ -145,3 +145,22 @@ def test_user_variables_are_one_block_each():
     assert symbolic.column_block_sizes(lin).tolist() == [4]
     cost = symbolic.estimate_factor_cost(lin)
     assert cost.nonzeros == 10 and cost.flops == 1 + 4 + 9 + 16
+
+
+def test_block_graph_from_column_spans_equals_the_one_from_the_pattern():
+    """The block graph from the linearization's blocks (fast) has the pattern of the one read
+    off A's nonzeros, also with a user's dense cost over all poses (a span of many blocks)."""
+    g = pg.initialize(pg.read_g2o(DATA / "grid_se2.g2o"))
+    problem = pg.build_problem(g)
+    anchor = problem.poses.copy(new_name="anchor")
+    problem.objective.add(th.Difference(problem.poses, anchor, th.ScaleCostWeight(torch.tensor(1e-3, dtype=torch.float64)), name="prior"))
+    from posegraph.solve.linearization import BlockSparseLinearization
+
+    lin = BlockSparseLinearization(problem.objective)
+    assert lin.column_spans is not None
+    sizes = symbolic.column_block_sizes(lin)
+    fast = symbolic.block_graph(lin, sizes)
+    lin.column_spans = None
+    slow = symbolic.block_graph(lin, sizes)
+    assert fast.shape == slow.shape and ((fast != 0) != (slow != 0)).nnz == 0  # same pattern
+    assert fast.nnz == len(sizes) ** 2  # the prior couples every pose with every other

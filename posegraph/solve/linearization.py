@@ -186,6 +186,8 @@ class BlockSparseLinearization(Linearization):
         same = fr[1:] == fr[:-1]
         if (same & ((c[1:] < c[:-1] + w[:-1]) | (rows[order][1:] != rows[order][:-1]))).any():
             return None
+        #: (first row, first column, width) of every kept block of A (for the block graph).
+        self.column_spans: Optional[Tuple[np.ndarray, np.ndarray, np.ndarray]] = (fr, c, w)
         starts = np.flatnonzero(np.r_[True, ~same]) if len(order) else np.zeros(0, np.int64)
         block_rows, block_width = rows[order][starts], np.add.reduceat(w, starts) if len(order) else w
         row_len = np.zeros(self.num_rows, dtype=np.int64)
@@ -229,6 +231,7 @@ class BlockSparseLinearization(Linearization):
         u_rows = uniq // max(self.num_cols, 1)
         self.A_col_ind = (uniq % max(self.num_cols, 1)).astype(np.int64)
         self.A_row_ptr = np.searchsorted(u_rows, np.arange(self.num_rows + 1)).astype(np.int64)
+        self.column_spans = None
         dest_of_raw = np.full(len(rows_a), len(uniq), dtype=np.int64)
         dest_of_raw[kept] = dest.reshape(-1)
         bounds = np.cumsum([0] + [len(r) for r, _, _ in expanded])

@@ -36,7 +36,7 @@ import numpy as np
 import scipy.sparse as sp
 from sksparse.cholmod import analyze
 
-from .linearization import BlockSparseLinearization
+from .linearization import BlockSparseLinearization, _segments
 
 #: Supernodal from this many flops per nonzero of L (measured crossover on pose graphs with
 #: OpenBLAS; CHOLMOD's own default is 40).
@@ -90,15 +90,23 @@ def column_block_sizes(lin: BlockSparseLinearization) -> np.ndarray:
 
 def block_graph(lin: BlockSparseLinearization, sizes: np.ndarray) -> sp.csc_matrix:
     """``PᵀP + I`` with ``P`` the rows × column-blocks incidence of A's pattern: symmetric
-    positive definite, with the block graph's sparsity."""
+    positive definite, with the block graph's sparsity (only the pattern is meant: read from
+    the linearization's ``column_spans`` when it has them, one row per residual block, else
+    from A's nonzeros)."""
     block_of_col = np.repeat(np.arange(len(sizes)), sizes)
-    rows = np.repeat(np.arange(lin.num_rows), np.diff(lin.A_row_ptr))
-    blocks = block_of_col[lin.A_col_ind]
-    first = np.ones(len(blocks), dtype=bool)  # columns are sorted within a row: keep one per block
-    first[1:] = (blocks[1:] != blocks[:-1]) | (rows[1:] != rows[:-1])
-    incidence = sp.csr_matrix(
-        (np.ones(int(first.sum())), (rows[first], blocks[first])), shape=(lin.num_rows, len(sizes))
-    )
+    spans = getattr(lin, "column_spans", None)
+    if spans is not None:  # (first row, first column, width) of each block of A: fewer entries
+        first_row, first_col, width = spans
+        low, high = block_of_col[first_col], block_of_col[first_col + width - 1]
+        span, within = _segments(high - low + 1)
+        rows, blocks = first_row[span], low[span] + within
+    else:
+        rows = np.repeat(np.arange(lin.num_rows), np.diff(lin.A_row_ptr))
+        blocks = block_of_col[lin.A_col_ind]
+        first = np.ones(len(blocks), dtype=bool)  # columns are sorted within a row: one per block
+        first[1:] = (blocks[1:] != blocks[:-1]) | (rows[1:] != rows[:-1])
+        rows, blocks = rows[first], blocks[first]
+    incidence = sp.csr_matrix((np.ones(len(rows)), (rows, blocks)), shape=(lin.num_rows, len(sizes)))
     return (incidence.T @ incidence + sp.identity(len(sizes), format="csr")).tocsc()
 
 
