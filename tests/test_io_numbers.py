@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import decimal
+import re
 from pathlib import Path
 
 import numpy as np
@@ -91,7 +93,8 @@ EDGE_FORMS = ["1.", ".5", "-0", "+3e+05", "1E5", "-0.0", "0e999", "1e-400", "900
 
 
 def test_random_tokens_bit_identical():
-    """~200k random tokens (fast and slow paths alike) equal float() bit for bit."""
+    """~200k random tokens equal float() bit for bit, whichever way they are converted:
+    Clinger's fast path, Eisel–Lemire, or float() itself."""
     rng = np.random.default_rng(1234)
     toks = EDGE_FORMS + random_tokens(rng, 200_000 - len(EDGE_FORMS))
     toks = [t for t in toks if np.isfinite(float(t))]  # the table refuses non-finite values
@@ -102,8 +105,42 @@ def test_random_tokens_bit_identical():
     assert table is not None
     assert_bits_equal(table[1], toks)
     scan = numbers._scan(numbers.tokenize(rows, width))
-    fast = numbers._fast_values(scan)[1]
-    assert 0.2 < fast.mean() < 0.8  # both paths are exercised
+    decided = numbers._fast_values(scan)[1]
+    clinger = scan.valid & scan.exact_exponent & scan.exact_significand
+    clinger &= (scan.significand < 2**53) & (np.abs(scan.exponent) <= 22)
+    assert clinger.mean() > 0.1  # every route is exercised
+    assert (decided & ~clinger).mean() > 0.1
+    assert (~decided).mean() > 0.1
+
+
+def near_halfway_tokens(rng: np.random.Generator, count: int):
+    """Decimals within a few units of the 18th significant digit of the midpoint between two
+    adjacent doubles (and the exact midpoints of small ones): the hardest roundings."""
+    out = []
+    with decimal.localcontext() as ctx:
+        ctx.prec = 800
+        for x in np.exp(rng.uniform(-700, 700, size=count)) * rng.choice([1, -1], size=count):
+            x = float(x)
+            mid = (decimal.Decimal(x) + decimal.Decimal(np.nextafter(x, np.inf))) / 2
+            digits, exp = mid.as_tuple().digits, mid.adjusted()
+            for delta in (-1, 0, 1):
+                m = int("".join(map(str, digits[:18]))) + delta
+                out.append(f"{'-' if mid < 0 else ''}{m}e{exp - 17}")
+            if len(digits) <= 18:
+                out.append(str(mid))
+    return out
+
+
+def test_near_halfway_tokens_bit_identical():
+    rng = np.random.default_rng(99)
+    toks = [t for t in near_halfway_tokens(rng, 4000) if np.isfinite(float(t))]
+    toks += ["9007199254740993", "9007199254740995", "4503599627370496.5", "1e23",
+             "8.98846567431158e307", "2.2250738585072014e-308", "2.2250738585072011e-308"]
+    toks = toks[: len(toks) // 4 * 4]
+    rows = [" ".join(toks[k : k + 4]) for k in range(0, len(toks), 4)]
+    table = numbers.parse_table(rows, 0, 4)
+    assert table is not None
+    assert_bits_equal(table[1], toks)
 
 
 def test_random_integers_exact():
@@ -163,3 +200,38 @@ def test_whitespace_is_str_split_whitespace(sep):
 @pytest.mark.parametrize("rows", [["1 2", "1 2 3"], ["1 2 3 4"], ["1\x002 3"], ["1 2\u00e93"]])
 def test_wrong_token_counts_and_odd_bytes_are_refused(rows):
     assert numbers.parse_table(rows, 1, 2) is None
+
+
+def reference_row(row: str, num_ids: int, num_values: int):
+    """What the table must hold for one line: ids by int() (plain [+-]digits in int64 only),
+    values by float() (finite only); None where the table must be refused."""
+    toks = row.split()
+    if len(toks) != num_ids + num_values:
+        return None
+    if not all(re.fullmatch(r"[+-]?[0-9]+", t) for t in toks[:num_ids]):
+        return None
+    ids = [int(t) for t in toks[:num_ids]]
+    if not all(-(2**63) <= v < 2**63 for v in ids):
+        return None
+    try:
+        values = [float(t) for t in toks[num_ids:]]
+    except ValueError:
+        return None
+    return (ids, values) if all(np.isfinite(values)) else None
+
+
+def test_random_malformed_rows_agree_with_int_and_float():
+    """Short random strings over the number alphabet: the table is refused exactly when
+    int()/float() refuse a token, otherwise it holds their values."""
+    rng = np.random.default_rng(5)
+    alphabet = list("0123456789+-.eE") + ["1", "5", "0", "e", "."]
+    accepted = 0
+    for _ in range(5000):
+        row = " ".join("".join(rng.choice(alphabet, size=rng.integers(1, 8))) for _ in range(3))
+        want, got = reference_row(row, 1, 2), numbers.parse_table([row], 1, 2)
+        assert (want is None) == (got is None), row
+        if want is not None:
+            accepted += 1
+            assert got[0].tolist() == [want[0]], row
+            assert_bits_equal(got[1], row.split()[1:])
+    assert accepted > 100
