@@ -12,14 +12,14 @@ Format reference: g2o's ``types_slam2d``/``types_slam3d`` (Kümmerle et al. 2011
 the SE-Sync/GTSAM datasets.
 
 Every problem is reported as :class:`~posegraph.errors.G2oFormatError` naming file and line.
-Pose lines are converted in bulk (one strict ``np.loadtxt`` per tag); on anything unusual the
+Pose lines are converted in bulk (one vectorized conversion per tag, bit-identical to ``float``,
+:mod:`posegraph.io.numbers`); on anything unusual the
 file is re-read line by line by the reference parser, so errors are the same either way.
 Writing is atomic (temporary file + rename) and round-trips exactly in float64.
 """
 
 from __future__ import annotations
 
-import functools
 import math
 import os
 import tempfile
@@ -34,6 +34,7 @@ import torch
 from .. import lie
 from ..errors import G2oFormatError
 from ..graph import Landmarks, PoseGraph
+from .numbers import parse_table
 
 PathLike = Union[str, "os.PathLike[str]"]
 
@@ -261,15 +262,14 @@ def _parse_lines(path: str, text: str) -> _Records:
 def _parse_bulk(path: str, text: str) -> Optional[_Records]:
     """The fast parser: the same records as :func:`_parse_lines`, or None where it cannot tell.
 
-    Pose lines are grouped by tag and each group is converted by one strict ``np.loadtxt``
-    call (exactly the expected column count, integer ids, no hex, separators or quotes);
+    Pose lines are grouped by tag and each group is converted at once by
+    :func:`~posegraph.io.numbers.parse_table` (exactly the expected column count, plain
+    integer ids, values bit-identical to ``float``);
     every other line goes through :func:`_parse_other_line` as in the reference parser.
     Anything unusual (a conversion error, a non-finite value, a self-loop, SE2 mixed with
     SE3, or any error on another line) gives None, so that :func:`_parse_lines` reports the
     first problem in file order with its usual message.
     """
-    if not _loadtxt_is_strict():
-        return None
     rec = _Records()
     groups: Dict[str, Tuple[List[str], List[int]]] = {name: ([], []) for name in _TAGS}
     try:
@@ -313,40 +313,13 @@ def _parse_bulk(path: str, text: str) -> Optional[_Records]:
     return rec
 
 
-@functools.lru_cache(maxsize=None)
-def _loadtxt_is_strict() -> bool:
-    """Whether ``np.loadtxt`` refuses ``1.0`` in an integer column (older NumPy accepted it
-    with a DeprecationWarning); the bulk parser is used only then."""
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        try:
-            np.loadtxt(["1.0"], dtype=np.int64)
-        except ValueError:
-            return True
-    return False
-
-
 def _load_rows(rows: List[str], tag: _Tag) -> Optional[Tuple[np.ndarray, np.ndarray]]:
     """Lines of one pose tag (without the tag) → (int64 ids, finite float64 values), contiguous;
-    None if ``np.loadtxt`` refuses a line or a value is not finite.
-
-    ``np.loadtxt`` splits on the same whitespace as ``str.split`` and converts floats with
-    CPython's own ``PyOS_string_to_double`` (bit-identical to ``float``); it refuses what the
-    reference parser refuses (wrong column count, non-integer or out-of-range ids, hex,
-    ``1,0``, quotes) and also ``1_0`` and non-ASCII digits, which ``int``/``float`` accept:
-    those files go to the reference parser.
-    """
-    dtype = np.dtype(
-        [("ids", np.int64, (tag.num_ids,)), ("values", np.float64, (tag.num_values,))]
-    )
-    try:
-        table = np.loadtxt(rows, dtype=dtype, comments=None, ndmin=1)
-    except ValueError:
-        return None
-    values = np.ascontiguousarray(table["values"])
-    if table.shape[0] != len(rows) or not np.isfinite(values).all():
-        return None
-    return np.ascontiguousarray(table["ids"]), values
+    None if a line has another token count, an id is not a plain int64, ``float`` refuses a
+    value or a value is not finite (see :func:`~posegraph.io.numbers.parse_table`: values are
+    bit-identical to ``float``; ids with ``1_0`` or non-ASCII digits, which ``int`` accepts,
+    go to the reference parser)."""
+    return parse_table(rows, tag.num_ids, tag.num_values)
 
 
 def _floats(
