@@ -73,6 +73,9 @@ __all__ = [
 SMALL_ANGLE = {torch.float64: 1e-2, torch.float32: 1e-1, torch.float16: 3e-1, torch.bfloat16: 3e-1}
 #: The same for γ of :func:`_se3_jr_inv_coefficients`, whose closed form cancels to O(θ⁶).
 SMALL_ANGLE_GAMMA = {torch.float64: 0.25, torch.float32: 1.0, torch.float16: 1.0, torch.bfloat16: 1.0}
+#: :func:`_cross` uses torch's cross-product kernel up to this many vectors (measured
+#: crossover with the component-wise products: 1,000–5,000 vectors).
+CROSS_KERNEL_MAX_VECTORS = 2048
 #: SO(3) log switches to the near-π branch when ``1 + cos θ`` is below this (θ/sin θ would lose
 #: all precision there; Theseus uses the same test).
 NEAR_PI = {torch.float64: 1e-7, torch.float32: 1e-3, torch.float16: 1e-2, torch.bfloat16: 1e-2}
@@ -208,12 +211,16 @@ def _dot3(a: Tensor, b: Tensor) -> Tensor:
 
 
 def _cross(a: Tensor, b: Tensor) -> Tensor:
-    """``a × b`` over the last axis (broadcasting). One ``linalg.cross`` kernel: ~4× faster
-    than the six products of the components up to ~1000 vectors, ~2× slower at 20,000
-    (where an iteration's other work dwarfs it)."""
+    """``a × b`` over the last axis (broadcasting). Up to :data:`CROSS_KERNEL_MAX_VECTORS`
+    vectors one ``linalg.cross`` kernel (~4× faster on a few hundred), beyond that the six
+    products of the components (``linalg.cross`` is 2× slower at 20,000 vectors)."""
     if a.shape != b.shape:
         a, b = torch.broadcast_tensors(a, b)
-    return torch.linalg.cross(a, b)
+    if a.numel() <= 3 * CROSS_KERNEL_MAX_VECTORS:
+        return torch.linalg.cross(a, b)
+    a0, a1, a2 = a.unbind(-1)
+    b0, b1, b2 = b.unbind(-1)
+    return torch.stack([a1 * b2 - a2 * b1, a2 * b0 - a0 * b2, a0 * b1 - a1 * b0], dim=-1)
 
 
 def skew(v: Tensor) -> Tensor:
@@ -474,9 +481,7 @@ def se3_mul_adjoint_inverse(m: Tensor, rel: Tensor) -> Tensor:
     r_t = rel[..., :3].transpose(-1, -2)
     t_p = -(r_t @ rel[..., 3:]).transpose(-1, -2)  # (..., 1, 3)
     m_l = m[..., :3]
-    k = m.shape[-2]
-    prod = torch.cat([m_l, _cross(m_l, t_p) + m[..., 3:]], dim=-2) @ r_t
-    return torch.cat([prod[..., :k, :], prod[..., k:, :]], dim=-1)
+    return torch.cat([m_l @ r_t, (_cross(m_l, t_p) + m[..., 3:]) @ r_t], dim=-1)
 
 
 def se3_between_error_jacobians(xi: Tensor, xj: Tensor, z: Tensor) -> Tuple[Tensor, Tensor, Tensor]:
