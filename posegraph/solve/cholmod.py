@@ -31,7 +31,7 @@ from sksparse.cholmod import CholmodError, Factor, analyze_AAt
 from theseus.optimizer import Linearization
 
 from .batched import BlockSparseSolver, normal_solve_gradients
-from .linearization import BlockSparseLinearization, records_gradient
+from .linearization import BlockSparseLinearization, records_gradient, scipy_index
 from .symbolic import plan_factorization
 
 CHOLMOD_MODES = ("auto", "supernodal", "simplicial")
@@ -121,9 +121,7 @@ class OrderedTranspose:
             indices = keyed.indices
             if not np.array_equal(gather, np.arange(len(gather))):
                 self._gather = gather
-        index = np.int32 if max(len(indices), lin.num_cols) < np.iinfo(np.int32).max else np.int64
-        self._indices = indices.astype(index)  # SciPy would otherwise convert them on every call
-        self._indptr = np.asarray(lin.A_row_ptr).astype(index)
+        self._indices, self._indptr = scipy_index(np.asarray(indices), np.asarray(lin.A_row_ptr), lin.num_cols)
 
     def transpose(self, a_values: np.ndarray) -> sp.csc_matrix:
         """The ordered ``Aᵀ`` for A's values ``a_values`` (CSR order of the linearization)."""

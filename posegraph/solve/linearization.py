@@ -50,11 +50,20 @@ def _plain_cpu(*tensors: torch.Tensor) -> bool:
     )
 
 
-def _segments(lengths: np.ndarray) -> Tuple[np.ndarray, np.ndarray]:
+def segment_positions(lengths: np.ndarray) -> Tuple[np.ndarray, np.ndarray]:
     """For consecutive segments of ``lengths``: each element's segment and index within it."""
     segment = np.repeat(np.arange(len(lengths)), lengths)
     within = np.arange(int(lengths.sum())) - np.repeat(np.cumsum(lengths) - lengths, lengths)
     return segment, within
+
+
+def scipy_index(indices: np.ndarray, indptr: np.ndarray, indexed_dim: int) -> Tuple[np.ndarray, np.ndarray]:
+    """CSR/CSC index arrays (``indices`` into a dimension of size ``indexed_dim``) in SciPy's
+    index type for them (int32 when everything fits), converted once: SciPy would otherwise
+    convert them on every matrix built from them."""
+    fits = max(len(indices), len(indptr), indexed_dim) < np.iinfo(np.int32).max
+    index = np.int32 if fits else np.int64
+    return indices.astype(index), indptr.astype(index)
 
 
 @dataclass
@@ -67,10 +76,6 @@ class _Piece:
     d: int
     col: np.ndarray
     e: int
-
-    @property
-    def size(self) -> int:
-        return len(self.first_row) * self.d * self.e
 
     def entries(self) -> Tuple[np.ndarray, np.ndarray, np.ndarray]:
         """Row, column and kept flag of every entry, in value order."""
@@ -162,7 +167,6 @@ class BlockSparseLinearization(Linearization):
         else:
             self._pure_copy = True
         self.nnz = int(self.A_row_ptr[-1])
-        self.num_raw = sum(p.size for p in pieces)
         self._has_dropped = any(bool((p.col < 0).any()) for p in pieces)
         u_rows = np.repeat(np.arange(self.num_rows), np.diff(self.A_row_ptr))
         self._row_of_nz = torch.as_tensor(u_rows, dtype=torch.long, device=dev)
@@ -182,16 +186,16 @@ class BlockSparseLinearization(Linearization):
         width = np.concatenate([np.full(n, p.e) for n, p in zip(sizes, pieces)]) if pieces else col
         kept = np.flatnonzero(col >= 0)
         order = kept[np.lexsort((col[kept], first_row[kept]))]  # by residual block, then column
-        fr, c, w = first_row[order], col[order], width[order]
+        fr, c, w, d = first_row[order], col[order], width[order], rows[order]
         same = fr[1:] == fr[:-1]
-        if (same & ((c[1:] < c[:-1] + w[:-1]) | (rows[order][1:] != rows[order][:-1]))).any():
+        if (same & ((c[1:] < c[:-1] + w[:-1]) | (d[1:] != d[:-1]))).any():
             return None
         #: (first row, first column, width) of every kept block of A (for the block graph).
         self.column_spans: Optional[Tuple[np.ndarray, np.ndarray, np.ndarray]] = (fr, c, w)
         starts = np.flatnonzero(np.r_[True, ~same]) if len(order) else np.zeros(0, np.int64)
-        block_rows, block_width = rows[order][starts], np.add.reduceat(w, starts) if len(order) else w
+        block_rows, block_width = d[starts], np.add.reduceat(w, starts) if len(order) else w
         row_len = np.zeros(self.num_rows, dtype=np.int64)
-        block_of, within = _segments(block_rows)
+        block_of, within = segment_positions(block_rows)
         row_len[fr[starts][block_of] + within] = block_width[block_of]
         self.A_row_ptr = np.concatenate([[0], np.cumsum(row_len)]).astype(np.int64)
         # Each kept block's rows: width of its residual block's rows and columns before it.
@@ -349,8 +353,7 @@ class BlockSparseLinearization(Linearization):
         the CSC matrix with the same arrays (``transpose``). The index arrays are converted
         to SciPy's index type once (it would otherwise convert them on every call)."""
         if self._scipy_index is None:
-            index = np.int32 if max(self.nnz, self.num_rows, self.num_cols) < np.iinfo(np.int32).max else np.int64
-            self._scipy_index = (self.A_col_ind.astype(index), self.A_row_ptr.astype(index))
+            self._scipy_index = scipy_index(self.A_col_ind, self.A_row_ptr, self.num_cols)
         indices, indptr = self._scipy_index
         if transpose:
             return sp.csc_matrix((values, indices, indptr), shape=(self.num_cols, self.num_rows))
@@ -374,9 +377,7 @@ class BlockSparseLinearization(Linearization):
         """
         if self._pairs is None:
             counts = np.diff(self.A_row_ptr)
-            sq = counts**2
-            row = np.repeat(np.arange(len(counts)), sq)
-            local = np.arange(int(sq.sum())) - np.repeat(np.cumsum(sq) - sq, sq)
+            row, local = segment_positions(counts**2)
             width = counts[row]
             p = self.A_row_ptr[row] + local // np.maximum(width, 1)
             q = self.A_row_ptr[row] + local % np.maximum(width, 1)

@@ -36,7 +36,7 @@ import numpy as np
 import scipy.sparse as sp
 from sksparse.cholmod import analyze
 
-from .linearization import BlockSparseLinearization, _segments
+from .linearization import BlockSparseLinearization, segment_positions
 
 #: Supernodal from this many flops per nonzero of L (measured crossover on pose graphs with
 #: OpenBLAS; CHOLMOD's own default is 40).
@@ -94,11 +94,10 @@ def block_graph(lin: BlockSparseLinearization, sizes: np.ndarray) -> sp.csc_matr
     the linearization's ``column_spans`` when it has them, one row per residual block, else
     from A's nonzeros)."""
     block_of_col = np.repeat(np.arange(len(sizes)), sizes)
-    spans = getattr(lin, "column_spans", None)
-    if spans is not None:  # (first row, first column, width) of each block of A: fewer entries
-        first_row, first_col, width = spans
+    if lin.column_spans is not None:  # (first row, first column, width) of A's blocks: fewer
+        first_row, first_col, width = lin.column_spans
         low, high = block_of_col[first_col], block_of_col[first_col + width - 1]
-        span, within = _segments(high - low + 1)
+        span, within = segment_positions(high - low + 1)
         rows, blocks = first_row[span], low[span] + within
     else:
         rows = np.repeat(np.arange(lin.num_rows), np.diff(lin.A_row_ptr))
@@ -114,9 +113,8 @@ def expand_block_order(blocks: np.ndarray, sizes: np.ndarray) -> np.ndarray:
     """The column permutation that eliminates the blocks in the order ``blocks``, each block's
     columns together and in their own order."""
     starts = np.cumsum(sizes) - sizes
-    ordered = sizes[blocks]
-    within = np.arange(int(ordered.sum())) - np.repeat(np.cumsum(ordered) - ordered, ordered)
-    return np.repeat(starts[blocks], ordered) + within
+    block, within = segment_positions(sizes[blocks])
+    return starts[blocks][block] + within
 
 
 def _ordered_cost(graph: sp.csc_matrix, sizes: np.ndarray, method: str) -> Tuple[np.ndarray, FactorCost]:
