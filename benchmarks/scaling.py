@@ -46,8 +46,14 @@ class _TimedSymbolic:
         self.nnz_l = 0
 
     def cholesky_AAt(self, *args, **kwargs):  # noqa: N802 (CHOLMOD's name)
+        return self._timed(self._symbolic.cholesky_AAt, *args, **kwargs)
+
+    def cholesky(self, *args, **kwargs):  # the solver's assembled AᵀA (supernodal)
+        return self._timed(self._symbolic.cholesky, *args, **kwargs)
+
+    def _timed(self, factorize, *args, **kwargs):
         t0 = time.perf_counter()
-        factor = self._symbolic.cholesky_AAt(*args, **kwargs)
+        factor = factorize(*args, **kwargs)
         self.seconds += time.perf_counter() - t0
         if not self.nnz_l:
             self.nnz_l = int(factor.L().nnz)

@@ -36,9 +36,10 @@ Solving
     vectorized CHOLMOD path (``BlockSparseLinearization`` + ``CholmodSolver``).
     ``CholmodSolver(objective, mode="auto"|"supernodal"|"simplicial", reuse_factor=True)``
     — supernodal or simplicial from the factor's fill estimated on the block graph
-    (``posegraph.solve.symbolic.estimate_factor_cost`` / ``choose_cholmod_mode``),
-    simplicial ones in a fill-reducing order of the block graph (``block_fill_order`` /
-    ``plan_factorization``; ``CholmodSolver.order``); solves
+    (``posegraph.solve.symbolic.estimate_factor_cost`` / ``choose_cholmod_mode``), both in a
+    fill-reducing order of the block graph (``block_fill_order`` / ``plan_factorization``;
+    ``CholmodSolver.order``), supernodal ones on ``AᵀA`` assembled by the solver
+    (``posegraph.solve.normal.NormalMatrix``; ``CholmodSolver.normal``); solves
     without recorded gradients first try CG preconditioned with the last factor
     (``lagged_factor_cg``) and refactor only when it converges slowly. ``SolverOptions``'
     ``cholmod_mode`` / ``reuse_factor`` set both; ``SolveResult.factor_stats`` counts

@@ -447,18 +447,29 @@ def test_ordered_transpose_permutes_the_rows_of_a_transpose():
     assert plain.apply(v) is v and plain.restore(v) is v
 
 
-@pytest.mark.parametrize("mode", ["simplicial", "supernodal"])
-def test_cholmod_solve_and_gradient_in_either_order(mode):
-    """Simplicial solves run in the block order, supernodal in CHOLMOD's: both give the dense
-    solution and the dense gradient."""
+@pytest.mark.parametrize("mode, spans", [("simplicial", True), ("supernodal", True), ("supernodal", False)])
+def test_cholmod_solve_and_gradient_in_either_order(mode, spans, monkeypatch):
+    """Both modes run in the block order (supernodal on the solver's assembled AᵀA), or
+    supernodal in CHOLMOD's own order when A has no block spans: all give the dense solution
+    and the dense gradient."""
     from posegraph.solve.cholmod import CholmodNormalSolve, CholmodSolver
 
     _, lin = linearized_cholmod("SE3", n=9, seed=8)
+    if not spans:
+        original = BlockSparseLinearization._slots_by_blocks
+
+        def without_spans(self, pieces):
+            dests = original(self, pieces)
+            self.column_spans = None
+            return dests
+
+        monkeypatch.setattr(BlockSparseLinearization, "_slots_by_blocks", without_spans)
     solver = CholmodSolver(lin.objective, mode=mode)
     solver.linearization.linearize()
     lin = solver.linearization
-    assert (solver.order.columns is not None) == (mode == "simplicial")
-    if mode == "simplicial":
+    assert (solver.order.columns is not None) == spans
+    assert (solver.normal is not None) == (spans and mode == "supernodal")
+    if spans:
         assert not (solver.order.columns == torch.arange(lin.num_cols).numpy()).all()
     a_val = lin.A_val.detach().clone().requires_grad_(True)
     b = lin.b.detach().clone().requires_grad_(True)

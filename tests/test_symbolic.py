@@ -125,13 +125,34 @@ def test_best_order_only_on_small_graphs(monkeypatch):
     assert tried == ["amd"]
 
 
-def test_plan_gives_the_block_order_to_simplicial_factorizations_only():
+def test_plan_gives_the_block_order_to_both_modes():
     lin = linearization(pg.read_g2o(DATA / "grid_se2.g2o"))
     simplicial = symbolic.plan_factorization(lin, "simplicial")
     assert simplicial.mode == "simplicial" and simplicial.order is not None
-    assert symbolic.plan_factorization(lin, "supernodal") == symbolic.FactorizationPlan("supernodal", None)
+    supernodal = symbolic.plan_factorization(lin, "supernodal")
+    assert supernodal.mode == "supernodal"
+    assert np.array_equal(supernodal.order.columns, simplicial.order.columns)
     auto = symbolic.plan_factorization(lin)  # a 2D grid fills in little: simplicial
     assert auto.mode == "simplicial" and np.array_equal(auto.order.columns, simplicial.order.columns)
+
+
+def test_supernodal_keeps_cholmods_order_without_block_spans():
+    """Without A's block spans (overlapping blocks) the solver cannot assemble AᵀA, and CHOLMOD
+    cannot analyse AAᵀ supernodally in a given order: it keeps its own."""
+    lin = linearization(pg.read_g2o(DATA / "grid_se2.g2o"))
+    lin.column_spans = None
+    assert symbolic.plan_factorization(lin, "supernodal") == symbolic.FactorizationPlan("supernodal", None)
+    assert symbolic.plan_factorization(lin, "simplicial").order is not None
+
+
+@pytest.mark.parametrize(
+    "flops, nonzeros, mode",
+    [(5e6, 1e4, "simplicial"), (7e6, 1e5, "supernodal"), (7e6, 2e5, "simplicial"), (1e9, 1e6, "supernodal")],
+)
+def test_supernodal_needs_fill_and_size(flops, nonzeros, mode):
+    """smallGrid3D-like (100 flops per nonzero, 5 Mflop) stays simplicial; parking-garage-like
+    (52, 21 Mflop) goes supernodal."""
+    assert symbolic.mode_for(symbolic.FactorCost(nonzeros, flops)) == mode
 
 
 def test_user_variables_are_one_block_each():

@@ -1,11 +1,16 @@
 """CHOLMOD linear solver for :class:`BlockSparseLinearization`, differentiable.
 
 The normal equations ``(AᵀA + λI) δ = Aᵀb`` are factored with CHOLMOD (scikit-sparse). The
-symbolic analysis of ``AAᵀ``'s pattern runs once per solver; each call does the numeric
-factorization only (``Factor.cholesky_AAt``, which forms ``AᵀA`` inside CHOLMOD and keeps its
-pattern even where values are exactly zero). Simplicial factorizations run in the block-graph
-order of :func:`~posegraph.solve.symbolic.plan_factorization`: CHOLMOD is handed ``Aᵀ`` with
-its rows in that order (:class:`OrderedTranspose`) and told to keep it.
+symbolic analysis runs once per solver; each call does the numeric factorization only, in the
+block-graph order of :func:`~posegraph.solve.symbolic.plan_factorization` (CHOLMOD is told to
+keep the natural order; vectors move in and out of it with :class:`OrderedTranspose`):
+
+* supernodal: of the lower triangle of ``AᵀA + λI``, which the solver assembles in that
+  order (:class:`~posegraph.solve.normal.NormalMatrix`; ``Factor.cholesky``);
+* simplicial: from ``Aᵀ`` with its rows in that order (``Factor.cholesky_AAt``: CHOLMOD
+  forms ``AᵀA`` itself, keeping its pattern even where values are exactly zero);
+* without A's block spans (overlapping blocks), supernodal runs on ``Aᵀ`` in CHOLMOD's own
+  order (see :func:`~posegraph.solve.symbolic.plan_factorization`).
 
 Gradients (Theseus' unroll / truncated / implicit modes) come from
 :class:`CholmodNormalSolve`: with ``H = (AᵀA + λI)⁻¹ g`` for the incoming gradient ``g``,
@@ -27,11 +32,12 @@ import numpy as np
 import scipy.sparse as sp
 import theseus as th
 import torch
-from sksparse.cholmod import CholmodError, Factor, analyze_AAt
+from sksparse.cholmod import CholmodError, Factor, analyze, analyze_AAt
 from theseus.optimizer import Linearization
 
 from .batched import BlockSparseSolver, normal_solve_gradients
 from .linearization import BlockSparseLinearization, records_gradient, scipy_index
+from .normal import NormalMatrix
 from .symbolic import plan_factorization
 
 CHOLMOD_MODES = ("auto", "supernodal", "simplicial")
@@ -59,9 +65,8 @@ class CholmodNormalSolve(torch.autograd.Function):
         x_np = np.empty((a_np.shape[0], lin.num_cols))
         factors: List[Factor] = []
         for i in range(a_np.shape[0]):
-            at = order.transpose(a_np[i])
-            rhs = at @ b_np[i] if atb_np is None else order.apply(atb_np[i])
-            y, factor = solver.solve_one(i, at, rhs, dampings[i], exact)
+            rhs = order.transpose(a_np[i]) @ b_np[i] if atb_np is None else order.apply(atb_np[i])
+            y, factor = solver.solve_one(i, a_np[i], rhs, dampings[i], exact)
             x_np[i] = order.restore(y)
             factors.append(factor)
         if not np.isfinite(x_np).all():
@@ -213,8 +218,9 @@ class CholmodSolver(BlockSparseSolver):
 
     Args:
         mode: CHOLMOD's ``"supernodal"`` or ``"simplicial"`` factorization, or ``"auto"``
-            (from the estimated fill). Simplicial factorizations run in the block-graph order
-            (:func:`~posegraph.solve.symbolic.plan_factorization`); ``solver.order`` holds it.
+            (from the estimated fill). Both run in the block-graph order
+            (:func:`~posegraph.solve.symbolic.plan_factorization`); ``solver.order`` holds it,
+            and ``solver.normal`` the assembled ``AᵀA`` of supernodal factorizations.
         reuse_factor: when no gradient is being recorded, first try conjugate gradients
             preconditioned with the last factorization (:func:`lagged_factor_cg`) and
             refactor only when that does not converge quickly: near the optimum the normal
@@ -242,9 +248,16 @@ class CholmodSolver(BlockSparseSolver):
         plan = plan_factorization(self.linearization, mode)
         self.mode = plan.mode
         self.order = OrderedTranspose(self.linearization, None if plan.order is None else plan.order.columns)
-        self.symbolic = analyze_AAt(
-            self.order.pattern(), mode=self.mode, ordering_method="default" if plan.order is None else "natural"
-        )
+        #: ``AᵀA`` assembled by the solver (supernodal in the block order), else ``None``:
+        #: CHOLMOD forms it from ``Aᵀ`` (``cholesky_AAt``).
+        self.normal: Optional[NormalMatrix] = None
+        if self.mode == "supernodal" and plan.order is not None:
+            self.normal = NormalMatrix(self.linearization, plan.order.sizes, plan.order.blocks)
+            self.symbolic = analyze(self.normal.pattern(), mode="supernodal", ordering_method="natural")
+        else:
+            self.symbolic = analyze_AAt(
+                self.order.pattern(), mode=self.mode, ordering_method="default" if plan.order is None else "natural"
+            )
         self.default_damping = damping
         self.reuse_factor = reuse_factor
         self.cg_tolerance = cg_tolerance
@@ -264,25 +277,34 @@ class CholmodSolver(BlockSparseSolver):
         return self.reuse_factor and not records_gradient(a_val, b)
 
     def solve_one(
-        self, index: int, at: sp.csc_matrix, rhs: np.ndarray, beta: float, exact: bool
+        self, index: int, a_values: np.ndarray, rhs: np.ndarray, beta: float, exact: bool
     ) -> Tuple[np.ndarray, Factor]:
-        """``(AᵀA + βI)⁻¹ rhs`` for batch element ``index`` and the factor it used (the lagged
-        one when CG converged with it, else a fresh one, which becomes the lagged one); ``at``
-        and ``rhs`` in the solver's order (:class:`OrderedTranspose`), and so is the result."""
+        """``(AᵀA + βI)⁻¹ rhs`` for batch element ``index`` (A's values ``a_values``, CSR
+        order) and the factor it used (the lagged one when CG converged with it, else a fresh
+        one, which becomes the lagged one); ``rhs`` in the solver's order
+        (:class:`OrderedTranspose`), and so is the result."""
         last = None if exact else self._last_factors.get(index)
         if last is not None:
+            at = self.order.transpose(a_values)
             x, iterations = lagged_factor_cg(at, rhs, beta, last, self.cg_tolerance, self.cg_max_iterations)
             self.stats.cg_iterations += iterations
             if x is not None:
                 self.stats.reused += 1
                 return x, last
-        try:
-            factor = self.symbolic.cholesky_AAt(at, beta=beta)
-        except CholmodError as err:  # not positive definite, etc.
-            raise RuntimeError(f"CHOLMOD factorization failed: {err}") from err
+        factor = self.factorize(a_values, beta)
         self.stats.factorizations += 1
         self._last_factors[index] = factor
         return factor(rhs), factor
+
+    def factorize(self, a_values: np.ndarray, beta: float) -> Factor:
+        """CHOLMOD's numeric factorization of ``AᵀA + βI`` in the solver's order, for A's
+        values ``a_values`` (CSR order)."""
+        try:
+            if self.normal is not None:
+                return self.symbolic.cholesky(self.normal.matrix(torch.from_numpy(a_values), beta))
+            return self.symbolic.cholesky_AAt(self.order.transpose(a_values), beta=beta)
+        except CholmodError as err:  # not positive definite, etc.
+            raise RuntimeError(f"CHOLMOD factorization failed: {err}") from err
 
     def _solve(self, lam: torch.Tensor) -> torch.Tensor:
         lin = self.linearization

@@ -2,9 +2,13 @@
 
 CHOLMOD factors in one of two ways (Chen, Davis, Hager & Rajamanickam 2008, "Algorithm 887:
 CHOLMOD", §2): *supernodal* (dense fronts, BLAS-3) or *simplicial* (column by column). Its
-automatic choice takes supernodal once the factorization needs 40 flops per nonzero of ``L``;
-on pose graphs that is too early: supernodal's per-supernode overhead loses to simplicial up
-to about 100 flops per nonzero (``benchmarks/cholmod_modes.py`` prints the measured table).
+automatic choice takes supernodal once the factorization needs 40 flops per nonzero of ``L``.
+On pose graphs, with ``AᵀA`` assembled by the solver (:mod:`~posegraph.solve.normal`),
+supernodal wins from about 50 flops per nonzero, but only once the factorization is large
+enough (some 6 Mflop) for its per-supernode overhead and the assembly to pay off
+(``benchmarks/cholmod_modes.py`` prints the measured table: parking-garage, 52 flops per
+nonzero and 21 Mflop, factors in 11.6 ms supernodal against 16.3 ms simplicial; smallGrid3D,
+100 and 4.9 Mflop, in 2.0 ms against 1.8 ms).
 
 Pose-graph columns come in blocks (one per pose: 3 or 6 columns with identical sparsity), so
 the fill is computed on the *block graph* — one node per column block, an edge where two
@@ -39,8 +43,10 @@ from sksparse.cholmod import analyze
 from .linearization import BlockSparseLinearization, segment_positions
 
 #: Supernodal from this many flops per nonzero of L (measured crossover on pose graphs with
-#: OpenBLAS; CHOLMOD's own default is 40).
-SUPERNODAL_MIN_FLOPS_PER_NONZERO = 100.0
+#: OpenBLAS and the solver's assembled ``AᵀA``; CHOLMOD's own default is 40) …
+SUPERNODAL_MIN_FLOPS_PER_NONZERO = 50.0
+#: … and this many flops in all (below it simplicial wins at any fill: smallGrid3D).
+SUPERNODAL_MIN_FLOPS = 6e6
 #: Above this many column blocks the estimate is skipped and supernodal taken: the block
 #: graph's own factorization grows with the fill, and graphs this large fill in enough for
 #: supernodal to win (sphere 5000: 350 flops per nonzero; 2D 10000: 340).
@@ -65,13 +71,15 @@ class FactorCost:
 @dataclass(frozen=True)
 class BlockOrder:
     """A fill-reducing elimination order of the column blocks (``method``: the CHOLMOD ordering
-    that found it on the block graph), expanded to ``columns`` (a permutation of A's columns:
-    ``columns[i]`` is eliminated ``i``-th), with its :class:`FactorCost`."""
+    that found it on the block graph; block ``blocks[i]`` is eliminated ``i``-th), expanded to
+    ``columns`` (a permutation of A's columns: ``columns[i]`` is eliminated ``i``-th), with
+    its :class:`FactorCost` and the blocks' ``sizes``."""
 
     method: str
     blocks: np.ndarray
     columns: np.ndarray
     cost: FactorCost
+    sizes: np.ndarray  # columns per block (:func:`column_block_sizes`)
 
 
 def column_block_sizes(lin: BlockSparseLinearization) -> np.ndarray:
@@ -142,13 +150,13 @@ def block_fill_order(
     sizes = column_block_sizes(lin) if sizes is None else sizes
     if len(sizes) == 0:
         empty = np.zeros(0, dtype=np.int64)
-        return BlockOrder("natural", empty, empty, FactorCost(0.0, 0.0))
+        return BlockOrder("natural", empty, empty, FactorCost(0.0, 0.0), sizes)
     if methods is None:
         methods = ("amd", "best") if len(sizes) <= MAX_BEST_ORDER_BLOCKS else ("amd",)
     graph = block_graph(lin, sizes)
     found = [(method, *_ordered_cost(graph, sizes, method)) for method in methods]
     method, blocks, cost = min(found, key=lambda f: f[2].flops)
-    return BlockOrder(method, blocks, expand_block_order(blocks, sizes), cost)
+    return BlockOrder(method, blocks, expand_block_order(blocks, sizes), cost, sizes)
 
 
 def estimate_factor_cost(lin: BlockSparseLinearization, sizes: Optional[np.ndarray] = None) -> FactorCost:
@@ -158,14 +166,16 @@ def estimate_factor_cost(lin: BlockSparseLinearization, sizes: Optional[np.ndarr
 
 
 def mode_for(cost: FactorCost) -> str:
-    """``"supernodal"`` from :data:`SUPERNODAL_MIN_FLOPS_PER_NONZERO`, else ``"simplicial"``."""
-    return "supernodal" if cost.flops_per_nonzero >= SUPERNODAL_MIN_FLOPS_PER_NONZERO else "simplicial"
+    """``"supernodal"`` from :data:`SUPERNODAL_MIN_FLOPS_PER_NONZERO` and
+    :data:`SUPERNODAL_MIN_FLOPS`, else ``"simplicial"``."""
+    dense_enough = cost.flops_per_nonzero >= SUPERNODAL_MIN_FLOPS_PER_NONZERO
+    return "supernodal" if dense_enough and cost.flops >= SUPERNODAL_MIN_FLOPS else "simplicial"
 
 
 @dataclass(frozen=True)
 class FactorizationPlan:
-    """How CHOLMOD factors ``AᵀA``: its ``mode`` and, for simplicial factorizations, the
-    block-graph elimination ``order`` (``None``: CHOLMOD's own ordering of the scalar pattern)."""
+    """How CHOLMOD factors ``AᵀA``: its ``mode`` and the block-graph elimination ``order``
+    (``None``: CHOLMOD's own ordering of the scalar pattern of ``AAᵀ``)."""
 
     mode: str
     order: Optional[BlockOrder] = None
@@ -174,19 +184,21 @@ class FactorizationPlan:
 def plan_factorization(lin: BlockSparseLinearization, mode: str = "auto") -> FactorizationPlan:
     """CHOLMOD's mode for ``lin``'s normal matrix and the elimination order to give it.
 
-    ``"auto"`` takes supernodal from :data:`SUPERNODAL_MIN_FLOPS_PER_NONZERO` in the order of
-    :func:`block_fill_order`, and supernodal without estimating above
-    :data:`MAX_ESTIMATED_BLOCKS` column blocks. Only simplicial factorizations get the block
-    order: CHOLMOD's supernodal analysis of ``AAᵀ`` in a given (natural) order crashes
-    (SuiteSparse 5.12 through scikit-sparse 0.4.16, reproduced on random block matrices), so
-    supernodal keeps CHOLMOD's own ordering.
+    ``"auto"`` takes supernodal by :func:`mode_for` in the order of :func:`block_fill_order`, and supernodal in CHOLMOD's own order without estimating above
+    :data:`MAX_ESTIMATED_BLOCKS` column blocks. A supernodal factorization gets the block
+    order only when the solver can assemble ``AᵀA`` itself (:class:`~posegraph.solve.normal.
+    NormalMatrix`, which needs A's block spans): CHOLMOD's supernodal analysis of ``AAᵀ`` in a
+    given (natural) order crashes (SuiteSparse 5.12 through scikit-sparse 0.4.16, reproduced
+    on random block matrices), while that of a symmetric matrix does not.
     """
     sizes = column_block_sizes(lin)
-    if mode == "supernodal" or (mode == "auto" and len(sizes) > MAX_ESTIMATED_BLOCKS):
+    if len(sizes) > MAX_ESTIMATED_BLOCKS and mode != "simplicial":
         return FactorizationPlan("supernodal")
     order = block_fill_order(lin, sizes)
     chosen = mode_for(order.cost) if mode == "auto" else mode
-    return FactorizationPlan(chosen, order if chosen == "simplicial" else None)
+    if chosen == "supernodal" and lin.column_spans is None:
+        return FactorizationPlan(chosen)
+    return FactorizationPlan(chosen, order)
 
 
 def choose_cholmod_mode(lin: BlockSparseLinearization) -> str:

@@ -1,0 +1,302 @@
+"""The normal matrix ``AᵀA + βI`` of a :class:`BlockSparseLinearization`, assembled from the
+Gram matrices of A's residual blocks: lower triangle, CSC, in a block elimination order.
+
+Why: CHOLMOD can factor ``AᵀA`` given A (``cholesky_AAt``), but it then forms each supernode's
+columns of ``AᵀA`` itself, row pair by row pair, and its supernodal analysis of ``AAᵀ`` in a
+given order crashes (see :func:`~posegraph.solve.symbolic.plan_factorization`), so a
+supernodal factorization could not use the block order. Given the lower triangle of ``AᵀA``
+in that order, it factors in natural order (``benchmarks/cholmod_modes.py``: sphere2500
+37.7 ms against 40.7 ms, parking-garage 11.6 ms against 20.1 ms, assembly included).
+
+Assembly. Rows of different residual blocks never meet in ``AᵀA``
+(``(AᵀA)_ij = Σ_r A_ri A_rj``), so ``AᵀA = Σ_g S_gᵀ S_g`` over A's residual blocks ``g``,
+where ``S_g`` (``d × W``: the block's ``d`` rows and the ``W`` columns they hold) lies
+contiguously in A's CSR values. Residual blocks of one shape are done together: one gather,
+one batched product and one ``index_add`` per shape (parking-garage: 2.1 ms).
+
+Layout. ``H`` holds the *block* pattern: every pair of column blocks
+(:func:`~posegraph.solve.symbolic.column_block_sizes`) that share a residual block, dense —
+``AᵀA``'s own pattern when A's blocks cover whole column blocks, as pose graphs' do. In
+elimination order, column ``t`` of block ``J`` (``d_J`` columns) holds rows ``t … d_J−1`` of
+its own block, then all rows of each later block ``I`` paired with ``J``, in order. So the
+entry (row ``u`` of block ``I``, column ``t`` of block ``J``) sits at
+
+    indptr[column] + u − t                          (I = J),
+    indptr[column] + d_J − t + rows_before(I) + u   (I after J),
+
+``rows_before(I)`` being the rows of the blocks paired with ``J`` before ``I``: every slot
+follows in closed form from the pairs of blocks, without sorting entries.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import List, Tuple
+
+import numpy as np
+import scipy.sparse as sp
+import torch
+
+from .linearization import BlockSparseLinearization, scipy_index, segment_positions
+
+
+@dataclass
+class _Shape:
+    """Residual blocks of one shape (``d`` rows, ``width`` columns) and where their Gram
+    matrices go: ``values`` indexes their A values (CSR order, ``G·d·W``); ``upper`` the
+    entries ``(a, b)``, ``a ≤ b``, of their stacked ``W × W`` Gram matrices that ``H`` keeps
+    (flat: one 1-D gather is much faster than selecting along a dimension); ``slots`` where
+    each goes in ``H``'s values."""
+
+    d: int
+    width: int
+    values: torch.Tensor
+    upper: torch.Tensor
+    slots: torch.Tensor
+
+
+@dataclass
+class _BlockOrder:
+    """Column blocks in elimination order: ``position[b]`` of block ``b``; by position, its
+    ``size`` and ``first`` column; ``first_of_block[b]``: block ``b``'s first column position."""
+
+    position: np.ndarray
+    size: np.ndarray
+    first: np.ndarray
+    first_of_block: np.ndarray
+
+    @classmethod
+    def of(cls, sizes: np.ndarray, blocks: np.ndarray) -> "_BlockOrder":
+        position = np.empty(len(sizes), dtype=np.int64)
+        position[blocks] = np.arange(len(sizes))
+        size = sizes[blocks]
+        first = np.cumsum(size) - size
+        return cls(position, size, first, first[position])
+
+
+@dataclass
+class _Spans:
+    """A's blocks ``(row, first column, width)`` split where they cross column blocks, with
+    each piece's column ``block``, in (row, column) order."""
+
+    row: np.ndarray
+    first: np.ndarray
+    width: np.ndarray
+    block: np.ndarray
+
+    @classmethod
+    def of(cls, column_spans, sizes: np.ndarray, block_start: np.ndarray) -> "_Spans":
+        first_row, first_col, width = column_spans
+        block_of_col = np.repeat(np.arange(len(sizes)), sizes)
+        low, high = block_of_col[first_col], block_of_col[first_col + width - 1]
+        span, within = segment_positions(high - low + 1)
+        block = low[span] + within
+        start = np.maximum(first_col[span], block_start[block])
+        end = np.minimum(first_col[span] + width[span], block_start[block] + sizes[block])
+        return cls(first_row[span], start, end - start, block)
+
+
+class _ResidualBlocks:
+    """A's residual blocks — runs of spans with the same first row — grouped by shape (rows
+    ``d`` and span widths). ``start[g]``: residual block ``g``'s first span; ``value_start[g]``:
+    where its values start in A's CSR values."""
+
+    def __init__(self, lin: BlockSparseLinearization, spans: _Spans):
+        n_spans = len(spans.row)
+        self.start = np.flatnonzero(np.r_[True, spans.row[1:] != spans.row[:-1]]) if n_spans else spans.row
+        n = len(self.start)
+        count = np.diff(np.r_[self.start, n_spans])
+        total = np.add.reduceat(spans.width, self.start) if n else spans.width
+        first_row = spans.row[self.start]
+        ptr = np.asarray(lin.A_row_ptr)
+        self.value_start = ptr[first_row]
+        # Rows between two residual blocks hold no values (their elements are all fixed).
+        d = (ptr[np.r_[first_row[1:], lin.num_rows]] - self.value_start) // np.maximum(total, 1)
+        table = np.full((n, 2 + (int(count.max()) if n else 0)), -1, dtype=np.int64)
+        table[:, 0], table[:, 1] = d, count
+        g, k = segment_positions(count)
+        table[g, 2 + k] = spans.width
+        self._shapes, self._shape_of = _distinct_rows(table)
+
+    def __len__(self) -> int:
+        return len(self._shapes)
+
+    def members(self, shape: int) -> np.ndarray:
+        """The residual blocks of ``shape``."""
+        return np.flatnonzero(self._shape_of == shape)
+
+    def rows(self, shape: int) -> int:
+        return int(self._shapes[shape, 0])
+
+    def widths(self, shape: int) -> np.ndarray:
+        """The widths of ``shape``'s spans, in column order."""
+        return self._shapes[shape, 2 : 2 + int(self._shapes[shape, 1])]
+
+
+def _distinct_rows(table: np.ndarray) -> Tuple[np.ndarray, np.ndarray]:
+    """The distinct rows of ``table`` and each row's index among them (``np.unique(axis=0)``
+    sorts a void view and is several times slower)."""
+    if len(table) == 0:
+        return table, np.zeros(0, dtype=np.int64)
+    order = np.lexsort(table.T[::-1])
+    ordered = table[order]
+    new = np.r_[True, (ordered[1:] != ordered[:-1]).any(axis=1)]
+    index = np.empty(len(table), dtype=np.int64)
+    index[order] = np.cumsum(new) - 1
+    return ordered[new], index
+
+
+def _lower_triangle(d: np.ndarray, k: np.ndarray) -> Tuple[np.ndarray, np.ndarray]:
+    """Row ``u`` and column ``t`` (``u ≥ t``) of the ``k``-th entry of a ``d × d`` lower
+    triangle in column-major order."""
+    u, t = np.empty_like(k), np.empty_like(k)
+    for size in np.unique(d):
+        sel = d == size
+        cols, rows = np.triu_indices(int(size))  # (t, u), u ≥ t, column by column
+        u[sel], t[sel] = rows[k[sel]], cols[k[sel]]
+    return u, t
+
+
+class NormalMatrix:
+    """Lower triangle of ``H = AᵀA + βI`` (CSC) for ``lin``'s pattern, columns in the
+    elimination order of the column blocks ``blocks`` (block ``blocks[i]`` eliminated
+    ``i``-th; ``sizes``: columns per block), assembled by :meth:`matrix` from A's values.
+
+    Needs ``lin.column_spans`` (a linearization whose blocks do not overlap).
+    """
+
+    def __init__(self, lin: BlockSparseLinearization, sizes: np.ndarray, blocks: np.ndarray):
+        if lin.column_spans is None:
+            raise ValueError("NormalMatrix: the linearization has no block structure (overlapping blocks)")
+        self.num_cols = int(lin.num_cols)
+        sizes = np.asarray(sizes, dtype=np.int64)
+        self._order = _BlockOrder.of(sizes, np.asarray(blocks, dtype=np.int64))
+        spans = _Spans.of(lin.column_spans, sizes, np.cumsum(sizes) - sizes)
+        residuals = _ResidualBlocks(lin, spans)
+        self._pairs = self._block_pairs(spans, residuals)
+        self._layout()
+        indices = self._row_indices()
+        self.indices, self._scipy_indptr = scipy_index(indices, self.indptr, self.num_cols)
+        sizes_start = np.cumsum(sizes) - sizes
+        dev = lin.objective.device
+        self._shapes: List[_Shape] = [
+            self._shape(residuals, shape, spans, sizes_start, dev) for shape in range(len(residuals))
+        ]
+
+    # -- structure ---------------------------------------------------------------------------
+    def _block_pairs(self, spans: _Spans, residuals: _ResidualBlocks) -> np.ndarray:
+        """Keys ``J·nb + I`` (positions, ``J`` before ``I``) of the pairs of distinct column
+        blocks that share a residual block, sorted: column-major order of ``H``'s blocks."""
+        nb = len(self._order.position)
+        keys = [np.zeros(0, dtype=np.int64)]
+        for shape in range(len(residuals)):
+            i, j = np.triu_indices(len(residuals.widths(shape)), k=1)
+            first = residuals.start[residuals.members(shape)][:, None]
+            pi = self._order.position[spans.block[first + i]]
+            pj = self._order.position[spans.block[first + j]]
+            lo, hi = np.minimum(pi, pj), np.maximum(pi, pj)
+            keys.append((lo * nb + hi)[lo != hi])
+        return np.unique(np.concatenate(keys))
+
+    def _layout(self) -> None:
+        """Column pointers, and per block pair the rows of earlier pairs in its block column."""
+        nb, size = len(self._order.position), self._order.size
+        column_block, row_block = self._pairs // nb, self._pairs % nb
+        rows = size[row_block]
+        below = np.bincount(column_block, weights=rows, minlength=nb).astype(np.int64)
+        column_start = np.cumsum(below) - below
+        self._rows_before = np.cumsum(rows) - rows - np.repeat(column_start, np.bincount(column_block, minlength=nb))
+        block, t = segment_positions(size)  # column t of each block position
+        self.indptr = np.r_[0, np.cumsum(size[block] - t + below[block])].astype(np.int64)
+        self.nnz = int(self.indptr[-1])
+        self._diagonal = self.indptr[:-1]  # each column's first entry
+
+    def _slot(self, column_block: np.ndarray, t: np.ndarray, u: np.ndarray, extra: np.ndarray) -> np.ndarray:
+        """Slot of the entry at column ``t`` of block position ``column_block`` and row ``u``
+        of its block, ``extra`` rows further down (0 in a diagonal block)."""
+        return self.indptr[self._order.first[column_block] + t] - t + u + extra
+
+    def _pair_extra(self, column_block: np.ndarray, pair: np.ndarray) -> np.ndarray:
+        """Rows of a block column above block pair ``pair``'s rows: the diagonal block's
+        ``d_J`` plus the rows of earlier pairs."""
+        return self._order.size[column_block] + self._rows_before[pair]
+
+    def _row_indices(self) -> np.ndarray:
+        """``H``'s row index of every slot."""
+        order, nb = self._order, len(self._order.position)
+        indices = np.empty(self.nnz, dtype=np.int64)
+        block, k = segment_positions(order.size * (order.size + 1) // 2)  # diagonal blocks
+        u, t = _lower_triangle(order.size[block], k)
+        indices[self._slot(block, t, u, 0)] = order.first[block] + u
+        column_block, row_block = self._pairs // nb, self._pairs % nb
+        pair, k = segment_positions(order.size[row_block] * order.size[column_block])
+        d = order.size[column_block[pair]]
+        u, t = k // d, k % d
+        extra = self._pair_extra(column_block[pair], pair)
+        indices[self._slot(column_block[pair], t, u, extra)] = order.first[row_block[pair]] + u
+        return indices
+
+    def _shape(self, residuals: _ResidualBlocks, shape: int, spans: _Spans, block_start, dev) -> _Shape:
+        """Value indices, Gram entries and their ``H`` slots for the residual blocks of one
+        shape, worked out per pair of spans ``(i, j)``, ``i ≤ j``: the column side of an
+        entry ``(a, b)`` (``a`` in span ``i``, ``b`` in span ``j``) is the one whose block is
+        eliminated first."""
+        order = self._order
+        members = residuals.members(shape)
+        widths = residuals.widths(shape)
+        d, m, W = residuals.rows(shape), len(widths), int(widths.sum())
+        span_first = np.cumsum(widths) - widths  # first Gram column of each span
+        s = residuals.start[members][:, None] + np.arange(m)[None, :]  # (G, m) spans
+        s_pos = order.position[spans.block[s]]
+        s_off = spans.first[s] - block_start[spans.block[s]]  # span's first column in its block
+        upper, slots = [], []
+        for i, j in zip(*np.triu_indices(m)):
+            if i == j:
+                oa, ob = np.triu_indices(int(widths[i]))
+            else:
+                oa, ob = (x.ravel() for x in np.indices((int(widths[i]), int(widths[j]))))
+            upper.append((span_first[i] + oa) * W + span_first[j] + ob)
+            flip = s_pos[:, j] < s_pos[:, i]  # span j's block is eliminated first
+            column_block = np.where(flip, s_pos[:, j], s_pos[:, i])
+            row_block = np.where(flip, s_pos[:, i], s_pos[:, j])
+            extra = np.zeros(len(members), dtype=np.int64)
+            off = column_block != row_block
+            pair = np.searchsorted(self._pairs, column_block[off] * len(order.position) + row_block[off])
+            extra[off] = self._pair_extra(column_block[off], pair)
+            t_i, t_j = s_off[:, i : i + 1] + oa, s_off[:, j : j + 1] + ob  # within their blocks
+            t = t_i + flip[:, None] * (t_j - t_i)  # the column side's; the row side's: t_i + t_j − t
+            slots.append(self._slot(column_block[:, None], t, t_i + t_j - t, extra[:, None]))
+        gram_entries = np.arange(len(members))[:, None] * W * W + np.concatenate(upper)[None, :]
+        values = residuals.value_start[members][:, None] + np.arange(d * W)[None, :]
+        return _Shape(
+            d,
+            W,
+            torch.as_tensor(values.reshape(-1), device=dev),
+            torch.as_tensor(gram_entries.reshape(-1), device=dev),
+            torch.as_tensor(np.concatenate(slots, axis=1).reshape(-1), device=dev),
+        )
+
+    def pattern(self) -> sp.csc_matrix:
+        """``H``'s lower-triangle pattern (every value 1), for the symbolic analysis."""
+        return self._csc(np.ones(self.nnz))
+
+    # -- numeric -----------------------------------------------------------------------------
+    def values(self, a_val: torch.Tensor, beta: float = 0.0) -> np.ndarray:
+        """``H``'s values (float64, CSC order) for A's values ``a_val`` (``(nnz,)``, CSR order)."""
+        a = a_val.detach().to(torch.float64)
+        out = torch.zeros(self.nnz, dtype=torch.float64, device=a.device)
+        for shape in self._shapes:
+            s = a.index_select(0, shape.values).view(-1, shape.d, shape.width)
+            gram = torch.bmm(s.transpose(1, 2), s).view(-1)
+            out.index_add_(0, shape.slots, gram.index_select(0, shape.upper))
+        h = out.cpu().numpy()
+        if beta:
+            h[self._diagonal] += beta
+        return h
+
+    def matrix(self, a_val: torch.Tensor, beta: float = 0.0) -> sp.csc_matrix:
+        """``H = AᵀA + βI``, lower triangle, in the elimination order."""
+        return self._csc(self.values(a_val, beta))
+
+    def _csc(self, data: np.ndarray) -> sp.csc_matrix:
+        return sp.csc_matrix((data, self.indices, self._scipy_indptr), shape=(self.num_cols, self.num_cols))
