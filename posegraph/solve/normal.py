@@ -31,7 +31,7 @@ follows in closed form from the pairs of blocks, without sorting entries.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import List, Tuple
+from typing import List, Optional, Tuple
 
 import numpy as np
 import scipy.sparse as sp
@@ -53,6 +53,7 @@ class _Shape:
     values: torch.Tensor
     upper: torch.Tensor
     slots: torch.Tensor
+    gram: Optional[torch.Tensor] = None  # the Gram matrices' buffer, kept between calls
 
 
 @dataclass
@@ -287,8 +288,10 @@ class NormalMatrix:
         out = torch.zeros(self.nnz, dtype=torch.float64, device=a.device)
         for shape in self._shapes:
             s = a.index_select(0, shape.values).view(-1, shape.d, shape.width)
-            gram = torch.bmm(s.transpose(1, 2), s).view(-1)
-            out.index_add_(0, shape.slots, gram.index_select(0, shape.upper))
+            if shape.gram is None or shape.gram.device != a.device:
+                shape.gram = torch.empty(s.shape[0], shape.width, shape.width, dtype=torch.float64, device=a.device)
+            torch.bmm(s.transpose(1, 2), s, out=shape.gram)
+            out.index_add_(0, shape.slots, shape.gram.view(-1).index_select(0, shape.upper))
         h = out.cpu().numpy()
         if beta:
             h[self._diagonal] += beta
