@@ -200,48 +200,51 @@ class NormalMatrix:
         return np.unique(np.concatenate(keys))
 
     def _layout(self) -> None:
-        """Column pointers, and per block pair the rows of earlier pairs in its block column."""
+        """Column pointers; per block position its column stride ``K_J = d_J + below_J − 1``
+        (``indptr[first_J + t] = indptr[first_J] + t·K_J − t(t−1)/2``) and the pairs in its
+        block column; per pair the rows of earlier pairs in the same block column."""
         nb, size = len(self._order.position), self._order.size
         column_block, row_block = self._pairs // nb, self._pairs % nb
         rows = size[row_block]
+        self._pair_count = np.bincount(column_block, minlength=nb)
         below = np.bincount(column_block, weights=rows, minlength=nb).astype(np.int64)
         column_start = np.cumsum(below) - below
-        self._rows_before = np.cumsum(rows) - rows - np.repeat(column_start, np.bincount(column_block, minlength=nb))
+        self._rows_before = np.cumsum(rows) - rows - np.repeat(column_start, self._pair_count)
         block, t = segment_positions(size)  # column t of each block position
         self.indptr = np.r_[0, np.cumsum(size[block] - t + below[block])].astype(np.int64)
         self.nnz = int(self.indptr[-1])
         self._diagonal = self.indptr[:-1]  # each column's first entry
-
-    def _slot(self, column_block: np.ndarray, t: np.ndarray, u: np.ndarray, extra: np.ndarray) -> np.ndarray:
-        """Slot of the entry at column ``t`` of block position ``column_block`` and row ``u``
-        of its block, ``extra`` rows further down (0 in a diagonal block)."""
-        return self.indptr[self._order.first[column_block] + t] - t + u + extra
-
-    def _pair_extra(self, column_block: np.ndarray, pair: np.ndarray) -> np.ndarray:
-        """Rows of a block column above block pair ``pair``'s rows: the diagonal block's
-        ``d_J`` plus the rows of earlier pairs."""
-        return self._order.size[column_block] + self._rows_before[pair]
+        self._stride = size + below - 1
+        self._block_ptr = self.indptr[self._order.first]  # first slot of each block column
 
     def _row_indices(self) -> np.ndarray:
-        """``H``'s row index of every slot."""
+        """``H``'s row index of every slot: each column is a run of its own block's rows
+        ``t … d_J−1``, then one run per block paired with ``J``."""
         order, nb = self._order, len(self._order.position)
-        indices = np.empty(self.nnz, dtype=np.int64)
-        block, k = segment_positions(order.size * (order.size + 1) // 2)  # diagonal blocks
-        u, t = _lower_triangle(order.size[block], k)
-        indices[self._slot(block, t, u, 0)] = order.first[block] + u
-        column_block, row_block = self._pairs // nb, self._pairs % nb
-        pair, k = segment_positions(order.size[row_block] * order.size[column_block])
-        d = order.size[column_block[pair]]
-        u, t = k // d, k % d
-        extra = self._pair_extra(column_block[pair], pair)
-        indices[self._slot(column_block[pair], t, u, extra)] = order.first[row_block[pair]] + u
-        return indices
+        block, t = segment_positions(order.size)
+        column, run = segment_positions(1 + self._pair_count[block])  # runs of each column
+        pair_first = np.cumsum(self._pair_count) - self._pair_count
+        own = run == 0
+        paired = self._pairs[(pair_first[block[column]] + run - 1)[~own]] % nb  # row blocks
+        start = np.empty(len(run), dtype=np.int64)
+        length = np.empty(len(run), dtype=np.int64)
+        start[own], length[own] = order.first[block] + t, order.size[block] - t
+        start[~own], length[~own] = order.first[paired], order.size[paired]
+        entry, within = segment_positions(length)
+        return start[entry] + within
 
     def _shape(self, residuals: _ResidualBlocks, shape: int, spans: _Spans, block_start, dev) -> _Shape:
         """Value indices, Gram entries and their ``H`` slots for the residual blocks of one
-        shape, worked out per pair of spans ``(i, j)``, ``i ≤ j``: the column side of an
-        entry ``(a, b)`` (``a`` in span ``i``, ``b`` in span ``j``) is the one whose block is
-        eliminated first."""
+        shape, worked out per pair of spans ``(i, j)``, ``i ≤ j``.
+
+        An entry ``(a, b)`` (``a`` in span ``i``, ``b`` in span ``j``) has its column in the
+        span whose block is eliminated first (``J``). With ``t = t₀ + T`` and ``u = u₀ + U`` its
+        column and row within their blocks (``t₀``, ``u₀``: the spans' offsets; ``T``, ``U``:
+        the entry's within the spans), its slot ``base + t·K_J − t(t−1)/2 + u`` is
+        ``B + T·(K_J − t₀) + (U − T(T−1)/2)``: per residual block times per entry, one
+        broadcast product and sum (``base``: the block column's first slot, plus ``d_J`` and
+        the rows of earlier pairs for an off-diagonal block).
+        """
         order = self._order
         members = residuals.members(shape)
         widths = residuals.widths(shape)
@@ -250,32 +253,46 @@ class NormalMatrix:
         s = residuals.start[members][:, None] + np.arange(m)[None, :]  # (G, m) spans
         s_pos = order.position[spans.block[s]]
         s_off = spans.first[s] - block_start[spans.block[s]]  # span's first column in its block
-        upper, slots = [], []
+        templates = []  # per span pair: its entries' offsets within the spans
         for i, j in zip(*np.triu_indices(m)):
             if i == j:
-                oa, ob = np.triu_indices(int(widths[i]))
+                templates.append((i, j, *np.triu_indices(int(widths[i]))))
             else:
-                oa, ob = (x.ravel() for x in np.indices((int(widths[i]), int(widths[j]))))
-            upper.append((span_first[i] + oa) * W + span_first[j] + ob)
+                templates.append((i, j, *(x.ravel() for x in np.indices((int(widths[i]), int(widths[j]))))))
+        upper = np.concatenate([(span_first[i] + oa) * W + span_first[j] + ob for i, j, oa, ob in templates])
+        slots = np.empty((len(members), len(upper)), dtype=np.int64)
+        at = 0
+        for i, j, oa, ob in templates:
+            pair_slots = slots[:, at : at + len(oa)]
+            at += len(oa)
             flip = s_pos[:, j] < s_pos[:, i]  # span j's block is eliminated first
-            column_block = np.where(flip, s_pos[:, j], s_pos[:, i])
-            row_block = np.where(flip, s_pos[:, i], s_pos[:, j])
-            extra = np.zeros(len(members), dtype=np.int64)
-            off = column_block != row_block
-            pair = np.searchsorted(self._pairs, column_block[off] * len(order.position) + row_block[off])
-            extra[off] = self._pair_extra(column_block[off], pair)
-            t_i, t_j = s_off[:, i : i + 1] + oa, s_off[:, j : j + 1] + ob  # within their blocks
-            t = t_i + flip[:, None] * (t_j - t_i)  # the column side's; the row side's: t_i + t_j − t
-            slots.append(self._slot(column_block[:, None], t, t_i + t_j - t, extra[:, None]))
-        gram_entries = np.arange(len(members))[:, None] * W * W + np.concatenate(upper)[None, :]
+            for rows, (c, r), (T, U) in ((~flip, (i, j), (oa, ob)), (flip, (j, i), (ob, oa))):
+                if rows.any():
+                    pair_slots[rows] = self._slots(s_pos[rows, c], s_pos[rows, r], s_off[rows, c], s_off[rows, r], T, U)
+        gram_entries = np.arange(len(members))[:, None] * W * W + upper[None, :]
         values = residuals.value_start[members][:, None] + np.arange(d * W)[None, :]
         return _Shape(
             d,
             W,
             torch.as_tensor(values.reshape(-1), device=dev),
             torch.as_tensor(gram_entries.reshape(-1), device=dev),
-            torch.as_tensor(np.concatenate(slots, axis=1).reshape(-1), device=dev),
+            torch.as_tensor(slots.reshape(-1), device=dev),
         )
+
+    def _slots(
+        self, J: np.ndarray, I: np.ndarray, t0: np.ndarray, u0: np.ndarray, T: np.ndarray, U: np.ndarray
+    ) -> np.ndarray:
+        """Slots ``(G, P)`` of entries at column ``t0 + T`` of block position ``J`` and row
+        ``u0 + U`` of block position ``I`` (``I`` = ``J`` or after it), per residual block
+        (``J``, ``I``, ``t0``, ``u0``: ``(G,)``) and entry (``T``, ``U``: ``(P,)``)."""
+        nb = len(self._order.position)
+        base = self._block_ptr[J].copy()
+        off = J != I
+        pair = np.searchsorted(self._pairs, J[off] * nb + I[off])
+        base[off] += self._order.size[J[off]] + self._rows_before[pair]
+        K = self._stride[J]
+        B = base + t0 * K - t0 * (t0 - 1) // 2 + u0
+        return B[:, None] + (K - t0)[:, None] * T[None, :] + (U - T * (T - 1) // 2)[None, :]
 
     def pattern(self) -> sp.csc_matrix:
         """``H``'s lower-triangle pattern (every value 1), for the symbolic analysis."""

@@ -184,12 +184,14 @@ class FactorizationPlan:
 def plan_factorization(lin: BlockSparseLinearization, mode: str = "auto") -> FactorizationPlan:
     """CHOLMOD's mode for ``lin``'s normal matrix and the elimination order to give it.
 
-    ``"auto"`` takes supernodal by :func:`mode_for` in the order of :func:`block_fill_order`, and supernodal in CHOLMOD's own order without estimating above
+    ``"auto"`` takes supernodal by :func:`mode_for` in the order of :func:`block_fill_order`,
+    and supernodal in CHOLMOD's own order, without estimating, above
     :data:`MAX_ESTIMATED_BLOCKS` column blocks. A supernodal factorization gets the block
-    order only when the solver can assemble ``AᵀA`` itself (:class:`~posegraph.solve.normal.
-    NormalMatrix`, which needs A's block spans): CHOLMOD's supernodal analysis of ``AAᵀ`` in a
-    given (natural) order crashes (SuiteSparse 5.12 through scikit-sparse 0.4.16, reproduced
-    on random block matrices), while that of a symmetric matrix does not.
+    order only when the solver can assemble ``AᵀA`` itself
+    (:class:`~posegraph.solve.normal.NormalMatrix`, which needs A's block spans): CHOLMOD's
+    supernodal analysis of ``AAᵀ`` in a given (natural) order crashes (SuiteSparse 5.12
+    through scikit-sparse 0.4.16, reproduced on random block matrices), while that of a
+    symmetric matrix does not.
     """
     sizes = column_block_sizes(lin)
     if len(sizes) > MAX_ESTIMATED_BLOCKS and mode != "simplicial":
