@@ -396,6 +396,27 @@ def test_factor_reuse_saves_factorizations_and_keeps_the_optimum(name):
     torch.testing.assert_close(reused.final_error, fresh.final_error, rtol=1e-9, atol=0)
 
 
+def test_last_factor_tried_only_after_a_small_fall_of_the_error():
+    """A fall of the error (½‖b‖²) above ``reuse_max_decrease`` since the last solve means the
+    matrix moved: refactor without trying CG; a small one tries the last factor first."""
+    import numpy as np
+
+    opt, lin = linearized_cholmod("SE3", n=9, seed=11)
+    solver = opt.linear_solver
+    a, b = lin.A_val[0].numpy(), lin.b[0].numpy()
+    rhs = solver.order.apply(lin.Atb[0, :, 0].numpy())
+    x0, _ = solver.solve_one(0, a, b, rhs, 1e-6, False)
+    assert (solver.stats.factorizations, solver.stats.cg_iterations) == (1, 0)
+    x1, _ = solver.solve_one(0, a, 0.5 * b, 0.5 * rhs, 1e-6, False)  # error fell by 75%
+    assert (solver.stats.factorizations, solver.stats.cg_iterations, solver.stats.reused) == (2, 0, 0)
+    x2, _ = solver.solve_one(0, a, 0.5 * b, 0.5 * rhs, 1e-6, False)  # unchanged: CG, converged
+    assert solver.stats.factorizations == 2 and solver.stats.reused == 1 and solver.stats.cg_iterations >= 1
+    np.testing.assert_allclose(x1, 0.5 * x0, rtol=1e-9, atol=1e-12)
+    np.testing.assert_allclose(x2, x1, rtol=1e-8, atol=1e-12)
+    solver.reset()
+    assert solver._last_errors == {} and solver._last_factors == {}
+
+
 def test_factor_reuse_only_without_gradients():
     opt, lin = linearized_cholmod("SE2", n=6, seed=3)
     solver = opt.linear_solver
