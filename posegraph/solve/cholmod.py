@@ -26,7 +26,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Any, Dict, List, Optional, Sequence, Tuple, Type
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple, Type
 
 import numpy as np
 import scipy.sparse as sp
@@ -65,9 +65,8 @@ class CholmodNormalSolve(torch.autograd.Function):
         x_np = np.empty((a_np.shape[0], lin.num_cols))
         factors: List[Factor] = []
         for i in range(a_np.shape[0]):
-            rhs = order.transpose(a_np[i]) @ b_np[i] if atb_np is None else order.apply(atb_np[i])
-            y, factor = solver.solve_one(i, a_np[i], b_np[i], rhs, dampings[i], exact)
-            x_np[i] = order.restore(y)
+            rhs = lin.scipy_matrix(a_np[i], transpose=True) @ b_np[i] if atb_np is None else atb_np[i]
+            x_np[i], factor = solver.solve_one(i, a_np[i], b_np[i], rhs, dampings[i], exact)
             factors.append(factor)
         if not np.isfinite(x_np).all():
             raise RuntimeError("CHOLMOD solve produced non-finite values")
@@ -84,7 +83,7 @@ class CholmodNormalSolve(torch.autograd.Function):
         A_val, b = ctx.saved_tensors
         g = grad_x.detach().cpu().double().numpy()
         order = ctx.order
-        h = np.stack([order.restore(factor(order.apply(g[i]))) for i, factor in enumerate(ctx.factors)])
+        h = np.stack([order.solve(factor, g[i]) for i, factor in enumerate(ctx.factors)])
         grad_a, grad_b = normal_solve_gradients(
             ctx.lin,
             torch.as_tensor(ctx.b_np),
@@ -102,7 +101,8 @@ class OrderedTranspose:
     told to keep the natural order, factors ``AᵀA`` in that order.
 
     ``columns[i]`` is the column of A eliminated ``i``-th (``None``: A's own order). Within a
-    column of ``Aᵀ`` (a row of A) the permuted row indices are re-sorted once here; each call
+    column of ``Aᵀ`` (a row of A) the permuted row indices are re-sorted once, when the ordered
+    ``Aᵀ`` is first asked for (a solver that assembles ``AᵀA`` itself never does); each call
     then gathers the values in that order. Vectors move between A's column order and the
     solver's with :meth:`apply` (``v[columns]``) and :meth:`restore` (its inverse).
     """
@@ -110,32 +110,42 @@ class OrderedTranspose:
     def __init__(self, lin: BlockSparseLinearization, columns: Optional[np.ndarray] = None):
         self.columns = columns
         self.shape = (lin.num_cols, lin.num_rows)
-        indices, self._gather = np.asarray(lin.A_col_ind), None
+        self._lin = lin
+        self._structure: Optional[Tuple[Optional[np.ndarray], np.ndarray, np.ndarray]] = None
         if columns is not None:
             self._position = np.empty(lin.num_cols, dtype=np.int64)
             self._position[columns] = np.arange(lin.num_cols)
-            # Re-sort each column of Aᵀ (short: a row of A) with SciPy's per-column sort,
-            # carrying each value's index 1..nnz as its value.
-            keyed = sp.csc_matrix(
-                (np.arange(1, len(indices) + 1, dtype=np.float64), self._position[indices], lin.A_row_ptr),
-                shape=(lin.num_cols, lin.num_rows),
-            )
-            keyed.has_sorted_indices = False
-            keyed.sort_indices()
-            gather = keyed.data.astype(np.int64) - 1
-            indices = keyed.indices
-            if not np.array_equal(gather, np.arange(len(gather))):
-                self._gather = gather
-        self._indices, self._indptr = scipy_index(np.asarray(indices), np.asarray(lin.A_row_ptr), lin.num_cols)
+
+    def _ordered(self) -> Tuple[Optional[np.ndarray], np.ndarray, np.ndarray]:
+        """The value gather (``None``: none needed) and the index arrays of the ordered ``Aᵀ``."""
+        if self._structure is None:
+            lin = self._lin
+            indices, gather = np.asarray(lin.A_col_ind), None
+            if self.columns is not None:
+                # Re-sort each column of Aᵀ (short: a row of A) with SciPy's per-column sort,
+                # carrying each value's index 1..nnz as its value.
+                keyed = sp.csc_matrix(
+                    (np.arange(1, len(indices) + 1, dtype=np.float64), self._position[indices], lin.A_row_ptr),
+                    shape=self.shape,
+                )
+                keyed.has_sorted_indices = False
+                keyed.sort_indices()
+                gather = keyed.data.astype(np.int64) - 1
+                indices = keyed.indices
+                if np.array_equal(gather, np.arange(len(gather))):
+                    gather = None
+            self._structure = (gather, *scipy_index(np.asarray(indices), np.asarray(lin.A_row_ptr), lin.num_cols))
+        return self._structure
 
     def transpose(self, a_values: np.ndarray) -> sp.csc_matrix:
         """The ordered ``Aᵀ`` for A's values ``a_values`` (CSR order of the linearization)."""
-        data = a_values if self._gather is None else a_values[self._gather]
-        return sp.csc_matrix((data, self._indices, self._indptr), shape=self.shape)
+        gather, indices, indptr = self._ordered()
+        data = a_values if gather is None else a_values[gather]
+        return sp.csc_matrix((data, indices, indptr), shape=self.shape)
 
     def pattern(self) -> sp.csc_matrix:
         """The ordered ``Aᵀ`` with every value 1 (for the symbolic analysis)."""
-        return self.transpose(np.ones(len(self._indices)))
+        return self.transpose(np.ones(len(self._ordered()[1])))
 
     def apply(self, v: np.ndarray) -> np.ndarray:
         """``v`` (A's column order) in the elimination order."""
@@ -144,6 +154,10 @@ class OrderedTranspose:
     def restore(self, v: np.ndarray) -> np.ndarray:
         """``v`` (elimination order) back in A's column order."""
         return v if self.columns is None else v[self._position]
+
+    def solve(self, factor: Factor, v: np.ndarray) -> np.ndarray:
+        """``factor``'s solve for ``v``, both in A's column order."""
+        return self.restore(factor(self.apply(v)))
 
 
 @dataclass
@@ -169,7 +183,7 @@ def lagged_factor_cg(
     at: sp.csc_matrix,
     rhs: np.ndarray,
     beta: float,
-    factor: Factor,
+    factor: Callable[[np.ndarray], np.ndarray],
     tolerance: float,
     max_iterations: int,
 ) -> Tuple[Optional[np.ndarray], int]:
@@ -178,7 +192,8 @@ def lagged_factor_cg(
     Systems", 2nd ed. 2003, alg. 9.1; lagging the preconditioner of a Newton-type method:
     Knoll & Keyes 2004, "Jacobian-free Newton–Krylov methods", J. Comput. Phys. 193, §3.1).
 
-    ``at`` is ``Aᵀ`` (CSC). Converged when ``‖r‖ ≤ tolerance·‖rhs‖``. Gives up (returns
+    ``at`` is ``Aᵀ`` (CSC); ``factor`` applies the factor's solve (a CHOLMOD ``Factor``, or
+    one wrapped to work in ``at``'s row order). Converged when ``‖r‖ ≤ tolerance·‖rhs‖``. Gives up (returns
     ``None``) as soon as the residual falls slower than that rate spread over
     ``max_iterations`` (``‖r_k‖ > ‖r_0‖ · tolerance^(k / max_iterations)``): the factor is
     then too far from the current matrix and refactoring is cheaper. Returns the solution
@@ -290,14 +305,16 @@ class CholmodSolver(BlockSparseSolver):
     ) -> Tuple[np.ndarray, Factor]:
         """``(AᵀA + βI)⁻¹ rhs`` for batch element ``index`` (A's values ``a_values``, CSR
         order; ``b``'s ``b_values``) and the factor it used (the lagged one when CG converged
-        with it, else a fresh one, which becomes the lagged one); ``rhs`` in the solver's order
-        (:class:`OrderedTranspose`), and so is the result."""
+        with it, else a fresh one, which becomes the lagged one); ``rhs`` and the result in A's
+        column order (CG runs there too: only the factor's solves are permuted)."""
         last = None if exact else self._last_factors.get(index)
         if not self._small_change(index, 0.5 * _dot(b_values, b_values)):
             last = None
         if last is not None:
-            at = self.order.transpose(a_values)
-            x, iterations = lagged_factor_cg(at, rhs, beta, last, self.cg_tolerance, self.cg_max_iterations)
+            at = self.linearization.scipy_matrix(a_values, transpose=True)
+            x, iterations = lagged_factor_cg(
+                at, rhs, beta, lambda r: self.order.solve(last, r), self.cg_tolerance, self.cg_max_iterations
+            )
             self.stats.cg_iterations += iterations
             if x is not None:
                 self.stats.reused += 1
@@ -305,7 +322,7 @@ class CholmodSolver(BlockSparseSolver):
         factor = self.factorize(a_values, beta)
         self.stats.factorizations += 1
         self._last_factors[index] = factor
-        return factor(rhs), factor
+        return self.order.solve(factor, rhs), factor
 
     def _small_change(self, index: int, error: float) -> bool:
         """Whether batch element ``index``'s error fell by at most ``reuse_max_decrease`` (as a

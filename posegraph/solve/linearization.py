@@ -345,10 +345,10 @@ class BlockSparseLinearization(Linearization):
         a_np, v_np = a.detach().numpy(), v.detach().numpy()
         out = np.empty((a_np.shape[0], self.num_cols if transpose else self.num_rows), dtype=a_np.dtype)
         for i in range(a_np.shape[0]):
-            out[i] = self._csr(a_np[i], transpose) @ v_np[i]
+            out[i] = self.scipy_matrix(a_np[i], transpose) @ v_np[i]
         return torch.from_numpy(out)
 
-    def _csr(self, values: np.ndarray, transpose: bool = False) -> sp.spmatrix:
+    def scipy_matrix(self, values: np.ndarray, transpose: bool = False) -> sp.spmatrix:
         """A with ``values`` (one batch element, CSR order) as a SciPy CSR matrix, or ``Aᵀ`` as
         the CSC matrix with the same arrays (``transpose``). The index arrays are converted
         to SciPy's index type once (it would otherwise convert them on every call)."""
@@ -362,7 +362,7 @@ class BlockSparseLinearization(Linearization):
     # -- sparse views (debugging, solvers) --------------------------------------------------
     def A_scipy(self, batch_index: int = 0) -> sp.csr_matrix:
         """A of one batch element as a SciPy CSR matrix (float64)."""
-        return self._csr(self.A_val[batch_index].detach().cpu().double().numpy())
+        return self.scipy_matrix(self.A_val[batch_index].detach().cpu().double().numpy())
 
     def sparse_ata(self, batch_index: int = 0) -> sp.csc_matrix:
         """AᵀA of one batch element as a SciPy CSC matrix (no dense matrix is formed)."""
