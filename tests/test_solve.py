@@ -200,10 +200,15 @@ def test_fixed_vertices_stay_exactly_fixed():
     assert torch.equal(problem.poses.tensor[0, 2], before)
 
 
-def test_batched_solve_equals_one_at_a_time():
+@pytest.mark.parametrize("mode", ["auto", "supernodal"])
+def test_batched_solve_equals_one_at_a_time(mode):
+    """Also with the supernodal factorization of the assembled AᵀA (one per batch element)."""
     g = random_graph("SE3", n=6, seed=8, batch=3)
     problem = pg.build_problem(g)
-    res = pg.optimize(problem, pg.SolverOptions(solver="gn", max_iterations=30))
+    options = pg.SolverOptions(solver="gn", max_iterations=30, cholmod_mode=mode)
+    res = pg.optimize(problem, options)
+    if mode == "supernodal":
+        assert res.factor_stats.mode == "supernodal"
     for k in range(3):
         single = pg.PoseGraph(
             kind="SE3", ids=g.ids, poses=g.poses[k], edges=g.edges,
