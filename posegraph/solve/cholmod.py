@@ -193,10 +193,10 @@ def lagged_factor_cg(
     Knoll & Keyes 2004, "Jacobian-free Newton–Krylov methods", J. Comput. Phys. 193, §3.1).
 
     ``at`` is ``Aᵀ`` (CSC); ``factor`` applies the factor's solve (a CHOLMOD ``Factor``, or
-    one wrapped to work in ``at``'s row order). Converged when ``‖r‖ ≤ tolerance·‖rhs‖``. Gives up (returns
-    ``None``) as soon as the residual falls slower than that rate spread over
-    ``max_iterations`` (``‖r_k‖ > ‖r_0‖ · tolerance^(k / max_iterations)``): the factor is
-    then too far from the current matrix and refactoring is cheaper. Returns the solution
+    one wrapped to work in ``at``'s row order). Converged when ``‖r‖ ≤ tolerance·‖rhs‖``.
+    Gives up (returns ``None``) as soon as the residual falls slower than that rate spread
+    over ``max_iterations`` (``‖r_k‖ > ‖r_0‖ · tolerance^(k / max_iterations)``): the factor
+    is then too far from the current matrix and refactoring is cheaper. Returns the solution
     (or ``None``) and the iterations run.
     """
     norm0 = math.sqrt(_dot(rhs, rhs))

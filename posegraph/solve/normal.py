@@ -267,8 +267,9 @@ class NormalMatrix:
             at += len(oa)
             flip = s_pos[:, j] < s_pos[:, i]  # span j's block is eliminated first
             for rows, (c, r), (T, U) in ((~flip, (i, j), (oa, ob)), (flip, (j, i), (ob, oa))):
-                if rows.any():
-                    pair_slots[rows] = self._slots(s_pos[rows, c], s_pos[rows, r], s_off[rows, c], s_off[rows, r], T, U)
+                if rows.any():  # c: the column side's span, r: the row side's
+                    J, I = s_pos[rows, c], s_pos[rows, r]
+                    pair_slots[rows] = self._slots(J, I, s_off[rows, c], s_off[rows, r], T, U)
         gram_entries = np.arange(len(members))[:, None] * W * W + upper[None, :]
         values = residuals.value_start[members][:, None] + np.arange(d * W)[None, :]
         return _Shape(
