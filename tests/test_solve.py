@@ -537,3 +537,20 @@ def test_scipy_products_equal_the_torch_ones():
     assert lin.Atv(u, a_grad).requires_grad
     dense = torch.as_tensor(lin.A_scipy().toarray())
     torch.testing.assert_close(atu[0], dense.T @ u[0], rtol=1e-12, atol=1e-12)
+
+
+def test_product_matrices_are_reused_with_new_values():
+    """The product matrices are built once and take each call's values (and dtype)."""
+    import numpy as np
+
+    _, lin = linearized_cholmod("SE3", n=7, seed=8)
+    values = lin.A_val[0].numpy()
+    a, at = lin.product_matrices(values)
+    v = np.random.default_rng(0).standard_normal(lin.num_cols)
+    expected = lin.A_scipy() @ v
+    a2, at2 = lin.product_matrices(2.0 * values)
+    assert a2 is a and at2 is at
+    np.testing.assert_allclose(a2 @ v, 2.0 * expected, rtol=1e-12)
+    np.testing.assert_allclose(at2 @ (a2 @ v), 4.0 * (lin.A_scipy().T @ expected), rtol=1e-12)
+    a32, _ = lin.product_matrices(values.astype(np.float32))
+    assert a32 is not a and a32.dtype == np.float32

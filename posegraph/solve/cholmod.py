@@ -65,7 +65,7 @@ class CholmodNormalSolve(torch.autograd.Function):
         x_np = np.empty((a_np.shape[0], lin.num_cols))
         factors: List[Factor] = []
         for i in range(a_np.shape[0]):
-            rhs = lin.scipy_matrix(a_np[i], transpose=True) @ b_np[i] if atb_np is None else atb_np[i]
+            rhs = lin.product_matrices(a_np[i])[1] @ b_np[i] if atb_np is None else atb_np[i]
             x_np[i], factor = solver.solve_one(i, a_np[i], b_np[i], rhs, dampings[i], exact)
             factors.append(factor)
         if not np.isfinite(x_np).all():
@@ -311,7 +311,7 @@ class CholmodSolver(BlockSparseSolver):
         if not self._small_change(index, 0.5 * _dot(b_values, b_values)):
             last = None
         if last is not None:
-            at = self.linearization.scipy_matrix(a_values, transpose=True)
+            at = self.linearization.product_matrices(a_values)[1]
             x, iterations = lagged_factor_cg(
                 at, rhs, beta, lambda r: self.order.solve(last, r), self.cg_tolerance, self.cg_max_iterations
             )
