@@ -38,6 +38,7 @@ import scipy.sparse as sp
 import torch
 
 from .linearization import BlockSparseLinearization, scipy_index, segment_positions
+from .symbolic import BlockSpans, block_spans
 
 
 @dataclass
@@ -59,42 +60,18 @@ class _Shape:
 @dataclass
 class _BlockOrder:
     """Column blocks in elimination order: ``position[b]`` of block ``b``; by position, its
-    ``size`` and ``first`` column; ``first_of_block[b]``: block ``b``'s first column position."""
+    ``size`` and ``first`` column."""
 
     position: np.ndarray
     size: np.ndarray
     first: np.ndarray
-    first_of_block: np.ndarray
 
     @classmethod
     def of(cls, sizes: np.ndarray, blocks: np.ndarray) -> "_BlockOrder":
         position = np.empty(len(sizes), dtype=np.int64)
         position[blocks] = np.arange(len(sizes))
         size = sizes[blocks]
-        first = np.cumsum(size) - size
-        return cls(position, size, first, first[position])
-
-
-@dataclass
-class _Spans:
-    """A's blocks ``(row, first column, width)`` split where they cross column blocks, with
-    each piece's column ``block``, in (row, column) order."""
-
-    row: np.ndarray
-    first: np.ndarray
-    width: np.ndarray
-    block: np.ndarray
-
-    @classmethod
-    def of(cls, column_spans, sizes: np.ndarray, block_start: np.ndarray) -> "_Spans":
-        first_row, first_col, width = column_spans
-        block_of_col = np.repeat(np.arange(len(sizes)), sizes)
-        low, high = block_of_col[first_col], block_of_col[first_col + width - 1]
-        span, within = segment_positions(high - low + 1)
-        block = low[span] + within
-        start = np.maximum(first_col[span], block_start[block])
-        end = np.minimum(first_col[span] + width[span], block_start[block] + sizes[block])
-        return cls(first_row[span], start, end - start, block)
+        return cls(position, size, np.cumsum(size) - size)
 
 
 class _ResidualBlocks:
@@ -102,7 +79,7 @@ class _ResidualBlocks:
     ``d`` and span widths). ``start[g]``: residual block ``g``'s first span; ``value_start[g]``:
     where its values start in A's CSR values."""
 
-    def __init__(self, lin: BlockSparseLinearization, spans: _Spans):
+    def __init__(self, lin: BlockSparseLinearization, spans: BlockSpans):
         n_spans = len(spans.row)
         self.start = np.flatnonzero(np.r_[True, spans.row[1:] != spans.row[:-1]]) if n_spans else spans.row
         n = len(self.start)
@@ -172,20 +149,17 @@ class NormalMatrix:
         self.num_cols = int(lin.num_cols)
         sizes = np.asarray(sizes, dtype=np.int64)
         self._order = _BlockOrder.of(sizes, np.asarray(blocks, dtype=np.int64))
-        spans = _Spans.of(lin.column_spans, sizes, np.cumsum(sizes) - sizes)
+        spans = block_spans(lin.column_spans, sizes)
         residuals = _ResidualBlocks(lin, spans)
         self._pairs = self._block_pairs(spans, residuals)
         self._layout()
         indices = self._row_indices()
         self.indices, self._scipy_indptr = scipy_index(indices, self.indptr, self.num_cols)
-        sizes_start = np.cumsum(sizes) - sizes
         dev = lin.objective.device
-        self._shapes: List[_Shape] = [
-            self._shape(residuals, shape, spans, sizes_start, dev) for shape in range(len(residuals))
-        ]
+        self._shapes: List[_Shape] = [self._shape(residuals, shape, spans, dev) for shape in range(len(residuals))]
 
     # -- structure ---------------------------------------------------------------------------
-    def _block_pairs(self, spans: _Spans, residuals: _ResidualBlocks) -> np.ndarray:
+    def _block_pairs(self, spans: BlockSpans, residuals: _ResidualBlocks) -> np.ndarray:
         """Keys ``J·nb + I`` (positions, ``J`` before ``I``) of the pairs of distinct column
         blocks that share a residual block, sorted: column-major order of ``H``'s blocks."""
         nb = len(self._order.position)
@@ -233,7 +207,7 @@ class NormalMatrix:
         entry, within = segment_positions(length)
         return start[entry] + within
 
-    def _shape(self, residuals: _ResidualBlocks, shape: int, spans: _Spans, block_start, dev) -> _Shape:
+    def _shape(self, residuals: _ResidualBlocks, shape: int, spans: BlockSpans, dev) -> _Shape:
         """Value indices, Gram entries and their ``H`` slots for the residual blocks of one
         shape, worked out per pair of spans ``(i, j)``, ``i ≤ j``.
 
@@ -252,7 +226,7 @@ class NormalMatrix:
         span_first = np.cumsum(widths) - widths  # first Gram column of each span
         s = residuals.start[members][:, None] + np.arange(m)[None, :]  # (G, m) spans
         s_pos = order.position[spans.block[s]]
-        s_off = spans.first[s] - block_start[spans.block[s]]  # span's first column in its block
+        s_off = spans.offset[s]  # span's first column within its block
         templates = []  # per span pair: its entries' offsets within the spans
         for i, j in zip(*np.triu_indices(m)):
             if i == j:

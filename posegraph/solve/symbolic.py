@@ -96,18 +96,42 @@ def column_block_sizes(lin: BlockSparseLinearization) -> np.ndarray:
     return np.concatenate(sizes) if sizes else np.zeros(0, dtype=np.int64)
 
 
+@dataclass(frozen=True)
+class BlockSpans:
+    """A's blocks (a linearization's ``column_spans``) split where they cross column blocks:
+    per piece its first ``row``, its column ``block``, its first column's ``offset`` within
+    that block and its ``width``, in A's (row, column) order."""
+
+    row: np.ndarray
+    block: np.ndarray
+    offset: np.ndarray
+    width: np.ndarray
+
+
+def block_spans(column_spans: Tuple[np.ndarray, np.ndarray, np.ndarray], sizes: np.ndarray) -> BlockSpans:
+    """:class:`BlockSpans` of ``column_spans`` ``(first row, first column, width)`` for column
+    blocks of ``sizes`` (:func:`column_block_sizes`)."""
+    first_row, first_col, width = column_spans
+    block_start = np.cumsum(sizes) - sizes
+    block_of_col = np.repeat(np.arange(len(sizes)), sizes)
+    low, high = block_of_col[first_col], block_of_col[first_col + width - 1]
+    span, within = segment_positions(high - low + 1)
+    block = low[span] + within
+    start = np.maximum(first_col[span], block_start[block])
+    end = np.minimum(first_col[span] + width[span], block_start[block] + sizes[block])
+    return BlockSpans(first_row[span], block, start - block_start[block], end - start)
+
+
 def block_graph(lin: BlockSparseLinearization, sizes: np.ndarray) -> sp.csc_matrix:
     """``PᵀP + I`` with ``P`` the rows × column-blocks incidence of A's pattern: symmetric
     positive definite, with the block graph's sparsity (only the pattern is meant: read from
     the linearization's ``column_spans`` when it has them, one row per residual block, else
     from A's nonzeros)."""
-    block_of_col = np.repeat(np.arange(len(sizes)), sizes)
     if lin.column_spans is not None:  # (first row, first column, width) of A's blocks: fewer
-        first_row, first_col, width = lin.column_spans
-        low, high = block_of_col[first_col], block_of_col[first_col + width - 1]
-        span, within = segment_positions(high - low + 1)
-        rows, blocks = first_row[span], low[span] + within
+        spans = block_spans(lin.column_spans, sizes)
+        rows, blocks = spans.row, spans.block
     else:
+        block_of_col = np.repeat(np.arange(len(sizes)), sizes)
         rows = np.repeat(np.arange(lin.num_rows), np.diff(lin.A_row_ptr))
         blocks = block_of_col[lin.A_col_ind]
         first = np.ones(len(blocks), dtype=bool)  # columns are sorted within a row: one per block
