@@ -20,7 +20,7 @@ setup: $(STAMP)
 $(STAMP): pyproject.toml Makefile
 	@$(MAKE) --no-print-directory .system-deps
 	@test -x $(BIN)/python || $(PY) -m venv $(VENV)
-	$(BIN)/pip install -q $(TORCH) numpy scipy pytest cython setuptools wheel PyYAML tqdm matplotlib
+	$(BIN)/pip install -q $(TORCH) numpy scipy pytest cython setuptools wheel PyYAML tqdm matplotlib mkl
 	$(BIN)/pip install -q --no-build-isolation scikit-sparse==0.4.16
 	$(BIN)/pip install -q --no-build-isolation theseus-ai==0.2.3
 	$(BIN)/pip install -q --no-build-isolation --no-deps -e .

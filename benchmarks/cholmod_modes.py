@@ -30,7 +30,7 @@ from typing import Any, Callable, Dict, Iterator, List, Optional, Tuple
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # this checkout's posegraph
 import posegraph as pg  # noqa: E402
 from posegraph.solve import symbolic  # noqa: E402
-from posegraph.solve.cholmod import OrderedTranspose  # noqa: E402
+from posegraph.solve.symbolic import OrderedTranspose  # noqa: E402
 from posegraph.solve.optimize import make_optimizer  # noqa: E402
 from posegraph.synthetic import large_se2, sphere_se3  # noqa: E402
 from posegraph.solve.normal import NormalMatrix  # noqa: E402

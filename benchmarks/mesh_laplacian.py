@@ -35,7 +35,7 @@ if __package__ in (None, ""):  # run as a script: make the repository root impor
 
 from posegraph.builder import build_problem, mesh_term  # noqa: E402
 from posegraph.mesh import LaplacianSmoothingCost, icosphere, taubin_smooth  # noqa: E402
-from posegraph.solve.cholmod import CholmodSolver  # noqa: E402
+from posegraph.solve.sparse_cholesky import CholmodSolver  # noqa: E402
 from posegraph.solve.optimize import SolverOptions, optimize  # noqa: E402
 from posegraph.synthetic import mesh_observations  # noqa: E402
 from posegraph.variables import ManifoldArray  # noqa: E402

@@ -97,7 +97,7 @@ from .io import read_g2o, write_g2o
 from .mesh import LaplacianSmoothingCost, laplacian_smooth, read_obj, taubin_smooth, write_obj
 from .robust import RobustBlockWeight, RobustKernel, RobustSpecError
 from .solve.batched import ConjugateGradientSolver, DenseCholeskySolver
-from .solve.cholmod import CholmodSolver
+from .solve.sparse_cholesky import CholmodSolver, PardisoSolver, SparseCholeskySolver
 from .solve.layer import LayerInfo, PoseGraphLayer
 from .solve.linearization import BlockSparseLinearization
 from .solve.optimize import SolveResult, SolverOptions, optimize
@@ -138,7 +138,9 @@ __all__ = [
     "RobustBlockWeight",
     "RobustSpecError",
     "BlockSparseLinearization",
+    "SparseCholeskySolver",
     "CholmodSolver",
+    "PardisoSolver",
     "PoseGraphLayer",
     "LayerInfo",
     "DenseCholeskySolver",

@@ -68,11 +68,15 @@ def _parser() -> argparse.ArgumentParser:
                    help="robust kernel: huber:C, cauchy:C (C in standard deviations) or none")
     o.add_argument("--robust-edges", choices=["all", "loop-closures"], default="all",
                    help="edges the kernel applies to; loop closures: ids not consecutive (default all)")
-    o.add_argument("--linear-solver", choices=["auto", "cholmod", "dense", "batched_dense", "cg"], default="auto")
+    o.add_argument("--linear-solver", choices=["auto", "cholmod", "pardiso", "dense", "batched_dense", "cg"],
+                   default="auto",
+                   help="auto: sparse Cholesky with MKL PARDISO for dense-enough factors (3D graphs) when "
+                        "the mkl package is installed, CHOLMOD otherwise")
     o.add_argument("--cholmod-mode", choices=["auto", "supernodal", "simplicial"], default="auto",
-                   help="CHOLMOD factorization (auto: from the estimated fill of the factor)")
+                   help="CHOLMOD factorization (auto: from the estimated fill of the factor); setting it "
+                        "makes --linear-solver auto use CHOLMOD")
     o.add_argument("--reuse-factor", action=argparse.BooleanOptionalAction, default=True,
-                   help="serve a CHOLMOD solve with the last factor through preconditioned CG while "
+                   help="serve a sparse Cholesky solve with the last factor through preconditioned CG while "
                         "that converges in a few iterations (default); --no-reuse-factor refactors "
                         "at every solve")
     o.add_argument("--dtype", choices=["float64", "float32"], default="float64")

@@ -110,7 +110,7 @@ def summary(
         "time_s": {k: round(v, 6) for k, v in timings.items()},
     }
     if result.factor_stats is not None:
-        out["cholmod"] = dataclasses.asdict(result.factor_stats)
+        out["factorization"] = dataclasses.asdict(result.factor_stats)
     if graph.landmarks is not None:
         out["num_points"] = graph.landmarks.num_points
         out["num_point_observations"] = graph.landmarks.num_observations
@@ -132,9 +132,10 @@ def format_summary(s: Dict[str, Any]) -> str:
         f"error (χ²/2) {s['initial_error']:.10g} -> {s['final_error']:.10g}",
         f"time         {times}",
     ]
-    if s.get("cholmod"):
-        c = s["cholmod"]
-        lines.insert(2, f"cholmod      {c['mode']}: {c['factorizations']} factorizations, "
+    if s.get("factorization"):
+        c = s["factorization"]
+        kind = c["backend"] if c["backend"] == "pardiso" else f"{c['backend']} {c['mode']}"
+        lines.insert(2, f"factorized   {kind}: {c['factorizations']} factorizations, "
                         f"{c['reused']} solves by the last factor ({c['cg_iterations']} CG iterations)")
     if s.get("robust"):
         r = s["robust"]

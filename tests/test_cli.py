@@ -18,6 +18,7 @@ import posegraph.io.g2o as g2o_mod
 import posegraph.solve.optimize as optimize_mod
 from posegraph import build_problem, initialize, read_g2o
 from posegraph.cli import EXIT_BAD_INPUT, EXIT_FAILED, main
+from posegraph.solve.pardiso import pardiso_available
 
 from conftest import IDENTITY21, SE2_TEXT, SE3_TEXT
 
@@ -450,17 +451,41 @@ def test_mesh_bad_files(tmp_path, capsys, mesh_files):
     assert not (tmp_path / "x.obj").exists()
 
 
-def test_cholmod_flags_and_report(tmp_path, capsys):
+def test_factorization_flags_and_report(tmp_path, capsys):
     path = Path(__file__).resolve().parents[1] / "data" / "sphere_se3.g2o"
     code, out, _ = run_cli(capsys, path, "--json", "--quiet")
     default = json.loads(out)
-    assert code == 0 and default["cholmod"]["reused"] > 0
-    assert default["cholmod"]["factorizations"] + default["cholmod"]["reused"] == default["iterations"]
+    stats = default["factorization"]
+    assert code == 0 and stats["reused"] > 0 and stats["backend"] == default["linear_solver"]
+    assert stats["factorizations"] + stats["reused"] == default["iterations"]
     code, out, _ = run_cli(capsys, path, "--json", "--quiet", "--no-reuse-factor", "--cholmod-mode", "simplicial")
     fresh = json.loads(out)
-    assert code == 0 and fresh["cholmod"] == {
-        "mode": "simplicial", "factorizations": fresh["iterations"], "reused": 0, "cg_iterations": 0
+    assert code == 0 and fresh["linear_solver"] == "cholmod" and fresh["factorization"] == {
+        "backend": "cholmod", "mode": "simplicial", "factorizations": fresh["iterations"], "reused": 0,
+        "cg_iterations": 0,
     }
     assert fresh["final_error"] == pytest.approx(default["final_error"], rel=1e-9)
+    code, out, _ = run_cli(capsys, path, "--quiet", "--linear-solver", "cholmod", "--cholmod-mode", "supernodal")
+    assert code == 0 and "factorized   cholmod supernodal: " in out and "factorizations" in out
+
+
+@pytest.mark.skipif(not pardiso_available(), reason="MKL PARDISO not installed")
+def test_pardiso_is_chosen_for_3d_graphs_and_reported(capsys):
+    path = Path(__file__).resolve().parents[1] / "data" / "sphere_se3.g2o"
+    code, out, _ = run_cli(capsys, path, "--json", "--quiet")
+    auto = json.loads(out)
+    assert code == 0 and auto["linear_solver"] == "pardiso" and auto["factorization"]["backend"] == "pardiso"
+    code, out, _ = run_cli(capsys, path, "--json", "--quiet", "--linear-solver", "cholmod")
+    cholmod = json.loads(out)
+    assert code == 0 and cholmod["linear_solver"] == "cholmod"
+    assert auto["final_error"] == pytest.approx(cholmod["final_error"], rel=1e-9)
+    assert auto["iterations"] == cholmod["iterations"]
     code, out, _ = run_cli(capsys, path, "--quiet")
-    assert code == 0 and "cholmod      " in out and "factorizations" in out
+    assert code == 0 and "factorized   pardiso: " in out
+
+
+def test_pardiso_flag_without_mkl_is_a_clear_error(capsys, monkeypatch):
+    monkeypatch.setattr(optimize_mod, "pardiso_available", lambda: False)
+    path = Path(__file__).resolve().parents[1] / "data" / "sphere_se3.g2o"
+    code, _, err = run_cli(capsys, path, "--linear-solver", "pardiso")
+    assert code != 0 and "'pardiso' needs MKL PARDISO" in err and "Traceback" not in err

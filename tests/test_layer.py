@@ -266,7 +266,7 @@ def test_dtype_follows_inputs():
 
 
 def test_linear_solver_choice_per_device_and_size(monkeypatch):
-    assert resolve_linear_solver("auto", torch.device("cpu"), 10**6, 10**6) == "cholmod"
+    assert resolve_linear_solver("auto", torch.device("cpu"), 10**6, 10**6) == "sparse_cholesky"
     monkeypatch.setattr(optimize_mod, "cuda_extensions_available", lambda: False)
     cuda = torch.device("cuda")
     assert resolve_linear_solver("auto", cuda, 300, 600) == "batched_dense"

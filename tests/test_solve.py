@@ -149,9 +149,9 @@ def test_cholmod_solve_gradient_matches_dense_autograd():
     opt, lin = linearized_cholmod("SE2", n=5, seed=5)
     a_val = lin.A_val.detach().clone().requires_grad_(True)
     b = lin.b.detach().clone().requires_grad_(True)
-    from posegraph.solve.cholmod import CholmodNormalSolve
+    from posegraph.solve.sparse_cholesky import NormalSolve
 
-    x = CholmodNormalSolve.apply(a_val, b, opt.linear_solver, [0.1], False)
+    x = NormalSolve.apply(a_val, b, opt.linear_solver, [0.1], False)
     w = torch.randn_like(x)
     (x * w).sum().backward()
     rows = lin._row_of_nz
@@ -362,18 +362,18 @@ def normal_system(kind: str, n: int, seed: int):
 def test_lagged_factor_cg_converges_with_a_nearby_factor_and_gives_up_with_a_far_one():
     import numpy as np
 
-    from posegraph.solve.cholmod import lagged_factor_cg
+    from posegraph.solve.sparse_cholesky import lagged_factor_cg
 
     at, rhs, solver = normal_system("SE3", n=9, seed=11)
-    exact = solver.symbolic.cholesky_AAt(at, beta=1e-6)
+    exact = solver.factorization.symbolic.cholesky_AAt(at, beta=1e-6)
     x, its = lagged_factor_cg(at, rhs, 1e-6, exact, 1e-10, 10)
     assert its == 1 and np.allclose(x, exact(rhs), rtol=1e-9, atol=1e-12)
-    near = solver.symbolic.cholesky_AAt(at * 1.001, beta=1e-6)
+    near = solver.factorization.symbolic.cholesky_AAt(at * 1.001, beta=1e-6)
     x, its = lagged_factor_cg(at, rhs, 1e-6, near, 1e-10, 10)
     assert 1 < its <= 10
     h = (at @ at.T).toarray() + 1e-6 * np.eye(at.shape[0])
     assert np.linalg.norm(h @ x - rhs) <= 1e-10 * np.linalg.norm(rhs)
-    far = solver.symbolic.cholesky_AAt(at, beta=1e3)  # heavy damping: a poor preconditioner
+    far = solver.factorization.symbolic.cholesky_AAt(at, beta=1e3)  # heavy damping: a poor preconditioner
     x, its = lagged_factor_cg(at, rhs, 1e-6, far, 1e-10, 10)
     assert x is None and its < 10
     zero, its = lagged_factor_cg(at, 0 * rhs, 1e-6, exact, 1e-10, 10)
@@ -455,7 +455,7 @@ def test_cholmod_modes_agree(mode):
 def test_ordered_transpose_permutes_the_rows_of_a_transpose():
     import numpy as np
 
-    from posegraph.solve.cholmod import OrderedTranspose
+    from posegraph.solve.symbolic import OrderedTranspose
 
     _, lin = linearized_cholmod("SE3", n=9, seed=2)
     values = lin.A_val[0].numpy()
@@ -478,7 +478,7 @@ def test_cholmod_solve_and_gradient_in_either_order(mode, spans, monkeypatch):
     """Both modes run in the block order (supernodal on the solver's assembled AᵀA), or
     supernodal in CHOLMOD's own order when A has no block spans: all give the dense solution
     and the dense gradient."""
-    from posegraph.solve.cholmod import CholmodNormalSolve, CholmodSolver
+    from posegraph.solve.sparse_cholesky import CholmodSolver, NormalSolve
 
     _, lin = linearized_cholmod("SE3", n=9, seed=8)
     if not spans:
@@ -499,7 +499,7 @@ def test_cholmod_solve_and_gradient_in_either_order(mode, spans, monkeypatch):
         assert not (solver.order.columns == torch.arange(lin.num_cols).numpy()).all()
     a_val = lin.A_val.detach().clone().requires_grad_(True)
     b = lin.b.detach().clone().requires_grad_(True)
-    x = CholmodNormalSolve.apply(a_val, b, solver, [0.2], False)
+    x = NormalSolve.apply(a_val, b, solver, [0.2], False)
     dense_a = lin.A_val.detach().clone().requires_grad_(True)
     dense_b = lin.b.detach().clone().requires_grad_(True)
     dense = torch.zeros(lin.num_rows, lin.num_cols).index_put((lin._row_of_nz, lin._col_of_nz), dense_a[0])
@@ -513,7 +513,7 @@ def test_cholmod_solve_and_gradient_in_either_order(mode, spans, monkeypatch):
 
 
 def test_cholmod_mode_is_validated():
-    from posegraph.solve.cholmod import CholmodSolver
+    from posegraph.solve.sparse_cholesky import CholmodSolver
 
     with pytest.raises(ValueError, match=r"cholmod_mode: expected one of auto, supernodal, simplicial, received 'dense'"):
         pg.SolverOptions(cholmod_mode="dense").validate()

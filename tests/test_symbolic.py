@@ -86,7 +86,8 @@ def test_large_graphs_skip_the_estimate(monkeypatch):
     monkeypatch.setattr(symbolic, "MAX_ESTIMATED_BLOCKS", 10)
     monkeypatch.setattr(symbolic, "block_fill_order", lambda *a, **k: pytest.fail("estimated"))
     assert symbolic.choose_cholmod_mode(lin) == "supernodal"
-    assert symbolic.plan_factorization(lin) == symbolic.FactorizationPlan("supernodal", None)
+    assert symbolic.plan_factorization(lin, backend="cholmod") == symbolic.FactorizationPlan("supernodal", None)
+    assert symbolic.plan_factorization(lin, backend="pardiso") == symbolic.FactorizationPlan("supernodal", None, "pardiso")
 
 
 def test_expand_block_order_keeps_each_block_together():

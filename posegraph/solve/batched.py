@@ -177,7 +177,7 @@ def normal_solve_gradients(
 
     ``∂L/∂b = A h``; on A's nonzeros ``∂L/∂A_rc = (b − A x)_r h_c − (A h)_r x_c``, or
     ``b_r h_c`` when the Hessian is held constant (implicit mode). Same derivation as
-    :class:`~posegraph.solve.cholmod.CholmodNormalSolve`.
+    :class:`~posegraph.solve.sparse_cholesky.NormalSolve`.
     """
     rows, cols = lin._row_of_nz, lin._col_of_nz
     ah = lin.Av(h, a_val)

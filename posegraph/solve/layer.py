@@ -38,7 +38,15 @@ from ..weights import cholesky_sqrt_information
 
 #: the square root the layer uses (finite gradients at Ω = I); kept under its earlier name
 differentiable_sqrt_information = cholesky_sqrt_information
-from .optimize import SolverOptions, _status_name, make_optimizer, mark_failed, problem_linear_solver, run_kwargs
+from .optimize import (
+    SolverOptions,
+    _status_name,
+    make_optimizer,
+    mark_failed,
+    problem_linear_solver,
+    run_kwargs,
+    used_linear_solver,
+)
 
 BACKWARD_MODES = ("implicit", "truncated", "unroll")
 WEIGHT_MODES = (None, "edge", "kind")
@@ -231,7 +239,7 @@ class PoseGraphLayer(nn.Module):
             problem = build_problem(graph.to(device=device, dtype=dtype))
             optimizer = make_optimizer(problem, self.options)
             layer = th.TheseusLayer(optimizer, vectorize=False)
-            linear = problem_linear_solver(problem, self.options)
+            linear = used_linear_solver(optimizer, problem_linear_solver(problem, self.options))
             self._compiled[key] = _Compiled(problem, layer, linear)
         return self._compiled[key]
 

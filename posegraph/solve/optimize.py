@@ -2,8 +2,8 @@
 
 Gauss–Newton and Levenberg–Marquardt are Theseus' own optimizers, run over the
 :class:`~posegraph.solve.linearization.BlockSparseLinearization` with the
-:class:`~posegraph.solve.cholmod.CholmodSolver` on CPU (or Theseus' dense Cholesky solver,
-``linear_solver="dense"``, for small problems and devices without CHOLMOD).
+:class:`~posegraph.solve.sparse_cholesky.SparseCholeskySolver` on CPU (CHOLMOD or MKL PARDISO;
+or Theseus' dense Cholesky solver, ``linear_solver="dense"``, for small problems).
 LM uses adaptive damping ``λI`` with step rejection (Theseus' rule, Nielsen/Gavin's ρ test),
 as GTSAM's default LM damps with ``λI``.
 """
@@ -22,11 +22,17 @@ import torch
 from ..builder import PoseGraphProblem
 from ..errors import OptimizationError
 from .batched import BlockSparseSolver, ConjugateGradientSolver, DenseCholeskySolver, cuda_extensions_available
-from .cholmod import CHOLMOD_MODES, CholmodSolver, FactorStats
+from .cholmod import CHOLMOD_MODES
 from .linearization import BlockSparseLinearization
+from .pardiso import pardiso_available
+from .sparse_cholesky import CholmodSolver, FactorStats, PardisoSolver, SparseCholeskySolver
 
 SOLVERS = ("gn", "lm")
-LINEAR_SOLVERS = ("auto", "cholmod", "dense", "batched_dense", "cg", "lu_cuda", "baspacho")
+LINEAR_SOLVERS = ("auto", "cholmod", "pardiso", "dense", "batched_dense", "cg", "lu_cuda", "baspacho")
+#: What ``auto`` resolves to on CPU: :class:`SparseCholeskySolver` choosing its backend per
+#: problem (reported as ``"cholmod"`` or ``"pardiso"``, see :func:`used_linear_solver`).
+SPARSE_CHOLESKY = "sparse_cholesky"
+_SPARSE_CHOLESKY_SOLVERS = {SPARSE_CHOLESKY: SparseCholeskySolver, "cholmod": CholmodSolver, "pardiso": PardisoSolver}
 #: ``auto`` on an accelerator: dense Cholesky up to this many tangent columns, CG beyond.
 DENSE_MAX_COLUMNS = 3000
 #: ``auto`` with Theseus' CUDA extension: its LU solver (dense per-cost Jacobians) up to this
@@ -155,8 +161,9 @@ class SolverOptions:
         max_iterations: iteration cap.
         rel_tolerance / abs_tolerance: stop when the error's relative / absolute decrease
             falls below these (Theseus' convergence test on ½ Σ eᵀΩe).
-        linear_solver: ``"auto"`` (see :func:`resolve_linear_solver`), ``"cholmod"``
-            (CPU), ``"dense"`` (Theseus' ``CholeskyDenseSolver`` + ``DenseLinearization``),
+        linear_solver: ``"auto"`` (see :func:`resolve_linear_solver`), ``"cholmod"`` or
+            ``"pardiso"`` (CPU sparse Cholesky with that backend; PARDISO needs the ``mkl``
+            package), ``"dense"`` (Theseus' ``CholeskyDenseSolver`` + ``DenseLinearization``),
             ``"batched_dense"`` (our dense Cholesky from block-sparse A), ``"cg"`` (batched
             preconditioned conjugate gradients, any device), ``"lu_cuda"`` or ``"baspacho"``
             (Theseus' ``LUCudaSparseSolver`` / ``BaspachoSparseSolver``; need its compiled
@@ -164,10 +171,11 @@ class SolverOptions:
         damping: LM's initial λ.
         cholmod_mode: CHOLMOD's factorization, ``"auto"`` (from the estimated fill,
             :func:`~posegraph.solve.symbolic.choose_cholmod_mode`), ``"supernodal"`` or
-            ``"simplicial"``.
+            ``"simplicial"``; setting it makes ``"auto"`` factor with CHOLMOD.
         reuse_factor: let CHOLMOD serve a solve with the last factorization through
             preconditioned CG when that converges quickly (see
-            :class:`~posegraph.solve.cholmod.CholmodSolver`); ``False`` refactors every solve.
+            :class:`~posegraph.solve.sparse_cholesky.SparseCholeskySolver`); ``False`` refactors
+            every solve.
         threads: torch intra-op threads while optimizing (restored afterwards); ``None``
             leaves torch's setting alone. The per-edge tensors are small (~10⁵ values), so
             threads gain little on an idle machine and can stall every operation when the
@@ -190,6 +198,11 @@ class SolverOptions:
         if self.linear_solver not in LINEAR_SOLVERS:
             raise ValueError(
                 f"linear_solver: expected one of {', '.join(LINEAR_SOLVERS)}, received {self.linear_solver!r}"
+            )
+        if self.linear_solver == "pardiso" and not pardiso_available():
+            raise ValueError(
+                "linear_solver: 'pardiso' needs MKL PARDISO, which is not installed "
+                "(pip install mkl, or set POSEGRAPH_MKL_RT to libmkl_rt)"
             )
         if self.cholmod_mode not in CHOLMOD_MODES:
             raise ValueError(
@@ -222,7 +235,7 @@ class SolveResult:
     time_s: float
     history: List[IterationRecord] = field(default_factory=list)
     info: Optional[th.NonlinearOptimizerInfo] = None
-    factor_stats: Optional[FactorStats] = None  # CHOLMOD's factorizations and reused factors
+    factor_stats: Optional[FactorStats] = None  # sparse Cholesky: factorizations, reused factors
 
     @property
     def converged(self) -> bool:
@@ -252,7 +265,8 @@ def resolve_linear_solver(
 ) -> str:
     """The linear solver ``name`` stands for on ``device`` for a problem of that size.
 
-    ``auto``: ``cholmod`` on CPU; on an accelerator, Theseus' ``lu_cuda`` when its CUDA
+    ``auto``: ``sparse_cholesky`` on CPU (:class:`SparseCholeskySolver`, which picks CHOLMOD or
+    PARDISO per problem); on an accelerator, Theseus' ``lu_cuda`` when its CUDA
     extension is importable and the per-cost dense Jacobians it needs stay under
     ``LU_CUDA_MAX_DENSE_ENTRIES``, else ``batched_dense`` up to ``DENSE_MAX_COLUMNS`` tangent
     columns and ``cg`` beyond. Other names are returned unchanged.
@@ -260,7 +274,7 @@ def resolve_linear_solver(
     if name != "auto":
         return name
     if torch.device(device).type == "cpu":
-        return "cholmod"
+        return SPARSE_CHOLESKY
     if cuda_extensions_available() and num_rows * num_columns <= LU_CUDA_MAX_DENSE_ENTRIES:
         return "lu_cuda"
     return "batched_dense" if num_columns <= DENSE_MAX_COLUMNS else "cg"
@@ -274,9 +288,9 @@ def _linear_solver_kwargs(linear: str, options: Optional["SolverOptions"] = None
     if linear in ("lu_cuda", "baspacho"):  # Theseus' compiled solvers, over its own linearization
         cls = th.LUCudaSparseSolver if linear == "lu_cuda" else th.BaspachoSparseSolver
         return dict(linear_solver_cls=cls, linearization_cls=th.SparseLinearization)
-    cls = {"cholmod": CholmodSolver, "batched_dense": DenseCholeskySolver, "cg": ConjugateGradientSolver}[linear]
+    cls = {**_SPARSE_CHOLESKY_SOLVERS, "batched_dense": DenseCholeskySolver, "cg": ConjugateGradientSolver}[linear]
     kwargs: Dict = dict(linear_solver_cls=cls, linearization_cls=BlockSparseLinearization)
-    if linear == "cholmod" and options is not None:
+    if linear in _SPARSE_CHOLESKY_SOLVERS and options is not None:
         kwargs["linear_solver_kwargs"] = dict(mode=options.cholmod_mode, reuse_factor=options.reuse_factor)
     return kwargs
 
@@ -287,6 +301,13 @@ def problem_linear_solver(problem: PoseGraphProblem, options: "SolverOptions") -
     return resolve_linear_solver(
         options.linear_solver, poses.tensor.device, poses.dof(), problem.objective.dim()
     )
+
+
+def used_linear_solver(optimizer: th.NonlinearOptimizer, resolved: str) -> str:
+    """The linear solver ``optimizer`` runs: for a sparse Cholesky solver its backend
+    (``"cholmod"`` or ``"pardiso"``), else ``resolved`` (:func:`resolve_linear_solver`)."""
+    solver = getattr(optimizer, "linear_solver", None)
+    return solver.backend if isinstance(solver, SparseCholeskySolver) else resolved
 
 
 def make_optimizer(problem: PoseGraphProblem, options: SolverOptions) -> th.NonlinearOptimizer:
@@ -360,7 +381,7 @@ def _optimize(
     theseus_kwargs: Dict,
 ) -> SolveResult:
     opt = optimizer or make_optimizer(problem, options)
-    linear = problem_linear_solver(problem, options)
+    linear = used_linear_solver(opt, problem_linear_solver(problem, options))
     start = time.perf_counter()
     with torch.no_grad():
         initial = problem.error().detach().clone()

@@ -34,13 +34,13 @@ on the block graph and is kept when its estimated flops are lower (smallGrid3D: 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Optional, Sequence, Tuple
+from typing import Callable, Optional, Sequence, Tuple
 
 import numpy as np
 import scipy.sparse as sp
 from sksparse.cholmod import analyze
 
-from .linearization import BlockSparseLinearization, segment_positions
+from .linearization import BlockSparseLinearization, scipy_index, segment_positions
 
 #: Supernodal from this many flops per nonzero of L (measured crossover on pose graphs with
 #: OpenBLAS and the solver's assembled ``AᵀA``; CHOLMOD's own default is 40) …
@@ -51,6 +51,12 @@ SUPERNODAL_MIN_FLOPS = 6e6
 #: graph's own factorization grows with the fill, and graphs this large fill in enough for
 #: supernodal to win (sphere 5000: 350 flops per nonzero; 2D 10000: 340).
 MAX_ESTIMATED_BLOCKS = 5000
+#: The factorization backends: CHOLMOD (scikit-sparse) and MKL PARDISO (:mod:`~posegraph.solve.pardiso`).
+BACKENDS = ("auto", "cholmod", "pardiso")
+#: PARDISO from this many flops per nonzero of L (when available): the 3D datasets (smallGrid3D
+#: 100, parking-garage 52, sphere2500 ~260) factor 3–4× faster than with CHOLMOD; on the 2D
+#: ones (intel, manhattan: ~35) CHOLMOD's simplicial factorization is as fast end to end.
+PARDISO_MIN_FLOPS_PER_NONZERO = 50.0
 #: Up to this many column blocks the order from CHOLMOD's ``"best"`` is tried besides AMD
 #: (about 8–12 µs per block: 1 ms on smallGrid3D's 125 blocks, 14 ms on parking-garage's 1661).
 MAX_BEST_ORDER_BLOCKS = 500
@@ -198,29 +204,50 @@ def mode_for(cost: FactorCost) -> str:
 
 @dataclass(frozen=True)
 class FactorizationPlan:
-    """How CHOLMOD factors ``AᵀA``: its ``mode`` and the block-graph elimination ``order``
-    (``None``: CHOLMOD's own ordering of the scalar pattern of ``AAᵀ``)."""
+    """How ``AᵀA`` is factored: by ``backend`` (``"cholmod"`` or ``"pardiso"``), CHOLMOD's
+    ``mode`` (``"supernodal"`` for PARDISO, which has no other), in the block-graph
+    elimination ``order`` (``None``: the backend's own ordering of the scalar pattern)."""
 
     mode: str
     order: Optional[BlockOrder] = None
+    backend: str = "cholmod"
 
 
-def plan_factorization(lin: BlockSparseLinearization, mode: str = "auto") -> FactorizationPlan:
-    """CHOLMOD's mode for ``lin``'s normal matrix and the elimination order to give it.
+def plan_factorization(lin: BlockSparseLinearization, mode: str = "auto", backend: str = "auto") -> FactorizationPlan:
+    """The backend for ``lin``'s normal matrix, CHOLMOD's mode and the elimination order.
 
-    ``"auto"`` takes supernodal by :func:`mode_for` in the order of :func:`block_fill_order`,
-    and supernodal in CHOLMOD's own order, without estimating, above
-    :data:`MAX_ESTIMATED_BLOCKS` column blocks. A supernodal factorization gets the block
-    order only when the solver can assemble ``AᵀA`` itself
+    ``backend="auto"`` takes MKL PARDISO (:mod:`~posegraph.solve.pardiso`) when it is
+    available, ``mode`` is ``"auto"``, A has block spans (PARDISO factors the solver's
+    assembled ``AᵀA``) and the factor is dense enough — from
+    :data:`PARDISO_MIN_FLOPS_PER_NONZERO`, or above :data:`MAX_ESTIMATED_BLOCKS` column
+    blocks, where PARDISO orders the matrix itself (METIS); CHOLMOD otherwise. ``mode`` is
+    CHOLMOD's: ``"auto"`` takes supernodal by :func:`mode_for` in the order of
+    :func:`block_fill_order`, and supernodal in CHOLMOD's own order, without estimating, above
+    :data:`MAX_ESTIMATED_BLOCKS` column blocks. A CHOLMOD supernodal factorization gets the
+    block order only when the solver can assemble ``AᵀA`` itself
     (:class:`~posegraph.solve.normal.NormalMatrix`, which needs A's block spans): CHOLMOD's
     supernodal analysis of ``AAᵀ`` in a given (natural) order crashes (SuiteSparse 5.12
     through scikit-sparse 0.4.16, reproduced on random block matrices), while that of a
     symmetric matrix does not.
     """
+    if backend not in BACKENDS:
+        raise ValueError(f"backend: expected one of {', '.join(BACKENDS)}, received {backend!r}")
+    if backend == "pardiso" and lin.column_spans is None:
+        raise ValueError(
+            "backend 'pardiso' factors the assembled AᵀA, which needs A's block structure; this "
+            "linearization's blocks overlap: use the 'cholmod' backend"
+        )
+    from .pardiso import pardiso_available  # (pardiso imports this module)
+
+    pardiso = backend == "pardiso" or (
+        backend == "auto" and mode == "auto" and lin.column_spans is not None and pardiso_available()
+    )
     sizes = column_block_sizes(lin)
-    if len(sizes) > MAX_ESTIMATED_BLOCKS and mode != "simplicial":
-        return FactorizationPlan("supernodal")
+    if len(sizes) > MAX_ESTIMATED_BLOCKS and (pardiso or mode != "simplicial"):
+        return FactorizationPlan("supernodal", None, "pardiso" if pardiso else "cholmod")
     order = block_fill_order(lin, sizes)
+    if pardiso and (backend == "pardiso" or order.cost.flops_per_nonzero >= PARDISO_MIN_FLOPS_PER_NONZERO):
+        return FactorizationPlan("supernodal", order, "pardiso")
     chosen = mode_for(order.cost) if mode == "auto" else mode
     if chosen == "supernodal" and lin.column_spans is None:
         return FactorizationPlan(chosen)
@@ -230,4 +257,70 @@ def plan_factorization(lin: BlockSparseLinearization, mode: str = "auto") -> Fac
 def choose_cholmod_mode(lin: BlockSparseLinearization) -> str:
     """``"supernodal"`` or ``"simplicial"`` for CHOLMOD on ``lin``'s normal matrix
     (:func:`plan_factorization`'s choice)."""
-    return plan_factorization(lin).mode
+    return plan_factorization(lin, backend="cholmod").mode
+
+
+class OrderedTranspose:
+    """``Aᵀ`` (CSC) with its rows — A's columns — in an elimination order, so that CHOLMOD,
+    told to keep the natural order, factors ``AᵀA`` in that order; and the permutation of
+    vectors between A's column order and a factor's (CHOLMOD's or PARDISO's, both told to
+    keep the order).
+
+    ``columns[i]`` is the column of A eliminated ``i``-th (``None``: A's own order). Within a
+    column of ``Aᵀ`` (a row of A) the permuted row indices are re-sorted once, when the ordered
+    ``Aᵀ`` is first asked for (a solver that assembles ``AᵀA`` itself never does); each call
+    then gathers the values in that order. Vectors move between A's column order and the
+    solver's with :meth:`apply` (``v[columns]``) and :meth:`restore` (its inverse).
+    """
+
+    def __init__(self, lin: BlockSparseLinearization, columns: Optional[np.ndarray] = None):
+        self.columns = columns
+        self.shape = (lin.num_cols, lin.num_rows)
+        self._lin = lin
+        self._structure: Optional[Tuple[Optional[np.ndarray], np.ndarray, np.ndarray]] = None
+        if columns is not None:
+            self._position = np.empty(lin.num_cols, dtype=np.int64)
+            self._position[columns] = np.arange(lin.num_cols)
+
+    def _ordered(self) -> Tuple[Optional[np.ndarray], np.ndarray, np.ndarray]:
+        """The value gather (``None``: none needed) and the index arrays of the ordered ``Aᵀ``."""
+        if self._structure is None:
+            lin = self._lin
+            indices, gather = np.asarray(lin.A_col_ind), None
+            if self.columns is not None:
+                # Re-sort each column of Aᵀ (short: a row of A) with SciPy's per-column sort,
+                # carrying each value's index 1..nnz as its value.
+                keyed = sp.csc_matrix(
+                    (np.arange(1, len(indices) + 1, dtype=np.float64), self._position[indices], lin.A_row_ptr),
+                    shape=self.shape,
+                )
+                keyed.has_sorted_indices = False
+                keyed.sort_indices()
+                gather = keyed.data.astype(np.int64) - 1
+                indices = keyed.indices
+                if np.array_equal(gather, np.arange(len(gather))):
+                    gather = None
+            self._structure = (gather, *scipy_index(np.asarray(indices), np.asarray(lin.A_row_ptr), lin.num_cols))
+        return self._structure
+
+    def transpose(self, a_values: np.ndarray) -> sp.csc_matrix:
+        """The ordered ``Aᵀ`` for A's values ``a_values`` (CSR order of the linearization)."""
+        gather, indices, indptr = self._ordered()
+        data = a_values if gather is None else a_values[gather]
+        return sp.csc_matrix((data, indices, indptr), shape=self.shape)
+
+    def pattern(self) -> sp.csc_matrix:
+        """The ordered ``Aᵀ`` with every value 1 (for the symbolic analysis)."""
+        return self.transpose(np.ones(len(self._ordered()[1])))
+
+    def apply(self, v: np.ndarray) -> np.ndarray:
+        """``v`` (A's column order) in the elimination order."""
+        return v if self.columns is None else v[self.columns]
+
+    def restore(self, v: np.ndarray) -> np.ndarray:
+        """``v`` (elimination order) back in A's column order."""
+        return v if self.columns is None else v[self._position]
+
+    def solve(self, factor: Callable[[np.ndarray], np.ndarray], v: np.ndarray) -> np.ndarray:
+        """``factor``'s solve for ``v``, both in A's column order."""
+        return self.restore(factor(self.apply(v)))
