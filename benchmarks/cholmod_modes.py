@@ -1,4 +1,4 @@
-"""CHOLMOD supernodal vs simplicial factorization time against the estimated fill.
+"""CHOLMOD supernodal vs simplicial, and MKL PARDISO, factorization time against the estimated fill.
 
     .venv/bin/python benchmarks/cholmod_modes.py [--datasets DIR] [--repeat N] [--json]
 
@@ -9,10 +9,13 @@ time of ``AᵀA + λI`` (best of N): supernodal and simplicial in CHOLMOD's AMD 
 ``AAᵀ``, and in the block-graph order the solver uses
 (:func:`posegraph.solve.symbolic.block_fill_order`) simplicial from ``Aᵀ`` and supernodal on
 the solver's assembled ``AᵀA`` (:class:`posegraph.solve.normal.NormalMatrix`, assembly
+included) and MKL PARDISO on the same assembled ``AᵀA`` (when ``mkl`` is installed; assembly
 included); the time to find each order (CHOLMOD's analysis of the scalar pattern; the block
-order plus CHOLMOD's analysis in it), the faster of the solver's two paths and the mode
-:func:`posegraph.solve.symbolic.choose_cholmod_mode` picks — the measurements behind
-``SUPERNODAL_MIN_FLOPS_PER_NONZERO``, ``SUPERNODAL_MIN_FLOPS`` and the block order.
+order plus CHOLMOD's analysis in it), the faster of the solver's two CHOLMOD paths, the mode
+:func:`posegraph.solve.symbolic.choose_cholmod_mode` picks and the backend
+:func:`posegraph.solve.symbolic.plan_factorization` picks — the measurements behind
+``SUPERNODAL_MIN_FLOPS_PER_NONZERO``, ``SUPERNODAL_MIN_FLOPS``,
+``PARDISO_MIN_FLOPS_PER_NONZERO`` and the block order.
 """
 
 from __future__ import annotations
@@ -34,6 +37,7 @@ from posegraph.solve.symbolic import OrderedTranspose  # noqa: E402
 from posegraph.solve.optimize import make_optimizer  # noqa: E402
 from posegraph.synthetic import large_se2, sphere_se3  # noqa: E402
 from posegraph.solve.normal import NormalMatrix  # noqa: E402
+from posegraph.solve.pardiso import PardisoAnalysis, pardiso_available  # noqa: E402
 from sksparse.cholmod import analyze, analyze_AAt  # noqa: E402
 
 warnings.filterwarnings("ignore")
@@ -85,6 +89,10 @@ def measure(name: str, graph: pg.PoseGraph, repeat: int) -> Dict[str, Any]:
     sym = analyze(normal.pattern(), mode="supernodal", ordering_method="natural")
     a_val = lin.A_val[0].double()
     times["assembled"] = best_ms(lambda: sym.cholesky(normal.matrix(a_val, 1e-6)), repeat)
+    times["pardiso"] = float("nan")
+    if pardiso_available():  # the same assembled AᵀA, in the same order
+        analysis = PardisoAnalysis(normal.num_cols, normal.indptr, normal.indices)
+        times["pardiso"] = best_ms(lambda: analysis.factorize(normal.values(a_val, 1e-6)), repeat)
 
     def block_analysis() -> None:
         order = symbolic.block_fill_order(lin)
@@ -99,11 +107,13 @@ def measure(name: str, graph: pg.PoseGraph, repeat: int) -> Dict[str, Any]:
         "simplicial_ms": times["simplicial"],
         "simplicial_block_ms": times["block"],
         "supernodal_assembled_ms": times["assembled"],
+        "pardiso_ms": times["pardiso"],
         "block_method": block.method,
         "analysis_ms": best_ms(lambda: analyze_AAt(at, mode="simplicial"), repeat),
         "block_analysis_ms": best_ms(block_analysis, repeat),
         "faster": "supernodal" if times["assembled"] < times["block"] else "simplicial",
         "chosen": symbolic.choose_cholmod_mode(lin),
+        "backend": symbolic.plan_factorization(lin).backend,
     }
 
 
@@ -119,13 +129,15 @@ def main(argv: Optional[List[str]] = None) -> int:
         if not args.json:
             r = rows[-1]
             if len(rows) == 1:
-                print(f"{'':<44}{'CHOLMOD order':^24}{'block order':^26}{'order found in':^20}")
+                print(f"{'':<44}{'CHOLMOD order':^24}{'block order':^36}{'order found in':^20}")
                 print(f"{'graph':<18}{'columns':>8}{'Mflop':>9}{'flop/nnz':>9}{'supernodal':>12}{'simplicial':>12}"
-                      f"{'simplicial':>13}{'supernodal':>13}{'CHOLMOD':>10}{'block':>10}  faster      chosen")
+                      f"{'simplicial':>13}{'supernodal':>13}{'PARDISO':>10}{'CHOLMOD':>10}{'block':>10}"
+                      f"  faster      chosen      backend")
             print(f"{r['graph']:<18}{r['columns']:>8}{r['flops_m']:>9.1f}{r['flops_per_nonzero']:>9.0f}"
                   f"{r['supernodal_ms']:>10.2f}ms{r['simplicial_ms']:>10.2f}ms{r['simplicial_block_ms']:>11.2f}ms"
-                  f"{r['supernodal_assembled_ms']:>11.2f}ms"
-                  f"{r['analysis_ms']:>8.2f}ms{r['block_analysis_ms']:>8.2f}ms  {r['faster']:<11} {r['chosen']}",
+                  f"{r['supernodal_assembled_ms']:>11.2f}ms{r['pardiso_ms']:>8.2f}ms"
+                  f"{r['analysis_ms']:>8.2f}ms{r['block_analysis_ms']:>8.2f}ms  {r['faster']:<11} {r['chosen']:<11}"
+                  f" {r['backend']}",
                   flush=True)
     if args.json:
         print(json.dumps(rows, indent=1))

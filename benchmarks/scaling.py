@@ -3,11 +3,13 @@
     .venv/bin/python benchmarks/scaling.py [--sizes 1000 3000 …] [--kind se2|se3|both]
                                             [--iterations 5] [--threads N] [--repeat N] [--json]
 
-Per graph it prints: poses, edges, build time (objective + linearization structure + CHOLMOD
-symbolic analysis), time per LM iteration (linearize, solve, re-evaluate the error; a fixed
-number of iterations, tolerances 0), the share of that time spent in CHOLMOD's numeric
-factorization + solve (CG with a reused factor included), the numeric factorizations run (the
-other solves reused the last factor), the nonzeros of the Cholesky factor, and peak RSS.
+Per graph it prints: poses, edges, build time (objective + linearization structure + the
+factorization's symbolic analysis), time per LM iteration (linearize, solve, re-evaluate the
+error; a fixed number of iterations, tolerances 0), the factorization backend (CHOLMOD or
+PARDISO), the share of the iteration spent in its numeric factorizations (with the assembly of
+``AᵀA`` where the solver does it) and solves (CG with a reused factor included), the numeric
+factorizations run (the other solves reused the last factor), the nonzeros of the Cholesky
+factor, and peak RSS.
 SE2 graphs are :func:`posegraph.synthetic.large_se2` (city10000-like); SE3 graphs are
 :func:`posegraph.synthetic.sphere_se3` (sphere2500-like, ``rings × poses_per_ring``).
 The per-iteration time should grow like the sparse factorization (``nnz(L)``), not worse.
@@ -37,31 +39,30 @@ warnings.filterwarnings("ignore")
 DEFAULT_SIZES = [1000, 3000, 10000, 30000, 100000]
 
 
-class _TimedSymbolic:
-    """Stands in for the solver's CHOLMOD symbolic factor and times its numeric work."""
+class _TimedFactorization:
+    """Stands in for the solver's factorization (CHOLMOD's or PARDISO's) and times its numeric
+    work: factorizations (with the assembly of ``AᵀA`` where the solver does it) and solves."""
 
-    def __init__(self, symbolic: Any):
-        self._symbolic = symbolic
+    def __init__(self, factorization: Any):
+        self._factorization = factorization
         self.seconds = 0.0
         self.nnz_l = 0
 
-    def cholesky_AAt(self, *args, **kwargs):  # noqa: N802 (CHOLMOD's name)
-        return self._timed(self._symbolic.cholesky_AAt, *args, **kwargs)
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._factorization, name)
 
-    def cholesky(self, *args, **kwargs):  # the solver's assembled AᵀA (supernodal)
-        return self._timed(self._symbolic.cholesky, *args, **kwargs)
-
-    def _timed(self, factorize, *args, **kwargs):
+    def factorize(self, *args, **kwargs):
         t0 = time.perf_counter()
-        factor = factorize(*args, **kwargs)
+        factor = self._factorization.factorize(*args, **kwargs)
         self.seconds += time.perf_counter() - t0
         if not self.nnz_l:
-            self.nnz_l = int(factor.L().nnz)
+            analysis = getattr(self._factorization, "analysis", None)
+            self.nnz_l = analysis.factor_nonzeros if analysis is not None else int(factor.L().nnz)
         return _TimedFactor(factor, self)
 
 
 class _TimedFactor:
-    def __init__(self, factor: Any, owner: _TimedSymbolic):
+    def __init__(self, factor: Any, owner: _TimedFactorization):
         self._factor, self._owner = factor, owner
 
     def __call__(self, rhs):
@@ -88,8 +89,8 @@ def run(kind: str, num_poses: int, iterations: int) -> Dict[str, Any]:
     )
     optimizer = make_optimizer(problem, options)
     build_s = time.perf_counter() - t0
-    timed = _TimedSymbolic(optimizer.linear_solver.symbolic)
-    optimizer.linear_solver.symbolic = timed
+    timed = _TimedFactorization(optimizer.linear_solver.factorization)
+    optimizer.linear_solver.factorization = timed
     t1 = time.perf_counter()
     with torch.no_grad():
         res = pg.optimize(problem, options, optimizer=optimizer)
@@ -102,7 +103,8 @@ def run(kind: str, num_poses: int, iterations: int) -> Dict[str, Any]:
         "build_s": build_s,
         "per_iter_s": solve_s / its,
         "iterations": res.iterations,
-        "cholmod_share": timed.seconds / solve_s if solve_s > 0 else 0.0,
+        "backend": optimizer.linear_solver.backend,
+        "factor_share": timed.seconds / solve_s if solve_s > 0 else 0.0,
         "factorizations": res.factor_stats.factorizations if res.factor_stats else its,
         "nnz_L": timed.nnz_l,
         "final_error": float(res.final_error[0]),
@@ -124,8 +126,8 @@ def main(argv: Optional[List[str]] = None) -> int:
     kinds = ["se2", "se3"] if args.kind == "both" else [args.kind]
     rows = []
     if not args.json:
-        print(f"{'kind':<5}{'poses':>8}{'edges':>8}{'build':>9}{'per-iter':>10}"
-              f"{'CHOLMOD':>9}{'factors':>8}{'nnz(L)':>11}{'RSS MB':>8}")
+        print(f"{'kind':<5}{'poses':>8}{'edges':>8}{'build':>9}{'per-iter':>10}{'backend':>9}"
+              f"{'share':>7}{'factors':>8}{'nnz(L)':>11}{'RSS MB':>8}")
     for kind in kinds:
         for n in args.sizes:
             runs = [run(kind, n, args.iterations) for _ in range(max(1, args.repeat))]
@@ -133,7 +135,8 @@ def main(argv: Optional[List[str]] = None) -> int:
             rows.append(r)
             if not args.json:
                 print(f"{r['kind']:<5}{r['poses']:>8}{r['edges']:>8}{r['build_s']:>8.3f}s"
-                      f"{r['per_iter_s']:>9.4f}s{100 * r['cholmod_share']:>8.0f}%{r['factorizations']:>8}"
+                      f"{r['per_iter_s']:>9.4f}s{r['backend']:>9}{100 * r['factor_share']:>6.0f}%"
+                      f"{r['factorizations']:>8}"
                       f"{r['nnz_L']:>11}{r['peak_rss_mb']:>8.0f}", flush=True)
     if args.json:
         print(json.dumps(rows, indent=1))

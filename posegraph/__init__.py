@@ -33,25 +33,30 @@ Meshes
     ``write_obj``, ``icosphere``.
 Solving
     ``optimize(problem, SolverOptions(...)) -> SolveResult`` — Gauss–Newton / LM on the
-    vectorized CHOLMOD path (``BlockSparseLinearization`` + ``CholmodSolver``).
-    ``CholmodSolver(objective, mode="auto"|"supernodal"|"simplicial", reuse_factor=True)``
-    — supernodal or simplicial from the factor's fill estimated on the block graph
-    (``posegraph.solve.symbolic.estimate_factor_cost`` / ``choose_cholmod_mode``), both in a
-    fill-reducing order of the block graph (``block_fill_order`` / ``plan_factorization``;
-    ``CholmodSolver.order``), supernodal ones on ``AᵀA`` assembled by the solver
-    (``posegraph.solve.normal.NormalMatrix``; ``CholmodSolver.normal``); solves
-    without recorded gradients first try CG preconditioned with the last factor
-    (``lagged_factor_cg``) and refactor only when it converges slowly. ``SolverOptions``'
-    ``cholmod_mode`` / ``reuse_factor`` set both; ``SolveResult.factor_stats`` counts
-    factorizations, reused factors and CG iterations. Importing posegraph before torch sets
-    ``OMP_WAIT_POLICY=PASSIVE`` unless set (``posegraph._openmp`` says why).
+    vectorized sparse path (``BlockSparseLinearization`` + ``SparseCholeskySolver``).
+    ``SparseCholeskySolver(objective, backend="auto"|"cholmod"|"pardiso",
+    mode="auto"|"supernodal"|"simplicial", reuse_factor=True)`` — factors the normal matrix
+    with MKL PARDISO (``posegraph.solve.pardiso``; the ``mkl`` package) when the factor is
+    dense enough (3D graphs) or the graph large, else with CHOLMOD (``posegraph.solve.cholmod``):
+    supernodal or simplicial from the factor's fill estimated on the block graph
+    (``posegraph.solve.symbolic.estimate_factor_cost`` / ``choose_cholmod_mode`` /
+    ``plan_factorization``), in a fill-reducing order of the block graph (``block_fill_order``;
+    ``solver.order``); PARDISO and CHOLMOD's supernodal factorizations run on ``AᵀA``
+    assembled by the solver (``posegraph.solve.normal.NormalMatrix``; ``solver.normal``);
+    solves without recorded gradients first try CG preconditioned with the last factor
+    (``lagged_factor_cg``) and refactor only when it converges slowly. ``CholmodSolver`` /
+    ``PardisoSolver`` fix the backend. ``SolverOptions``' ``linear_solver`` ("auto",
+    "cholmod", "pardiso", …), ``cholmod_mode`` and ``reuse_factor`` set them;
+    ``SolveResult.linear_solver`` names the backend used and ``SolveResult.factor_stats``
+    counts factorizations, reused factors and CG iterations. Importing posegraph before torch
+    sets ``OMP_WAIT_POLICY=PASSIVE`` unless set (``posegraph._openmp`` says why).
 Differentiable, batched solving
     ``PoseGraphLayer(graph | kind, edges, fixed)`` — ``torch.nn.Module`` over
     ``th.TheseusLayer``: ``layer(poses, measurements, information) -> (poses, LayerInfo)``
     for B graphs of one topology (each stops at its own convergence; same result as solving
     each alone); backward modes ``implicit`` / ``truncated`` / ``unroll``; gradients to
     measurements, information, learnable per-edge / per-edge-kind weights, initial poses.
-    Linear solver per device and size (CHOLMOD on CPU; Theseus' CUDA LU, batched dense
+    Linear solver per device and size (sparse Cholesky on CPU; Theseus' CUDA LU, batched dense
     Cholesky ``DenseCholeskySolver`` or batched CG ``ConjugateGradientSolver`` elsewhere),
     reported in ``LayerInfo.linear_solver``; ``SolverOptions(linear_solver=...)`` forces one.
 Extension points (Theseus)

@@ -8,8 +8,9 @@ solve path wrapped in ``th.TheseusLayer``: the objective comes from
 :class:`~posegraph.costs.BetweenEdges`), the optimizer from
 :func:`~posegraph.solve.optimize.make_optimizer` (GTSAM-scheduled LM or GN with per-problem
 convergence), and the linear solver is picked per device and size
-(:func:`~posegraph.solve.optimize.resolve_linear_solver`: CHOLMOD on CPU; Theseus' CUDA LU
-when its extension is built, else batched dense Cholesky or batched CG).
+(:func:`~posegraph.solve.optimize.resolve_linear_solver`: sparse Cholesky — PARDISO or
+CHOLMOD — on CPU; Theseus' CUDA LU when its extension is built, else batched dense Cholesky
+or batched CG).
 
 Gradients flow to measurements, information / sqrt-information tensors, the layer's
 learnable weights and the initial poses, with Theseus' backward modes: ``"implicit"`` (one
@@ -60,7 +61,7 @@ class LayerInfo:
         status: ``"converged"``, ``"max-iterations"`` or ``"failed"`` per problem.
         iterations: ``(B,)`` iterations each problem took (up to convergence).
         initial_error / final_error: ``(B,)`` GTSAM's ½ Σ eᵀΩe before / after (detached).
-        linear_solver: the linear solver used (``cholmod``, ``batched_dense``, ``cg``,
+        linear_solver: the linear solver used (``pardiso``, ``cholmod``, ``batched_dense``, ``cg``,
             ``lu_cuda``, ``dense``).
         solver: ``"lm"`` or ``"gn"``; backward_mode: as run; device / dtype: of the solve.
         theseus_info: Theseus' own ``NonlinearOptimizerInfo``.

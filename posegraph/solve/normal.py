@@ -6,7 +6,9 @@ columns of ``AᵀA`` itself, row pair by row pair, and its supernodal analysis o
 given order crashes (see :func:`~posegraph.solve.symbolic.plan_factorization`), so a
 supernodal factorization could not use the block order. Given the lower triangle of ``AᵀA``
 in that order, it factors in natural order (``benchmarks/cholmod_modes.py``: sphere2500
-37.7 ms against 40.7 ms, parking-garage 11.6 ms against 20.1 ms, assembly included).
+37.7 ms against 40.7 ms, parking-garage 11.6 ms against 20.1 ms, assembly included). MKL
+PARDISO (:mod:`~posegraph.solve.pardiso`) factors the same arrays: the lower triangle in CSC
+is its upper triangle in CSR.
 
 Assembly. Rows of different residual blocks never meet in ``AᵀA``
 (``(AᵀA)_ij = Σ_r A_ri A_rj``), so ``AᵀA = Σ_g S_gᵀ S_g`` over A's residual blocks ``g``,

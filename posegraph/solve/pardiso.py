@@ -2,10 +2,10 @@
 kept side by side, solves — through MKL's documented C interface (``pardiso_64``, ctypes).
 
 Why PARDISO: on the 3D datasets its supernodal factorization of ``AᵀA`` (assembled by
-:class:`~posegraph.solve.normal.NormalMatrix`, in the same block order) is 3–4× faster than
-CHOLMOD's on the same 2-core machine (sphere2500 14 ms against 34–45 ms, parking-garage
-3 ms against 11.6 ms, smallGrid3D 0.6 ms against 1.8 ms; SE2 with 10,000 poses 23 ms against
-132 ms). CHOLMOD (SuiteSparse 5.12) runs a supernode at a time and leaves the parallelism to
+:class:`~posegraph.solve.normal.NormalMatrix`, in the same block order) is 2.4–3.2× faster
+than CHOLMOD's faster mode on the same 2-core machine (``benchmarks/cholmod_modes.py``,
+assembly included: sphere2500 14.2 ms against 38.3 ms, parking-garage 4.7 ms against 15.1 ms,
+smallGrid3D 0.66 ms against 1.79 ms; SE2 with 10,000 poses 34 ms against 80 ms). CHOLMOD (SuiteSparse 5.12) runs a supernode at a time and leaves the parallelism to
 BLAS, whose calls on supernodes of a few dozen columns are too small to use two threads
 well; PARDISO also works on independent subtrees in parallel (Schenk & Gärtner, "Solving
 unsymmetric sparse systems of linear equations with PARDISO", FGCS 20(3), 2004). On 2D graphs,
@@ -192,6 +192,7 @@ class PardisoAnalysis:
         iparm[1] = 3  # parallel nested dissection (when no order is kept)
         iparm[4] = 1 if keep_order else 0  # user permutation (the identity)
         iparm[7] = 0  # no iterative refinement
+        iparm[17] = -1  # report the factor's nonzeros
         iparm[34] = 1  # zero-based indices
         perm = np.arange(n, dtype=np.int64) if keep_order else None
         self._arrays = _Arrays(int(n), indptr, indices, iparm, perm)
@@ -222,6 +223,11 @@ class PardisoAnalysis:
             handle.free.append(mnum)
             raise
         return PardisoFactor(self, handle, mnum, values)
+
+    @property
+    def factor_nonzeros(self) -> int:
+        """Nonzeros of the Cholesky factor (PARDISO's count after the analysis; 0 before)."""
+        return int(self._arrays.iparm[17]) if self._handles else 0
 
     @property
     def handles(self) -> int:
