@@ -273,3 +273,42 @@ def temp_leftovers(folder: Path) -> Dict[str, int]:
 @pytest.fixture
 def leftovers() -> Callable[[Path], Dict[str, int]]:
     return temp_leftovers
+
+
+# -- sparse Cholesky solvers (test_solve.py, test_pardiso.py) ------------------------------------------------
+def drop_column_spans(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Make every BlockSparseLinearization built from now on lack A's block spans, as one with
+    overlapping blocks does."""
+    from posegraph.solve.linearization import BlockSparseLinearization
+
+    original = BlockSparseLinearization._slots_by_blocks
+
+    def without_spans(self, pieces):
+        dests = original(self, pieces)
+        self.column_spans = None
+        return dests
+
+    monkeypatch.setattr(BlockSparseLinearization, "_slots_by_blocks", without_spans)
+
+
+def check_normal_solve_against_dense(solver, beta: float = 0.2) -> None:
+    """``solver``'s differentiable normal-equation solve (``NormalSolve``) of its linearized
+    system gives the dense solution of ``(AᵀA + βI) x = Aᵀb`` and the dense gradients."""
+    from posegraph.solve.sparse_cholesky import NormalSolve
+
+    lin = solver.linearization
+    a_val = lin.A_val.detach().clone().requires_grad_(True)
+    b = lin.b.detach().clone().requires_grad_(True)
+    x = NormalSolve.apply(a_val, b, solver, [beta], False)
+    dense_a = lin.A_val.detach().clone().requires_grad_(True)
+    dense_b = lin.b.detach().clone().requires_grad_(True)
+    dense = torch.zeros(lin.num_rows, lin.num_cols, dtype=dense_a.dtype)
+    dense = dense.index_put((lin._row_of_nz, lin._col_of_nz), dense_a[0])
+    eye = torch.eye(lin.num_cols, dtype=dense.dtype)
+    expected = torch.linalg.solve(dense.T @ dense + beta * eye, dense.T @ dense_b[0])
+    torch.testing.assert_close(x[0], expected, rtol=1e-9, atol=1e-10)
+    w = torch.randn_like(x)
+    (x * w).sum().backward()
+    (expected * w[0]).sum().backward()
+    torch.testing.assert_close(a_val.grad, dense_a.grad, rtol=1e-8, atol=1e-10)
+    torch.testing.assert_close(b.grad, dense_b.grad, rtol=1e-8, atol=1e-10)

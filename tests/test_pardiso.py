@@ -16,8 +16,9 @@ import posegraph as pg
 from posegraph.solve import pardiso, symbolic
 from posegraph.solve.linearization import BlockSparseLinearization
 from posegraph.solve.optimize import make_optimizer
-from posegraph.solve.sparse_cholesky import NormalSolve, SparseCholeskySolver
+from posegraph.solve.sparse_cholesky import SparseCholeskySolver
 from posegraph.synthetic import large_se2, sphere_se3
+from conftest import check_normal_solve_against_dense, drop_column_spans
 from test_solve import random_graph
 
 pytestmark = pytest.mark.skipif(not pardiso.pardiso_available(), reason="MKL PARDISO not installed")
@@ -116,14 +117,7 @@ def test_large_graphs_let_pardiso_order(monkeypatch):
 
 
 def test_overlapping_blocks_need_cholmod(monkeypatch):
-    original = BlockSparseLinearization._slots_by_blocks
-
-    def without_spans(self, pieces):
-        dests = original(self, pieces)
-        self.column_spans = None
-        return dests
-
-    monkeypatch.setattr(BlockSparseLinearization, "_slots_by_blocks", without_spans)
+    drop_column_spans(monkeypatch)
     problem = pg.build_problem(random_graph("SE3", n=8, seed=1))
     assert SparseCholeskySolver(problem.objective).backend == "cholmod"
     with pytest.raises(ValueError, match=r"needs A's block structure.*use the 'cholmod' backend"):
@@ -139,23 +133,8 @@ def test_solve_and_gradient_match_dense_algebra(kind, keep_order, monkeypatch):
     graph = graph.to(dtype=torch.float64)
     solver = SparseCholeskySolver(pg.build_problem(graph).objective, backend="pardiso")
     assert solver.backend == "pardiso" and (solver.order.columns is not None) == keep_order
-    lin = solver.linearization
-    lin.linearize()
-    a_val = lin.A_val.detach().clone().requires_grad_(True)
-    b = lin.b.detach().clone().requires_grad_(True)
-    x = NormalSolve.apply(a_val, b, solver, [0.2], False)
-    dense_a = lin.A_val.detach().clone().requires_grad_(True)
-    dense_b = lin.b.detach().clone().requires_grad_(True)
-    dense = torch.zeros(lin.num_rows, lin.num_cols, dtype=torch.float64)
-    dense = dense.index_put((lin._row_of_nz, lin._col_of_nz), dense_a[0])
-    eye = torch.eye(lin.num_cols, dtype=torch.float64)
-    expected = torch.linalg.solve(dense.T @ dense + 0.2 * eye, dense.T @ dense_b[0])
-    torch.testing.assert_close(x[0], expected, rtol=1e-9, atol=1e-10)
-    w = torch.randn_like(x)
-    (x * w).sum().backward()
-    (expected * w[0]).sum().backward()
-    torch.testing.assert_close(a_val.grad, dense_a.grad, rtol=1e-8, atol=1e-10)
-    torch.testing.assert_close(b.grad, dense_b.grad, rtol=1e-8, atol=1e-10)
+    solver.linearization.linearize()
+    check_normal_solve_against_dense(solver, 0.2)
 
 
 def solve_bundled(name: str, **options):

@@ -11,6 +11,7 @@ import torch
 import posegraph as pg
 from posegraph.solve.linearization import BlockSparseLinearization
 from posegraph.solve.optimize import make_optimizer
+from conftest import check_normal_solve_against_dense, drop_column_spans
 
 
 
@@ -478,18 +479,11 @@ def test_cholmod_solve_and_gradient_in_either_order(mode, spans, monkeypatch):
     """Both modes run in the block order (supernodal on the solver's assembled AᵀA), or
     supernodal in CHOLMOD's own order when A has no block spans: all give the dense solution
     and the dense gradient."""
-    from posegraph.solve.sparse_cholesky import CholmodSolver, NormalSolve
+    from posegraph.solve.sparse_cholesky import CholmodSolver
 
     _, lin = linearized_cholmod("SE3", n=9, seed=8)
     if not spans:
-        original = BlockSparseLinearization._slots_by_blocks
-
-        def without_spans(self, pieces):
-            dests = original(self, pieces)
-            self.column_spans = None
-            return dests
-
-        monkeypatch.setattr(BlockSparseLinearization, "_slots_by_blocks", without_spans)
+        drop_column_spans(monkeypatch)
     solver = CholmodSolver(lin.objective, mode=mode)
     solver.linearization.linearize()
     lin = solver.linearization
@@ -497,19 +491,7 @@ def test_cholmod_solve_and_gradient_in_either_order(mode, spans, monkeypatch):
     assert (solver.normal is not None) == (spans and mode == "supernodal")
     if spans:
         assert not (solver.order.columns == torch.arange(lin.num_cols).numpy()).all()
-    a_val = lin.A_val.detach().clone().requires_grad_(True)
-    b = lin.b.detach().clone().requires_grad_(True)
-    x = NormalSolve.apply(a_val, b, solver, [0.2], False)
-    dense_a = lin.A_val.detach().clone().requires_grad_(True)
-    dense_b = lin.b.detach().clone().requires_grad_(True)
-    dense = torch.zeros(lin.num_rows, lin.num_cols).index_put((lin._row_of_nz, lin._col_of_nz), dense_a[0])
-    expected = torch.linalg.solve(dense.T @ dense + 0.2 * torch.eye(lin.num_cols), dense.T @ dense_b[0])
-    torch.testing.assert_close(x[0], expected, rtol=1e-9, atol=1e-10)
-    w = torch.randn_like(x)
-    (x * w).sum().backward()
-    (expected * w[0]).sum().backward()
-    torch.testing.assert_close(a_val.grad, dense_a.grad, rtol=1e-8, atol=1e-10)
-    torch.testing.assert_close(b.grad, dense_b.grad, rtol=1e-8, atol=1e-10)
+    check_normal_solve_against_dense(solver, 0.2)
 
 
 def test_cholmod_mode_is_validated():
