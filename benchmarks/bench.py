@@ -4,9 +4,9 @@
                                          [--threads N] [--repeat N]
 
 Per dataset it prints: posegraph's time (parse + build + solve, in-process), iterations,
-time per iteration (the solve loop only, after the one-time structure/CHOLMOD analysis), the
-CHOLMOD factorizations it took (the other solves reuse the last factor, see
-``posegraph.solve.cholmod.CholmodSolver``), initial and final error (½ Σ eᵀΩe, GTSAM's convention), peak RSS of the process so far, the
+time per iteration (the solve loop only, after the one-time structure and symbolic analysis),
+the numeric factorizations it took (PARDISO or CHOLMOD; the other solves reuse the last factor,
+see ``posegraph.solve.sparse_cholesky.SparseCholeskySolver``), initial and final error (½ Σ eᵀΩe, GTSAM's convention), peak RSS of the process so far, the
 ratio to GTSAM (when `gtsam` is importable: `pip install gtsam`, an optional `bench` extra — never
 a runtime dependency), and with ``--stock`` the per-iteration and build ratios to stock Theseus
 (its example-style objective: one ``th.Between`` per edge, ``DiagonalCostWeight`` from Ω's
