@@ -29,6 +29,10 @@ simplicial factorizations that run faster at the same fill (parking-garage: 18 m
 24 ms, measured by ``benchmarks/cholmod_modes.py``). On small graphs CHOLMOD's ``"best"``
 (AMD, METIS and nested dissection with several settings; Chen et al. 2008, §3) is affordable
 on the block graph and is kept when its estimated flops are lower (smallGrid3D: 20% fewer).
+
+The same estimate picks the factorization backend (:func:`plan_factorization`): MKL PARDISO
+(:mod:`~posegraph.solve.pardiso`) for factors from :data:`PARDISO_MIN_FLOPS_PER_NONZERO`, in
+the block order, when it is installed; CHOLMOD otherwise.
 """
 
 from __future__ import annotations
