@@ -122,6 +122,8 @@ def test_overlapping_blocks_need_cholmod(monkeypatch):
     assert SparseCholeskySolver(problem.objective).backend == "cholmod"
     with pytest.raises(ValueError, match=r"needs A's block structure.*use the 'cholmod' backend"):
         SparseCholeskySolver(problem.objective, backend="pardiso")
+    with pytest.raises(ValueError, match=r"backend: expected one of auto, cholmod, pardiso, received 'mkl'"):
+        SparseCholeskySolver(problem.objective, backend="mkl")
 
 
 # -- the solver --------------------------------------------------------------------------------------------

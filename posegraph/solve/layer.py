@@ -36,9 +36,6 @@ from torch import nn
 from ..builder import BuilderError, PoseGraphProblem, _Consensus, _check_information, _shape_str, build_problem
 from ..graph import POSE_KINDS, PoseGraph
 from ..weights import cholesky_sqrt_information
-
-#: the square root the layer uses (finite gradients at Ω = I); kept under its earlier name
-differentiable_sqrt_information = cholesky_sqrt_information
 from .optimize import (
     SolverOptions,
     _status_name,
@@ -48,6 +45,9 @@ from .optimize import (
     run_kwargs,
     used_linear_solver,
 )
+
+#: the square root the layer uses (finite gradients at Ω = I); kept under its earlier name
+differentiable_sqrt_information = cholesky_sqrt_information
 
 BACKWARD_MODES = ("implicit", "truncated", "unroll")
 WEIGHT_MODES = (None, "edge", "kind")

@@ -172,8 +172,8 @@ class SolverOptions:
         cholmod_mode: CHOLMOD's factorization, ``"auto"`` (from the estimated fill,
             :func:`~posegraph.solve.symbolic.choose_cholmod_mode`), ``"supernodal"`` or
             ``"simplicial"``; setting it makes ``"auto"`` factor with CHOLMOD.
-        reuse_factor: let CHOLMOD serve a solve with the last factorization through
-            preconditioned CG when that converges quickly (see
+        reuse_factor: let the sparse Cholesky solver serve a solve with the last factorization
+            through preconditioned CG when that converges quickly (see
             :class:`~posegraph.solve.sparse_cholesky.SparseCholeskySolver`); ``False`` refactors
             every solve.
         threads: torch intra-op threads while optimizing (restored afterwards); ``None``
@@ -282,7 +282,7 @@ def resolve_linear_solver(
 
 def _linear_solver_kwargs(linear: str, options: Optional["SolverOptions"] = None) -> Dict:
     """Theseus optimizer kwargs selecting linear solver ``linear`` (a resolved name), with
-    ``options``' CHOLMOD settings."""
+    ``options``' sparse Cholesky settings."""
     if linear == "dense":
         return dict(linear_solver_cls=th.CholeskyDenseSolver, linearization_cls=th.DenseLinearization)
     if linear in ("lu_cuda", "baspacho"):  # Theseus' compiled solvers, over its own linearization

@@ -34,7 +34,7 @@ from .cholmod import CHOLMOD_MODES, CholmodFactorization
 from .linearization import records_gradient
 from .normal import NormalMatrix
 from .pardiso import PardisoFactorization
-from .symbolic import BACKENDS, OrderedTranspose, plan_factorization
+from .symbolic import OrderedTranspose, plan_factorization
 
 #: A numeric factorization: called with a right-hand side, returns the solution.
 Factor = Callable[[np.ndarray], np.ndarray]
@@ -207,8 +207,6 @@ class SparseCholeskySolver(BlockSparseSolver):
         super().__init__(objective, linearization_cls, linearization_kwargs, **kwargs)
         if mode not in CHOLMOD_MODES:
             raise ValueError(f"mode: expected one of {', '.join(CHOLMOD_MODES)}, received {mode!r}")
-        if backend not in BACKENDS:
-            raise ValueError(f"backend: expected one of {', '.join(BACKENDS)}, received {backend!r}")
         plan = plan_factorization(self.linearization, mode, backend)
         factorization_cls = PardisoFactorization if plan.backend == "pardiso" else CholmodFactorization
         self.factorization: Union[CholmodFactorization, PardisoFactorization] = factorization_cls(
