@@ -68,6 +68,32 @@ def test_factors_live_side_by_side_and_slots_are_recycled():
     assert analysis.handles == 2
 
 
+_THREADS_SCRIPT = """
+import numpy as np, scipy.sparse as sp, torch
+from posegraph.solve import pardiso
+m = sp.random(1000, 1000, density=0.01, random_state=1)
+lower = sp.tril(m @ m.T + 2 * sp.eye(1000)).tocsc()
+lower.sort_indices()
+torch.set_num_threads(2)
+analysis = pardiso.PardisoAnalysis(1000, lower.indptr, lower.indices, keep_order=False)
+torch.set_num_threads(1)  # e.g. SolverOptions(threads=1) on an optimizer built before
+x = analysis.factorize(lower.data)(np.ones(1000))
+dense = lower.toarray()
+print(np.abs((dense + np.tril(dense, -1).T) @ x - 1).max())
+"""
+
+
+def test_calls_run_on_the_analysis_thread_count():
+    """A factorization on fewer threads than its analysis solved wrongly or crashed; every
+    call now runs on the analysis' count. In a subprocess: the failure was a crash."""
+    import subprocess
+    import sys
+
+    done = subprocess.run([sys.executable, "-c", _THREADS_SCRIPT], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert float(done.stdout.split()[-1]) < 1e-9
+
+
 def test_errors_name_the_problem():
     lower = spd_lower(40, seed=3)
     analysis = pardiso.PardisoAnalysis(40, lower.indptr, lower.indices)

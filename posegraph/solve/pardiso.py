@@ -110,6 +110,9 @@ def _load() -> Optional[ctypes.CDLL]:
         except (OSError, AttributeError):
             continue
         fn.restype = None
+        lib.MKL_Get_Max_Threads.restype = ctypes.c_int
+        lib.MKL_Set_Num_Threads_Local.restype = ctypes.c_int
+        lib.MKL_Set_Num_Threads_Local.argtypes = [ctypes.c_int]
         if sys.platform.startswith("linux") and "MKL_THREADING_LAYER" not in os.environ:
             lib.MKL_Set_Threading_Layer(ctypes.c_int(_MKL_THREADING_GNU))
         _LIBRARY = lib
@@ -146,27 +149,40 @@ def _release(pt: np.ndarray, arrays: "_Arrays") -> None:
 
 
 class _Arrays:
-    """The pattern's index arrays and PARDISO's parameters (shared by every handle)."""
+    """The pattern's index arrays and PARDISO's parameters (shared by every handle), and the
+    thread count every call runs with: MKL's at the analysis.
 
-    def __init__(self, n: int, indptr: np.ndarray, indices: np.ndarray, iparm: np.ndarray, perm: Optional[np.ndarray]):
+    PARDISO's phases must run on as many threads as its analysis did. Measured with MKL
+    2026.2: an analysis on two threads followed by a factorization on one (``torch.set_num_threads(1)``,
+    e.g. ``SolverOptions(threads=1)`` with an optimizer built before) solves wrongly without
+    an error, and crashes in the solver loop. Each call therefore sets MKL's thread-local count
+    (``mkl_set_num_threads_local``, which takes precedence over OpenMP's) and restores it.
+    """
+
+    def __init__(self, n: int, indptr: np.ndarray, indices: np.ndarray, iparm: np.ndarray, perm: Optional[np.ndarray], threads: int):
         self.n = n
         self.indptr = np.ascontiguousarray(indptr, dtype=np.int64)
         self.indices = np.ascontiguousarray(indices, dtype=np.int64)
         self.iparm = iparm
         self.perm = perm
+        self.threads = threads
 
     def call(self, lib, pt, phase, mnum, values, rhs, out) -> None:
         i64 = ctypes.c_int64
         error = i64(0)
         nrhs = 1 if rhs is None else (rhs.shape[1] if rhs.ndim == 2 else 1)
-        lib.pardiso_64(
-            _ptr(pt), ctypes.byref(i64(SLOTS_PER_HANDLE)), ctypes.byref(i64(mnum)), ctypes.byref(i64(_MTYPE_SPD)),
-            ctypes.byref(i64(phase)), ctypes.byref(i64(self.n)), _ptr(values), _ptr(self.indptr), _ptr(self.indices),
-            ctypes.c_void_p(None) if self.perm is None else _ptr(self.perm), ctypes.byref(i64(nrhs)), _ptr(self.iparm),
-            ctypes.byref(i64(0)),
-            ctypes.c_void_p(None) if rhs is None else _ptr(rhs), ctypes.c_void_p(None) if out is None else _ptr(out),
-            ctypes.byref(error),
-        )
+        previous = lib.MKL_Set_Num_Threads_Local(self.threads)
+        try:
+            lib.pardiso_64(
+                _ptr(pt), ctypes.byref(i64(SLOTS_PER_HANDLE)), ctypes.byref(i64(mnum)), ctypes.byref(i64(_MTYPE_SPD)),
+                ctypes.byref(i64(phase)), ctypes.byref(i64(self.n)), _ptr(values), _ptr(self.indptr), _ptr(self.indices),
+                ctypes.c_void_p(None) if self.perm is None else _ptr(self.perm), ctypes.byref(i64(nrhs)), _ptr(self.iparm),
+                ctypes.byref(i64(0)),
+                ctypes.c_void_p(None) if rhs is None else _ptr(rhs), ctypes.c_void_p(None) if out is None else _ptr(out),
+                ctypes.byref(error),
+            )
+        finally:
+            lib.MKL_Set_Num_Threads_Local(previous)
         if error.value != 0:
             raise PardisoError(phase, int(error.value))
 
@@ -178,8 +194,9 @@ class PardisoAnalysis:
 
     ``keep_order``: the matrix is already in a fill-reducing order (the identity is passed
     as PARDISO's permutation, ``iparm[4] = 1``); else PARDISO orders it with its parallel
-    nested dissection (METIS, ``iparm[1] = 3``). :meth:`factorize` returns a
-    :class:`PardisoFactor`; any number may live at once.
+    nested dissection (METIS, ``iparm[1] = 3``). The analysis (PARDISO's phase 11: ordering
+    and symbolic factorization) runs here, once; :meth:`factorize` returns a
+    :class:`PardisoFactor`, and any number may live at once.
     """
 
     def __init__(self, n: int, indptr: np.ndarray, indices: np.ndarray, keep_order: bool = True):
@@ -195,10 +212,10 @@ class PardisoAnalysis:
         iparm[17] = -1  # report the factor's nonzeros
         iparm[34] = 1  # zero-based indices
         perm = np.arange(n, dtype=np.int64) if keep_order else None
-        self._arrays = _Arrays(int(n), indptr, indices, iparm, perm)
+        self._arrays = _Arrays(int(n), indptr, indices, iparm, perm, max(1, int(lib.MKL_Get_Max_Threads())))
         self._ones = np.ones(len(self._arrays.indices))
         self.n = int(n)
-        self._handles: List[_Handle] = []
+        self._handles: List[_Handle] = [_Handle(self)]
 
     def call(self, handle: _Handle, phase: int, mnum: int, values: np.ndarray, rhs=None, out=None) -> None:
         """One PARDISO call on ``handle`` (phases 11, 22, 33)."""
@@ -226,8 +243,8 @@ class PardisoAnalysis:
 
     @property
     def factor_nonzeros(self) -> int:
-        """Nonzeros of the Cholesky factor (PARDISO's count after the analysis; 0 before)."""
-        return int(self._arrays.iparm[17]) if self._handles else 0
+        """Nonzeros of the Cholesky factor (PARDISO's count from the analysis)."""
+        return int(self._arrays.iparm[17])
 
     @property
     def handles(self) -> int:
