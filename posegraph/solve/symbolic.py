@@ -61,6 +61,12 @@ BACKENDS = ("auto", "cholmod", "pardiso")
 #: 100, parking-garage 52, sphere2500 ~260) factor 3–4× faster than with CHOLMOD; on the 2D
 #: ones (intel, manhattan: ~35) CHOLMOD's simplicial factorization is as fast end to end.
 PARDISO_MIN_FLOPS_PER_NONZERO = 50.0
+#: AMD breaks ties between equal degrees by input position, so its order depends on the order
+#: it starts from: it is run once more on the block graph in its own first order, and the
+#: order with fewer estimated flops kept. On sphere2500 that takes 397 Mflop to 291 (PARDISO's
+#: factorization: 13.0 ms to 10.7 ms); on the other datasets the two are within 10%. More
+#: rounds did not find lower counts. Costs ~1 ms per 1000 blocks.
+AMD_RESTARTS = 1
 #: Up to this many column blocks the order from CHOLMOD's ``"best"`` is tried besides AMD
 #: (about 8–12 µs per block: 1 ms on smallGrid3D's 125 blocks, 14 ms on parking-garage's 1661).
 MAX_BEST_ORDER_BLOCKS = 500
@@ -173,14 +179,28 @@ def _ordered_cost(graph: sp.csc_matrix, sizes: np.ndarray, method: str) -> Tuple
     return blocks, FactorCost(nonzeros, flops)
 
 
+def _restarted_amd(graph: sp.csc_matrix, sizes: np.ndarray, restarts: int) -> Tuple[np.ndarray, FactorCost]:
+    """AMD's block order of ``graph`` with the fewest estimated flops among its first and
+    ``restarts`` more, each started from the order before (see :data:`AMD_RESTARTS`)."""
+    blocks, cost = _ordered_cost(graph, sizes, "amd")
+    best = (blocks, cost)
+    for _ in range(restarts):
+        again, cost = _ordered_cost(graph[blocks][:, blocks].tocsc(), sizes[blocks], "amd")
+        blocks = blocks[again]
+        if cost.flops < best[1].flops:
+            best = (blocks, cost)
+    return best
+
+
 def block_fill_order(
     lin: BlockSparseLinearization,
     sizes: Optional[np.ndarray] = None,
     methods: Optional[Sequence[str]] = None,
 ) -> BlockOrder:
     """The fill-reducing order of ``lin``'s columns with the lowest estimated flops among the
-    block-graph orders of CHOLMOD's ``methods`` (default: ``"amd"``, plus ``"best"`` up to
-    :data:`MAX_BEST_ORDER_BLOCKS` blocks); ``sizes``: :func:`column_block_sizes`."""
+    block-graph orders of CHOLMOD's ``methods`` (default: ``"amd"``, restarted as
+    :data:`AMD_RESTARTS` says, plus ``"best"`` up to :data:`MAX_BEST_ORDER_BLOCKS` blocks);
+    ``sizes``: :func:`column_block_sizes`."""
     sizes = column_block_sizes(lin) if sizes is None else sizes
     if len(sizes) == 0:
         empty = np.zeros(0, dtype=np.int64)
@@ -188,7 +208,10 @@ def block_fill_order(
     if methods is None:
         methods = ("amd", "best") if len(sizes) <= MAX_BEST_ORDER_BLOCKS else ("amd",)
     graph = block_graph(lin, sizes)
-    found = [(method, *_ordered_cost(graph, sizes, method)) for method in methods]
+    found = [
+        (method, *(_restarted_amd(graph, sizes, AMD_RESTARTS) if method == "amd" else _ordered_cost(graph, sizes, method)))
+        for method in methods
+    ]
     method, blocks, cost = min(found, key=lambda f: f[2].flops)
     return BlockOrder(method, blocks, expand_block_order(blocks, sizes), cost, sizes)
 
