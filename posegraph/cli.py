@@ -29,6 +29,13 @@ def _non_negative_int(text: str) -> int:
     return int_at_least(0)(text)
 
 
+def _positive_int(text: str) -> int:
+    """argparse type for ``--cg-max-iters``: an integer ≥ 1."""
+    from .config import int_at_least
+
+    return int_at_least(1)(text)
+
+
 def _non_negative_float(text: str) -> float:
     """argparse type for weights: a finite number ≥ 0."""
     try:
@@ -79,6 +86,9 @@ def _parser() -> argparse.ArgumentParser:
                    help="serve a sparse Cholesky solve with the last factor through preconditioned CG while "
                         "that converges in a few iterations (default); --no-reuse-factor refactors "
                         "at every solve")
+    o.add_argument("--cg-max-iters", type=_positive_int, default=None, metavar="N",
+                   help="CG iterations a solve with the last factor may take before refactoring "
+                        "(default: as many as cost one factorization, measured while solving, at most 10)")
     o.add_argument("--dtype", choices=["float64", "float32"], default="float64")
     o.add_argument("--mesh", metavar="MESH.obj",
                    help="regularize the graph's 3D points with the Laplacian of this mesh: OBJ vertex k "
@@ -190,6 +200,7 @@ def cmd_optimize(args: argparse.Namespace) -> int:
         linear_solver=args.linear_solver,
         cholmod_mode=args.cholmod_mode,
         reuse_factor=args.reuse_factor,
+        cg_max_iterations=args.cg_max_iters,
     )
     progress = _progress(args)
     debug = None

@@ -85,7 +85,7 @@ def test_bad_input_json_mode_prints_nothing_on_stdout(tmp_path, capsys):
     assert err == f"error: {path}:3: EDGE_SE2: expected a number, received 'x'\n"
 
 
-@pytest.mark.parametrize("argv", [["--solver", "bfgs"], ["--max-iters", "-1"], ["--max-iters", "many"]])
+@pytest.mark.parametrize("argv", [["--solver", "bfgs"], ["--max-iters", "-1"], ["--max-iters", "many"], ["--cg-max-iters", "0"]])
 def test_bad_arguments_are_usage_errors(tmp_path, capsys, argv):
     path = tmp_path / "a.g2o"
     path.write_text(SE2_TEXT)
@@ -453,7 +453,7 @@ def test_mesh_bad_files(tmp_path, capsys, mesh_files):
 
 def test_factorization_flags_and_report(tmp_path, capsys):
     path = Path(__file__).resolve().parents[1] / "data" / "sphere_se3.g2o"
-    code, out, _ = run_cli(capsys, path, "--json", "--quiet")
+    code, out, _ = run_cli(capsys, path, "--json", "--quiet", "--cg-max-iters", "10")  # every attempt made
     default = json.loads(out)
     stats = default["factorization"]
     assert code == 0 and stats["reused"] > 0 and stats["backend"] == default["linear_solver"]

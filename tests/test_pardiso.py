@@ -173,13 +173,27 @@ def solve_bundled(name: str, **options):
 
 @pytest.mark.parametrize("reuse", [True, False])
 def test_optimize_agrees_with_cholmod(reuse):
-    auto = solve_bundled("sphere_se3.g2o", reuse_factor=reuse)
-    cholmod = solve_bundled("sphere_se3.g2o", linear_solver="cholmod", reuse_factor=reuse)
+    auto = solve_bundled("sphere_se3.g2o", reuse_factor=reuse, cg_max_iterations=10)
+    cholmod = solve_bundled("sphere_se3.g2o", linear_solver="cholmod", reuse_factor=reuse, cg_max_iterations=10)
     assert auto.linear_solver == "pardiso" and auto.factor_stats.backend == "pardiso"
     assert cholmod.linear_solver == "cholmod" and cholmod.factor_stats.backend == "cholmod"
     assert auto.iterations == cholmod.iterations
     assert (auto.factor_stats.reused > 0) == reuse
     torch.testing.assert_close(auto.final_error, cholmod.final_error, rtol=1e-9, atol=0)
+
+
+def test_a_new_factor_takes_the_memory_of_the_last(monkeypatch):
+    """Without gradients the lagged factor is dropped before a fresh factorization, so every
+    factorization reuses one PARDISO slot (allocated memory) instead of alternating two."""
+    slots = []
+    real = pardiso.PardisoAnalysis.call
+    monkeypatch.setattr(
+        pardiso.PardisoAnalysis, "call",
+        lambda self, handle, phase, mnum, *a, **k: (phase == 22 and slots.append(mnum)) or real(self, handle, phase, mnum, *a, **k),
+    )
+    res = solve_bundled("sphere_se3.g2o", cg_max_iterations=10)
+    assert res.linear_solver == "pardiso" and len(slots) == res.factor_stats.factorizations > 2
+    assert set(slots) == {1}
 
 
 def test_batched_layer_on_pardiso_matches_one_problem_at_a_time():

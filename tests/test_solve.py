@@ -393,7 +393,7 @@ def solve_bundled(name: str, **options):
 @pytest.mark.parametrize("name", ["sphere_se3.g2o", "grid_se2.g2o"])
 def test_factor_reuse_saves_factorizations_and_keeps_the_optimum(name):
     fresh = solve_bundled(name, reuse_factor=False)
-    reused = solve_bundled(name)
+    reused = solve_bundled(name, cg_max_iterations=10)  # every attempt made, whatever it costs here
     assert fresh.factor_stats.reused == 0
     assert fresh.factor_stats.factorizations == fresh.iterations
     assert reused.factor_stats.reused > 0
@@ -421,6 +421,50 @@ def test_last_factor_tried_only_after_a_small_fall_of_the_error():
     np.testing.assert_allclose(x2, x1, rtol=1e-8, atol=1e-12)
     solver.reset()
     assert solver._last_errors == {} and solver._last_factors == {}
+
+
+def test_solve_costs_budget():
+    from posegraph.solve.sparse_cholesky import CG_MAX_ITERATIONS, CG_MIN_ITERATIONS, SolveCosts
+
+    assert SolveCosts().budget() == CG_MAX_ITERATIONS and SolveCosts().worth_trying()  # nothing measured
+    assert SolveCosts(fresh_s=1.0).budget(7) == 7
+    costs = SolveCosts(fresh_s=1.0, cg_iteration_s=0.2)
+    assert costs.budget() == 5 and costs.budget(3) == 3
+    assert costs.needed == CG_MIN_ITERATIONS and costs.worth_trying()
+    costs.needed = 5  # as many as a factorization costs: nothing to gain
+    assert not costs.worth_trying()
+    assert SolveCosts(fresh_s=1.0, cg_iteration_s=2.0).budget() == 0
+
+
+def test_last_factor_tried_only_while_cheaper_than_a_factorization(monkeypatch):
+    """With measured costs (the default) an attempt gets the iterations one factorization
+    costs, and none is made when the last converged attempt needed that many; a fixed
+    ``cg_max_iterations`` makes every attempt."""
+    from posegraph.solve import sparse_cholesky
+
+    limits = []
+    real = sparse_cholesky.lagged_factor_cg
+    monkeypatch.setattr(sparse_cholesky, "lagged_factor_cg", lambda *a: limits.append(a[-1]) or real(*a))
+    opt, lin = linearized_cholmod("SE3", n=9, seed=11)
+    solver = opt.linear_solver
+    a, b = lin.A_val[0].numpy(), lin.b[0].numpy()
+    rhs = solver.order.apply(lin.Atb[0, :, 0].numpy())
+    solver.solve_one(0, a, b, rhs, 1e-6, False)
+    assert solver.costs.fresh_s > 0 and solver.costs.cg_iteration_s is None
+    solver.costs = sparse_cholesky.SolveCosts(fresh_s=1.0, cg_iteration_s=0.1, needed=4)
+    solver.solve_one(0, a, b, rhs, 1e-6, False)  # unchanged: tried, with 10 iterations' budget
+    assert limits == [10] and solver.stats.reused == 1
+    assert solver.costs.needed == solver.stats.cg_iterations and 0 < solver.costs.cg_iteration_s
+    solver.costs = sparse_cholesky.SolveCosts(fresh_s=1.0, cg_iteration_s=0.25, needed=4)
+    solver.solve_one(0, a, b, rhs, 1e-6, False)  # 4 iterations cost a factorization: refactor
+    assert limits == [10] and solver.stats.factorizations == 2
+    solver.costs = sparse_cholesky.SolveCosts(fresh_s=1.0, cg_iteration_s=0.15, needed=4)
+    solver.solve_one(0, a, b, rhs, 1e-6, False)  # 6 would: tried within them
+    assert limits == [10, 6]
+    solver.cg_max_iterations = 3
+    solver.costs = sparse_cholesky.SolveCosts(fresh_s=1.0, cg_iteration_s=0.5, needed=4)
+    solver.solve_one(0, a, b, rhs, 1e-6, False)  # fixed: tried whatever it costs
+    assert limits == [10, 6, 3]
 
 
 def test_factor_reuse_only_without_gradients():

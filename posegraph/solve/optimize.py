@@ -176,6 +176,9 @@ class SolverOptions:
             through preconditioned CG when that converges quickly (see
             :class:`~posegraph.solve.sparse_cholesky.SparseCholeskySolver`); ``False`` refactors
             every solve.
+        cg_max_iterations: CG iterations an attempt with the last factor may take; ``None``
+            (default): as many as cost one factorization, measured while solving (at most
+            10; see the solver). An integer makes every run take the same path on any machine.
         threads: torch intra-op threads while optimizing (restored afterwards); ``None``
             leaves torch's setting alone. The per-edge tensors are small (~10⁵ values), so
             threads gain little on an idle machine and can stall every operation when the
@@ -190,6 +193,7 @@ class SolverOptions:
     damping: float = 1e-5
     cholmod_mode: str = "auto"
     reuse_factor: bool = True
+    cg_max_iterations: Optional[int] = None
     threads: Optional[int] = None
 
     def validate(self) -> None:
@@ -210,6 +214,8 @@ class SolverOptions:
             )
         if self.max_iterations < 0:
             raise ValueError(f"max_iterations: expected ≥ 0, received {self.max_iterations}")
+        if self.cg_max_iterations is not None and self.cg_max_iterations < 1:
+            raise ValueError(f"cg_max_iterations: expected ≥ 1 or None, received {self.cg_max_iterations}")
         if self.threads is not None and self.threads < 1:
             raise ValueError(f"threads: expected ≥ 1 or None, received {self.threads}")
 
@@ -291,7 +297,9 @@ def _linear_solver_kwargs(linear: str, options: Optional["SolverOptions"] = None
     cls = {**_SPARSE_CHOLESKY_SOLVERS, "batched_dense": DenseCholeskySolver, "cg": ConjugateGradientSolver}[linear]
     kwargs: Dict = dict(linear_solver_cls=cls, linearization_cls=BlockSparseLinearization)
     if linear in _SPARSE_CHOLESKY_SOLVERS and options is not None:
-        kwargs["linear_solver_kwargs"] = dict(mode=options.cholmod_mode, reuse_factor=options.reuse_factor)
+        kwargs["linear_solver_kwargs"] = dict(
+            mode=options.cholmod_mode, reuse_factor=options.reuse_factor, cg_max_iterations=options.cg_max_iterations
+        )
     return kwargs
 
 

@@ -20,6 +20,7 @@ and computes the gradient with vectorized gathers, not a loop over rows.
 from __future__ import annotations
 
 import math
+import time
 from dataclasses import dataclass
 from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple, Type, Union
 
@@ -35,6 +36,13 @@ from .linearization import records_gradient
 from .normal import NormalMatrix
 from .pardiso import PardisoFactorization
 from .symbolic import OrderedTranspose, plan_factorization
+
+#: The most CG iterations an attempt with the last factor takes (:func:`lagged_factor_cg`).
+CG_MAX_ITERATIONS = 10
+#: Before any attempt has converged, an attempt is made only when this many CG iterations cost
+#: less than a factorization: the fewest a lagged factor has needed at the default tolerance
+#: on the shared datasets (intel: 4; the others: 5–7).
+CG_MIN_ITERATIONS = 4
 
 #: A numeric factorization: called with a right-hand side, returns the solution.
 Factor = Callable[[np.ndarray], np.ndarray]
@@ -105,6 +113,32 @@ class FactorStats:
     factorizations: int = 0
     reused: int = 0
     cg_iterations: int = 0
+
+
+@dataclass
+class SolveCosts:
+    """Wall times a :class:`SparseCholeskySolver` measures to decide whether trying the last
+    factor pays: ``fresh_s``, its last numeric factorization with the solve; ``cg_iteration_s``,
+    one CG iteration of its last attempt with a lagged factor (a product with ``AᵀA`` and a
+    solve); ``needed``, the iterations its last converged attempt took
+    (:data:`CG_MIN_ITERATIONS` before one has)."""
+
+    fresh_s: Optional[float] = None
+    cg_iteration_s: Optional[float] = None
+    needed: int = CG_MIN_ITERATIONS
+
+    def budget(self, cap: int = CG_MAX_ITERATIONS) -> int:
+        """The CG iterations that cost as much as a factorization and its solve, at most
+        ``cap`` (``cap`` until both have been measured)."""
+        if self.fresh_s is None or self.cg_iteration_s is None:
+            return cap
+        return min(cap, int(self.fresh_s / self.cg_iteration_s))
+
+    def worth_trying(self, cap: int = CG_MAX_ITERATIONS) -> bool:
+        """Whether an attempt converging as fast as the last one would cost less than a
+        factorization and its solve (strictly: at equal cost nothing is gained, and the
+        timings are noisy)."""
+        return self.needed < self.budget(cap)
 
 
 def _dot(a: np.ndarray, b: np.ndarray) -> float:
@@ -182,7 +216,15 @@ class SparseCholeskySolver(BlockSparseSolver):
             matrix barely changes between iterations, and a CG iteration (two triangular
             solves) costs a small fraction of a factorization. Solutions agree with a fresh
             factorization to ``cg_tolerance`` (relative residual).
-        cg_tolerance / cg_max_iterations: see :func:`lagged_factor_cg`.
+        cg_tolerance: see :func:`lagged_factor_cg`.
+        cg_max_iterations: the CG iterations an attempt with the last factor may take.
+            ``None`` (default): as many as cost one factorization and its solve, measured
+            while solving (:class:`SolveCosts`, at most :data:`CG_MAX_ITERATIONS`); no attempt
+            is made while fewer than the last converged attempt needed fit in. With PARDISO on
+            sphere2500 a CG iteration costs a fifth of a factorization and the lagged factor
+            needs 7, so the solver refactors; on CHOLMOD's 2D graphs (manhattan: a fourteenth)
+            it reuses. An integer fixes the limit: every allowed attempt is made, the same on
+            any machine.
         reuse_max_decrease: the last factor is tried only when the error ``½‖b‖²`` fell by
             less than this fraction since the last solve. A larger fall means the iterate
             moved far and the matrix changed with it: on the shared datasets every attempt
@@ -199,7 +241,7 @@ class SparseCholeskySolver(BlockSparseSolver):
         mode: str = "auto",
         reuse_factor: bool = True,
         cg_tolerance: float = 1e-10,
-        cg_max_iterations: int = 10,
+        cg_max_iterations: Optional[int] = None,
         reuse_max_decrease: float = 1e-2,
         backend: str = "auto",
         **kwargs,
@@ -218,6 +260,7 @@ class SparseCholeskySolver(BlockSparseSolver):
         self.cg_max_iterations = cg_max_iterations
         self.reuse_max_decrease = reuse_max_decrease
         self.stats = FactorStats(self.backend, self.mode)
+        self.costs = SolveCosts()
         self._last_factors: Dict[int, Factor] = {}
         self._last_errors: Dict[int, float] = {}
 
@@ -242,7 +285,8 @@ class SparseCholeskySolver(BlockSparseSolver):
         return self.factorization.normal
 
     def reset(self, **kwargs) -> None:
-        """A new optimization: forget the last factors, errors and the counts."""
+        """A new optimization: forget the last factors, errors and the counts (the measured
+        costs stay: they belong to the problem's structure)."""
         super().reset(**kwargs)
         self._last_factors = {}
         self._last_errors = {}
@@ -263,19 +307,35 @@ class SparseCholeskySolver(BlockSparseSolver):
         last = None if exact else self._last_factors.get(index)
         if not self._small_change(index, 0.5 * _dot(b_values, b_values)):
             last = None
-        if last is not None:
-            at = self.linearization.product_matrices(a_values)[1]
-            x, iterations = lagged_factor_cg(
-                at, rhs, beta, lambda r: self.order.solve(last, r), self.cg_tolerance, self.cg_max_iterations
-            )
-            self.stats.cg_iterations += iterations
+        if last is not None and (self.cg_max_iterations is not None or self.costs.worth_trying()):
+            x = self._lagged_solve(last, a_values, rhs, beta)
             if x is not None:
-                self.stats.reused += 1
                 return x, last
+        last = None
+        self._last_factors.pop(index, None)  # its memory can take the new factor
+        start = time.perf_counter()
         factor = self.factorize(a_values, beta)
+        x = self.order.solve(factor, rhs)
+        self.costs.fresh_s = time.perf_counter() - start
         self.stats.factorizations += 1
         self._last_factors[index] = factor
-        return self.order.solve(factor, rhs), factor
+        return x, factor
+
+    def _lagged_solve(self, last: Factor, a_values: np.ndarray, rhs: np.ndarray, beta: float) -> Optional[np.ndarray]:
+        """:func:`lagged_factor_cg` with the lagged factor ``last``, within the iteration limit
+        (``cg_max_iterations`` or :meth:`SolveCosts.budget`); records its costs and counts."""
+        limit = self.costs.budget() if self.cg_max_iterations is None else self.cg_max_iterations
+        at = self.linearization.product_matrices(a_values)[1]
+        start = time.perf_counter()
+        x, iterations = lagged_factor_cg(
+            at, rhs, beta, lambda r: self.order.solve(last, r), self.cg_tolerance, limit
+        )
+        self.costs.cg_iteration_s = (time.perf_counter() - start) / max(iterations, 1)
+        self.stats.cg_iterations += iterations
+        if x is not None:
+            self.costs.needed = iterations
+            self.stats.reused += 1
+        return x
 
     def _small_change(self, index: int, error: float) -> bool:
         """Whether batch element ``index``'s error fell by at most ``reuse_max_decrease`` (as a
