@@ -313,6 +313,29 @@ def test_solver_threads_option_applies_and_restores():
         pg.optimize(problem, pg.SolverOptions(threads=0))
 
 
+def test_default_threads_one_for_small_problems_setup_on_torchs(monkeypatch):
+    """``threads=None``: the setup (the factorization's analysis) runs on torch's threads, the
+    iterations of a small CPU problem on one; above ``SINGLE_THREAD_MAX_ROWS`` on torch's."""
+    from posegraph.solve import optimize as optimize_module
+
+    problem = pg.build_problem(near_graph("SE2"))
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        at_setup, seen = [], []
+        real = optimize_module.make_optimizer
+        monkeypatch.setattr(optimize_module, "make_optimizer", lambda *a: at_setup.append(torch.get_num_threads()) or real(*a))
+        hook = lambda rec: seen.append(torch.get_num_threads())  # noqa: E731
+        pg.optimize(problem, pg.SolverOptions(max_iterations=3), on_iteration=hook)
+        assert at_setup == [2] and set(seen) == {1} and torch.get_num_threads() == 2
+        monkeypatch.setattr(optimize_module, "SINGLE_THREAD_MAX_ROWS", problem.objective.dim() - 1)
+        seen.clear()
+        pg.optimize(problem, pg.SolverOptions(max_iterations=3), on_iteration=hook)
+        assert set(seen) == {2}
+    finally:
+        torch.set_num_threads(before)
+
+
 def test_full_information_weight_rows_identity_and_subset():
     gen = torch.Generator().manual_seed(9)
     w = pg.FullInformationWeight(torch.randn(1, 3, 6, 6, generator=gen))

@@ -38,6 +38,12 @@ DENSE_MAX_COLUMNS = 3000
 #: ``auto`` with Theseus' CUDA extension: its LU solver (dense per-cost Jacobians) up to this
 #: many Jacobian entries per problem (rows × columns).
 LU_CUDA_MAX_DENSE_ENTRIES = 2**24
+#: With ``SolverOptions.threads=None`` the iterations run torch on one thread up to this many
+#: residual rows (rows of A) on CPU. Below it each torch operation is too small for a second
+#: thread to pay for waking it: measured per iteration, alternating in one process, one thread
+#: against two: smallGrid3D −26%, intel −20%, manhattan −10%, parking-garage −8%, sphere2500
+#: (30k rows) −2%; from 60k rows (10,000-pose SE2) on, two threads are as fast or faster.
+SINGLE_THREAD_MAX_ROWS = 50_000
 
 
 class PerProblemConvergence:
@@ -179,10 +185,12 @@ class SolverOptions:
         cg_max_iterations: CG iterations an attempt with the last factor may take; ``None``
             (default): as many as cost one factorization, measured while solving (at most
             10; see the solver). An integer makes every run take the same path on any machine.
-        threads: torch intra-op threads while optimizing (restored afterwards); ``None``
-            leaves torch's setting alone. The per-edge tensors are small (~10⁵ values), so
-            threads gain little on an idle machine and can stall every operation when the
-            cores are shared with other jobs: ``threads=1`` is the robust choice there.
+        threads: torch intra-op threads while optimizing, setup included (restored
+            afterwards). ``None``: the setup — and with it PARDISO's analysis, whose thread
+            count its factorizations keep — runs on torch's setting, and the iterations run
+            torch on one thread on CPU problems of at most :data:`SINGLE_THREAD_MAX_ROWS`
+            residual rows (their per-edge tensors are too small for a second thread), else on
+            torch's setting. ``threads=1`` keeps everything on one core (shared machines).
     """
 
     solver: str = "lm"
@@ -363,7 +371,18 @@ def optimize(
     options = options or SolverOptions()
     options.validate()
     with _torch_threads(options.threads):
-        return _optimize(problem, options, on_iteration, end_iter_callback, optimizer, theseus_kwargs)
+        optimizer = optimizer or make_optimizer(problem, options)
+        with _torch_threads(iteration_threads(problem, options)):
+            return _optimize(problem, options, on_iteration, end_iter_callback, optimizer, theseus_kwargs)
+
+
+def iteration_threads(problem: PoseGraphProblem, options: SolverOptions) -> Optional[int]:
+    """torch threads for the iterations beyond ``options.threads`` (``None``: no change): one
+    for CPU problems of at most :data:`SINGLE_THREAD_MAX_ROWS` rows when ``options.threads``
+    is ``None``."""
+    if options.threads is not None or problem.poses.tensor.device.type != "cpu":
+        return None
+    return 1 if problem.objective.dim() <= SINGLE_THREAD_MAX_ROWS else None
 
 
 @contextlib.contextmanager
@@ -385,10 +404,9 @@ def _optimize(
     options: SolverOptions,
     on_iteration: Optional[IterationHook],
     end_iter_callback: Optional[Callable],
-    optimizer: Optional[th.NonlinearOptimizer],
+    opt: th.NonlinearOptimizer,
     theseus_kwargs: Dict,
 ) -> SolveResult:
-    opt = optimizer or make_optimizer(problem, options)
     linear = used_linear_solver(opt, problem_linear_solver(problem, options))
     start = time.perf_counter()
     with torch.no_grad():
