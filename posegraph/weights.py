@@ -15,6 +15,8 @@ from typing import Dict, List, Optional, Sequence, Tuple, Union
 import theseus as th
 import torch
 
+from .geometry import small_matmul
+
 
 def sqrt_information(information: torch.Tensor) -> torch.Tensor:
     """Square root ``W`` of symmetric PSD matrices, ``Wᵀ W = Ω``, for ``(..., d, d)`` input.
@@ -148,7 +150,7 @@ class FullInformationWeight(LinearBlockWeight):
         return (self.sqrt_information.tensor @ error.unsqueeze(-1)).squeeze(-1)
 
     def weight_block_jacobians(self, jac: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
-        return self._rows_of(rows) @ jac
+        return small_matmul(self._rows_of(rows), jac)
 
     def _rows_of(self, rows: torch.Tensor) -> torch.Tensor:
         """``W[:, rows]`` without a copy when ``rows`` is ``0..R−1`` (every edge, in order:

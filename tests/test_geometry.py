@@ -215,3 +215,26 @@ def test_gradcheck(kind):
     gen = torch.Generator().manual_seed(8)
     inputs = tuple(rnd(4, 0.8, gen=gen).requires_grad_(True) for _ in range(3))
     assert torch.autograd.gradcheck(lambda *a: kernel(*a), inputs)
+
+
+# -- small_matmul: NumPy's products on CPU without autograd, torch's otherwise ----------------------
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+def test_small_matmul_equals_torch(dtype):
+    g = torch.Generator().manual_seed(0)
+    a = torch.randn(2, 50, 6, 6, generator=g, dtype=dtype)
+    b = torch.randn(2, 50, 6, 6, generator=g, dtype=dtype)
+    w = torch.randn(1, 50, 6, 6, generator=g, dtype=dtype)  # broadcast over the batch
+    r = torch.randn(50, 3, 4, generator=g, dtype=dtype)
+    tol = dict(rtol=1e-12, atol=1e-12) if dtype == torch.float64 else dict(rtol=1e-5, atol=1e-5)
+    with torch.no_grad():
+        for x, y in [(a, b), (w, a), (a[..., :3], r[..., :3]), (r[..., :3].transpose(-1, -2), r[..., :3])]:
+            out = G.small_matmul(x, y)
+            assert out.dtype == dtype and out.shape == (x @ y).shape
+            torch.testing.assert_close(out, x @ y, **tol)
+
+
+def test_small_matmul_keeps_gradients():
+    a = torch.randn(40, 6, 6, dtype=torch.float64, requires_grad=True)
+    b = torch.randn(40, 6, 6, dtype=torch.float64)
+    G.small_matmul(a, b).sum().backward()
+    torch.testing.assert_close(a.grad, b.sum(-1).unsqueeze(-2).expand(40, 6, 6))
