@@ -75,7 +75,7 @@ def run_posegraph(path: Optional[Path], graph: Optional[pg.PoseGraph] = None, th
         "initial_error": float(res.initial_error[0]),
         "final_error": float(res.final_error[0]),
         "status": res.status[0],
-        "cholmod": dataclasses.asdict(res.factor_stats) if res.factor_stats else None,
+        "factorization": dataclasses.asdict(res.factor_stats) if res.factor_stats else None,
     }
 
 
@@ -179,7 +179,7 @@ def main(argv: Optional[List[str]] = None) -> int:
         ratio = f"{p['time_s'] / gt['time_s']:.2f}" if gt else (f"{p['time_s'] / ref:.2f}*" if ref else "—")
         sratio = f"{st['per_iter_s'] / p['per_iter_s']:.1f}" if st else "—"
         bratio = f"{st['build_s'] / p['build_s']:.0f}" if st else "—"
-        chol = p.get("cholmod")
+        chol = p.get("factorization")
         factors = f"{chol['factorizations']}" if chol else "—"
         print(f"{r['dataset']:<22}{p['time_s']:>7.3f}s{p['iterations']:>6}{p['initial_error']:>14.6g}"
               f"{p['final_error']:>16.10g}{p['per_iter_s']:>8.3f}s{factors:>8}{ratio:>9}{sratio:>12}{bratio:>8}{r['peak_rss_mb']:>8.0f}")
