@@ -227,10 +227,11 @@ class SparseCholeskySolver(BlockSparseSolver):
             ``None`` (default): as many as cost one factorization and its solve, measured
             while solving (:class:`SolveCosts`, at most :data:`CG_MAX_ITERATIONS`); no attempt
             is made while fewer than the last converged attempt needed fit in. With PARDISO on
-            sphere2500 a CG iteration costs a fifth of a factorization and the lagged factor
-            needs 7, so the solver refactors; on CHOLMOD's 2D graphs (manhattan: a fourteenth)
-            it reuses. An integer fixes the limit: every allowed attempt is made, the same on
-            any machine.
+            sphere2500 one factorization and its solve cost about 6 CG iterations: attempts
+            needing 7 (at a tolerance of 1e-10) made the solves slower, those needing 4 (at
+            1e-6) make them faster; CHOLMOD's factorizations of 2D graphs cost more (manhattan:
+            ~14 CG iterations). An integer fixes the limit: every allowed attempt is made, the
+            same on any machine.
         reuse_max_decrease: the last factor is tried only when the error ``½‖b‖²`` fell by
             less than this fraction since the last solve. A larger fall means the iterate
             moved far and the matrix changed with it: on the shared datasets and a
