@@ -120,6 +120,11 @@ def summary(
     return out
 
 
+def _count(n: int, noun: str) -> str:
+    """``"1 solve"``, ``"2 solves"``."""
+    return f"{n} {noun}{'' if n == 1 else 's'}"
+
+
 def format_summary(s: Dict[str, Any]) -> str:
     """A readable multi-line summary of :func:`summary`'s dict."""
     t = s["time_s"]
@@ -135,8 +140,9 @@ def format_summary(s: Dict[str, Any]) -> str:
     if s.get("factorization"):
         c = s["factorization"]
         kind = c["backend"] if c["backend"] == "pardiso" else f"{c['backend']} {c['mode']}"
-        lines.insert(2, f"factorized   {kind}: {c['factorizations']} factorizations, "
-                        f"{c['reused']} solves by the last factor ({c['cg_iterations']} CG iterations)")
+        lines.insert(2, f"factorized   {kind}: {_count(c['factorizations'], 'factorization')}, "
+                        f"{_count(c['reused'], 'solve')} by the last factor "
+                        f"({_count(c['cg_iterations'], 'CG iteration')})")
     if s.get("robust"):
         r = s["robust"]
         lines.insert(3, f"robust       {r['kernel']} on {r['edges']} edges (chi2, error: Σρ(eᵀΩe), ½ of it)")

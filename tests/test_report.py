@@ -43,3 +43,17 @@ def test_cli_progress_on_stderr_json_on_stdout(tmp_path, capsys, monkeypatch, sy
     assert main(["optimize", str(path), "--json", "--quiet"]) == 0
     out, err = capsys.readouterr()
     assert err == "" and json.loads(out)["status"] == "converged"
+
+
+def test_summary_counts_in_singular_and_plural():
+    from posegraph.report import format_summary
+
+    base = dict(input="g.g2o", kind="SE3", num_poses=3, num_edges=2, solver="lm", linear_solver="pardiso",
+                device="cpu", status="converged", iterations=2, initial_chi2=2.0, final_chi2=1.0,
+                initial_error=1.0, final_error=0.5, time_s={"total": 0.1})
+    one = dict(backend="pardiso", mode="supernodal", factorizations=1, reused=1, cg_iterations=1)
+    text = format_summary({**base, "factorization": one})
+    assert "factorized   pardiso: 1 factorization, 1 solve by the last factor (1 CG iteration)" in text
+    two = dict(backend="cholmod", mode="simplicial", factorizations=2, reused=0, cg_iterations=3)
+    text = format_summary({**base, "factorization": two})
+    assert "factorized   cholmod simplicial: 2 factorizations, 0 solves by the last factor (3 CG iterations)" in text
