@@ -44,12 +44,16 @@ Solving
     ``solver.order``); PARDISO and CHOLMOD's supernodal factorizations run on ``AᵀA``
     assembled by the solver (``posegraph.solve.normal.NormalMatrix``; ``solver.normal``);
     solves without recorded gradients first try CG preconditioned with the last factor
-    (``lagged_factor_cg``) and refactor only when it converges slowly. ``CholmodSolver`` /
+    (``lagged_factor_cg``) while that costs less than a factorization, as measured while
+    solving (``SolveCosts``), and refactor when it converges slowly. ``CholmodSolver`` /
     ``PardisoSolver`` fix the backend. ``SolverOptions``' ``linear_solver`` ("auto",
-    "cholmod", "pardiso", …), ``cholmod_mode`` and ``reuse_factor`` set them;
-    ``SolveResult.linear_solver`` names the backend used and ``SolveResult.factor_stats``
-    counts factorizations, reused factors and CG iterations. Importing posegraph before torch
-    sets ``OMP_WAIT_POLICY=PASSIVE`` unless set (``posegraph._openmp`` says why).
+    "cholmod", "pardiso", …), ``cholmod_mode``, ``reuse_factor`` and ``cg_max_iterations``
+    set them, and ``threads`` the torch threads (default: one for the iterations of small CPU
+    problems, ``optimize.SINGLE_THREAD_MAX_ROWS``); ``SolveResult.linear_solver`` names the
+    backend used and ``SolveResult.factor_stats`` counts factorizations, reused factors and CG
+    iterations. Importing posegraph before torch sets ``OMP_WAIT_POLICY=PASSIVE`` unless set
+    (``posegraph._openmp`` says why). ``posegraph.geometry.small_matmul``: products of stacked
+    small matrices, through NumPy's BLAS kernels on CPU without autograd.
 Differentiable, batched solving
     ``PoseGraphLayer(graph | kind, edges, fixed)`` — ``torch.nn.Module`` over
     ``th.TheseusLayer``: ``layer(poses, measurements, information) -> (poses, LayerInfo)``
