@@ -59,7 +59,7 @@ def run_posegraph(path: Optional[Path], graph: Optional[pg.PoseGraph] = None, th
     problem = pg.build_problem(g)
     t2 = time.perf_counter()
     options = pg.SolverOptions(solver="lm", threads=threads)
-    optimizer = make_optimizer(problem, options)  # sparsity structure + CHOLMOD analysis
+    optimizer = make_optimizer(problem, options)  # sparsity structure + symbolic analysis
     t_setup = time.perf_counter()
     with torch.no_grad():
         res = pg.optimize(problem, options, optimizer=optimizer)

@@ -316,12 +316,13 @@ class SparseCholeskySolver(BlockSparseSolver):
         last = None if exact else self._last_factors.get(index)
         if not self._small_change(index, 0.5 * _dot(b_values, b_values)):
             last = None
-        if last is not None and (self.cg_max_iterations is not None or self.costs.worth_trying()):
-            x = self._lagged_solve(last, a_values, rhs, beta)
+        limit = None if last is None else self._cg_limit()
+        if limit is not None:
+            x = self._lagged_solve(last, a_values, rhs, beta, limit)
             if x is not None:
                 return x, last
-        last = None
-        self._last_factors.pop(index, None)  # its memory can take the new factor
+        last = None  # with the entry below, the lagged factor's last references: its memory
+        self._last_factors.pop(index, None)  # can take the new factor
         start = time.perf_counter()
         factor = self.factorize(a_values, beta)
         x = self.order.solve(factor, rhs)
@@ -330,10 +331,19 @@ class SparseCholeskySolver(BlockSparseSolver):
         self._last_factors[index] = factor
         return x, factor
 
-    def _lagged_solve(self, last: Factor, a_values: np.ndarray, rhs: np.ndarray, beta: float) -> Optional[np.ndarray]:
-        """:func:`lagged_factor_cg` with the lagged factor ``last``, within the iteration limit
-        (``cg_max_iterations`` or :meth:`SolveCosts.budget`); records its costs and counts."""
-        limit = self.costs.budget() if self.cg_max_iterations is None else self.cg_max_iterations
+    def _cg_limit(self) -> Optional[int]:
+        """The CG iterations an attempt with the last factor may take now: ``cg_max_iterations``
+        when set, else :meth:`SolveCosts.budget` — or ``None`` when an attempt is not worth
+        making (:meth:`SolveCosts.worth_trying`)."""
+        if self.cg_max_iterations is not None:
+            return self.cg_max_iterations
+        return self.costs.budget() if self.costs.worth_trying() else None
+
+    def _lagged_solve(
+        self, last: Factor, a_values: np.ndarray, rhs: np.ndarray, beta: float, limit: int
+    ) -> Optional[np.ndarray]:
+        """:func:`lagged_factor_cg` with the lagged factor ``last`` and at most ``limit``
+        iterations; records its costs and counts."""
         at = self.linearization.product_matrices(a_values)[1]
         start = time.perf_counter()
         x, iterations = lagged_factor_cg(
