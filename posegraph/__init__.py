@@ -84,7 +84,9 @@ Numerics
     ``posegraph.geometry`` — vectorized SE(3)/SE(2) kernels on plain tensors (exp, log,
     right-Jacobian inverses, adjoints, ``se3_between_error_jacobians`` /
     ``se2_between_error_jacobians``), differentiable, with explicit small-angle / near-π
-    branches; ``BetweenEdges`` and ``ManifoldArray`` run on them.
+    branches; ``BetweenEdges`` and ``ManifoldArray`` run on them. Tensors in, tensors out;
+    without a gradient to record, small float CPU tensors are computed on NumPy views
+    (``geometry.NUMPY_MAX_ELEMENTS``), everything else with torch operations.
 """
 
 from ._openmp import prefer_passive_waiting

@@ -2,6 +2,7 @@
 differences, in float64 and float32, near the identity and near π."""
 
 import math
+import warnings
 
 import pytest
 import theseus as th
@@ -238,3 +239,83 @@ def test_small_matmul_keeps_gradients():
     b = torch.randn(40, 6, 6, dtype=torch.float64)
     G.small_matmul(a, b).sum().backward()
     torch.testing.assert_close(a.grad, b.sum(-1).unsqueeze(-2).expand(40, 6, 6))
+
+
+# -- one source, two array kinds: NumPy without gradients, torch otherwise -------------------------
+def _route_cases(dtype):
+    """Every public kernel with inputs that take each branch: general, near identity, near π."""
+    gen = torch.Generator().manual_seed(11)
+    xi3 = torch.randn(60, 6, dtype=F64, generator=gen)
+    xi3[:20, 3:] *= 1e-4  # small angles
+    xi3[20:40, 3:] *= math.pi * (1 - 1e-9) / xi3[20:40, 3:].norm(dim=-1, keepdim=True)  # near π
+    xi2 = torch.randn(60, 3, dtype=F64, generator=gen)
+    xi2[:20, 2] *= 1e-5
+    xi3, xi2 = xi3.to(dtype), xi2.to(dtype)
+    x3 = G.se3_exp(xi3)
+    x2 = G.se2_exp(xi2)
+    m6, m3 = torch.randn(60, 6, 6, dtype=dtype, generator=gen), torch.randn(60, 3, 3, dtype=dtype, generator=gen)
+    p3 = G.se3_between_log_parts(x3, x3.flip(0), x3.roll(1, 0))
+    p2 = G.se2_between_log_parts(x2, x2.flip(0), x2.roll(1, 0))
+    return [
+        (G.skew, (xi3[:, 3:],)), (G.so3_exp, (xi3[:, 3:],)), (G.so3_log, (x3[..., :3],)),
+        (G.so3_right_jacobian_inv, (xi3[:, 3:],)),
+        (G.se3_exp, (xi3,)), (G.se3_log, (x3,)), (G.se3_right_jacobian_inv, (xi3,)), (G.se3_adjoint, (x3,)),
+        (G.se3_inverse, (x3,)), (G.se3_compose, (x3, x3.flip(0))), (G.se3_retract, (x3, xi3 * 0.1)),
+        (G.se3_between_error, (x3, x3.flip(0), x3.roll(1, 0))),
+        (G.se3_between_error_jacobians, (x3, x3.flip(0), x3.roll(1, 0))),
+        (G.se3_between_parts, (x3, x3.flip(0), x3.roll(1, 0))),
+        (G.se3_between_log_parts, (x3, x3.flip(0), x3.roll(1, 0))),
+        (G.se3_between_jacobian_from_parts, (p3,)), (G.se3_mul_adjoint_inverse, (m6, x3)),
+        (G.se2_exp, (xi2,)), (G.se2_log, (x2,)), (G.se2_right_jacobian_inv, (xi2,)), (G.se2_adjoint, (x2,)),
+        (G.se2_inverse, (x2,)), (G.se2_compose, (x2, x2.flip(0))), (G.se2_retract, (x2, xi2 * 0.1)),
+        (G.se2_between_error, (x2, x2.flip(0), x2.roll(1, 0))),
+        (G.se2_between_error_jacobians, (x2, x2.flip(0), x2.roll(1, 0))),
+        (G.se2_between_parts, (x2, x2.flip(0), x2.roll(1, 0))),
+        (G.se2_between_log_parts, (x2, x2.flip(0), x2.roll(1, 0))),
+        (G.se2_between_jacobian_from_parts, (p2,)), (G.se2_mul_adjoint_inverse, (m3, x2)),
+    ]
+
+
+def _leaves(out):
+    return [t for o in out for t in _leaves(o)] if isinstance(out, tuple) else [out]
+
+
+@pytest.mark.parametrize("dtype", [F64, torch.float32])
+def test_numpy_route_equals_torch_route(dtype, monkeypatch):
+    """Each public kernel gives the same tensors (type, dtype, shape, values) whether it runs
+    on NumPy (no gradient, small CPU tensors) or on torch."""
+    cases = _route_cases(dtype)
+    assert {fn.__name__ for fn, _ in cases} == set(G.__all__) - {"small_matmul", "BetweenLogParts"}
+    with torch.no_grad():
+        on_numpy = [fn(*args) for fn, args in cases]
+        monkeypatch.setattr(G, "_numpy_route", lambda tensors: False)
+        on_torch = [fn(*args) for fn, args in cases]
+    tol = dict(rtol=1e-12, atol=1e-12) if dtype == F64 else dict(rtol=2e-5, atol=2e-5)
+    for (fn, _), a, b in zip(cases, on_numpy, on_torch):
+        assert type(a) is type(b), fn.__name__
+        for x, y in zip(_leaves(a), _leaves(b)):
+            assert isinstance(x, torch.Tensor) and x.dtype == dtype and x.shape == y.shape, fn.__name__
+            torch.testing.assert_close(x, y, **tol, msg=fn.__name__)
+
+
+def test_numpy_route_taken_only_where_it_may_be():
+    x = G.se3_exp(torch.randn(10, 6, dtype=F64))
+    assert G._numpy_route([x, x])
+    assert not G._numpy_route([x, x.float()])  # mixed dtypes: torch promotes
+    assert not G._numpy_route([x.half()])
+    assert not G._numpy_route([torch.zeros(G.NUMPY_MAX_ELEMENTS + 1, dtype=F64)])
+    y = x.clone().requires_grad_(True)
+    assert not G._numpy_route([x, y])  # autograd records it
+    with torch.no_grad():
+        assert G._numpy_route([x, y])
+
+
+def test_numpy_route_silent_on_non_finite_inputs():
+    """NaN/inf in, NaN/inf out, without NumPy's floating-point warnings (as torch)."""
+    x = G.se3_exp(torch.randn(5, 6, dtype=F64))
+    x[1, 0, 0] = float("nan")
+    x[2, 1, 3] = float("inf")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        err, ji, jj = G.se3_between_error_jacobians(x, x.roll(1, 0), x)
+    assert not torch.isfinite(err[1]).all() and torch.isfinite(err[0]).all() and torch.isfinite(jj[4]).all()
