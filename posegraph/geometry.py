@@ -100,7 +100,8 @@ NUMPY_MAX_ELEMENTS = 32_768
 
 #: A torch tensor or, on the NumPy route, an ndarray (or NumPy scalar, from 0-d arithmetic).
 Array = Union[Tensor, np.ndarray, np.generic]
-_NUMPY_DTYPES = {torch.float64: np.float64, torch.float32: np.float32}
+#: The dtypes NumPy computes in as torch does (the NumPy route and :func:`small_matmul`).
+_NUMPY_DTYPES = (torch.float64, torch.float32)
 _TORCH_DTYPES = {np.dtype(np.float64): torch.float64, np.dtype(np.float32): torch.float32}
 _F = TypeVar("_F", bound=Callable[..., Any])
 
@@ -123,6 +124,7 @@ def _dtype_key(x: Array) -> torch.dtype:
 
 
 def _flat(items: Any) -> Iterator[Any]:
+    """The leaves of nested tuples, in order."""
     for item in items:
         if isinstance(item, tuple):
             yield from _flat(item)
@@ -329,9 +331,6 @@ def _se3_jr_inv_coefficients(
 # Products of small matrices
 # ------------------------------------------------------------------------------------------
 
-_NUMPY_MATMUL_DTYPES = (torch.float64, torch.float32)
-
-
 def small_matmul(a: Tensor, b: Tensor) -> Tensor:
     """``a @ b`` for stacks of small matrices (``(..., m, k)`` times ``(..., k, n)``, n > 1).
 
@@ -349,7 +348,7 @@ def small_matmul(a: Tensor, b: Tensor) -> Tensor:
         a.device.type != "cpu"
         or b.device.type != "cpu"
         or a.dtype != b.dtype
-        or a.dtype not in _NUMPY_MATMUL_DTYPES
+        or a.dtype not in _NUMPY_DTYPES
         or (torch.is_grad_enabled() and (a.requires_grad or b.requires_grad))
     ):
         return a @ b
