@@ -1,7 +1,7 @@
 """Benchmark posegraph against GTSAM and stock Theseus on the same g2o files, in one run.
 
     .venv/bin/python benchmarks/bench.py [--datasets DIR] [--only NAME ...] [--stock] [--json]
-                                         [--threads N] [--repeat N]
+                                         [--threads N] [--repeat N] [--stock-repeat N]
 
 Per dataset it prints: posegraph's time (parse + build + solve, in-process), iterations,
 time per iteration (the solve loop only, after the one-time structure and symbolic analysis),
@@ -10,7 +10,8 @@ see ``posegraph.solve.sparse_cholesky.SparseCholeskySolver``), initial and final
 ratio to GTSAM (when `gtsam` is importable: `pip install gtsam`, an optional `bench` extra — never
 a runtime dependency), and with ``--stock`` the per-iteration and build ratios to stock Theseus
 (its example-style objective: one ``th.Between`` per edge, ``DiagonalCostWeight`` from Ω's
-diagonal, ``CholmodSparseSolver``; two iterations are timed, as it is slow).
+diagonal, ``CholmodSparseSolver``; two iterations are timed, as it is slow; ``--stock-repeat N``
+keeps the fastest of N such runs, as ``--repeat N`` does for posegraph).
 A generated 10000-pose SE2 graph (``posegraph.synthetic.large_se2``) stands in for city10000.
 """
 
