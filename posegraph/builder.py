@@ -32,7 +32,7 @@ from .mesh import LaplacianSmoothingCost
 from .graph import POSE_KINDS, PoseGraph
 from .robust import RobustKernel, robustify
 from .variables import ManifoldArray, element_layout
-from .weights import FullInformationWeight, cholesky_sqrt_information
+from .weights import FullInformationWeight, cholesky_sqrt_information, symmetric_part
 
 TensorOrVar = Union[torch.Tensor, th.Variable]
 _KIND_OF_CLASS = {cls: kind for kind, (cls, _, _) in POSE_KINDS.items()}
@@ -516,12 +516,6 @@ def _warn_disconnected(graph: PoseGraph, labels, gauge: torch.Tensor) -> None:
     )
 
 
-def _symmetric(information: torch.Tensor) -> torch.Tensor:
-    """``(Ω + Ωᵀ)/2``: the square root is taken of the symmetric part (a Cholesky
-    factorization reads one triangle only)."""
-    return 0.5 * (information + information.transpose(-1, -2))
-
-
 def build_problem(
     graph: PoseGraph,
     edge_names: Optional[Sequence[str]] = None,
@@ -582,7 +576,7 @@ def build_problem(
     pose_var = ManifoldArray(poses, cls, gauge, name="poses")
     meas_var = th.Variable(meas, name="measurements")
     weight = FullInformationWeight(
-        th.Variable(cholesky_sqrt_information(_symmetric(info)), name="sqrt_information"), name="information"
+        th.Variable(cholesky_sqrt_information(symmetric_part(info)), name="sqrt_information"), name="information"
     )
     weight = robustify(weight, kernel, robust_edges, g.ids, g.edges)
     names = list(edge_names) if edge_names is not None else g.edge_names  # named when first asked
@@ -737,7 +731,7 @@ def _landmark_costs(
         th.Variable(meas, name="point_measurements"),
         th.Variable(lm.offsets.to(pos).unsqueeze(0), name="point_offsets"),
         FullInformationWeight(
-            th.Variable(cholesky_sqrt_information(_symmetric(info)), name="point_sqrt_information"),
+            th.Variable(cholesky_sqrt_information(symmetric_part(info)), name="point_sqrt_information"),
             name="point_information",
         ),
         name="point_observations",

@@ -18,6 +18,12 @@ import torch
 from .geometry import small_matmul
 
 
+def symmetric_part(information: torch.Tensor) -> torch.Tensor:
+    """``(Ω + Ωᵀ)/2`` of ``(..., d, d)`` matrices: what a square root is taken of (a Cholesky
+    factorization reads one triangle only, an eigen-decomposition assumes symmetry)."""
+    return 0.5 * (information + information.transpose(-1, -2))
+
+
 def sqrt_information(information: torch.Tensor) -> torch.Tensor:
     """Square root ``W`` of symmetric PSD matrices, ``Wᵀ W = Ω``, for ``(..., d, d)`` input.
 
@@ -25,8 +31,7 @@ def sqrt_information(information: torch.Tensor) -> torch.Tensor:
     Cholesky factor it exists for singular (PSD, not PD) Ω. Eigenvalues that are negative by
     round-off are clamped to 0 (callers validate PSD first; see ``graph.check_information``).
     """
-    sym = 0.5 * (information + information.transpose(-1, -2))
-    lam, vecs = torch.linalg.eigh(sym)
+    lam, vecs = torch.linalg.eigh(symmetric_part(information))
     return lam.clamp_min(0.0).sqrt().unsqueeze(-1) * vecs.transpose(-1, -2)
 
 

@@ -126,17 +126,6 @@ def _distinct_rows(table: np.ndarray) -> Tuple[np.ndarray, np.ndarray]:
     return ordered[new], index
 
 
-def _lower_triangle(d: np.ndarray, k: np.ndarray) -> Tuple[np.ndarray, np.ndarray]:
-    """Row ``u`` and column ``t`` (``u ≥ t``) of the ``k``-th entry of a ``d × d`` lower
-    triangle in column-major order."""
-    u, t = np.empty_like(k), np.empty_like(k)
-    for size in np.unique(d):
-        sel = d == size
-        cols, rows = np.triu_indices(int(size))  # (t, u), u ≥ t, column by column
-        u[sel], t[sel] = rows[k[sel]], cols[k[sel]]
-    return u, t
-
-
 class NormalMatrix:
     """Lower triangle of ``H = AᵀA + βI`` (CSC) for ``lin``'s pattern, columns in the
     elimination order of the column blocks ``blocks`` (block ``blocks[i]`` eliminated
