@@ -85,7 +85,9 @@ Numerics
     right-Jacobian inverses, adjoints, ``se3_between_error_jacobians`` /
     ``se2_between_error_jacobians``), differentiable, with explicit small-angle / near-π
     branches; ``BetweenEdges`` and ``ManifoldArray`` run on them. Tensors in, tensors out;
-    without a gradient to record, small float CPU tensors are computed on NumPy views
+    without a gradient to record, the hot ones (between logarithm, ``J_r⁻¹``, adjoint
+    product, retraction) run as compiled loops on float64 CPU tensors (:mod:`posegraph.native`:
+    ``native.AVAILABLE``, ``native.ENABLED``), other small float CPU tensors on NumPy views
     (``geometry.NUMPY_MAX_ELEMENTS``), everything else with torch operations.
 """
 

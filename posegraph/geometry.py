@@ -38,11 +38,13 @@ References
 from __future__ import annotations
 
 import functools
-from typing import Any, Callable, Iterator, NamedTuple, Tuple, TypeVar, Union
+from typing import Any, Callable, Iterator, NamedTuple, Optional, Tuple, TypeVar, Union
 
 import numpy as np
 import torch
 from torch import Tensor
+
+from posegraph import native as _native
 
 __all__ = [
     "small_matmul",
@@ -160,15 +162,38 @@ def _to_tensor(a: Any) -> Tensor:
     return torch.from_numpy(a if a.flags.writeable else a.copy())
 
 
-def _kernel(fn: _F) -> _F:
-    """A public kernel: given tensors it runs on NumPy views of them where
-    :func:`_numpy_route` allows, returning tensors that share the results' memory; given
-    NumPy arrays (a kernel calling another on that route) it runs on them directly."""
+def _kernel(fn: Optional[_F] = None, *, native: Optional[Callable[..., Any]] = None,
+            composed: bool = False) -> Any:
+    """A public kernel: given tensors it runs, in this order of preference,
+
+    1. compiled (:mod:`posegraph.native`) where that route applies (float64 CPU tensors, no
+       gradient to record): ``native`` is the kernel's compiled form (``None`` from it: not
+       for inputs of these shapes); a ``composed`` kernel is
+       built from kernels that have one, and runs on the tensors so that they take it;
+    2. on NumPy views of them where :func:`_numpy_route` allows, returning tensors that share
+       the results' memory;
+    3. as torch operations.
+
+    Given NumPy arrays (a kernel calling another on the NumPy route) it runs on them directly.
+    """
+    if fn is None:
+        return functools.partial(_kernel, native=native, composed=composed)
 
     @functools.wraps(fn)
     def run(*args: Any) -> Any:
         tensors = list(_flat(args))
-        if not isinstance(tensors[0], Tensor) or not _numpy_route(tensors):
+        if not isinstance(tensors[0], Tensor):
+            return fn(*args)
+        if (native is not None or composed) and _native.applies(tensors):
+            if composed:
+                return fn(*args)
+            try:
+                result = native(*args)
+            except (RuntimeError, TypeError):  # e.g. tensors wrapped by torch.func transforms
+                result = None
+            if result is not None:  # (None: not for inputs of these shapes)
+                return result
+        if not _numpy_route(tensors):
             return fn(*args)
         try:
             arrays = _map(lambda t: t.detach().numpy(), args)
@@ -177,7 +202,7 @@ def _kernel(fn: _F) -> _F:
         with np.errstate(all="ignore"):  # non-finite inputs give non-finite outputs, silently, as in torch
             return _map(_to_tensor, fn(*arrays))
 
-    return run  # type: ignore[return-value]
+    return run
 
 
 def _safe(mask: Array, x: Array, fill: float = 1.0) -> Array:
@@ -528,7 +553,7 @@ def se3_exp(xi: Tensor) -> Tensor:
     return _xp(xi).concat([rot, v @ rho[..., None]], -1)
 
 
-@_kernel
+@_kernel(native=_native.retract)
 def se3_retract(x: Tensor, delta: Tensor) -> Tensor:
     """Right retraction ``X ⊕ δ = X · Exp(δ)`` (Theseus' ``LieGroup.retract``)."""
     return se3_compose(x, se3_exp(delta))
@@ -633,7 +658,22 @@ class BetweenLogParts(NamedTuple):
     log_scalars: Tuple[Tensor, ...]
 
 
-@_kernel
+def _compiled_log_parts(element: Tuple[int, ...]) -> Callable[[Tensor, Tensor, Tensor], Optional[BetweenLogParts]]:
+    """The compiled form of a ``*_between_log_parts`` kernel on ``element``-shaped tensors."""
+
+    def run(xi: Tensor, xj: Tensor, z: Tensor) -> Optional[BetweenLogParts]:
+        parts = _native.between_log_parts(xi, xj, z, element)
+        return None if parts is None else BetweenLogParts(*parts)
+
+    return run
+
+
+def _compiled_jacobian_from_parts(parts: BetweenLogParts) -> Tensor:
+    """The compiled form of the ``*_between_jacobian_from_parts`` kernels."""
+    return _native.right_jacobian_inv(parts.err, parts.log_scalars)
+
+
+@_kernel(native=_compiled_log_parts((3, 4)))
 def se3_between_log_parts(xi: Tensor, xj: Tensor, z: Tensor) -> BetweenLogParts:
     """``e = Log(E)``, ``E = Z⁻¹ Xᵢ⁻¹ Xⱼ`` ([Barfoot] eq. 7.86 via :func:`_se3_log_parts`),
     with ``rel = Xᵢ⁻¹ Xⱼ`` and ``(θ², sin θ, cos θ, α, β)``: everything
@@ -643,20 +683,20 @@ def se3_between_log_parts(xi: Tensor, xj: Tensor, z: Tensor) -> BetweenLogParts:
     return BetweenLogParts(err, rel, scalars)
 
 
-@_kernel
+@_kernel(native=_compiled_jacobian_from_parts)
 def se3_between_jacobian_from_parts(parts: BetweenLogParts) -> Tensor:
     """``∂e/∂δⱼ = J_r⁻¹(e)`` ``(..., 6, 6)`` ([Solà] eqs. 179–180; see
     :func:`_se3_jr_inv_blocks`) from :func:`se3_between_log_parts`' result."""
     return _se3_jr_inv(parts.err, *parts.log_scalars)
 
 
-@_kernel
+@_kernel(composed=True)
 def se3_between_error(xi: Tensor, xj: Tensor, z: Tensor) -> Tensor:
     """``e = Log(Z⁻¹ Xᵢ⁻¹ Xⱼ)``, ``(..., 6)``."""
     return se3_between_log_parts(xi, xj, z).err
 
 
-@_kernel
+@_kernel(composed=True)
 def se3_between_parts(xi: Tensor, xj: Tensor, z: Tensor) -> Tuple[Tensor, Tensor, Tensor]:
     """``e = Log(E)``, ``E = Z⁻¹ Xᵢ⁻¹ Xⱼ``, its Jacobian ``∂e/∂δⱼ = J_r⁻¹(e)`` and
     ``rel = Xᵢ⁻¹ Xⱼ`` (for ``∂e/∂δᵢ``, see :func:`se3_between_error_jacobians`)."""
@@ -664,7 +704,7 @@ def se3_between_parts(xi: Tensor, xj: Tensor, z: Tensor) -> Tuple[Tensor, Tensor
     return parts.err, se3_between_jacobian_from_parts(parts), parts.rel
 
 
-@_kernel
+@_kernel(native=_native.mul_adjoint_inverse)
 def se3_mul_adjoint_inverse(m: Tensor, rel: Tensor) -> Tensor:
     """``M · Ad(rel⁻¹)`` for ``M`` ``(..., k, 6)``.
 
@@ -681,7 +721,7 @@ def se3_mul_adjoint_inverse(m: Tensor, rel: Tensor) -> Tensor:
     return _xp(m).concat([p, q[..., 1, :] - _cross(p, rel[..., None, :, 3])], -1)
 
 
-@_kernel
+@_kernel(composed=True)
 def se3_between_error_jacobians(xi: Tensor, xj: Tensor, z: Tensor) -> Tuple[Tensor, Tensor, Tensor]:
     """``e = Log(E)``, ``E = Z⁻¹ Xᵢ⁻¹ Xⱼ``, and its right-perturbation Jacobians.
 
@@ -741,7 +781,7 @@ def se2_exp(xi: Tensor) -> Tensor:
     return xp.stack([a * px - bt * py, bt * px + a * py, xp.cos(th), xp.sin(th)], -1)
 
 
-@_kernel
+@_kernel(native=_native.retract)
 def se2_retract(x: Tensor, delta: Tensor) -> Tensor:
     """Right retraction ``X ⊕ δ = X · Exp(δ)``."""
     return se2_compose(x, se2_exp(delta))
@@ -819,7 +859,7 @@ def se2_adjoint(x: Tensor) -> Tensor:
     return xp.stack([c, -s, ty, s, c, -tx, zero, zero, one], -1).reshape(*c.shape, 3, 3)
 
 
-@_kernel
+@_kernel(native=_compiled_log_parts((4,)))
 def se2_between_log_parts(xi: Tensor, xj: Tensor, z: Tensor) -> BetweenLogParts:
     """SE(2) version of :func:`se3_between_log_parts`: ``e = Log(Z⁻¹ Xᵢ⁻¹ Xⱼ)`` ([Solà]
     eq. 158 via :func:`_se2_log_parts`), ``rel = Xᵢ⁻¹ Xⱼ`` and ``(α,)``."""
@@ -828,33 +868,33 @@ def se2_between_log_parts(xi: Tensor, xj: Tensor, z: Tensor) -> BetweenLogParts:
     return BetweenLogParts(err, rel, (alpha,))
 
 
-@_kernel
+@_kernel(native=_compiled_jacobian_from_parts)
 def se2_between_jacobian_from_parts(parts: BetweenLogParts) -> Tensor:
     """``∂e/∂δⱼ = J_r⁻¹(e)`` ``(..., 3, 3)`` ([Solà] eq. 163; see :func:`_se2_jr_inv`) from
     :func:`se2_between_log_parts`' result."""
     return _se2_jr_inv(parts.err, *parts.log_scalars)
 
 
-@_kernel
+@_kernel(composed=True)
 def se2_between_error(xi: Tensor, xj: Tensor, z: Tensor) -> Tensor:
     """``e = Log(Z⁻¹ Xᵢ⁻¹ Xⱼ)``, ``(..., 3)``."""
     return se2_between_log_parts(xi, xj, z).err
 
 
-@_kernel
+@_kernel(composed=True)
 def se2_between_parts(xi: Tensor, xj: Tensor, z: Tensor) -> Tuple[Tensor, Tensor, Tensor]:
     """SE(2) version of :func:`se3_between_parts`: ``(e, J_r⁻¹(e), Xᵢ⁻¹ Xⱼ)``."""
     parts = se2_between_log_parts(xi, xj, z)
     return parts.err, se2_between_jacobian_from_parts(parts), parts.rel
 
 
-@_kernel
+@_kernel(native=_native.mul_adjoint_inverse)
 def se2_mul_adjoint_inverse(m: Tensor, rel: Tensor) -> Tensor:
     """``M · Ad(rel⁻¹)`` for ``M`` ``(..., k, 3)``."""
     return _mm(m, se2_adjoint(se2_inverse(rel)))
 
 
-@_kernel
+@_kernel(composed=True)
 def se2_between_error_jacobians(xi: Tensor, xj: Tensor, z: Tensor) -> Tuple[Tensor, Tensor, Tensor]:
     """SE(2) version of :func:`se3_between_error_jacobians`: ``(e, J_i, J_j)``."""
     err, jj, rel = se2_between_parts(xi, xj, z)

@@ -2,6 +2,7 @@
 differences, in float64 and float32, near the identity and near π."""
 
 import math
+import os
 import warnings
 
 import pytest
@@ -9,6 +10,7 @@ import theseus as th
 import torch
 
 from posegraph import geometry as G
+from posegraph import native
 
 F64 = torch.float64
 
@@ -280,22 +282,106 @@ def _leaves(out):
     return [t for o in out for t in _leaves(o)] if isinstance(out, tuple) else [out]
 
 
+def _torch_route(monkeypatch):
+    monkeypatch.setattr(native, "ENABLED", False)
+    monkeypatch.setattr(G, "_numpy_route", lambda tensors: False)
+
+
 @pytest.mark.parametrize("dtype", [F64, torch.float32])
-def test_numpy_route_equals_torch_route(dtype, monkeypatch):
+def test_numpy_and_compiled_routes_equal_torch_route(dtype, monkeypatch):
     """Each public kernel gives the same tensors (type, dtype, shape, values) whether it runs
-    on NumPy (no gradient, small CPU tensors) or on torch."""
+    compiled (float64 without gradients; the default), on NumPy (no gradient, small CPU
+    tensors) or as torch operations."""
     cases = _route_cases(dtype)
     assert {fn.__name__ for fn, _ in cases} == set(G.__all__) - {"small_matmul", "BetweenLogParts"}
     with torch.no_grad():
+        default = [fn(*args) for fn, args in cases]
+        monkeypatch.setattr(native, "ENABLED", False)
         on_numpy = [fn(*args) for fn, args in cases]
-        monkeypatch.setattr(G, "_numpy_route", lambda tensors: False)
+        _torch_route(monkeypatch)
         on_torch = [fn(*args) for fn, args in cases]
     tol = dict(rtol=1e-12, atol=1e-12) if dtype == F64 else dict(rtol=2e-5, atol=2e-5)
-    for (fn, _), a, b in zip(cases, on_numpy, on_torch):
-        assert type(a) is type(b), fn.__name__
-        for x, y in zip(_leaves(a), _leaves(b)):
-            assert isinstance(x, torch.Tensor) and x.dtype == dtype and x.shape == y.shape, fn.__name__
-            torch.testing.assert_close(x, y, **tol, msg=fn.__name__)
+    for route in (default, on_numpy):
+        for (fn, _), a, b in zip(cases, route, on_torch):
+            assert type(a) is type(b), fn.__name__
+            for x, y in zip(_leaves(a), _leaves(b)):
+                assert isinstance(x, torch.Tensor) and x.dtype == dtype and x.shape == y.shape, fn.__name__
+                torch.testing.assert_close(x, y, **tol, msg=fn.__name__)
+
+
+def _native_required() -> None:
+    """The compiled loops are built by the install; only an install without a C compiler
+    lacks them (CI must not)."""
+    if not native.AVAILABLE:
+        if os.environ.get("CI"):
+            pytest.fail("posegraph's compiled extensions did not build (setup.py)")
+        pytest.skip("posegraph was installed without its compiled extensions")
+
+
+COMPILED = {
+    "se3_between_log_parts": G.se3_between_log_parts, "se3_between_jacobian_from_parts": G.se3_between_jacobian_from_parts,
+    "se3_mul_adjoint_inverse": G.se3_mul_adjoint_inverse, "se3_retract": G.se3_retract,
+    "se2_between_log_parts": G.se2_between_log_parts, "se2_between_jacobian_from_parts": G.se2_between_jacobian_from_parts,
+    "se2_mul_adjoint_inverse": G.se2_mul_adjoint_inverse, "se2_retract": G.se2_retract,
+}
+
+
+def test_compiled_route_taken_for_float64_without_gradients(monkeypatch):
+    """The hot kernels call the compiled loops on float64 CPU tensors with no gradient to
+    record — at any size — and never under autograd, in float32 or when turned off."""
+    _native_required()
+    calls = []
+    monkeypatch.setattr(native, "_lib", _SpyLib(native._lib, calls))
+    cases = {fn.__name__: args for fn, args in _route_cases(F64)}
+    big = G.se3_exp(torch.randn(G.NUMPY_MAX_ELEMENTS // 12 + 10, 6, dtype=F64))
+    for name, fn in COMPILED.items():
+        calls.clear()
+        fn(*cases[name])
+        assert calls, name
+    calls.clear()
+    G.se3_between_error_jacobians(big, big.roll(1, 0), big)  # composed of compiled kernels, large
+    assert calls == ["se3_between_log_parts", "se3_jr_inv", "se3_mul_adjoint_inverse"]
+    calls.clear()
+    x = cases["se3_retract"][0].clone().requires_grad_(True)
+    G.se3_retract(x, cases["se3_retract"][1])  # autograd records it
+    G.se3_retract(*(t.float() for t in cases["se3_retract"]))
+    monkeypatch.setattr(native, "ENABLED", False)
+    G.se3_retract(*cases["se3_retract"])
+    assert calls == []
+
+
+class _SpyLib:
+    """The compiled module, recording the names of the functions called."""
+
+    def __init__(self, lib, calls):
+        self._lib, self._calls = lib, calls
+
+    def __getattr__(self, name):
+        fn = getattr(self._lib, name)
+
+        def call(*args):
+            self._calls.append(name)
+            return fn(*args)
+
+        return call
+
+
+def test_compiled_route_checks_buffer_lengths():
+    _native_required()
+    x = torch.zeros(4, 3, 4, dtype=F64)
+    with pytest.raises(ValueError, match="delta: expected 24 float64 values"):
+        native._lib.se3_retract(x.numpy(), torch.zeros(3, 6, dtype=F64).numpy(), torch.empty_like(x).numpy())
+
+
+def test_compiled_route_keeps_gradients_and_transforms():
+    """Under autograd and torch.func the kernels are torch operations: gradients as before."""
+    x = G.se3_exp(torch.randn(5, 6, dtype=F64))
+    z = G.se3_exp(torch.randn(5, 6, dtype=F64))
+    d = torch.zeros(5, 6, dtype=F64, requires_grad=True)
+    err = G.se3_between_error(G.se3_retract(x, d), x.roll(1, 0), z)
+    (grad,) = torch.autograd.grad(err.square().sum(), d)
+    jac = torch.func.jacrev(lambda v: G.se3_between_error(G.se3_retract(x, v), x.roll(1, 0), z))(d.detach())
+    torch.testing.assert_close(grad, (2 * err.detach()[:, :, None, None] * jac).sum((0, 1)))
 
 
 def test_numpy_route_taken_only_where_it_may_be():

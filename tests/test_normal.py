@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -12,6 +13,7 @@ import theseus as th
 import torch
 
 import posegraph as pg
+from posegraph import native
 from posegraph.solve import symbolic
 from posegraph.solve.normal import NormalMatrix
 from posegraph.solve.optimize import make_optimizer
@@ -50,8 +52,12 @@ def assert_matches(
     assert pattern.has_sorted_indices
     assert np.array_equal(pattern.indptr, expected_pattern.indptr)
     assert np.array_equal(pattern.indices, expected_pattern.indices)
-    for beta in (0.0, 0.25):
-        h = normal.matrix(values, beta)
+    for compiled, beta in itertools.product((True, False), (0.0, 0.25)):  # both assembly routes
+        native.ENABLED = compiled
+        try:
+            h = normal.matrix(values, beta)
+        finally:
+            native.ENABLED = True
         assert np.array_equal(h.indices, pattern.indices) and np.array_equal(h.indptr, pattern.indptr)
         expected = expected_lower(a, columns, beta)
         assert abs(h - expected).max() <= 1e-12 * max(1.0, abs(expected).max())
@@ -157,3 +163,23 @@ def test_supernodal_solver_factors_the_assembled_matrix():
     a = lin.A_scipy().toarray()
     expected = np.linalg.solve(a.T @ a + 0.5 * np.eye(a.shape[1]), a.T @ lin.b[0].numpy())
     np.testing.assert_allclose(x, expected, rtol=1e-9, atol=1e-11)
+
+
+def test_compiled_assembly_rejects_indices_outside_its_arrays():
+    """The compiled loop checks every index before it reads or writes (a wrong layout would
+    otherwise write outside H's values)."""
+    if not native.AVAILABLE:
+        pytest.skip("posegraph was installed without its compiled extensions")
+    a, out = np.arange(12.0), np.zeros(5)
+    one = np.zeros(1, dtype=np.int64)
+    args = dict(a=a, start=np.array([0, 6]), ia=one, ib=one, slots=np.array([0, 4]), d=2, width=3, out=out)
+    native.gram_scatter(**args)
+    assert out[0] == 0 * 0 + 3 * 3 and out[4] == 6 * 6 + 9 * 9
+    for key, bad, message in [
+        ("slots", np.array([0, 5]), "slots: expected indices inside out"),
+        ("start", np.array([0, 7]), "start: expected blocks inside a"),
+        ("ia", np.array([3]), "ia, ib: expected columns < W"),
+        ("slots", np.array([0]), "expected len\\(ia\\) and len\\(start\\)"),
+    ]:
+        with pytest.raises(ValueError, match=message):
+            native.gram_scatter(**{**args, key: bad, "out": np.zeros(5)})

@@ -1,0 +1,151 @@
+"""posegraph's compiled loops: the hot kernels of :mod:`posegraph.geometry` and the assembly
+of the normal matrix (:mod:`posegraph.solve.normal`), on float64 CPU data.
+
+``posegraph/_native_geometry.c`` holds one loop per kernel that computes an element's whole
+result — the same formulas and branches as the Python kernel of the same name — in registers.
+The Python kernels are chains of tens of array operations, each one pass over memory with a
+fixed per-call cost: on sphere2500's 4,949 edges the logarithm, ``J_r⁻¹`` and the adjoint
+product take ~8 ms a linearization that way and under 1 ms compiled.
+``posegraph/_native_normal.c`` adds each residual block's Gram entries into ``AᵀA`` in one pass
+(the array route gathers, multiplies in a batch, gathers and scatters).
+
+Both are built when posegraph is installed (``setup.py``). They are optional: without a C
+compiler the install goes on and posegraph computes the same on NumPy or torch.
+:data:`AVAILABLE` says whether they loaded; setting :data:`ENABLED` to False turns the compiled
+route off everywhere (to compare routes, or to rule it out while debugging).
+
+The geometry functions here take and return tensors; :func:`applies` says whether they may be
+used (every tensor float64, on CPU, with no gradient to record). Inputs are broadcast over
+their leading shapes and made contiguous; outputs are new tensors.
+"""
+
+from __future__ import annotations
+
+from typing import Optional, Sequence, Tuple
+
+import numpy as np
+import torch
+from torch import Tensor
+
+try:
+    from posegraph import _native_geometry as _lib
+    from posegraph import _native_normal as _normal_lib
+except ImportError:  # installed without a C compiler: the array routes only
+    _lib = _normal_lib = None
+
+#: Whether the compiled extensions loaded.
+AVAILABLE: bool = _lib is not None
+#: Whether posegraph uses them (where they apply).
+ENABLED: bool = True
+
+
+def enabled() -> bool:
+    """Whether the compiled route is loaded and turned on."""
+    return AVAILABLE and ENABLED
+
+
+def applies(tensors: Sequence[object]) -> bool:
+    """Whether the compiled loops may compute a kernel on ``tensors``: the extension is
+    loaded and enabled, and every argument is a float64 CPU tensor with no gradient to
+    record (autograd needs the array routes' operations)."""
+    if not enabled():
+        return False
+    grad = torch.is_grad_enabled()
+    for t in tensors:
+        if not isinstance(t, Tensor) or t.dtype != torch.float64 or t.device.type != "cpu":
+            return False
+        if grad and t.requires_grad:
+            return False
+    return True
+
+
+def _lead(t: Tensor, element: Tuple[int, ...]) -> torch.Size:
+    return t.shape[: t.dim() - len(element)]
+
+
+def _broadcast(*args) -> torch.Size:
+    """The common leading shape of tensors (``args[:-1]``) with element shape ``args[-1]``."""
+    *tensors, element = args
+    return torch.broadcast_shapes(*(_lead(t, element) for t in tensors))
+
+
+def _inputs(tensors: Sequence[Tensor], element_shapes: Sequence[Tuple[int, ...]]):
+    """``tensors`` broadcast over their leading shapes (each keeps its element shape), made
+    contiguous; with the common leading shape."""
+    leads = [t.shape[: t.dim() - len(s)] for t, s in zip(tensors, element_shapes)]
+    lead = leads[0]
+    if any(other != lead for other in leads[1:]):  # (torch.broadcast_shapes costs ~50 µs)
+        lead = torch.broadcast_shapes(*leads)
+    out = []
+    for t, t_lead, shape in zip(tensors, leads, element_shapes):
+        if t.requires_grad:
+            t = t.detach()
+        if t_lead != lead:
+            t = t.expand(*lead, *shape)
+        out.append(t.contiguous())
+    return out, lead
+
+
+def _np(t: Tensor):
+    return t.numpy()
+
+
+def between_log_parts(
+    xi: Tensor, xj: Tensor, z: Tensor, element: Tuple[int, ...]
+) -> Optional[Tuple[Tensor, Tensor, Tuple[Tensor, ...]]]:
+    """``(e, Xᵢ⁻¹Xⱼ, log scalars)`` of ``e = Log(Z⁻¹ Xᵢ⁻¹ Xⱼ)``; ``element``: ``(3, 4)`` for
+    SE(3) (scalars ``θ², sin θ, cos θ, α, β``) or ``(4,)`` for SE(2) (scalar ``α``).
+
+    ``None`` when ``z`` has more leading entries than ``Xᵢ`` and ``Xⱼ`` together (the array
+    routes then return ``Xᵢ⁻¹Xⱼ`` unbroadcast, which one loop over all elements does not)."""
+    if _lead(z, element) != _lead(xi, element) and _broadcast(xi, xj, z, element) != _broadcast(xi, xj, element):
+        return None
+    (xi, xj, z), lead = _inputs((xi, xj, z), (element,) * 3)
+    se3 = element == (3, 4)
+    err = xi.new_empty(*lead, 6 if se3 else 3)
+    rel = torch.empty_like(xi)
+    scalars = xi.new_empty(5 if se3 else 1, *lead)
+    arrays = [_np(t) for t in (xi, xj, z, err, rel)] + [_np(s) for s in scalars]
+    (_lib.se3_between_log_parts if se3 else _lib.se2_between_log_parts)(*arrays)
+    return err, rel, tuple(scalars.unbind(0))
+
+
+def right_jacobian_inv(xi: Tensor, scalars: Sequence[Tensor]) -> Tensor:
+    """``J_r⁻¹(ξ)`` from ``ξ`` and the scalars :func:`between_log_parts` returned with it."""
+    dof = xi.shape[-1]
+    (xi, *scalars), lead = _inputs((xi, *scalars), ((dof,),) + ((),) * len(scalars))
+    out = xi.new_empty(*lead, dof, dof)
+    arrays = [_np(xi)] + [_np(s) for s in scalars] + [_np(out)]
+    (_lib.se3_jr_inv if dof == 6 else _lib.se2_jr_inv)(*arrays)
+    return out
+
+
+def mul_adjoint_inverse(m: Tensor, rel: Tensor) -> Tensor:
+    """``M · Ad(rel⁻¹)`` for ``M`` ``(..., k, dof)``."""
+    se3 = m.shape[-1] == 6
+    element = (3, 4) if se3 else (4,)
+    k = m.shape[-2]
+    (m, rel), lead = _inputs((m, rel), ((k, m.shape[-1]), element))
+    out = torch.empty_like(m)
+    (_lib.se3_mul_adjoint_inverse if se3 else _lib.se2_mul_adjoint_inverse)(_np(m), _np(rel), k, _np(out))
+    return out
+
+
+def retract(x: Tensor, delta: Tensor) -> Tensor:
+    """``X · Exp(δ)`` (SE(3) when ``δ`` has 6 entries, SE(2) with 3)."""
+    se3 = delta.shape[-1] == 6
+    element = (3, 4) if se3 else (4,)
+    (x, delta), _ = _inputs((x, delta), (element, delta.shape[-1:]))
+    out = torch.empty_like(x)
+    (_lib.se3_retract if se3 else _lib.se2_retract)(_np(x), _np(delta), _np(out))
+    return out
+
+
+def gram_scatter(
+    a: np.ndarray, start: np.ndarray, ia: np.ndarray, ib: np.ndarray, slots: np.ndarray, d: int, width: int,
+    out: np.ndarray,
+) -> None:
+    """``out[slots[g, p]] += Σ_r S_g[r, ia[p]] S_g[r, ib[p]]`` for the residual blocks ``g``
+    whose ``d × width`` values ``S_g`` start at ``a[start[g]]`` (row-major), in place.
+    ``a``, ``out``: float64; ``start``, ``ia``, ``ib``, ``slots`` ``(G, P)``: int64, contiguous."""
+    _normal_lib.gram_scatter(a, start, ia, ib, slots, d, width, out)
