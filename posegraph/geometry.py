@@ -21,6 +21,12 @@ thread). Under autograd, on GPU, in half precision, inside torch.func transforms
 arrays they are torch operations, with their gradients. The few calls whose spelling differs
 between the two libraries go through the helpers below (``_xp`` names an array's library).
 
+A third route, ahead of both: the hot kernels of :class:`posegraph.costs.BetweenEdges` and
+:class:`posegraph.variables.ManifoldArray` (between logarithm, ``J_r⁻¹`` from its parts, the
+adjoint product, the retraction) also exist as compiled loops (:mod:`posegraph.native`), taken
+on float64 CPU tensors with no gradient to record, at any size; they compute the same formulas
+with the same branches, element by element.
+
 They replace Theseus' general-purpose ``torchlie`` operators on the hot path of
 :class:`posegraph.costs.BetweenEdges` (about twice as fast: no per-call checks, no
 intermediate group objects, fused 3×3 blocks) and give the same values, conventions and

@@ -60,19 +60,14 @@ def applies(tensors: Sequence[object]) -> bool:
 
 
 def _lead(t: Tensor, element: Tuple[int, ...]) -> torch.Size:
+    """``t``'s leading shape: all but its last ``len(element)`` dimensions."""
     return t.shape[: t.dim() - len(element)]
-
-
-def _broadcast(*args) -> torch.Size:
-    """The common leading shape of tensors (``args[:-1]``) with element shape ``args[-1]``."""
-    *tensors, element = args
-    return torch.broadcast_shapes(*(_lead(t, element) for t in tensors))
 
 
 def _inputs(tensors: Sequence[Tensor], element_shapes: Sequence[Tuple[int, ...]]):
     """``tensors`` broadcast over their leading shapes (each keeps its element shape), made
     contiguous; with the common leading shape."""
-    leads = [t.shape[: t.dim() - len(s)] for t, s in zip(tensors, element_shapes)]
+    leads = [_lead(t, s) for t, s in zip(tensors, element_shapes)]
     lead = leads[0]
     if any(other != lead for other in leads[1:]):  # (torch.broadcast_shapes costs ~50 µs)
         lead = torch.broadcast_shapes(*leads)
@@ -98,7 +93,8 @@ def between_log_parts(
 
     ``None`` when ``z`` has more leading entries than ``Xᵢ`` and ``Xⱼ`` together (the array
     routes then return ``Xᵢ⁻¹Xⱼ`` unbroadcast, which one loop over all elements does not)."""
-    if _lead(z, element) != _lead(xi, element) and _broadcast(xi, xj, z, element) != _broadcast(xi, xj, element):
+    pair = (_lead(xi, element), _lead(xj, element))
+    if _lead(z, element) != pair[0] and torch.broadcast_shapes(*pair, _lead(z, element)) != torch.broadcast_shapes(*pair):
         return None
     (xi, xj, z), lead = _inputs((xi, xj, z), (element,) * 3)
     se3 = element == (3, 4)
