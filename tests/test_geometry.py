@@ -258,7 +258,14 @@ def _route_cases(dtype):
     m6, m3 = torch.randn(60, 6, 6, dtype=dtype, generator=gen), torch.randn(60, 3, 3, dtype=dtype, generator=gen)
     p3 = G.se3_between_log_parts(x3, x3.flip(0), x3.roll(1, 0))
     p2 = G.se2_between_log_parts(x2, x2.flip(0), x2.roll(1, 0))
+    # Z⁻¹ Xᵢ⁻¹ Xⱼ = Xⱼ: the between kernels' every branch (small angle, general, near π)
+    i3, i2 = G.se3_exp(torch.zeros_like(xi3)), G.se2_exp(torch.zeros_like(xi2))
+    q3, q2 = G.se3_between_log_parts(i3, x3, i3), G.se2_between_log_parts(i2, x2, i2)
     return [
+        (G.se3_between_log_parts, (i3, x3, i3)), (G.se3_between_jacobian_from_parts, (q3,)),
+        (G.se3_between_error_jacobians, (i3, x3, i3)), (G.se3_mul_adjoint_inverse, (m6, q3.rel)),
+        (G.se2_between_log_parts, (i2, x2, i2)), (G.se2_between_jacobian_from_parts, (q2,)),
+        (G.se2_between_error_jacobians, (i2, x2, i2)),
         (G.skew, (xi3[:, 3:],)), (G.so3_exp, (xi3[:, 3:],)), (G.so3_log, (x3[..., :3],)),
         (G.so3_right_jacobian_inv, (xi3[:, 3:],)),
         (G.se3_exp, (xi3,)), (G.se3_log, (x3,)), (G.se3_right_jacobian_inv, (xi3,)), (G.se3_adjoint, (x3,)),
