@@ -151,16 +151,7 @@ def _map(fn: Callable[[Any], Any], obj: Any) -> Any:
 def _numpy_route(tensors: list) -> bool:
     """Whether a kernel on ``tensors`` runs on NumPy: all CPU tensors of one float32/float64
     dtype, none over :data:`NUMPY_MAX_ELEMENTS` elements, no gradient to record."""
-    first = tensors[0]
-    if first.dtype not in _NUMPY_DTYPES:
-        return False
-    grad = torch.is_grad_enabled()
-    for t in tensors:
-        if not isinstance(t, Tensor) or t.device.type != "cpu" or t.dtype != first.dtype:
-            return False
-        if (grad and t.requires_grad) or t.numel() > NUMPY_MAX_ELEMENTS:
-            return False
-    return True
+    return _native.plain_cpu_tensors(tensors, _NUMPY_DTYPES, NUMPY_MAX_ELEMENTS)
 
 
 def _to_tensor(a: Any) -> Tensor:
@@ -174,8 +165,8 @@ def _kernel(fn: Optional[_F] = None, *, native: Optional[Callable[..., Any]] = N
 
     1. compiled (:mod:`posegraph.native`) where that route applies (float64 CPU tensors, no
        gradient to record): ``native`` is the kernel's compiled form (``None`` from it: not
-       for inputs of these shapes); a ``composed`` kernel is
-       built from kernels that have one, and runs on the tensors so that they take it;
+       for inputs of these shapes); a ``composed`` kernel is built from kernels that have
+       one, and runs on the tensors so that they take it;
     2. on NumPy views of them where :func:`_numpy_route` allows, returning tensors that share
        the results' memory;
     3. as torch operations.
@@ -375,13 +366,7 @@ def small_matmul(a: Tensor, b: Tensor) -> Tensor:
     are not meant for this. Anything under autograd recording, on other devices or dtypes, or
     wrapped by torch.func transforms is ``a @ b``.
     """
-    if (
-        a.device.type != "cpu"
-        or b.device.type != "cpu"
-        or a.dtype != b.dtype
-        or a.dtype not in _NUMPY_DTYPES
-        or (torch.is_grad_enabled() and (a.requires_grad or b.requires_grad))
-    ):
+    if not _native.plain_cpu_tensors([a, b], _NUMPY_DTYPES):
         return a @ b
     try:
         a_np, b_np = a.detach().numpy(), b.detach().numpy()

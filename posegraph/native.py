@@ -44,19 +44,30 @@ def enabled() -> bool:
     return AVAILABLE and ENABLED
 
 
+def plain_cpu_tensors(
+    tensors: Sequence[object], dtypes: Sequence[torch.dtype], max_elements: Optional[int] = None
+) -> bool:
+    """Whether ``tensors`` may be read as plain arrays: all CPU tensors of one dtype among
+    ``dtypes``, none over ``max_elements`` elements (when given), with no gradient to record.
+    The test of both the compiled route (:func:`applies`) and
+    :mod:`posegraph.geometry`'s NumPy route."""
+    first = tensors[0]
+    if not isinstance(first, Tensor) or first.dtype not in dtypes:
+        return False
+    grad = torch.is_grad_enabled()
+    for t in tensors:
+        if not isinstance(t, Tensor) or t.device.type != "cpu" or t.dtype != first.dtype:
+            return False
+        if (grad and t.requires_grad) or (max_elements is not None and t.numel() > max_elements):
+            return False
+    return True
+
+
 def applies(tensors: Sequence[object]) -> bool:
     """Whether the compiled loops may compute a kernel on ``tensors``: the extension is
     loaded and enabled, and every argument is a float64 CPU tensor with no gradient to
     record (autograd needs the array routes' operations)."""
-    if not enabled():
-        return False
-    grad = torch.is_grad_enabled()
-    for t in tensors:
-        if not isinstance(t, Tensor) or t.dtype != torch.float64 or t.device.type != "cpu":
-            return False
-        if grad and t.requires_grad:
-            return False
-    return True
+    return enabled() and plain_cpu_tensors(tensors, (torch.float64,))
 
 
 def _lead(t: Tensor, element: Tuple[int, ...]) -> torch.Size:
