@@ -354,21 +354,26 @@ def _se3_jr_inv_coefficients(
 # ------------------------------------------------------------------------------------------
 
 def small_matmul(a: Tensor, b: Tensor) -> Tensor:
-    """``a @ b`` for stacks of small matrices (``(..., m, k)`` times ``(..., k, n)``, n > 1).
+    """``a @ b`` for stacks of small matrices (``(..., m, k)`` times ``(..., k, n)``).
 
-    On CPU with no gradient to record it is NumPy's ``matmul``, which hands each product to
-    BLAS's small-matrix kernels: torch's batched product of small matrices runs a generic loop
-    that is 2–6× slower. Measured on 4949 products on one thread (the solver's iterations run
-    torch on one for such sizes): 6×6·6×6 0.27 ms against 1.7 ms, 6×3·3×3 0.17 against 0.57,
-    3×3·3×3 0.16 against 0.27. NumPy needs each matrix stored row by row (unit stride along
-    the last axis): a transposed operand is copied first (a transposed view sends NumPy to a
-    loop 3–4× slower than torch). Matrix–vector products (``n = 1``) are faster in torch and
-    are not meant for this. Anything under autograd recording, on other devices or dtypes, or
-    wrapped by torch.func transforms is ``a @ b``.
+    On CPU with no gradient to record it runs compiled (float64, :mod:`posegraph.native`) or
+    on NumPy's ``matmul`` (float32, ``n > 1``), which hands each product to BLAS's
+    small-matrix kernels; torch's batched product of small matrices runs a generic loop.
+    Measured on 4949 products on one thread (the solver's iterations run torch on one for
+    such sizes), compiled / NumPy / torch: 6×6·6×6 0.18 / 0.18 / 1.7 ms, 6×6·6×1 0.06 / 0.23 /
+    0.17 ms, 3×3·3×3 0.05 / 0.16 / 0.28 ms, 6×3·3×3 0.18 / 0.15 / 0.64 ms. NumPy needs each
+    matrix stored row by row (unit stride along the last axis): a transposed operand is copied
+    first (a transposed view sends NumPy to a loop 3–4× slower than torch). Matrix–vector
+    products (``n = 1``) in float32 stay torch's, as anything under autograd recording, on
+    other devices or dtypes, or wrapped by torch.func transforms: ``a @ b``.
     """
-    if not _native.plain_cpu_tensors([a, b], _NUMPY_DTYPES):
-        return a @ b
+    if min(a.dim(), b.dim()) < 2 or a.shape[-1] != b.shape[-2]:
+        return a @ b  # (torch's error or vector semantics)
     try:
+        if _native.applies([a, b]):
+            return _native.block_matmul(a, b)
+        if b.shape[-1] == 1 or not _native.plain_cpu_tensors([a, b], _NUMPY_DTYPES):
+            return a @ b
         a_np, b_np = a.detach().numpy(), b.detach().numpy()
     except (RuntimeError, TypeError):  # e.g. tensors wrapped by torch.func transforms
         return a @ b

@@ -148,6 +148,16 @@ def retract(x: Tensor, delta: Tensor) -> Tensor:
     return out
 
 
+def block_matmul(a: Tensor, b: Tensor) -> Tensor:
+    """``a @ b`` for stacks of small matrices, ``(..., m, k)`` times ``(..., k, n)``, broadcast
+    over the leading dimensions."""
+    (m, k), n = a.shape[-2:], b.shape[-1]
+    (a, b), lead = _inputs((a, b), ((m, k), (k, n)))
+    out = a.new_empty(*lead, m, n)
+    _lib.block_matmul(_np(a), _np(b), m, k, n, _np(out))
+    return out
+
+
 def gram_scatter(
     a: np.ndarray, start: np.ndarray, ia: np.ndarray, ib: np.ndarray, slots: np.ndarray, d: int, width: int,
     out: np.ndarray,

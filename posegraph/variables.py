@@ -149,7 +149,17 @@ class ManifoldArray(th.Manifold):
         moved = moved.reshape(batch, self.num_free, *self.element_shape)
         base = self.tensor.expand(batch, *self.tensor.shape[1:])
         new = base.index_copy(1, self.free_index, moved)
-        return ManifoldArray(new, self.element_cls, self.fixed, name=self.name)
+        return self._holding(new)
+
+    def _holding(self, tensor: torch.Tensor) -> "ManifoldArray":
+        """A ManifoldArray like this one (class, fixed elements, name) holding ``tensor``, of
+        this one's element shape — without the constructor's checks and index building,
+        which cost more than the retraction of a small graph."""
+        out = object.__new__(type(self))
+        out.element_cls, out.element_shape, out.element_dof = self.element_cls, self.element_shape, self.element_dof
+        out.fixed, out.free_index = self.fixed, self.free_index
+        th.Variable.__init__(out, tensor, name=self.name)
+        return out
 
     def _local_impl(
         self, variable2: th.Manifold, jacobians: Optional[List[torch.Tensor]] = None

@@ -152,7 +152,7 @@ class FullInformationWeight(LinearBlockWeight):
         return (w == 0).reshape(w.shape[0], -1).all(dim=1)
 
     def weight_block_error(self, error: torch.Tensor) -> torch.Tensor:
-        return (self.sqrt_information.tensor @ error.unsqueeze(-1)).squeeze(-1)
+        return small_matmul(self.sqrt_information.tensor, error.unsqueeze(-1)).squeeze(-1)
 
     def weight_block_jacobians(self, jac: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
         return small_matmul(self._rows_of(rows), jac)

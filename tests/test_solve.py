@@ -604,3 +604,56 @@ def test_product_matrices_are_reused_with_new_values():
     np.testing.assert_allclose(at2 @ (a2 @ v), 4.0 * (lin.A_scipy().T @ expected), rtol=1e-12)
     a32, _ = lin.product_matrices(values.astype(np.float32))
     assert a32 is not a and a32.dtype == np.float32
+
+
+def test_lm_damping_rule_accepts_rejects_and_scales():
+    """GTSAM's schedule per problem: ρ > 1e-3 accepts (λ/10), else rejects (λ·10, at most
+    1e5); a non-finite error rejects; a predicted decrease below the tolerances accepts."""
+    from posegraph.solve.optimize import DampingRule
+
+    rule = DampingRule()
+    delta = torch.tensor([[1.0, 0.0], [1.0, 0.0], [1.0, 0.0], [1e-9, 0.0], [1.0, 0.0]])
+    atb = torch.tensor([[2.0, 0.0]] * 5)  # predicted decrease ½ δᵀ(λδ + Aᵀb) ≈ 1 (≈1e-9 for row 3)
+    damping = torch.tensor([1e-5, 1e-5, 1e-5, 1e-5, 5e4])
+    previous = torch.full((5,), 10.0)
+    new = torch.tensor([9.5, 9.9999, float("nan"), 10.0, 11.0])
+    reject, scaled = rule.update(torch, delta, damping, atb, new, previous, 1e-10, 1e-8)
+    assert reject.tolist() == [False, True, True, False, True]
+    assert scaled.tolist() == pytest.approx([1e-6, 1e-4, 1e-4, 1e-6, 1e5])
+
+
+def test_lm_bookkeeping_same_on_numpy_and_torch():
+    """The step test, the convergence test and the rejection count give the same on NumPy
+    (CPU tensors) and torch (other devices), non-finite values and zero decreases included."""
+    import numpy as np
+
+    from posegraph.solve.optimize import DampingRule, convergence_mask, count_rejections
+
+    gen = torch.Generator().manual_seed(0)
+    b, n = 64, 5
+    delta = torch.randn(b, n, generator=gen) * torch.logspace(-12, 0, b).unsqueeze(1)
+    delta[3] = 0.0
+    atb = torch.randn(b, n, generator=gen)
+    damping = torch.logspace(-9, 5, b)
+    previous = torch.rand(b, generator=gen) * 10
+    new = previous - torch.randn(b, generator=gen).abs() * torch.logspace(-14, 1, b)
+    new[5], new[6], previous[7] = float("nan"), float("inf"), 0.0
+    rejections = torch.randint(0, 12, (b,), generator=gen)
+    frozen = torch.rand(b, generator=gen) < 0.3
+    reject = torch.rand(b, generator=gen) < 0.5
+
+    def run(xp, convert):
+        args = [convert(t) for t in (delta, damping, atb, new, previous)]
+        with np.errstate(all="ignore"):
+            out = DampingRule().update(xp, *args, 1e-10, 1e-10)
+            mask = convergence_mask(xp, convert(new), convert(previous), 1e-10, 1e-10, convert(rejections), 10)
+        counts = count_rejections(xp, convert(reject), convert(rejections), convert(frozen))
+        first = count_rejections(xp, convert(reject), None, None)
+        return [torch.as_tensor(np.asarray(a)) for a in (*out, mask, counts, first)]
+
+    on_numpy = run(np, lambda t: t.numpy())
+    on_torch = run(torch, lambda t: t)
+    assert on_torch[0].any() and not on_torch[0].all() and on_torch[2].any() and not on_torch[2].all()
+    for a, t in zip(on_numpy, on_torch):
+        assert a.dtype == t.dtype
+        assert torch.equal(a, t)

@@ -166,20 +166,25 @@ class _Arrays:
         self.iparm = iparm
         self.perm = perm
         self.threads = threads
+        # The arguments that never change, made once (a ctypes pointer costs a few µs).
+        self._ints = [ctypes.c_int64(v) for v in (SLOTS_PER_HANDLE, _MTYPE_SPD, n, 0)]
+        maxfct, mtype, size, msglvl = (ctypes.byref(v) for v in self._ints)
+        none = ctypes.c_void_p(None)
+        self._pattern = (_ptr(self.indptr), _ptr(self.indices), none if perm is None else _ptr(perm))
+        self._head, self._iparm, self._msglvl = (maxfct,), _ptr(iparm), msglvl
+        self._mtype, self._size, self._none = mtype, size, none
 
     def call(self, lib, pt, phase, mnum, values, rhs, out) -> None:
         i64 = ctypes.c_int64
         error = i64(0)
         nrhs = 1 if rhs is None else (rhs.shape[1] if rhs.ndim == 2 else 1)
+        none = self._none
         previous = lib.MKL_Set_Num_Threads_Local(self.threads)
         try:
             lib.pardiso_64(
-                _ptr(pt), ctypes.byref(i64(SLOTS_PER_HANDLE)), ctypes.byref(i64(mnum)), ctypes.byref(i64(_MTYPE_SPD)),
-                ctypes.byref(i64(phase)), ctypes.byref(i64(self.n)), _ptr(values), _ptr(self.indptr), _ptr(self.indices),
-                ctypes.c_void_p(None) if self.perm is None else _ptr(self.perm), ctypes.byref(i64(nrhs)), _ptr(self.iparm),
-                ctypes.byref(i64(0)),
-                ctypes.c_void_p(None) if rhs is None else _ptr(rhs), ctypes.c_void_p(None) if out is None else _ptr(out),
-                ctypes.byref(error),
+                _ptr(pt), *self._head, ctypes.byref(i64(mnum)), self._mtype, ctypes.byref(i64(phase)), self._size,
+                _ptr(values), *self._pattern, ctypes.byref(i64(nrhs)), self._iparm, self._msglvl,
+                none if rhs is None else _ptr(rhs), none if out is None else _ptr(out), ctypes.byref(error),
             )
         finally:
             lib.MKL_Set_Num_Threads_Local(previous)

@@ -59,28 +59,14 @@ class NormalSolve(torch.autograd.Function):
         solver: "SparseCholeskySolver",
         dampings: Sequence[float],
         detach_hessian: bool,
-        exact: bool = True,
-        atb: Optional[torch.Tensor] = None,
     ) -> torch.Tensor:
-        lin = solver.linearization
-        order = solver.order
-        a_np = A_val.detach().cpu().double().numpy()
-        b_np = b.detach().cpu().double().numpy()
-        atb_np = None if atb is None else atb.detach().cpu().double().numpy()
-        x_np = np.empty((a_np.shape[0], lin.num_cols))
-        factors: List[Factor] = []
-        for i in range(a_np.shape[0]):
-            rhs = lin.product_matrices(a_np[i])[1] @ b_np[i] if atb_np is None else atb_np[i]
-            x_np[i], factor = solver.solve_one(i, a_np[i], b_np[i], rhs, dampings[i], exact)
-            factors.append(factor)
-        if not np.isfinite(x_np).all():
-            raise RuntimeError(f"{solver.backend.upper()} solve produced non-finite values")
+        a_np, b_np, x_np, factors = solver.solve_batch(A_val, b, dampings, exact=True)
         ctx.save_for_backward(A_val, b)
         ctx.x_np, ctx.a_np, ctx.b_np = x_np, a_np, b_np
         ctx.factors = factors
-        ctx.order = order
+        ctx.order = solver.order
         ctx.detach_hessian = detach_hessian
-        ctx.lin = lin
+        ctx.lin = solver.linearization
         return torch.as_tensor(x_np).to(dtype=A_val.dtype, device=A_val.device)
 
     @staticmethod
@@ -98,7 +84,7 @@ class NormalSolve(torch.autograd.Function):
             ctx.detach_hessian,
         )
         to = dict(dtype=A_val.dtype, device=A_val.device)
-        return grad_a.to(**to), grad_b.to(**to), None, None, None, None, None
+        return grad_a.to(**to), grad_b.to(**to), None, None, None
 
 
 @dataclass
@@ -306,6 +292,32 @@ class SparseCholeskySolver(BlockSparseSolver):
         pass needs this matrix's own factor)."""
         return self.reuse_factor and not records_gradient(a_val, b)
 
+    def solve_batch(
+        self,
+        a_val: torch.Tensor,
+        b: torch.Tensor,
+        dampings: Sequence[float],
+        exact: bool,
+        atb: Optional[torch.Tensor] = None,
+    ) -> Tuple[np.ndarray, np.ndarray, np.ndarray, List[Factor]]:
+        """:meth:`solve_one` for each batch element of A's values ``a_val`` ``(B, nnz)`` and
+        ``b`` ``(B, rows)`` (right-hand sides ``Aᵀb``: ``atb`` ``(B, cols)``, or formed here):
+        A's and b's values as float64 arrays, the solutions ``(B, cols)`` and the factors used.
+        A non-finite solution raises ``RuntimeError``."""
+        lin = self.linearization
+        a_np = a_val.detach().cpu().double().numpy()
+        b_np = b.detach().cpu().double().numpy()
+        atb_np = None if atb is None else atb.detach().cpu().double().numpy()
+        x_np = np.empty((a_np.shape[0], lin.num_cols))
+        factors: List[Factor] = []
+        for i in range(a_np.shape[0]):
+            rhs = lin.product_matrices(a_np[i])[1] @ b_np[i] if atb_np is None else atb_np[i]
+            x_np[i], factor = self.solve_one(i, a_np[i], b_np[i], rhs, dampings[i], exact)
+            factors.append(factor)
+        if not np.isfinite(x_np).all():
+            raise RuntimeError(f"{self.backend.upper()} solve produced non-finite values")
+        return a_np, b_np, x_np, factors
+
     def solve_one(
         self, index: int, a_values: np.ndarray, b_values: np.ndarray, rhs: np.ndarray, beta: float, exact: bool
     ) -> Tuple[np.ndarray, Factor]:
@@ -370,12 +382,17 @@ class SparseCholeskySolver(BlockSparseSolver):
 
     def _solve(self, lam: torch.Tensor) -> torch.Tensor:
         lin = self.linearization
-        dampings = lam.flatten().double().cpu().expand(lin.A_val.shape[0]).tolist()  # (B|1, 1) → B
-        exact = not self.reuse_allowed(lin.A_val, lin.b)  # decided here: apply() disables grad
-        # Without a gradient to record, the right-hand side is the linearization's Aᵀb (formed
-        # once per linearization; LM's gain ratio uses it too); else it is formed from A and b.
-        atb = None if records_gradient(lin.A_val, lin.b) or lin.A_val.dtype != torch.float64 else lin.Atb[..., 0]
-        return NormalSolve.apply(lin.A_val, lin.b, self, dampings, lin.detached_hessian, exact, atb)
+        a_val, b = lin.A_val, lin.b
+        dampings = lam.detach().cpu().double().reshape(-1).tolist()  # (B|1, 1) → B
+        if len(dampings) == 1:
+            dampings = dampings * a_val.shape[0]
+        if not records_gradient(a_val, b):
+            # Nothing to differentiate: no autograd Function. The right-hand side is the
+            # linearization's Aᵀb (formed once per linearization; LM's gain ratio uses it too).
+            atb = lin.Atb[..., 0] if a_val.dtype == torch.float64 else None
+            x = self.solve_batch(a_val, b, dampings, not self.reuse_allowed(a_val, b), atb)[2]
+            return torch.from_numpy(x).to(dtype=a_val.dtype, device=a_val.device)
+        return NormalSolve.apply(a_val, b, self, dampings, lin.detached_hessian)
 
 
 class CholmodSolver(SparseCholeskySolver):
