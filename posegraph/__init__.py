@@ -53,7 +53,10 @@ Solving
     backend used and ``SolveResult.factor_stats`` counts factorizations, reused factors and CG
     iterations. Importing posegraph before torch sets ``OMP_WAIT_POLICY=PASSIVE`` unless set
     (``posegraph._openmp`` says why). ``posegraph.geometry.small_matmul``: products of stacked
-    small matrices, through NumPy's BLAS kernels on CPU without autograd.
+    small matrices, compiled (float64) or through NumPy's BLAS kernels (float32) on CPU
+    without autograd. LM (``posegraph.solve.optimize.LevenbergMarquardt``) follows GTSAM's
+    damping schedule, ``LevenbergMarquardt.damping_rule`` (a ``DampingRule``); its step and
+    convergence tests run on NumPy for CPU problems, on torch elsewhere.
 Differentiable, batched solving
     ``PoseGraphLayer(graph | kind, edges, fixed)`` — ``torch.nn.Module`` over
     ``th.TheseusLayer``: ``layer(poses, measurements, information) -> (poses, LayerInfo)``

@@ -5,7 +5,11 @@
  * block's d rows and W columns, stored contiguously (row-major) in A's CSR values. The array
  * route gathers every S_g, multiplies them in a batch, gathers the kept entries and scatters
  * them with index_add; here one pass per residual block computes each kept entry
- * (a, b) as sum_r S_g[r, a] S_g[r, b] and adds it at its slot. Float64, CPU; every index is
+ * (a, b) as sum_r S_g[r, a] S_g[r, b] and adds it at its slot.
+ *
+ * Also the product (A^T A + beta I) p without forming A^T A, for conjugate gradients with a
+ * lagged factor (posegraph.solve.sparse_cholesky.lagged_factor_cg): one pass over A's rows,
+ * each row's dot product with p added back along the row. Float64, CPU; every index is
  * checked against its array's length.
  */
 #define PY_SSIZE_T_CLEAN
@@ -70,14 +74,71 @@ static PyObject *py_gram_scatter(PyObject *self, PyObject *args) {
     Py_RETURN_NONE;
 }
 
+/* normal_matvec(indptr, indices, data, p, beta, out):
+   out = (A^T A + beta I) p for A in CSR (len(indptr) - 1 rows, len(p) columns). */
+static PyObject *py_normal_matvec(PyObject *self, PyObject *args) {
+    Py_buffer ptr, ind, data, p, out;
+    double beta;
+    if (!PyArg_ParseTuple(args, "y*y*y*y*dw*", &ptr, &ind, &data, &p, &beta, &out)) return NULL;
+    const Py_ssize_t rows = ptr.len / (Py_ssize_t)sizeof(int64_t) - 1;
+    const Py_ssize_t nnz = data.len / (Py_ssize_t)sizeof(double);
+    const Py_ssize_t n = p.len / (Py_ssize_t)sizeof(double);
+    const int64_t *rp = (const int64_t *)ptr.buf, *ci = (const int64_t *)ind.buf;
+    const double *av = (const double *)data.buf, *pv = (const double *)p.buf;
+    double *ov = (double *)out.buf;
+    const char *problem = NULL;
+    if (rows < 0 || rp[0] != 0)
+        problem = "indptr: expected at least one entry, the first 0";
+    else if (ind.len != nnz * (Py_ssize_t)sizeof(int64_t))
+        problem = "indices: expected as many entries as data";
+    else if (out.len != p.len)
+        problem = "out: expected as many values as p";
+    if (!problem) {
+        int bad = 0; /* checked as it goes: out is scratch the caller drops on error */
+        Py_BEGIN_ALLOW_THREADS
+        for (Py_ssize_t c = 0; c < n; c++) ov[c] = beta * pv[c];
+        for (Py_ssize_t r = 0; r < rows && !bad; r++) {
+            const int64_t start = rp[r], stop = rp[r + 1];
+            if (start > stop || stop > nnz) {
+                bad = 1;
+                break;
+            }
+            double dot = 0.0;
+            for (int64_t e = start; e < stop; e++) {
+                if ((uint64_t)ci[e] >= (uint64_t)n) {
+                    bad = 2;
+                    break;
+                }
+                dot += av[e] * pv[ci[e]];
+            }
+            if (bad) break;
+            for (int64_t e = start; e < stop; e++) ov[ci[e]] += av[e] * dot;
+        }
+        Py_END_ALLOW_THREADS
+        if (bad == 1) problem = "indptr: expected non-decreasing offsets inside data";
+        if (bad == 2) problem = "indices: expected columns < len(p)";
+    }
+    PyBuffer_Release(&ptr);
+    PyBuffer_Release(&ind);
+    PyBuffer_Release(&data);
+    PyBuffer_Release(&p);
+    PyBuffer_Release(&out);
+    if (problem) {
+        PyErr_SetString(PyExc_ValueError, problem);
+        return NULL;
+    }
+    Py_RETURN_NONE;
+}
+
 static PyMethodDef methods[] = {
     {"gram_scatter", py_gram_scatter, METH_VARARGS, "gram_scatter(a, start, ia, ib, slots, d, W, out)"},
+    {"normal_matvec", py_normal_matvec, METH_VARARGS, "normal_matvec(indptr, indices, data, p, beta, out)"},
     {NULL, NULL, 0, NULL},
 };
 
 static struct PyModuleDef module = {
     PyModuleDef_HEAD_INIT, "_native_normal",
-    "Compiled assembly of the normal matrix's values (float64, CPU).", -1, methods,
+    "Compiled assembly of the normal matrix's values and its product with a vector (float64, CPU).", -1, methods,
 };
 
 PyMODINIT_FUNC PyInit__native_normal(void) { return PyModule_Create(&module); }

@@ -529,6 +529,9 @@ __all__ = [
     "LevenbergMarquardt",
     "GaussNewton",
     "PerProblemConvergence",
+    "DampingRule",
+    "convergence_mask",
+    "count_rejections",
     "resolve_linear_solver",
     "OptimizationError",
 ]

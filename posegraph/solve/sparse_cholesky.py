@@ -135,20 +135,20 @@ def _dot(a: np.ndarray, b: np.ndarray) -> float:
 
 
 def lagged_factor_cg(
-    at: sp.csc_matrix,
+    product: Callable[[np.ndarray], np.ndarray],
     rhs: np.ndarray,
-    beta: float,
     factor: Callable[[np.ndarray], np.ndarray],
     tolerance: float,
     max_iterations: int,
 ) -> Tuple[Optional[np.ndarray], int]:
-    """Solve ``(AᵀA + βI) x = rhs`` by conjugate gradients preconditioned with the Cholesky
-    ``factor`` of an earlier, nearby normal matrix (Saad, "Iterative Methods for Sparse Linear
-    Systems", 2nd ed. 2003, alg. 9.1; lagging the preconditioner of a Newton-type method:
+    """Solve ``H x = rhs``, ``H = AᵀA + βI``, by conjugate gradients preconditioned with the
+    Cholesky ``factor`` of an earlier, nearby normal matrix (Saad, "Iterative Methods for Sparse
+    Linear Systems", 2nd ed. 2003, alg. 9.1; lagging the preconditioner of a Newton-type method:
     Knoll & Keyes 2004, "Jacobian-free Newton–Krylov methods", J. Comput. Phys. 193, §3.1).
 
-    ``at`` is ``Aᵀ`` (CSC); ``factor`` applies the factor's solve (a CHOLMOD ``Factor``, or
-    one wrapped to work in ``at``'s row order). Converged when ``‖r‖ ≤ tolerance·‖rhs‖``.
+    ``product`` computes ``H p`` (e.g. :meth:`BlockSparseLinearization.normal_product`);
+    ``factor`` applies the factor's solve (a CHOLMOD ``Factor``, or one wrapped to work in A's
+    column order). Converged when ``‖r‖ ≤ tolerance·‖rhs‖``.
     Gives up (returns ``None``) as soon as the residual falls slower than that rate spread
     over ``max_iterations`` (``‖r_k‖ > ‖r_0‖ · tolerance^(k / max_iterations)``): the factor
     is then too far from the current matrix and refactoring is cheaper. Returns the solution
@@ -157,14 +157,13 @@ def lagged_factor_cg(
     norm0 = math.sqrt(_dot(rhs, rhs))
     if norm0 == 0.0:
         return np.zeros_like(rhs), 0
-    a = at.T  # A (CSR view), made once
     x = np.zeros_like(rhs)
     r = rhs.copy()
     z = factor(r)
     p = z.copy()
     rz = _dot(r, z)
     for k in range(1, max_iterations + 1):
-        hp = at @ (a @ p) + beta * p
+        hp = product(p)
         alpha = rz / _dot(p, hp)
         x += alpha * p
         r -= alpha * hp
@@ -356,10 +355,10 @@ class SparseCholeskySolver(BlockSparseSolver):
     ) -> Optional[np.ndarray]:
         """:func:`lagged_factor_cg` with the lagged factor ``last`` and at most ``limit``
         iterations; records its costs and counts."""
-        at = self.linearization.product_matrices(a_values)[1]
+        product = self.linearization.normal_product(a_values, beta)
         start = time.perf_counter()
         x, iterations = lagged_factor_cg(
-            at, rhs, beta, lambda r: self.order.solve(last, r), self.cg_tolerance, limit
+            product, rhs, lambda r: self.order.solve(last, r), self.cg_tolerance, limit
         )
         self.costs.cg_iteration_s = (time.perf_counter() - start) / max(iterations, 1)
         self.stats.cg_iterations += iterations
