@@ -9,7 +9,8 @@
  *
  * Also the product (A^T A + beta I) p without forming A^T A, for conjugate gradients with a
  * lagged factor (posegraph.solve.sparse_cholesky.lagged_factor_cg): one pass over A's rows,
- * each row's dot product with p added back along the row. Float64, CPU; every index is
+ * each row's dot product with p added back along the row; and A^T v (the right-hand side
+ * A^T b), one pass over A's rows. Float64, CPU; every index is
  * checked against its array's length.
  */
 #define PY_SSIZE_T_CLEAN
@@ -130,9 +131,62 @@ static PyObject *py_normal_matvec(PyObject *self, PyObject *args) {
     Py_RETURN_NONE;
 }
 
+/* transpose_matvec(indptr, indices, data, v, out): out = A^T v for A in CSR
+   (len(indptr) - 1 rows = len(v), len(out) columns). */
+static PyObject *py_transpose_matvec(PyObject *self, PyObject *args) {
+    Py_buffer ptr, ind, data, v, out;
+    if (!PyArg_ParseTuple(args, "y*y*y*y*w*", &ptr, &ind, &data, &v, &out)) return NULL;
+    const Py_ssize_t rows = ptr.len / (Py_ssize_t)sizeof(int64_t) - 1;
+    const Py_ssize_t nnz = data.len / (Py_ssize_t)sizeof(double);
+    const Py_ssize_t n = out.len / (Py_ssize_t)sizeof(double);
+    const int64_t *rp = (const int64_t *)ptr.buf, *ci = (const int64_t *)ind.buf;
+    const double *av = (const double *)data.buf, *vv = (const double *)v.buf;
+    double *ov = (double *)out.buf;
+    const char *problem = NULL;
+    if (rows < 0 || rp[0] != 0)
+        problem = "indptr: expected at least one entry, the first 0";
+    else if (ind.len != nnz * (Py_ssize_t)sizeof(int64_t))
+        problem = "indices: expected as many entries as data";
+    else if (v.len != rows * (Py_ssize_t)sizeof(double))
+        problem = "v: expected one value per row (len(indptr) - 1)";
+    if (!problem) {
+        int bad = 0; /* checked as it goes: out is scratch the caller drops on error */
+        Py_BEGIN_ALLOW_THREADS
+        for (Py_ssize_t c = 0; c < n; c++) ov[c] = 0.0;
+        for (Py_ssize_t r = 0; r < rows && !bad; r++) {
+            const int64_t start = rp[r], stop = rp[r + 1];
+            if (start > stop || stop > nnz) {
+                bad = 1;
+                break;
+            }
+            for (int64_t e = start; e < stop; e++) {
+                if ((uint64_t)ci[e] >= (uint64_t)n) {
+                    bad = 2;
+                    break;
+                }
+                ov[ci[e]] += av[e] * vv[r];
+            }
+        }
+        Py_END_ALLOW_THREADS
+        if (bad == 1) problem = "indptr: expected non-decreasing offsets inside data";
+        if (bad == 2) problem = "indices: expected columns < len(out)";
+    }
+    PyBuffer_Release(&ptr);
+    PyBuffer_Release(&ind);
+    PyBuffer_Release(&data);
+    PyBuffer_Release(&v);
+    PyBuffer_Release(&out);
+    if (problem) {
+        PyErr_SetString(PyExc_ValueError, problem);
+        return NULL;
+    }
+    Py_RETURN_NONE;
+}
+
 static PyMethodDef methods[] = {
     {"gram_scatter", py_gram_scatter, METH_VARARGS, "gram_scatter(a, start, ia, ib, slots, d, W, out)"},
     {"normal_matvec", py_normal_matvec, METH_VARARGS, "normal_matvec(indptr, indices, data, p, beta, out)"},
+    {"transpose_matvec", py_transpose_matvec, METH_VARARGS, "transpose_matvec(indptr, indices, data, v, out)"},
     {NULL, NULL, 0, NULL},
 };
 

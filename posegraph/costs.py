@@ -19,7 +19,7 @@ import torch
 
 from . import geometry
 from .variables import ManifoldArray
-from .weights import BlockCostWeight
+from .weights import BlockCostWeight, LinearBlockWeight
 
 
 @dataclass(frozen=True)
@@ -256,6 +256,11 @@ class BetweenEdges(BlockSparseCostFunction):
         self._ends = (self.edges[:, 0].contiguous(), self.edges[:, 1].contiguous())  # for index_select
         self._rows = torch.arange(edges.shape[0], device=self.edges.device)
         self.log_cache = EvaluationCache()
+        #: The weighted error of the last evaluation, kept like :attr:`log_cache` for weights
+        #: that are fixed linear maps (``LinearBlockWeight``), keyed also by their tensors:
+        #: Theseus evaluates the error at the start and the end of a solve, where the LM loop
+        #: just did, and the linearization reuses the error evaluation's.
+        self.weighted_cache = EvaluationCache()
         self.register_optim_vars(["poses"])
         self.register_aux_vars(["measurements"])
 
@@ -292,6 +297,22 @@ class BetweenEdges(BlockSparseCostFunction):
             return self._generic_error_jacobians(self._batch(), False)[1]
         return self._log_parts(kernels).err
 
+    def weighted_block_error(self) -> torch.Tensor:
+        return self._weighted(self.block_error())
+
+    def _weighted(self, err: torch.Tensor) -> torch.Tensor:
+        """``W e`` for the block error ``err``, from :attr:`weighted_cache` when ``err`` (see
+        :attr:`log_cache`) and a linear weight's tensors are those of the last evaluation
+        (autograd off)."""
+        if not isinstance(self.weight, LinearBlockWeight):
+            return self.weight.weight_block_error(err)
+        key = (err, *(v.tensor for v in self.weight.aux_vars))
+        werr = self.weighted_cache.get(key)
+        if werr is None:
+            werr = self.weight.weight_block_error(err)
+            self.weighted_cache.put(key, werr, outputs=(werr,))
+        return werr
+
     def block_jacobians(self) -> Tuple[List[torch.Tensor], torch.Tensor]:
         kernels = _BETWEEN_KERNELS.get(self.poses.element_cls)
         if kernels is None:
@@ -312,9 +333,10 @@ class BetweenEdges(BlockSparseCostFunction):
             return super().weighted_block_jacobians_error()
         parts = self._log_parts(kernels)
         weight: BlockCostWeight = self.weight
-        (w_j,), werr = weight.weight_block_jacobians_and_error(
-            [kernels.jacobian(parts)], [self._rows], parts.err
-        )
+        if isinstance(weight, LinearBlockWeight):  # W e as the error evaluation left it
+            w_j, werr = weight.weight_block_jacobians(kernels.jacobian(parts), self._rows), self._weighted(parts.err)
+        else:
+            (w_j,), werr = weight.weight_block_jacobians_and_error([kernels.jacobian(parts)], [self._rows], parts.err)
         return [-kernels.mul_adjoint_inverse(w_j, parts.rel), w_j], werr
 
     def _generic_error_jacobians(self, batch: int, jacobians: bool):

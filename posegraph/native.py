@@ -9,8 +9,8 @@ fixed per-call cost: on sphere2500's 4,949 edges the logarithm, ``J_r⁻¹`` and
 product take ~8 ms a linearization that way and under 1 ms compiled.
 ``posegraph/_native_normal.c`` adds each residual block's Gram entries into ``AᵀA`` in one pass
 (the array route gathers, multiplies in a batch, gathers and scatters), and forms
-``(AᵀA + βI) p`` in one pass over A's rows (SciPy's two products cost ~45 µs on smallGrid3D,
-mostly per-call checks).
+``(AᵀA + βI) p`` and ``Aᵀv`` in one pass over A's rows (SciPy's products cost ~20 µs each on
+smallGrid3D, mostly per-call checks).
 
 Both are built when posegraph is installed (``setup.py``). They are optional: without a C
 compiler the install goes on and posegraph computes the same on NumPy or torch.
@@ -167,6 +167,15 @@ def normal_matvec(
     """``out = (AᵀA + βI) p`` for ``A`` in CSR (``indptr``, ``indices``: int64; ``data``, ``p``,
     ``out``: float64, contiguous), without forming ``AᵀA``; returns ``out``."""
     _normal_lib.normal_matvec(indptr, indices, data, p, beta, out)
+    return out
+
+
+def transpose_matvec(
+    indptr: np.ndarray, indices: np.ndarray, data: np.ndarray, v: np.ndarray, out: np.ndarray
+) -> np.ndarray:
+    """``out = Aᵀ v`` for ``A`` in CSR (``indptr``, ``indices``: int64; ``data``, ``v``,
+    ``out``: float64, contiguous); returns ``out``."""
+    _normal_lib.transpose_matvec(indptr, indices, data, v, out)
     return out
 
 

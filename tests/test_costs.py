@@ -196,6 +196,29 @@ def test_between_cache_not_shared_by_copies():
         assert twin.log_cache.hits == 0
 
 
+def test_weighted_error_reused_while_error_and_weight_unchanged():
+    """The weighted error of a linear weight is kept with the error it weighted: reused by a
+    later evaluation and the linearization at the same point, recomputed when the weight's
+    tensor is replaced or edited in place; a robust weight is always recomputed."""
+    cost = _between_cost("SE3", seed=4)
+    with torch.no_grad():
+        werr = cost.weighted_block_error()
+        reference = werr.clone()
+        assert cost.weighted_block_error() is werr and cost.weighted_cache.hits == 1
+        _, werr_lin = cost.weighted_block_jacobians_error()
+        assert werr_lin is werr and cost.weighted_cache.hits == 2
+        w = cost.weight.sqrt_information
+        w.update(2 * w.tensor)  # a new weight tensor
+        torch.testing.assert_close(cost.weighted_block_error(), 2 * reference, rtol=1e-14, atol=0)
+        w.tensor.mul_(0.5)  # edited in place
+        torch.testing.assert_close(cost.weighted_block_error(), reference, rtol=1e-14, atol=0)
+        assert cost.weighted_cache.hits == 2
+        robust = pg.BetweenEdges(cost.poses, cost.edges, cost.measurements, pg.RobustBlockWeight(cost.weight, "huber", 0.5))
+        robust.weighted_block_error()
+        robust.weighted_block_error()
+        assert robust.weighted_cache.hits == 0
+
+
 @pytest.mark.parametrize("kind", ["SE3", "SE2"])
 def test_between_cache_unused_under_autograd(kind):
     cost = _between_cost(kind, seed=3)

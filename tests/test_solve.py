@@ -500,6 +500,9 @@ def test_solve_costs_budget():
     assert costs.needed == CG_MIN_ITERATIONS and costs.worth_trying()
     costs.needed = 5  # as many as a factorization costs: nothing to gain
     assert not costs.worth_trying()
+    costs = SolveCosts(fresh_s=1.0, cg_iteration_s=0.22, needed=4)  # 0.88 of a factorization
+    assert costs.worth_trying() and costs.budget() == 4
+    assert not SolveCosts(fresh_s=1.0, cg_iteration_s=0.01, needed=11).worth_trying()  # beyond the cap
     assert SolveCosts(fresh_s=1.0, cg_iteration_s=2.0).budget() == 0
 
 
@@ -615,8 +618,13 @@ def test_cholmod_mode_is_validated():
         CholmodSolver(problem.objective, mode="fast")
 
 
-def test_scipy_products_equal_the_torch_ones():
-    """Without autograd on CPU, Aᵀu and A v run on SciPy; with it, on torch: same values."""
+@pytest.mark.parametrize("compiled", [True, False])
+def test_scipy_products_equal_the_torch_ones(compiled, monkeypatch):
+    """Without autograd on CPU, Aᵀu runs compiled (float64) or on SciPy, and A v on SciPy; with
+    autograd, on torch: same values."""
+    from posegraph import native
+
+    monkeypatch.setattr(native, "ENABLED", compiled)
     opt, lin = linearized_cholmod("SE3", n=7, seed=8)
     u = torch.randn(1, lin.num_rows)
     v = torch.randn(1, lin.num_cols)
@@ -630,6 +638,8 @@ def test_scipy_products_equal_the_torch_ones():
     assert lin.Atv(u, a_grad).requires_grad
     dense = torch.as_tensor(lin.A_scipy().toarray())
     torch.testing.assert_close(atu[0], dense.T @ u[0], rtol=1e-12, atol=1e-12)
+    with torch.no_grad():  # a batch of right-hand sides against one A
+        torch.testing.assert_close(lin.Atv(torch.cat([u, 2 * u])), torch.cat([atu, 2 * atu]), rtol=1e-12, atol=1e-12)
 
 
 def test_product_matrices_are_reused_with_new_values():

@@ -140,11 +140,13 @@ class PerProblemConvergence:
 
     _rejections: Optional[Any] = None  # consecutive rejections per problem (NumPy or torch)
     _frozen: Optional[torch.Tensor] = None
+    _last_check: Optional[Tuple[Any, ...]] = None  # (err, last_err, rejections, result)
 
     def reset(self, **kwargs) -> None:
         super().reset(**kwargs)  # type: ignore[misc]
         self._rejections = None
         self._frozen = None
+        self._last_check = None
 
     def _step(self, delta, previous_err, converged_indices, force_update, delta_forced_to_gn, **kwargs):
         self._frozen = None if force_update else converged_indices
@@ -163,6 +165,10 @@ class PerProblemConvergence:
 
     @torch.no_grad()
     def _check_convergence(self, err: torch.Tensor, last_err: torch.Tensor) -> torch.Tensor:
+        # Theseus asks twice per iteration with the same tensors (in _update_info and after it)
+        last = self._last_check
+        if last is not None and last[0] is err and last[1] is last_err and last[2] is self._rejections:
+            return last[3]
         params = self.params  # type: ignore[attr-defined]
         xp, (err_a, last_a) = _arrays(err, last_err)
         with _quiet(xp):
@@ -170,7 +176,9 @@ class PerProblemConvergence:
                 xp, err_a, last_a, params.rel_err_tolerance, params.abs_err_tolerance,
                 self._rejections, self._MAX_ALL_REJECT_ATTEMPTS,  # type: ignore[attr-defined]
             )
-        return _tensor(converged, err)
+        result = _tensor(converged, err)
+        self._last_check = (err, last_err, self._rejections, result)
+        return result
 
 
 class GaussNewton(PerProblemConvergence, th.GaussNewton):

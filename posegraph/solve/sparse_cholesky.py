@@ -121,10 +121,15 @@ class SolveCosts:
         return min(cap, int(self.fresh_s / self.cg_iteration_s))
 
     def worth_trying(self, cap: int = CG_MAX_ITERATIONS) -> bool:
-        """Whether an attempt converging as fast as the last one would cost less than a
-        factorization and its solve (strictly: at equal cost nothing is gained, and the
-        timings are noisy)."""
-        return self.needed < self.budget(cap)
+        """Whether an attempt converging as fast as the last one — ``needed`` iterations, at
+        most ``cap`` — would cost less than a factorization and its solve (strictly: at equal
+        cost nothing is gained, and the timings are noisy). Such an attempt fits in
+        :meth:`budget`."""
+        if self.needed > cap:
+            return False
+        if self.fresh_s is None or self.cg_iteration_s is None:
+            return self.needed < cap
+        return self.needed * self.cg_iteration_s < self.fresh_s
 
 
 def _dot(a: np.ndarray, b: np.ndarray) -> float:
