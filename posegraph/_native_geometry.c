@@ -18,6 +18,7 @@
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
 #include <math.h>
+#include <stdint.h>
 
 /* Thresholds: posegraph.geometry.SMALL_ANGLE, SMALL_ANGLE_GAMMA and NEAR_PI for float64. */
 #define SMALL_ANGLE 1e-2
@@ -348,6 +349,50 @@ static void matmul_all(const double *a, const double *b, double *out, Py_ssize_t
 }
 
 /* ---------------------------------------------------------------------------------------- */
+/* Between edges with a full information weight, fused (posegraph.costs.BetweenEdges)     */
+/* ---------------------------------------------------------------------------------------- */
+
+/* The group of a fused between kernel: element size, tangent size, logarithm scalars. */
+typedef struct {
+    Py_ssize_t element, dof, scalars;
+} Group;
+
+static const Group SE3_GROUP = {12, 6, 5}, SE2_GROUP = {4, 3, 1};
+
+/* Edge k's e = Log(Z^-1 Xi^-1 Xj) with rel and the scalars (the *_between_log_parts_one above),
+   and W e (matmul_one, as block_matmul sums it). */
+static void between_weighted_error_one(int se3, const double *xi, const double *xj, const double *z,
+                                       const double *w, double *err, double *rel, double *scalars[5],
+                                       Py_ssize_t k, double *werr) {
+    if (se3) {
+        se3_between_log_parts_one(xi, xj, z, err, rel, scalars, k);
+        matmul_one(w, err, werr, 6, 6, 1);
+    } else {
+        se2_between_log_parts_one(xi, xj, z, err, rel, scalars[0] + k);
+        matmul_one(w, err, werr, 3, 3, 1);
+    }
+}
+
+/* Edge k's weighted Jacobians: out_j = W J_r^-1(e), out_i = -out_j Ad(rel^-1) (the jr_inv,
+   block product and adjoint product above, in that order). */
+static void between_weighted_jacobians_one(int se3, const double *err, double *scalars[5], Py_ssize_t k,
+                                           const double *rel, const double *w, double *out_i,
+                                           double *out_j) {
+    double jac[36];
+    Py_ssize_t d = se3 ? 6 : 3;
+    if (se3) {
+        se3_jr_inv_one(err, scalars[0][k], scalars[1][k], scalars[2][k], scalars[3][k], scalars[4][k], jac);
+        matmul_one(w, jac, out_j, 6, 6, 6);
+        se3_mul_adjoint_inverse_one(out_j, rel, 6, out_i);
+    } else {
+        se2_jr_inv_one(err, scalars[0][k], jac);
+        matmul_one(w, jac, out_j, 3, 3, 3);
+        se2_mul_adjoint_inverse_one(out_j, rel, 3, out_i);
+    }
+    for (Py_ssize_t e = 0; e < d * d; e++) out_i[e] = -out_i[e];
+}
+
+/* ---------------------------------------------------------------------------------------- */
 /* Python bindings                                                                          */
 /* ---------------------------------------------------------------------------------------- */
 
@@ -525,6 +570,75 @@ static PyObject *py_block_matmul(PyObject *self, PyObject *args) {
     Py_RETURN_NONE;
 }
 
+/* between_weighted_error(se3, poses, ends_i, ends_j, z, w, err, rel, scalars, werr):
+   poses (N, element), ends (E,) int64 element indices, z (E, element), w (E, dof, dof),
+   err (E, dof), rel (E, element), scalars (count, E), werr (E, dof). */
+static PyObject *py_between_weighted_error(PyObject *self, PyObject *args) {
+    int se3;
+    Py_buffer b[9];
+    if (!PyArg_ParseTuple(args, "py*y*y*y*y*w*w*w*w*", &se3, &b[0], &b[1], &b[2], &b[3], &b[4], &b[5], &b[6],
+                          &b[7], &b[8]))
+        return NULL;
+    const Group g = se3 ? SE3_GROUP : SE2_GROUP;
+    const Py_ssize_t n = b[0].len / (g.element * (Py_ssize_t)sizeof(double));
+    const Py_ssize_t edges = b[1].len / (Py_ssize_t)sizeof(int64_t);
+    int ok = check_len(&b[0], g.element * n, "poses") && check_len(&b[3], g.element * edges, "z") &&
+             check_len(&b[4], g.dof * g.dof * edges, "w") && check_len(&b[5], g.dof * edges, "err") &&
+             check_len(&b[6], g.element * edges, "rel") && check_len(&b[7], g.scalars * edges, "scalars") &&
+             check_len(&b[8], g.dof * edges, "werr");
+    if (ok && b[2].len != b[1].len) {
+        PyErr_SetString(PyExc_ValueError, "ends_j: expected as many entries as ends_i");
+        ok = 0;
+    }
+    const int64_t *ei = (const int64_t *)b[1].buf, *ej = (const int64_t *)b[2].buf;
+    for (Py_ssize_t k = 0; ok && k < edges; k++)
+        if ((uint64_t)ei[k] >= (uint64_t)n || (uint64_t)ej[k] >= (uint64_t)n) {
+            PyErr_SetString(PyExc_ValueError, "ends_i, ends_j: expected element indices < len(poses)");
+            ok = 0;
+        }
+    if (ok) {
+        double *scalars[5];
+        for (Py_ssize_t s = 0; s < g.scalars; s++) scalars[s] = D(b[7]) + s * edges;
+        const double *x = D(b[0]);
+        Py_BEGIN_ALLOW_THREADS
+        for (Py_ssize_t k = 0; k < edges; k++)
+            between_weighted_error_one(se3, x + g.element * ei[k], x + g.element * ej[k], D(b[3]) + g.element * k,
+                                       D(b[4]) + g.dof * g.dof * k, D(b[5]) + g.dof * k, D(b[6]) + g.element * k,
+                                       scalars, k, D(b[8]) + g.dof * k);
+        Py_END_ALLOW_THREADS
+    }
+    release(b, 9);
+    if (!ok) return NULL;
+    Py_RETURN_NONE;
+}
+
+/* between_weighted_jacobians(se3, err, scalars, rel, w, out_i, out_j): err (E, dof),
+   scalars (count, E), rel (E, element), w (E, dof, dof), out_i and out_j (E, dof, dof). */
+static PyObject *py_between_weighted_jacobians(PyObject *self, PyObject *args) {
+    int se3;
+    Py_buffer b[6];
+    if (!PyArg_ParseTuple(args, "py*y*y*y*w*w*", &se3, &b[0], &b[1], &b[2], &b[3], &b[4], &b[5])) return NULL;
+    const Group g = se3 ? SE3_GROUP : SE2_GROUP;
+    const Py_ssize_t edges = b[0].len / (g.dof * (Py_ssize_t)sizeof(double));
+    const Py_ssize_t block = g.dof * g.dof * edges;
+    int ok = check_len(&b[0], g.dof * edges, "err") && check_len(&b[1], g.scalars * edges, "scalars") &&
+             check_len(&b[2], g.element * edges, "rel") && check_len(&b[3], block, "w") &&
+             check_len(&b[4], block, "out_i") && check_len(&b[5], block, "out_j");
+    if (ok) {
+        double *scalars[5];
+        for (Py_ssize_t s = 0; s < g.scalars; s++) scalars[s] = D(b[1]) + s * edges;
+        Py_BEGIN_ALLOW_THREADS
+        for (Py_ssize_t k = 0; k < edges; k++)
+            between_weighted_jacobians_one(se3, D(b[0]) + g.dof * k, scalars, k, D(b[2]) + g.element * k,
+                                           D(b[3]) + g.dof * g.dof * k, D(b[4]) + g.dof * g.dof * k,
+                                           D(b[5]) + g.dof * g.dof * k);
+        Py_END_ALLOW_THREADS
+    }
+    release(b, 6);
+    if (!ok) return NULL;
+    Py_RETURN_NONE;
+}
+
 static PyMethodDef methods[] = {
     {"se3_between_log_parts", py_se3_between_log_parts, METH_VARARGS,
      "se3_between_log_parts(xi, xj, z, err, rel, theta2, sin, cos, alpha, beta)"},
@@ -539,6 +653,10 @@ static PyMethodDef methods[] = {
      "se2_mul_adjoint_inverse(m, rel, k, out)"},
     {"se2_retract", py_se2_retract, METH_VARARGS, "se2_retract(x, delta, out)"},
     {"block_matmul", py_block_matmul, METH_VARARGS, "block_matmul(a, b, m, k, n, out)"},
+    {"between_weighted_error", py_between_weighted_error, METH_VARARGS,
+     "between_weighted_error(se3, poses, ends_i, ends_j, z, w, err, rel, scalars, werr)"},
+    {"between_weighted_jacobians", py_between_weighted_jacobians, METH_VARARGS,
+     "between_weighted_jacobians(se3, err, scalars, rel, w, out_i, out_j)"},
     {NULL, NULL, 0, NULL},
 };
 

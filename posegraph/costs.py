@@ -17,9 +17,9 @@ from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple, Union
 import theseus as th
 import torch
 
-from . import geometry
+from . import geometry, native
 from .variables import ManifoldArray
-from .weights import BlockCostWeight, LinearBlockWeight
+from .weights import BlockCostWeight, FullInformationWeight, LinearBlockWeight
 
 
 @dataclass(frozen=True)
@@ -298,7 +298,33 @@ class BetweenEdges(BlockSparseCostFunction):
         return self._log_parts(kernels).err
 
     def weighted_block_error(self) -> torch.Tensor:
-        return self._weighted(self.block_error())
+        w = self._fused_weight()
+        if w is None:
+            return self._weighted(self.block_error())
+        key = (self.poses.tensor, self.measurements.tensor, self.edges)
+        parts = self.log_cache.get(key)
+        if parts is not None:
+            return self._weighted(parts.err)
+        err, rel, scalars, werr = native.between_weighted_error(
+            self.poses.tensor, *self._ends, self.measurements.tensor, w, self.poses.element_shape
+        )
+        self.log_cache.put(key, geometry.BetweenLogParts(err, rel, scalars), outputs=(err,))
+        self.weighted_cache.put((err, w), werr, outputs=(werr,))
+        return werr
+
+    def _fused_weight(self) -> Optional[torch.Tensor]:
+        """``W`` when the fused compiled kernels apply (:func:`posegraph.native.between_weighted_error`
+        and ``between_weighted_jacobians``: the logarithm with ``W e``, and ``J_r⁻¹`` with its
+        weighting and adjoint product, each in one pass): SE(3) or SE(2) poses, a
+        ``FullInformationWeight`` with one ``W`` per edge, one graph (batch size 1
+        throughout), float64 CPU tensors with no gradient to record."""
+        weight = self.weight
+        if type(weight) is not FullInformationWeight or self.poses.element_cls not in _BETWEEN_KERNELS:
+            return None
+        x, z, w = self.poses.tensor, self.measurements.tensor, weight.sqrt_information.tensor
+        if x.shape[0] != 1 or z.shape[0] != 1 or w.shape[:2] != (1, self.num_blocks):
+            return None
+        return w if native.applies([x, z, w]) else None
 
     def _weighted(self, err: torch.Tensor) -> torch.Tensor:
         """``W e`` for the block error ``err``, from :attr:`weighted_cache` when ``err`` (see
@@ -332,6 +358,10 @@ class BetweenEdges(BlockSparseCostFunction):
         if kernels is None:
             return super().weighted_block_jacobians_error()
         parts = self._log_parts(kernels)
+        w = self._fused_weight()
+        if w is not None:
+            j_i, j_j = native.between_weighted_jacobians(parts.err, parts.log_scalars, parts.rel, w)
+            return [j_i, j_j], self._weighted(parts.err)
         weight: BlockCostWeight = self.weight
         if isinstance(weight, LinearBlockWeight):  # W e as the error evaluation left it
             w_j, werr = weight.weight_block_jacobians(kernels.jacobian(parts), self._rows), self._weighted(parts.err)

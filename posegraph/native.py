@@ -151,6 +151,41 @@ def retract(x: Tensor, delta: Tensor) -> Tensor:
     return out
 
 
+def between_weighted_error(
+    poses: Tensor, ends_i: Tensor, ends_j: Tensor, z: Tensor, w: Tensor, element: Tuple[int, ...]
+) -> Tuple[Tensor, Tensor, Tuple[Tensor, ...], Tensor]:
+    """``e = Log(Z⁻¹ Xᵢ⁻¹ Xⱼ)`` per edge with what :func:`between_log_parts` returns, and
+    ``W e``, in one pass that gathers the endpoints itself, for one graph: ``poses`` ``(1, N,
+    *element)``, ``ends_i``/``ends_j`` ``(E,)`` element indices, ``z`` ``(1, E, *element)``,
+    ``w`` ``(1, E, d, d)``. Returns ``(e, Xᵢ⁻¹Xⱼ, log scalars, W e)``, shaped as
+    :func:`between_log_parts` and the weight return them, with the same values bit for bit."""
+    se3 = element == (3, 4)
+    edges = ends_i.shape[0]
+    poses, z, w, ends_i, ends_j = (t.detach().contiguous() for t in (poses, z, w, ends_i, ends_j))
+    dof = 6 if se3 else 3
+    err, werr = poses.new_empty(1, edges, dof), poses.new_empty(1, edges, dof)
+    rel = poses.new_empty(1, edges, *element)
+    scalars = poses.new_empty(5 if se3 else 1, 1, edges)
+    _lib.between_weighted_error(se3, *(_np(t) for t in (poses, ends_i, ends_j, z, w, err, rel, scalars, werr)))
+    return err, rel, tuple(scalars.unbind(0)), werr
+
+
+def between_weighted_jacobians(
+    err: Tensor, scalars: Sequence[Tensor], rel: Tensor, w: Tensor
+) -> Tuple[Tensor, Tensor]:
+    """``(−W J Ad(rel⁻¹), W J)`` with ``J = J_r⁻¹(e)`` per edge — the weighted between
+    Jacobians ``∂(We)/∂δᵢ`` and ``∂(We)/∂δⱼ`` — in one pass, from ``e`` ``(..., d)``, the log
+    scalars and ``rel`` that :func:`between_log_parts` returns, and ``w`` ``(..., d, d)`` of the
+    same leading shape (the same values as the separate kernels, bit for bit)."""
+    dof = err.shape[-1]
+    lead = err.shape[:-1]
+    packed = torch.stack(list(scalars))
+    err, packed, rel, w = (t.detach().contiguous() for t in (err, packed, rel, w))
+    out_i, out_j = err.new_empty(*lead, dof, dof), err.new_empty(*lead, dof, dof)
+    _lib.between_weighted_jacobians(dof == 6, *(_np(t) for t in (err, packed, rel, w, out_i, out_j)))
+    return out_i, out_j
+
+
 def block_matmul(a: Tensor, b: Tensor) -> Tensor:
     """``a @ b`` for stacks of small matrices, ``(..., m, k)`` times ``(..., k, n)``, broadcast
     over the leading dimensions."""

@@ -78,7 +78,9 @@ def test_batch_equals_each_alone(solver):
     far = 2.0 if solver == "lm" else 0.3  # far start: LM rejects 5 steps, then stalls; GN: nearer
     gen = torch.Generator().manual_seed(0)
     g.poses[3] = th.SE3(tensor=g.poses[3]).compose(th.SE3.exp_map(far * torch.randn(7, 6, generator=gen, dtype=F64))).tensor
-    layer = PoseGraphLayer(g, options=options(solver=solver))
+    # A fixed CG limit: with the measured one (timings), whether a solve reuses the last factor
+    # — exact only to the CG tolerance — may differ between the batch and a problem alone.
+    layer = PoseGraphLayer(g, options=options(solver=solver, cg_max_iterations=10))
     out, info = layer(g.poses, g.measurements, g.information)
     assert info.converged
     for b in range(5):

@@ -74,3 +74,77 @@ def test_run_without_compiled_loops_gives_the_same_result(name, monkeypatch):
     (it_a, err_a, x_a), (it_b, err_b, x_b) = results
     assert it_a == it_b and err_a == pytest.approx(err_b, rel=1e-9)
     torch.testing.assert_close(x_a, x_b, rtol=1e-8, atol=1e-9)
+
+
+def _fused_case(kind: str):
+    """Poses, edges, measurements and weights whose ``Z⁻¹Xᵢ⁻¹Xⱼ`` takes every branch of the
+    logarithm (small angle, general, near π: edges from the identity at element 0 with Z = I),
+    plus edges between random poses."""
+    gen = torch.Generator().manual_seed(5)
+    dof = 6 if kind == "SE3" else 3
+    exp = G.se3_exp if kind == "SE3" else G.se2_exp
+    xi = torch.randn(61, dof, dtype=F64, generator=gen)
+    if kind == "SE3":
+        xi[1:21, 3:] *= 1e-4
+        xi[21:41, 3:] *= 3.141592653589793 * (1 - 1e-9) / xi[21:41, 3:].norm(dim=-1, keepdim=True)
+    else:
+        xi[1:21, 2] *= 1e-5
+    xi[0] = 0.0
+    poses = exp(xi)
+    ends_i = torch.cat([torch.zeros(60, dtype=torch.long), torch.randint(0, 61, (40,), generator=gen)])
+    ends_j = torch.cat([torch.arange(1, 61), torch.randint(0, 61, (40,), generator=gen)])
+    z = torch.cat([exp(torch.zeros(60, dof, dtype=F64)), exp(0.3 * torch.randn(40, dof, dtype=F64, generator=gen))])
+    w = torch.randn(100, dof, dof, dtype=F64, generator=gen)
+    return poses, ends_i, ends_j, z, w, ((3, 4) if kind == "SE3" else (4,))
+
+
+@pytest.mark.parametrize("kind", ["SE3", "SE2"])
+def test_fused_between_kernels_equal_the_separate_ones_bitwise(compiled, kind):
+    """The fused error (logarithm with ``W e``, endpoints gathered in C) and the fused weighted
+    Jacobians give exactly the separate kernels' values."""
+    poses, ends_i, ends_j, z, w, element = _fused_case(kind)
+    err, rel, scalars, werr = native.between_weighted_error(poses[None], ends_i, ends_j, z[None], w[None], element)
+    s_err, s_rel, s_scalars = native.between_log_parts(poses[ends_i][None], poses[ends_j][None], z[None], element)
+    assert torch.equal(err, s_err) and torch.equal(rel, s_rel)
+    assert len(scalars) == len(s_scalars) and all(torch.equal(a, b) for a, b in zip(scalars, s_scalars))
+    assert torch.equal(werr, native.block_matmul(w[None], err.unsqueeze(-1)).squeeze(-1))
+    j_i, j_j = native.between_weighted_jacobians(err, scalars, rel, w[None])
+    wj = native.block_matmul(w[None], native.right_jacobian_inv(err, scalars))
+    assert torch.equal(j_j, wj) and torch.equal(j_i, -native.mul_adjoint_inverse(wj, rel))
+    assert j_i.shape == j_j.shape == (1, 100, w.shape[-1], w.shape[-1])
+
+
+def test_fused_between_error_checks_indices_and_lengths(compiled):
+    poses, ends_i, ends_j, z, w, element = _fused_case("SE3")
+    with pytest.raises(ValueError, match="expected element indices < len"):
+        native.between_weighted_error(poses[None], ends_i, ends_j + 1, z[None], w[None], element)
+    with pytest.raises(ValueError, match="w: expected 3600 float64 values"):
+        native.between_weighted_error(poses[None], ends_i, ends_j, z[None], w[None, :-1], element)
+
+
+def test_between_edges_take_the_fused_kernels_where_they_apply(compiled, monkeypatch):
+    """One graph with full information weights in float64 without gradients: one call for the
+    error and one for the weighted Jacobians; the same values as the separate kernels."""
+    from posegraph import costs
+
+    g = pg.initialize(pg.read_g2o(DATA / "sphere_se3.g2o"))
+    problem = pg.build_problem(g)
+    cost = problem.between
+    calls = []
+    real = native._lib
+    monkeypatch.setattr(native, "_lib", type("Spy", (), {"__getattr__": lambda self, n: (calls.append(n), getattr(real, n))[1]})())
+    with torch.no_grad():
+        werr = cost.weighted_block_error()
+        jacs, werr2 = cost.weighted_block_jacobians_error()
+        assert calls == ["between_weighted_error", "between_weighted_jacobians"] and werr2 is werr
+        calls.clear()
+        monkeypatch.setattr(costs.BetweenEdges, "_fused_weight", lambda self: None)
+        cost.log_cache.clear()
+        cost.weighted_cache.clear()
+        assert torch.equal(cost.weighted_block_error(), werr)
+        assert all(torch.equal(a, b) for a, b in zip(cost.weighted_block_jacobians_error()[0], jacs))
+        assert "between_weighted_error" not in calls and "se3_between_log_parts" in calls
+    poses = cost.poses.tensor
+    cost.poses.update(poses.expand(2, *poses.shape[1:]).clone())  # two graphs: not fused
+    monkeypatch.undo()
+    assert cost._fused_weight() is None

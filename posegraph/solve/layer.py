@@ -20,8 +20,9 @@ differentiation), ``"truncated"`` (the last k iterations differentiated) or ``"u
 
 In a batch, each problem stops changing once it has converged
 (:class:`~posegraph.solve.optimize.PerProblemConvergence`), so a batched call returns what
-solving each graph alone returns; in implicit / truncated mode every problem then takes the
-differentiated step(s), as in Theseus.
+solving each graph alone returns (exactly with a fixed ``SolverOptions.cg_max_iterations``; with
+the measured default, the CPU solver's choice to reuse its last factor depends on timings); in
+implicit / truncated mode every problem then takes the differentiated step(s), as in Theseus.
 """
 
 from __future__ import annotations
