@@ -19,6 +19,7 @@
 #include <Python.h>
 #include <math.h>
 #include <stdint.h>
+#include <string.h>
 
 /* Thresholds: posegraph.geometry.SMALL_ANGLE, SMALL_ANGLE_GAMMA and NEAR_PI for float64. */
 #define SMALL_ANGLE 1e-2
@@ -639,6 +640,42 @@ static PyObject *py_between_weighted_jacobians(PyObject *self, PyObject *args) {
     Py_RETURN_NONE;
 }
 
+/* retract_at(se3, x, free, delta, out): out = x, with out[free[k]] = x[free[k]] Exp(delta[k]);
+   x and out (N, element), free (F,) int64 element indices, delta (F, dof). */
+static PyObject *py_retract_at(PyObject *self, PyObject *args) {
+    int se3;
+    Py_buffer b[4];
+    if (!PyArg_ParseTuple(args, "py*y*y*w*", &se3, &b[0], &b[1], &b[2], &b[3])) return NULL;
+    const Group g = se3 ? SE3_GROUP : SE2_GROUP;
+    const Py_ssize_t n = b[0].len / (g.element * (Py_ssize_t)sizeof(double));
+    const Py_ssize_t count = b[1].len / (Py_ssize_t)sizeof(int64_t);
+    const int64_t *free_index = (const int64_t *)b[1].buf;
+    int ok = check_len(&b[0], g.element * n, "x") && check_len(&b[2], g.dof * count, "delta") &&
+             check_len(&b[3], g.element * n, "out");
+    for (Py_ssize_t k = 0; ok && k < count; k++)
+        if ((uint64_t)free_index[k] >= (uint64_t)n) {
+            PyErr_SetString(PyExc_ValueError, "free: expected element indices < len(x)");
+            ok = 0;
+        }
+    if (ok) {
+        const double *x = D(b[0]), *d = D(b[2]);
+        double *out = D(b[3]);
+        Py_BEGIN_ALLOW_THREADS
+        memcpy(out, x, (size_t)(g.element * n) * sizeof(double));
+        for (Py_ssize_t k = 0; k < count; k++) {
+            const Py_ssize_t at = g.element * free_index[k];
+            if (se3)
+                se3_retract_one(x + at, d + 6 * k, out + at);
+            else
+                se2_retract_one(x + at, d + 3 * k, out + at);
+        }
+        Py_END_ALLOW_THREADS
+    }
+    release(b, 4);
+    if (!ok) return NULL;
+    Py_RETURN_NONE;
+}
+
 static PyMethodDef methods[] = {
     {"se3_between_log_parts", py_se3_between_log_parts, METH_VARARGS,
      "se3_between_log_parts(xi, xj, z, err, rel, theta2, sin, cos, alpha, beta)"},
@@ -653,6 +690,7 @@ static PyMethodDef methods[] = {
      "se2_mul_adjoint_inverse(m, rel, k, out)"},
     {"se2_retract", py_se2_retract, METH_VARARGS, "se2_retract(x, delta, out)"},
     {"block_matmul", py_block_matmul, METH_VARARGS, "block_matmul(a, b, m, k, n, out)"},
+    {"retract_at", py_retract_at, METH_VARARGS, "retract_at(se3, x, free, delta, out)"},
     {"between_weighted_error", py_between_weighted_error, METH_VARARGS,
      "between_weighted_error(se3, poses, ends_i, ends_j, z, w, err, rel, scalars, werr)"},
     {"between_weighted_jacobians", py_between_weighted_jacobians, METH_VARARGS,

@@ -186,6 +186,18 @@ def between_weighted_jacobians(
     return out_i, out_j
 
 
+def retract_at(x: Tensor, free: Tensor, delta: Tensor) -> Tensor:
+    """``x`` with its elements ``free`` moved to ``X · Exp(δ)``, for one batch element: ``x``
+    ``(1, N, *element)``, ``free`` ``(F,)`` element indices, ``δ`` ``(1, F·dof)`` (SE(3) when
+    elements are ``(3, 4)``, SE(2) with ``(4,)``); the same values as :func:`retract` on the
+    selected elements, bit for bit."""
+    se3 = x.dim() == 4
+    x, free, delta = (t.detach().contiguous() for t in (x, free, delta))
+    out = torch.empty_like(x)
+    _lib.retract_at(se3, _np(x), _np(free), _np(delta), _np(out))
+    return out
+
+
 def block_matmul(a: Tensor, b: Tensor) -> Tensor:
     """``a @ b`` for stacks of small matrices, ``(..., m, k)`` times ``(..., k, n)``, broadcast
     over the leading dimensions."""

@@ -17,7 +17,7 @@ from typing import Dict, List, Optional, Tuple, Type
 import theseus as th
 import torch
 
-from . import geometry
+from . import geometry, native
 
 #: Element kinds a ManifoldArray can hold: (tensor shape of one element, tangent dimension).
 ELEMENT_LAYOUTS: Dict[Type[th.Manifold], Tuple[Tuple[int, ...], int]] = {
@@ -140,8 +140,11 @@ class ManifoldArray(th.Manifold):
 
     def _retract_impl(self, delta: torch.Tensor) -> "ManifoldArray":
         batch = max(self.tensor.shape[0], delta.shape[0])
-        d = delta.expand(batch, -1).reshape(batch * self.num_free, self.element_dof)
         retract = _RETRACTIONS.get(self.element_cls)
+        if batch == 1 and retract is not None and native.applies([self.tensor, delta]):
+            # one compiled pass: copy, and move the free elements (same values as below)
+            return self._holding(native.retract_at(self.tensor, self.free_index, delta))
+        d = delta.expand(batch, -1).reshape(batch * self.num_free, self.element_dof)
         if retract is not None:  # hand-written X·Exp(δ), same result as the class's retract
             moved = retract(self._free_flat(batch), d)
         else:

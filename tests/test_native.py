@@ -148,3 +148,25 @@ def test_between_edges_take_the_fused_kernels_where_they_apply(compiled, monkeyp
     cost.poses.update(poses.expand(2, *poses.shape[1:]).clone())  # two graphs: not fused
     monkeypatch.undo()
     assert cost._fused_weight() is None
+
+
+@pytest.mark.parametrize("kind", ["SE3", "SE2"])
+def test_retract_at_moves_only_the_free_elements(compiled, kind):
+    """One pass: a copy of the elements with the free ones retracted, bit for bit as
+    :func:`native.retract`; ``ManifoldArray.retract`` takes it for one batch element."""
+    from posegraph.variables import ManifoldArray
+
+    gen = torch.Generator().manual_seed(7)
+    dof, exp, cls = (6, G.se3_exp, pg.graph.POSE_KINDS["SE3"][0]) if kind == "SE3" else (3, G.se2_exp, pg.graph.POSE_KINDS["SE2"][0])
+    x = exp(torch.randn(1, 9, dof, dtype=F64, generator=gen))
+    fixed = torch.tensor([True, False, False, True, False, False, False, True, False])
+    free = torch.nonzero(~fixed).flatten()
+    delta = 0.3 * torch.randn(1, len(free) * dof, dtype=F64, generator=gen)
+    out = native.retract_at(x, free, delta)
+    expected = x.clone()
+    expected[0, free] = native.retract(x[0, free], delta.reshape(len(free), dof))
+    assert torch.equal(out, expected)
+    moved = ManifoldArray(x, cls, fixed, name="x").retract(delta)
+    assert torch.equal(moved.tensor, expected) and torch.equal(moved.fixed, fixed)
+    with pytest.raises(ValueError, match="free: expected element indices < len"):
+        native.retract_at(x, free + 3, delta)
