@@ -9,6 +9,12 @@
  * the work of an element in registers. posegraph.geometry decides when this route is taken
  * (float64 CPU tensors with no gradient to record) and tests compare it with the array route.
  *
+ * Besides, stacked small matrix products (posegraph.geometry.small_matmul), and for one graph the
+ * fused between-edge kernels of posegraph.costs.BetweenEdges (the logarithm with W e; J_r^-1
+ * with its weighting and adjoint product) and the retraction of its free elements: the same
+ * per-element functions called in one loop, so their values are the separate kernels', bit for
+ * bit.
+ *
  * Layouts (row-major, contiguous): SE(3) element [R | t] as 12 doubles, tangent (rho, omega) as
  * 6; SE(2) element (x, y, cos, sin) as 4, tangent (x, y, theta) as 3.
  *
