@@ -229,7 +229,10 @@ class BetweenEdges(BlockSparseCostFunction):
     terms) is kept in :attr:`log_cache`, keyed by the pose, measurement and edge tensors: an
     LM step evaluates the error at ``x + δ`` and, once accepted, linearizes at that same
     point, so the linearization reuses it (and an error evaluation after a linearization
-    reuses the linearization's).
+    reuses the linearization's); the weighted error of a linear weight is kept beside it
+    (:attr:`weighted_cache`). For one graph with a ``FullInformationWeight`` in float64 on CPU,
+    the weighted error and the weighted Jacobians each come from one fused compiled call
+    (:mod:`posegraph.native`), with the separate kernels' values bit for bit.
 
     Args:
         poses: the packed poses (``th.SE3`` or ``th.SE2`` elements).

@@ -25,7 +25,6 @@ from dataclasses import dataclass
 from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple, Type, Union
 
 import numpy as np
-import scipy.sparse as sp
 import theseus as th
 import torch
 from theseus.optimizer import Linearization
