@@ -163,8 +163,8 @@ class PerProblemConvergence:
         frozen = None if self._frozen is None else _arrays(self._frozen)[1][0]
         self._rejections = count_rejections(xp, reject, self._rejections, frozen)
 
-    @torch.no_grad()
     def _check_convergence(self, err: torch.Tensor, last_err: torch.Tensor) -> torch.Tensor:
+        # (no autograd: the inputs are detached, _arrays)
         # Theseus asks twice per iteration with the same tensors (in _update_info and after it)
         last = self._last_check
         if last is not None and last[0] is err and last[1] is last_err and last[2] is self._rejections:
