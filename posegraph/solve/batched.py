@@ -47,7 +47,9 @@ def _damping_column(damping: DampingType, like: torch.Tensor) -> torch.Tensor:
     """Damping as a ``(B, 1)`` (or ``(1, 1)``) tensor of ``like``'s dtype/device, no grad."""
     if damping is None:
         damping = 0.0
-    lam = torch.as_tensor(damping).detach().to(dtype=like.dtype, device=like.device)
+    lam = damping.detach() if isinstance(damping, torch.Tensor) else torch.as_tensor(damping)
+    if lam.dtype != like.dtype or lam.device != like.device:
+        lam = lam.to(dtype=like.dtype, device=like.device)
     return lam.reshape(-1, 1)
 
 
