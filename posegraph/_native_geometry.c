@@ -413,6 +413,16 @@ static int check_len(const Py_buffer *b, Py_ssize_t count, const char *name) {
     return 1;
 }
 
+/* Checks that the `count` indices `idx` are in [0, n); sets a ValueError with `message` otherwise. */
+static int indices_below(const int64_t *idx, Py_ssize_t count, Py_ssize_t n, const char *message) {
+    for (Py_ssize_t k = 0; k < count; k++)
+        if ((uint64_t)idx[k] >= (uint64_t)n) {
+            PyErr_SetString(PyExc_ValueError, message);
+            return 0;
+        }
+    return 1;
+}
+
 static void release(Py_buffer *bufs, int count) {
     for (int i = 0; i < count; i++) PyBuffer_Release(&bufs[i]);
 }
@@ -598,11 +608,8 @@ static PyObject *py_between_weighted_error(PyObject *self, PyObject *args) {
         ok = 0;
     }
     const int64_t *ei = (const int64_t *)b[1].buf, *ej = (const int64_t *)b[2].buf;
-    for (Py_ssize_t k = 0; ok && k < edges; k++)
-        if ((uint64_t)ei[k] >= (uint64_t)n || (uint64_t)ej[k] >= (uint64_t)n) {
-            PyErr_SetString(PyExc_ValueError, "ends_i, ends_j: expected element indices < len(poses)");
-            ok = 0;
-        }
+    const char *ends = "ends_i, ends_j: expected element indices < len(poses)";
+    ok = ok && indices_below(ei, edges, n, ends) && indices_below(ej, edges, n, ends);
     if (ok) {
         double *scalars[5];
         for (Py_ssize_t s = 0; s < g.scalars; s++) scalars[s] = D(b[7]) + s * edges;
@@ -657,12 +664,8 @@ static PyObject *py_retract_at(PyObject *self, PyObject *args) {
     const Py_ssize_t count = b[1].len / (Py_ssize_t)sizeof(int64_t);
     const int64_t *free_index = (const int64_t *)b[1].buf;
     int ok = check_len(&b[0], g.element * n, "x") && check_len(&b[2], g.dof * count, "delta") &&
-             check_len(&b[3], g.element * n, "out");
-    for (Py_ssize_t k = 0; ok && k < count; k++)
-        if ((uint64_t)free_index[k] >= (uint64_t)n) {
-            PyErr_SetString(PyExc_ValueError, "free: expected element indices < len(x)");
-            ok = 0;
-        }
+             check_len(&b[3], g.element * n, "out") &&
+             indices_below(free_index, count, n, "free: expected element indices < len(x)");
     if (ok) {
         const double *x = D(b[0]), *d = D(b[2]);
         double *out = D(b[3]);

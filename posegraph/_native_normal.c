@@ -75,97 +75,48 @@ static PyObject *py_gram_scatter(PyObject *self, PyObject *args) {
     Py_RETURN_NONE;
 }
 
-/* normal_matvec(indptr, indices, data, p, beta, out):
-   out = (A^T A + beta I) p for A in CSR (len(indptr) - 1 rows, len(p) columns). */
-static PyObject *py_normal_matvec(PyObject *self, PyObject *args) {
-    Py_buffer ptr, ind, data, p, out;
+/* row_products(indptr, indices, data, x, beta, normal, out), A in CSR with len(indptr) - 1 rows
+   and len(out) columns: one pass over A's rows adds each row's weight w_r back along the row,
+   out = beta x + sum_r w_r A[r, :] (normal), or sum_r w_r A[r, :] (else).
+   normal: x = p (len(out) values), w_r = A[r, :] . p, so out = (A^T A + beta I) p;
+   else:   x = v (one value per row), w_r = v[r], so out = A^T v. */
+static PyObject *py_row_products(PyObject *self, PyObject *args) {
+    Py_buffer ptr, ind, data, x, out;
     double beta;
-    if (!PyArg_ParseTuple(args, "y*y*y*y*dw*", &ptr, &ind, &data, &p, &beta, &out)) return NULL;
-    const Py_ssize_t rows = ptr.len / (Py_ssize_t)sizeof(int64_t) - 1;
-    const Py_ssize_t nnz = data.len / (Py_ssize_t)sizeof(double);
-    const Py_ssize_t n = p.len / (Py_ssize_t)sizeof(double);
-    const int64_t *rp = (const int64_t *)ptr.buf, *ci = (const int64_t *)ind.buf;
-    const double *av = (const double *)data.buf, *pv = (const double *)p.buf;
-    double *ov = (double *)out.buf;
-    const char *problem = NULL;
-    if (rows < 0 || rp[0] != 0)
-        problem = "indptr: expected at least one entry, the first 0";
-    else if (ind.len != nnz * (Py_ssize_t)sizeof(int64_t))
-        problem = "indices: expected as many entries as data";
-    else if (out.len != p.len)
-        problem = "out: expected as many values as p";
-    if (!problem) {
-        int bad = 0; /* checked as it goes: out is scratch the caller drops on error */
-        Py_BEGIN_ALLOW_THREADS
-        for (Py_ssize_t c = 0; c < n; c++) ov[c] = beta * pv[c];
-        for (Py_ssize_t r = 0; r < rows && !bad; r++) {
-            const int64_t start = rp[r], stop = rp[r + 1];
-            if (start > stop || stop > nnz) {
-                bad = 1;
-                break;
-            }
-            double dot = 0.0;
-            for (int64_t e = start; e < stop; e++) {
-                if ((uint64_t)ci[e] >= (uint64_t)n) {
-                    bad = 2;
-                    break;
-                }
-                dot += av[e] * pv[ci[e]];
-            }
-            if (bad) break;
-            for (int64_t e = start; e < stop; e++) ov[ci[e]] += av[e] * dot;
-        }
-        Py_END_ALLOW_THREADS
-        if (bad == 1) problem = "indptr: expected non-decreasing offsets inside data";
-        if (bad == 2) problem = "indices: expected columns < len(p)";
-    }
-    PyBuffer_Release(&ptr);
-    PyBuffer_Release(&ind);
-    PyBuffer_Release(&data);
-    PyBuffer_Release(&p);
-    PyBuffer_Release(&out);
-    if (problem) {
-        PyErr_SetString(PyExc_ValueError, problem);
-        return NULL;
-    }
-    Py_RETURN_NONE;
-}
-
-/* transpose_matvec(indptr, indices, data, v, out): out = A^T v for A in CSR
-   (len(indptr) - 1 rows = len(v), len(out) columns). */
-static PyObject *py_transpose_matvec(PyObject *self, PyObject *args) {
-    Py_buffer ptr, ind, data, v, out;
-    if (!PyArg_ParseTuple(args, "y*y*y*y*w*", &ptr, &ind, &data, &v, &out)) return NULL;
+    int normal;
+    if (!PyArg_ParseTuple(args, "y*y*y*y*dpw*", &ptr, &ind, &data, &x, &beta, &normal, &out)) return NULL;
     const Py_ssize_t rows = ptr.len / (Py_ssize_t)sizeof(int64_t) - 1;
     const Py_ssize_t nnz = data.len / (Py_ssize_t)sizeof(double);
     const Py_ssize_t n = out.len / (Py_ssize_t)sizeof(double);
     const int64_t *rp = (const int64_t *)ptr.buf, *ci = (const int64_t *)ind.buf;
-    const double *av = (const double *)data.buf, *vv = (const double *)v.buf;
+    const double *av = (const double *)data.buf, *xv = (const double *)x.buf;
     double *ov = (double *)out.buf;
     const char *problem = NULL;
     if (rows < 0 || rp[0] != 0)
         problem = "indptr: expected at least one entry, the first 0";
     else if (ind.len != nnz * (Py_ssize_t)sizeof(int64_t))
         problem = "indices: expected as many entries as data";
-    else if (v.len != rows * (Py_ssize_t)sizeof(double))
+    else if (normal && out.len != x.len)
+        problem = "out: expected as many values as p";
+    else if (!normal && x.len != rows * (Py_ssize_t)sizeof(double))
         problem = "v: expected one value per row (len(indptr) - 1)";
     if (!problem) {
         int bad = 0; /* checked as it goes: out is scratch the caller drops on error */
         Py_BEGIN_ALLOW_THREADS
-        for (Py_ssize_t c = 0; c < n; c++) ov[c] = 0.0;
+        for (Py_ssize_t c = 0; c < n; c++) ov[c] = normal ? beta * xv[c] : 0.0;
         for (Py_ssize_t r = 0; r < rows && !bad; r++) {
             const int64_t start = rp[r], stop = rp[r + 1];
             if (start > stop || stop > nnz) {
                 bad = 1;
                 break;
             }
-            for (int64_t e = start; e < stop; e++) {
-                if ((uint64_t)ci[e] >= (uint64_t)n) {
-                    bad = 2;
-                    break;
-                }
-                ov[ci[e]] += av[e] * vv[r];
-            }
+            for (int64_t e = start; e < stop; e++)
+                if ((uint64_t)ci[e] >= (uint64_t)n) bad = 2;
+            if (bad) break;
+            double weight = normal ? 0.0 : xv[r];
+            if (normal)
+                for (int64_t e = start; e < stop; e++) weight += av[e] * xv[ci[e]];
+            for (int64_t e = start; e < stop; e++) ov[ci[e]] += av[e] * weight;
         }
         Py_END_ALLOW_THREADS
         if (bad == 1) problem = "indptr: expected non-decreasing offsets inside data";
@@ -174,7 +125,7 @@ static PyObject *py_transpose_matvec(PyObject *self, PyObject *args) {
     PyBuffer_Release(&ptr);
     PyBuffer_Release(&ind);
     PyBuffer_Release(&data);
-    PyBuffer_Release(&v);
+    PyBuffer_Release(&x);
     PyBuffer_Release(&out);
     if (problem) {
         PyErr_SetString(PyExc_ValueError, problem);
@@ -185,8 +136,7 @@ static PyObject *py_transpose_matvec(PyObject *self, PyObject *args) {
 
 static PyMethodDef methods[] = {
     {"gram_scatter", py_gram_scatter, METH_VARARGS, "gram_scatter(a, start, ia, ib, slots, d, W, out)"},
-    {"normal_matvec", py_normal_matvec, METH_VARARGS, "normal_matvec(indptr, indices, data, p, beta, out)"},
-    {"transpose_matvec", py_transpose_matvec, METH_VARARGS, "transpose_matvec(indptr, indices, data, v, out)"},
+    {"row_products", py_row_products, METH_VARARGS, "row_products(indptr, indices, data, x, beta, normal, out)"},
     {NULL, NULL, 0, NULL},
 };
 

@@ -284,10 +284,14 @@ class BetweenEdges(BlockSparseCostFunction):
         size = (batch, self.num_blocks, *self.poses.element_shape)
         return xi.expand(size), xj.expand(size), z.expand(size)
 
+    def _log_key(self) -> Tuple[torch.Tensor, ...]:
+        """What the logarithm depends on: the :attr:`log_cache` key."""
+        return (self.poses.tensor, self.measurements.tensor, self.edges)
+
     def _log_parts(self, kernels: _BetweenKernels) -> geometry.BetweenLogParts:
         """``Log(Z⁻¹ Xᵢ⁻¹ Xⱼ)`` with its intermediates, from :attr:`log_cache` when the pose,
         measurement and edge tensors are those of the last evaluation (autograd off)."""
-        key = (self.poses.tensor, self.measurements.tensor, self.edges)
+        key = self._log_key()
         parts = self.log_cache.get(key)
         if parts is None:
             parts = kernels.log_parts(*self._endpoints(self._batch()))
@@ -304,7 +308,7 @@ class BetweenEdges(BlockSparseCostFunction):
         w = self._fused_weight()
         if w is None:
             return self._weighted(self.block_error())
-        key = (self.poses.tensor, self.measurements.tensor, self.edges)
+        key = self._log_key()
         parts = self.log_cache.get(key)
         if parts is not None:
             return self._weighted(parts.err)

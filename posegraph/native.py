@@ -119,9 +119,9 @@ def between_log_parts(
     err = xi.new_empty(*lead, 6 if se3 else 3)
     rel = torch.empty_like(xi)
     scalars = xi.new_empty(5 if se3 else 1, *lead)
-    arrays = [_np(t) for t in (xi, xj, z, err, rel, *scalars.unbind(0))]
-    (_lib.se3_between_log_parts if se3 else _lib.se2_between_log_parts)(*arrays)
-    return err, rel, tuple(scalars.unbind(0))
+    rows = scalars.unbind(0)
+    (_lib.se3_between_log_parts if se3 else _lib.se2_between_log_parts)(*(_np(t) for t in (xi, xj, z, err, rel, *rows)))
+    return err, rel, rows
 
 
 def right_jacobian_inv(xi: Tensor, scalars: Sequence[Tensor]) -> Tensor:
@@ -217,7 +217,7 @@ def normal_matvec(
 ) -> np.ndarray:
     """``out = (AᵀA + βI) p`` for ``A`` in CSR (``indptr``, ``indices``: int64; ``data``, ``p``,
     ``out``: float64, contiguous), without forming ``AᵀA``; returns ``out``."""
-    _normal_lib.normal_matvec(indptr, indices, data, p, beta, out)
+    _normal_lib.row_products(indptr, indices, data, p, beta, True, out)
     return out
 
 
@@ -226,7 +226,7 @@ def transpose_matvec(
 ) -> np.ndarray:
     """``out = Aᵀ v`` for ``A`` in CSR (``indptr``, ``indices``: int64; ``data``, ``v``,
     ``out``: float64, contiguous); returns ``out``."""
-    _normal_lib.transpose_matvec(indptr, indices, data, v, out)
+    _normal_lib.row_products(indptr, indices, data, v, 0.0, False, out)
     return out
 
 

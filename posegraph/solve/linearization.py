@@ -320,22 +320,8 @@ class BlockSparseLinearization(Linearization):
         ``A_val``, e.g. a detached copy)."""
         a = self.A_val if a_val is None else a_val
         if _plain_cpu(a, u):
-            if a.dtype == torch.float64 and native.enabled():
-                return self._compiled_atv(a, u)
-            return self._scipy_product(a, u, transpose=True)
+            return self._cpu_product(a, u, transpose=True)
         return self.column_sums(a * u.index_select(1, self._row_of_nz))
-
-    def _compiled_atv(self, a: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
-        """``Aᵀu`` per batch element in one compiled pass over A's rows
-        (:func:`posegraph.native.transpose_matvec`; SciPy's product costs ~20 µs more per call
-        on smallGrid3D, its per-call checks)."""
-        batch = max(a.shape[0], u.shape[0])
-        a_np = a.detach().expand(batch, -1).contiguous().numpy()
-        u_np = u.detach().expand(batch, -1).contiguous().numpy()
-        out = np.empty((batch, self.num_cols))
-        for i in range(batch):
-            native.transpose_matvec(self.A_row_ptr, self.A_col_ind, a_np[i], u_np[i], out[i])
-        return torch.from_numpy(out)
 
     def column_sums(self, values: torch.Tensor) -> torch.Tensor:
         """Sum per column of A of values ``(B, nnz)`` laid out like ``A_val`` → ``(B, num_cols)``."""
@@ -355,20 +341,27 @@ class BlockSparseLinearization(Linearization):
         """``A v`` for ``v`` ``(B, num_cols)`` → ``(B, num_rows)``."""
         a = self.A_val if a_val is None else a_val
         if _plain_cpu(a, v):
-            return self._scipy_product(a, v, transpose=False)
+            return self._cpu_product(a, v, transpose=False)
         contrib = a * v.index_select(1, self._col_of_nz)
         out = contrib.new_zeros(contrib.shape[0], self.num_rows)
         return out.index_add(1, self._row_of_nz, contrib)
 
-    def _scipy_product(self, a: torch.Tensor, v: torch.Tensor, transpose: bool) -> torch.Tensor:
-        """``Aᵀv`` (``transpose``) or ``A v`` per batch element with SciPy's CSR kernels: on CPU
-        without autograd they are ~5× faster than the gather + ``index_add`` (sphere2500: 0.4 ms
-        against 2.5 ms for ``Aᵀb``)."""
+    def _cpu_product(self, a: torch.Tensor, v: torch.Tensor, transpose: bool) -> torch.Tensor:
+        """``Aᵀv`` (``transpose``) or ``A v`` per batch element on CPU without autograd: ~5×
+        faster than the gather + ``index_add`` with SciPy's CSR kernels (sphere2500: 0.4 ms
+        against 2.5 ms for ``Aᵀb``). ``Aᵀv`` in float64 is one compiled pass over A's rows
+        instead (:func:`posegraph.native.transpose_matvec`; SciPy's product costs ~20 µs more
+        per call on smallGrid3D, its per-call checks)."""
         batch = max(a.shape[0], v.shape[0])
         a_np, v_np = a.detach().expand(batch, -1).numpy(), v.detach().expand(batch, -1).numpy()
         out = np.empty((batch, self.num_cols if transpose else self.num_rows), dtype=a_np.dtype)
+        compiled = transpose and a_np.dtype == np.float64 and native.enabled()
         for i in range(batch):
-            out[i] = self.product_matrices(a_np[i])[1 if transpose else 0] @ v_np[i]
+            if compiled:
+                rows = (np.ascontiguousarray(a_np[i]), np.ascontiguousarray(v_np[i]))
+                native.transpose_matvec(self.A_row_ptr, self.A_col_ind, *rows, out[i])
+            else:
+                out[i] = self.product_matrices(a_np[i])[1 if transpose else 0] @ v_np[i]
         return torch.from_numpy(out)
 
     def normal_product(self, values: np.ndarray, beta: float) -> Callable[[np.ndarray], np.ndarray]:
