@@ -423,6 +423,16 @@ static int indices_below(const int64_t *idx, Py_ssize_t count, Py_ssize_t n, con
     return 1;
 }
 
+/* Checks that buffer `b` holds `count` int64 indices; sets a ValueError naming it otherwise. */
+static int check_index_len(const Py_buffer *b, Py_ssize_t count, const char *name) {
+    if (b->len != count * (Py_ssize_t)sizeof(int64_t)) {
+        PyErr_Format(PyExc_ValueError, "%s: expected %zd int64 indices, received %zd bytes", name, count,
+                     b->len);
+        return 0;
+    }
+    return 1;
+}
+
 static void release(Py_buffer *bufs, int count) {
     for (int i = 0; i < count; i++) PyBuffer_Release(&bufs[i]);
 }
@@ -653,6 +663,47 @@ static PyObject *py_between_weighted_jacobians(PyObject *self, PyObject *args) {
     Py_RETURN_NONE;
 }
 
+/* between_weighted_jacobians_into(se3, err, scalars, rel, w, dest_i, dest_j, out): the blocks
+   of between_weighted_jacobians written straight to out[dest_i[m]] and out[dest_j[m]] instead,
+   m running over the (E, dof, dof) blocks' entries in row-major order (e.g. the slots of A's
+   CSR values); dest_i and dest_j (E * dof * dof,) int64 indices < len(out). */
+static PyObject *py_between_weighted_jacobians_into(PyObject *self, PyObject *args) {
+    int se3;
+    Py_buffer b[7];
+    if (!PyArg_ParseTuple(args, "py*y*y*y*y*y*w*", &se3, &b[0], &b[1], &b[2], &b[3], &b[4], &b[5], &b[6]))
+        return NULL;
+    const Group g = se3 ? SE3_GROUP : SE2_GROUP;
+    const Py_ssize_t edges = b[0].len / (g.dof * (Py_ssize_t)sizeof(double));
+    const Py_ssize_t dd = g.dof * g.dof, block = dd * edges;
+    const Py_ssize_t n = b[6].len / (Py_ssize_t)sizeof(double);
+    const int64_t *di = (const int64_t *)b[4].buf, *dj = (const int64_t *)b[5].buf;
+    const char *dest = "dest_i, dest_j: expected indices < len(out)";
+    int ok = check_len(&b[0], g.dof * edges, "err") && check_len(&b[1], g.scalars * edges, "scalars") &&
+             check_len(&b[2], g.element * edges, "rel") && check_len(&b[3], block, "w") &&
+             check_index_len(&b[4], block, "dest_i") && check_index_len(&b[5], block, "dest_j") &&
+             check_len(&b[6], n, "out") && indices_below(di, block, n, dest) && indices_below(dj, block, n, dest);
+    if (ok) {
+        double *scalars[5];
+        for (Py_ssize_t s = 0; s < g.scalars; s++) scalars[s] = D(b[1]) + s * edges;
+        double *out = D(b[6]);
+        Py_BEGIN_ALLOW_THREADS
+        for (Py_ssize_t k = 0; k < edges; k++) {
+            double oi[36], oj[36];
+            between_weighted_jacobians_one(se3, D(b[0]) + g.dof * k, scalars, k, D(b[2]) + g.element * k,
+                                           D(b[3]) + dd * k, oi, oj);
+            const int64_t *ti = di + dd * k, *tj = dj + dd * k;
+            for (Py_ssize_t e = 0; e < dd; e++) {
+                out[ti[e]] = oi[e];
+                out[tj[e]] = oj[e];
+            }
+        }
+        Py_END_ALLOW_THREADS
+    }
+    release(b, 7);
+    if (!ok) return NULL;
+    Py_RETURN_NONE;
+}
+
 /* retract_at(se3, x, free, delta, out): out = x, with out[free[k]] = x[free[k]] Exp(delta[k]);
    x and out (N, element), free (F,) int64 element indices, delta (F, dof). */
 static PyObject *py_retract_at(PyObject *self, PyObject *args) {
@@ -704,6 +755,8 @@ static PyMethodDef methods[] = {
      "between_weighted_error(se3, poses, ends_i, ends_j, z, w, err, rel, scalars, werr)"},
     {"between_weighted_jacobians", py_between_weighted_jacobians, METH_VARARGS,
      "between_weighted_jacobians(se3, err, scalars, rel, w, out_i, out_j)"},
+    {"between_weighted_jacobians_into", py_between_weighted_jacobians_into, METH_VARARGS,
+     "between_weighted_jacobians_into(se3, err, scalars, rel, w, dest_i, dest_j, out)"},
     {NULL, NULL, 0, NULL},
 };
 

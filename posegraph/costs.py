@@ -14,6 +14,7 @@ import abc
 from dataclasses import dataclass
 from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple, Union
 
+import numpy as np
 import theseus as th
 import torch
 
@@ -94,6 +95,14 @@ class BlockSparseCostFunction(th.CostFunction, abc.ABC):
         weight: BlockCostWeight = self.weight
         rows = [lay.rows for lay in self.block_layout()]
         return weight.weight_block_jacobians_and_error(jacs, rows, err)
+
+    def place_weighted_block_jacobians(self, out: np.ndarray, dests: Sequence[np.ndarray]) -> Optional[torch.Tensor]:
+        """Write the weighted Jacobian blocks straight to ``out[dests[t][m]]`` — ``t``: the
+        layout entry, ``m``: the entry of its ``(B, K, d, e)`` blocks in row-major order — and
+        return the weighted block error; or ``None`` (nothing written) where this cost has no
+        such route. The linearization asks first, for one graph in float64 on CPU, and
+        otherwise places :meth:`weighted_block_jacobians_error`'s blocks itself."""
+        return None
 
     def jacobians(self) -> Tuple[List[torch.Tensor], torch.Tensor]:
         """Dense Jacobians ``(B, dim, var.dof())`` per optimization variable (Theseus' API).
@@ -187,6 +196,18 @@ class EvaluationCache:
 
 
 @dataclass(frozen=True)
+class _FusedInputs:
+    """A between cost's fixed inputs to the fused compiled kernels: ``W``'s tensor (the key
+    of the weighted error) and, as NumPy arrays, ``Z``, ``W`` and the edges' ends."""
+
+    w_tensor: torch.Tensor
+    z: np.ndarray
+    w: np.ndarray
+    ends_i: np.ndarray
+    ends_j: np.ndarray
+
+
+@dataclass(frozen=True)
 class _BetweenKernels:
     """Hand-written kernels of one element class for ``e = Log(Z⁻¹ Xᵢ⁻¹ Xⱼ)``
     (:mod:`posegraph.geometry`)."""
@@ -264,6 +285,7 @@ class BetweenEdges(BlockSparseCostFunction):
         #: Theseus evaluates the error at the start and the end of a solve, where the LM loop
         #: just did, and the linearization reuses the error evaluation's.
         self.weighted_cache = EvaluationCache()
+        self._fused_cache = EvaluationCache()  # _FusedInputs for the measurement and weight tensors
         self.register_optim_vars(["poses"])
         self.register_aux_vars(["measurements"])
 
@@ -305,33 +327,44 @@ class BetweenEdges(BlockSparseCostFunction):
         return self._log_parts(kernels).err
 
     def weighted_block_error(self) -> torch.Tensor:
-        w = self._fused_weight()
-        if w is None:
+        fused = self._fused_inputs()
+        if fused is None:
             return self._weighted(self.block_error())
         key = self._log_key()
         parts = self.log_cache.get(key)
         if parts is not None:
             return self._weighted(parts.err)
         err, rel, scalars, werr = native.between_weighted_error(
-            self.poses.tensor, *self._ends, self.measurements.tensor, w, self.poses.element_shape
+            self.poses.tensor, fused.ends_i, fused.ends_j, fused.z, fused.w, self.poses.element_shape
         )
         self.log_cache.put(key, geometry.BetweenLogParts(err, rel, scalars), outputs=(err,))
-        self.weighted_cache.put((err, w), werr, outputs=(werr,))
+        self.weighted_cache.put((err, fused.w_tensor), werr, outputs=(werr,))
         return werr
 
-    def _fused_weight(self) -> Optional[torch.Tensor]:
-        """``W`` when the fused compiled kernels apply (:func:`posegraph.native.between_weighted_error`
-        and ``between_weighted_jacobians``: the logarithm with ``W e``, and ``J_r⁻¹`` with its
-        weighting and adjoint product, each in one pass): SE(3) or SE(2) poses, a
-        ``FullInformationWeight`` with one ``W`` per edge, one graph (batch size 1
-        throughout), float64 CPU tensors with no gradient to record."""
+    def _fused_inputs(self) -> Optional[_FusedInputs]:
+        """The fused compiled kernels' fixed inputs when they apply, else ``None``
+        (:func:`posegraph.native.between_weighted_error` and ``between_weighted_jacobians``:
+        the logarithm with ``W e``, and ``J_r⁻¹`` with its weighting and adjoint product,
+        each in one pass): SE(3) or SE(2) poses, a ``FullInformationWeight`` with one ``W``
+        per edge, one graph (batch size 1 throughout), float64 CPU tensors with no gradient to
+        record. The arrays are prepared once for the measurement and weight tensors (kept
+        like :attr:`log_cache`, while autograd is off); only the poses are checked per call."""
         weight = self.weight
-        if type(weight) is not FullInformationWeight or self.poses.element_cls not in _BETWEEN_KERNELS:
+        if type(weight) is not FullInformationWeight or not native.enabled():
             return None
-        x, z, w = self.poses.tensor, self.measurements.tensor, weight.sqrt_information.tensor
-        if x.shape[0] != 1 or z.shape[0] != 1 or w.shape[:2] != (1, self.num_blocks):
+        z, w = self.measurements.tensor, weight.sqrt_information.tensor
+        fused = self._fused_cache.get((z, w))
+        if fused is None:
+            fits = self.poses.element_cls in _BETWEEN_KERNELS and z.shape[0] == 1 and w.shape[:2] == (1, self.num_blocks)
+            if not (fits and native.applies([z, w]) and all(e.device.type == "cpu" for e in self._ends)):
+                return None
+            ends_i, ends_j = (e.numpy() for e in self._ends)
+            fused = _FusedInputs(w, native.as_array(z), native.as_array(w), ends_i, ends_j)
+            self._fused_cache.put((z, w), fused)
+        x = self.poses.tensor
+        if x.shape[0] != 1 or not native.applies([x]):
             return None
-        return w if native.applies([x, z, w]) else None
+        return fused
 
     def _weighted(self, err: torch.Tensor) -> torch.Tensor:
         """``W e`` for the block error ``err``, from :attr:`weighted_cache` when ``err`` (see
@@ -365,9 +398,9 @@ class BetweenEdges(BlockSparseCostFunction):
         if kernels is None:
             return super().weighted_block_jacobians_error()
         parts = self._log_parts(kernels)
-        w = self._fused_weight()
-        if w is not None:
-            j_i, j_j = native.between_weighted_jacobians(parts.err, parts.log_scalars, parts.rel, w)
+        fused = self._fused_inputs()
+        if fused is not None:
+            j_i, j_j = native.between_weighted_jacobians(parts.err, parts.log_scalars, parts.rel, fused.w)
             return [j_i, j_j], self._weighted(parts.err)
         weight: BlockCostWeight = self.weight
         if isinstance(weight, LinearBlockWeight):  # W e as the error evaluation left it
@@ -375,6 +408,14 @@ class BetweenEdges(BlockSparseCostFunction):
         else:
             (w_j,), werr = weight.weight_block_jacobians_and_error([kernels.jacobian(parts)], [self._rows], parts.err)
         return [-kernels.mul_adjoint_inverse(w_j, parts.rel), w_j], werr
+
+    def place_weighted_block_jacobians(self, out: np.ndarray, dests: Sequence[np.ndarray]) -> Optional[torch.Tensor]:
+        fused = self._fused_inputs()
+        if fused is None:
+            return None
+        parts = self._log_parts(_BETWEEN_KERNELS[self.poses.element_cls])
+        native.between_weighted_jacobians_into(parts.err, parts.log_scalars, parts.rel, fused.w, *dests, out)
+        return self._weighted(parts.err)
 
     def _generic_error_jacobians(self, batch: int, jacobians: bool):
         """Other element classes (points): Theseus' own group operations."""

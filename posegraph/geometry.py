@@ -647,11 +647,13 @@ class BetweenLogParts(NamedTuple):
         rel: ``Xᵢ⁻¹ Xⱼ`` (for ``∂e/∂δᵢ = −∂e/∂δⱼ · Ad(rel⁻¹)``).
         log_scalars: the logarithm's scalars that ``J_r⁻¹(e)`` reuses: SE(3)
             ``(θ², sin θ, cos θ, α, β)`` of ``e``'s rotation (:func:`_half_cot_coefficient`); SE(2) ``(α,)``, ``α = (θ/2) cot(θ/2)``.
+            A tuple, or one tensor stacking them along its first dimension (as the fused
+            compiled kernel returns them); either unpacks into the scalars.
     """
 
     err: Tensor
     rel: Tensor
-    log_scalars: Tuple[Tensor, ...]
+    log_scalars: Union[Tuple[Tensor, ...], Tensor]
 
 
 def _compiled_log_parts(element: Tuple[int, ...]) -> Callable[[Tensor, Tensor, Tensor], Optional[BetweenLogParts]]:

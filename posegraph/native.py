@@ -28,7 +28,7 @@ their leading shapes and made contiguous; outputs are new tensors.
 
 from __future__ import annotations
 
-from typing import Optional, Sequence, Tuple
+from typing import Optional, Sequence, Tuple, Union
 
 import numpy as np
 import torch
@@ -44,6 +44,10 @@ except ImportError:  # installed without a C compiler: the array routes only
 AVAILABLE: bool = _lib is not None
 #: Whether posegraph uses them (where they apply).
 ENABLED: bool = True
+
+
+#: A tensor, or a NumPy array of the same data (for the inputs a caller keeps prepared).
+Array = Union[Tensor, np.ndarray]
 
 
 def enabled() -> bool:
@@ -155,39 +159,67 @@ def retract(x: Tensor, delta: Tensor) -> Tensor:
     return out
 
 
+def as_array(t: Array) -> np.ndarray:
+    """A contiguous NumPy array of ``t`` (a view of a contiguous CPU tensor; arrays as they
+    are, for inputs a caller keeps prepared)."""
+    if isinstance(t, np.ndarray):
+        return np.ascontiguousarray(t)
+    return t.detach().contiguous().numpy()
+
+
+def _packed(scalars: Union[Tensor, Sequence[Tensor]]) -> Tensor:
+    """The log scalars as one ``(k, ...)`` tensor (:class:`~posegraph.geometry.BetweenLogParts`
+    holds them either way)."""
+    return scalars if isinstance(scalars, Tensor) else torch.stack(list(scalars))
+
+
 def between_weighted_error(
-    poses: Tensor, ends_i: Tensor, ends_j: Tensor, z: Tensor, w: Tensor, element: Tuple[int, ...]
-) -> Tuple[Tensor, Tensor, Tuple[Tensor, ...], Tensor]:
+    poses: Tensor, ends_i: Array, ends_j: Array, z: Array, w: Array, element: Tuple[int, ...]
+) -> Tuple[Tensor, Tensor, Tensor, Tensor]:
     """``e = Log(Z⁻¹ Xᵢ⁻¹ Xⱼ)`` per edge with what :func:`between_log_parts` returns, and
     ``W e``, in one pass that gathers the endpoints itself, for one graph: ``poses`` ``(1, N,
     *element)``, ``ends_i``/``ends_j`` ``(E,)`` element indices, ``z`` ``(1, E, *element)``,
-    ``w`` ``(1, E, d, d)``. Returns ``(e, Xᵢ⁻¹Xⱼ, log scalars, W e)``, shaped as
-    :func:`between_log_parts` and the weight return them, with the same values bit for bit."""
+    ``w`` ``(1, E, d, d)`` (all but ``poses`` may be NumPy arrays: a cost keeps its fixed inputs
+    prepared). Returns ``(e, Xᵢ⁻¹Xⱼ, log scalars, W e)`` with the same values, bit for bit, as
+    :func:`between_log_parts` and the weight give — the log scalars stacked in one ``(k, 1, E)``
+    tensor, which unpacks into :func:`between_log_parts`' ``k``."""
     se3 = element == (3, 4)
     edges = ends_i.shape[0]
-    poses, z, w, ends_i, ends_j = (t.detach().contiguous() for t in (poses, z, w, ends_i, ends_j))
     dof = 6 if se3 else 3
-    err, werr = poses.new_empty(1, edges, dof), poses.new_empty(1, edges, dof)
-    rel = poses.new_empty(1, edges, *element)
-    scalars = poses.new_empty(5 if se3 else 1, 1, edges)
-    _lib.between_weighted_error(se3, *(_np(t) for t in (poses, ends_i, ends_j, z, w, err, rel, scalars, werr)))
-    return err, rel, tuple(scalars.unbind(0)), werr
+    err, werr = torch.empty(1, edges, dof, dtype=torch.float64), torch.empty(1, edges, dof, dtype=torch.float64)
+    rel = torch.empty(1, edges, *element, dtype=torch.float64)
+    scalars = torch.empty(5 if se3 else 1, 1, edges, dtype=torch.float64)
+    inputs = (as_array(t) for t in (poses, ends_i, ends_j, z, w))
+    _lib.between_weighted_error(se3, *inputs, *(t.numpy() for t in (err, rel, scalars, werr)))
+    return err, rel, scalars, werr
 
 
 def between_weighted_jacobians(
-    err: Tensor, scalars: Sequence[Tensor], rel: Tensor, w: Tensor
+    err: Tensor, scalars: Union[Tensor, Sequence[Tensor]], rel: Tensor, w: Array
 ) -> Tuple[Tensor, Tensor]:
     """``(−W J Ad(rel⁻¹), W J)`` with ``J = J_r⁻¹(e)`` per edge — the weighted between
     Jacobians ``∂(We)/∂δᵢ`` and ``∂(We)/∂δⱼ`` — in one pass, from ``e`` ``(..., d)``, the log
-    scalars and ``rel`` that :func:`between_log_parts` returns, and ``w`` ``(..., d, d)`` of the
-    same leading shape (the same values as the separate kernels, bit for bit)."""
+    scalars (a sequence, or stacked in one tensor) and ``rel`` that :func:`between_log_parts`
+    returns, and ``w`` ``(..., d, d)`` of the same leading shape (the same values as the
+    separate kernels, bit for bit)."""
     dof = err.shape[-1]
     lead = err.shape[:-1]
-    packed = torch.stack(list(scalars))
-    err, packed, rel, w = (t.detach().contiguous() for t in (err, packed, rel, w))
     out_i, out_j = err.new_empty(*lead, dof, dof), err.new_empty(*lead, dof, dof)
-    _lib.between_weighted_jacobians(dof == 6, *(_np(t) for t in (err, packed, rel, w, out_i, out_j)))
+    inputs = (as_array(t) for t in (err, _packed(scalars), rel, w))
+    _lib.between_weighted_jacobians(dof == 6, *inputs, out_i.numpy(), out_j.numpy())
     return out_i, out_j
+
+
+def between_weighted_jacobians_into(
+    err: Tensor, scalars: Union[Tensor, Sequence[Tensor]], rel: Tensor, w: Array,
+    dest_i: np.ndarray, dest_j: np.ndarray, out: np.ndarray,
+) -> None:
+    """:func:`between_weighted_jacobians` written straight to ``out[dest_i[m]]`` and
+    ``out[dest_j[m]]``, ``m`` running over the ``(E, d, d)`` blocks' entries in row-major order
+    (``dest_*``: int64 ``(E·d·d,)``, e.g. the slots of A's CSR values; ``out``: float64), in
+    place: the linearization's placement without the block tensors."""
+    inputs = (as_array(t) for t in (err, _packed(scalars), rel, w))
+    _lib.between_weighted_jacobians_into(err.shape[-1] == 6, *inputs, dest_i, dest_j, out)
 
 
 def retract_at(x: Tensor, free: Tensor, delta: Tensor) -> Tensor:
@@ -195,10 +227,8 @@ def retract_at(x: Tensor, free: Tensor, delta: Tensor) -> Tensor:
     ``(1, N, *element)``, ``free`` ``(F,)`` element indices, ``δ`` ``(1, F·dof)`` (SE(3) when
     elements are ``(3, 4)``, SE(2) with ``(4,)``); the same values as :func:`retract` on the
     selected elements, bit for bit."""
-    se3 = x.dim() == 4
-    x, free, delta = (t.detach().contiguous() for t in (x, free, delta))
-    out = torch.empty_like(x)
-    _lib.retract_at(se3, _np(x), _np(free), _np(delta), _np(out))
+    out = torch.empty(x.shape, dtype=torch.float64)
+    _lib.retract_at(x.dim() == 4, *(as_array(t) for t in (x, free, delta)), out.numpy())
     return out
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
@@ -112,6 +113,13 @@ def test_fused_between_kernels_equal_the_separate_ones_bitwise(compiled, kind):
     wj = native.block_matmul(w[None], native.right_jacobian_inv(err, scalars))
     assert torch.equal(j_j, wj) and torch.equal(j_i, -native.mul_adjoint_inverse(wj, rel))
     assert j_i.shape == j_j.shape == (1, 100, w.shape[-1], w.shape[-1])
+    # written straight to scattered slots of one buffer: the same values
+    size = j_i.numel()
+    dest = torch.randperm(2 * size + 5, generator=torch.Generator().manual_seed(3))[: 2 * size].numpy()
+    out = np.full(2 * size + 5, np.nan)
+    native.between_weighted_jacobians_into(err, scalars, rel, w[None], dest[:size], dest[size:], out)
+    assert np.array_equal(out[dest[:size]], j_i.reshape(-1).numpy()) and np.array_equal(out[dest[size:]], j_j.reshape(-1).numpy())
+    assert np.isnan(np.delete(out, dest)).all()  # nothing else written
 
 
 def test_fused_between_error_checks_indices_and_lengths(compiled):
@@ -120,6 +128,12 @@ def test_fused_between_error_checks_indices_and_lengths(compiled):
         native.between_weighted_error(poses[None], ends_i, ends_j + 1, z[None], w[None], element)
     with pytest.raises(ValueError, match="w: expected 3600 float64 values"):
         native.between_weighted_error(poses[None], ends_i, ends_j, z[None], w[None, :-1], element)
+    err, rel, scalars, _ = native.between_weighted_error(poses[None], ends_i, ends_j, z[None], w[None], element)
+    dest = np.arange(3600, dtype=np.int64)
+    with pytest.raises(ValueError, match="dest_i, dest_j: expected indices < len"):
+        native.between_weighted_jacobians_into(err, scalars, rel, w[None], dest, dest + 1, np.empty(3600))
+    with pytest.raises(ValueError, match="dest_j: expected 3600 int64 indices"):
+        native.between_weighted_jacobians_into(err, scalars, rel, w[None], dest, dest[:-1], np.empty(3600))
 
 
 def test_between_edges_take_the_fused_kernels_where_they_apply(compiled, monkeypatch):
@@ -138,7 +152,7 @@ def test_between_edges_take_the_fused_kernels_where_they_apply(compiled, monkeyp
         jacs, werr2 = cost.weighted_block_jacobians_error()
         assert calls == ["between_weighted_error", "between_weighted_jacobians"] and werr2 is werr
         calls.clear()
-        monkeypatch.setattr(costs.BetweenEdges, "_fused_weight", lambda self: None)
+        monkeypatch.setattr(costs.BetweenEdges, "_fused_inputs", lambda self: None)
         cost.log_cache.clear()
         cost.weighted_cache.clear()
         assert torch.equal(cost.weighted_block_error(), werr)
@@ -147,7 +161,33 @@ def test_between_edges_take_the_fused_kernels_where_they_apply(compiled, monkeyp
     poses = cost.poses.tensor
     cost.poses.update(poses.expand(2, *poses.shape[1:]).clone())  # two graphs: not fused
     monkeypatch.undo()
-    assert cost._fused_weight() is None
+    assert cost._fused_inputs() is None
+
+
+@pytest.mark.parametrize("path", ["sphere_se3.g2o", "grid_se2.g2o"])
+def test_linearization_lets_between_edges_write_their_blocks_in_place(compiled, monkeypatch, path):
+    """One graph in float64: the weighted Jacobians go from the fused kernel straight to A's
+    CSR slots, with the same A and b, bit for bit, as placing the kernel's block tensors."""
+    from posegraph import costs
+    from posegraph.solve.optimize import make_optimizer
+
+    def linearized():
+        problem = pg.build_problem(pg.initialize(pg.read_g2o(DATA / path)))
+        lin = make_optimizer(problem, pg.SolverOptions()).linear_solver.linearization
+        with torch.no_grad():
+            lin.linearize()
+        return lin.A_val, lin.b
+
+    calls = []
+    real = native._lib
+    monkeypatch.setattr(native, "_lib", type("Spy", (), {"__getattr__": lambda self, n: (calls.append(n), getattr(real, n))[1]})())
+    a, b = linearized()
+    assert "between_weighted_jacobians_into" in calls and "between_weighted_jacobians" not in calls
+    calls.clear()
+    monkeypatch.setattr(costs.BetweenEdges, "place_weighted_block_jacobians", lambda self, out, dests: None)
+    a_placed, b_placed = linearized()
+    assert "between_weighted_jacobians" in calls and "between_weighted_jacobians_into" not in calls
+    assert torch.equal(a, a_placed) and torch.equal(b, b_placed)
 
 
 @pytest.mark.parametrize("kind", ["SE3", "SE2"])

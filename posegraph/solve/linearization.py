@@ -93,6 +93,7 @@ class _CostPlan:
 
     cost: th.CostFunction
     block: bool  # BlockSparseCostFunction (True) or generic dense (False)
+    pieces: int  # its Jacobian tensors (entries of the block layout, or optimization variables)
 
 
 class BlockSparseLinearization(Linearization):
@@ -115,8 +116,9 @@ class BlockSparseLinearization(Linearization):
         row_offset = 0
         for cost in self.objective._get_jacobians_iter():
             block = isinstance(cost, BlockSparseCostFunction)
-            self._plans.append(_CostPlan(cost, block))
-            pieces.extend(self._block_pieces(cost, row_offset) if block else self._dense_pieces(cost, row_offset))
+            cost_pieces = self._block_pieces(cost, row_offset) if block else self._dense_pieces(cost, row_offset)
+            self._plans.append(_CostPlan(cost, block, len(cost_pieces)))
+            pieces.extend(cost_pieces)
             row_offset += cost.dim()
         self._finalize_structure(pieces)
         self.A_val: torch.Tensor = None  # type: ignore[assignment]
@@ -265,22 +267,25 @@ class BlockSparseLinearization(Linearization):
         alloc = torch.empty if self._pure_copy else torch.zeros  # pure copy: every slot written
         a_val = alloc((batch, self.nnz + int(self._has_dropped)), dtype=dtype, device=device)
         fill = a_val.index_copy_ if self._pure_copy else a_val.index_add_
+        # One graph in float64 on CPU: a block cost may write its blocks to their slots itself
+        # (BetweenEdges: in the kernel that computes them, without block tensors to place)
+        direct = a_val.numpy()[0] if batch == 1 and self._pure_copy and _plain_cpu(a_val) and dtype == torch.float64 else None
         errs: List[torch.Tensor] = []
         piece = 0
         for plan in self._plans:
-            if plan.block:
-                jacs, err = plan.cost.weighted_block_jacobians_error()
-            else:
-                jacs, err = plan.cost.weighted_jacobians_error()
-            for j in jacs:
-                flat = j.expand(batch, *j.shape[1:]).reshape(batch, -1)
-                if batch == 1 and self._pure_copy and _plain_cpu(a_val, flat):
-                    # NumPy's assignment to one row: ~1/3 faster than index_copy_ (smallGrid3D:
-                    # 12 µs against 18; a 2-D assignment would take 30)
-                    a_val.numpy()[0][self._piece_dest_np[piece]] = flat.detach().numpy()[0]
-                else:
-                    fill(1, self._piece_dest[piece], flat)
-                piece += 1
+            dests = self._piece_dest_np[piece : piece + plan.pieces]
+            err = None if direct is None or not plan.block else plan.cost.place_weighted_block_jacobians(direct, dests)
+            if err is None:
+                jacs, err = plan.cost.weighted_block_jacobians_error() if plan.block else plan.cost.weighted_jacobians_error()
+                for j, dest, dest_np in zip(jacs, self._piece_dest[piece : piece + plan.pieces], dests):
+                    flat = j.expand(batch, *j.shape[1:]).reshape(batch, -1)
+                    if batch == 1 and self._pure_copy and _plain_cpu(a_val, flat):
+                        # NumPy's assignment to one row: ~1/3 faster than index_copy_ (smallGrid3D:
+                        # 12 µs against 18; a 2-D assignment would take 30)
+                        a_val.numpy()[0][dest_np] = flat.detach().numpy()[0]
+                    else:
+                        fill(1, dest, flat)
+            piece += plan.pieces
             errs.append(err.expand(batch, *err.shape[1:]).reshape(batch, -1))
         self.A_val = a_val[:, : self.nnz] if self._has_dropped else a_val  # without the dropped slot
         self.b = -torch.cat(errs, dim=1) if len(errs) != 1 else -errs[0]

@@ -36,7 +36,7 @@ follows in closed form from the pairs of blocks, without sorting entries.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import List, Optional, Tuple
+from typing import List, Optional, Tuple, Union
 
 import numpy as np
 import scipy.sparse as sp
@@ -278,12 +278,16 @@ class NormalMatrix:
         return self._csc(np.ones(self.nnz))
 
     # -- numeric -----------------------------------------------------------------------------
-    def values(self, a_val: torch.Tensor, beta: float = 0.0) -> np.ndarray:
-        """``H``'s values (float64, CSC order) for A's values ``a_val`` (``(nnz,)``, CSR order)."""
-        a = a_val.detach().to(torch.float64)
-        if a.device.type == "cpu" and native.enabled():
+    def values(self, a_val: Union[torch.Tensor, np.ndarray], beta: float = 0.0) -> np.ndarray:
+        """``H``'s values (float64, CSC order) for A's values ``a_val`` (``(nnz,)``, CSR order; a
+        tensor, or a float64 NumPy array)."""
+        if isinstance(a_val, np.ndarray) and a_val.dtype == np.float64 and native.enabled():
+            a_np = np.ascontiguousarray(a_val)
+        else:
+            a = torch.as_tensor(a_val).detach().to(torch.float64)
+            a_np = a.contiguous().numpy() if a.device.type == "cpu" and native.enabled() else None
+        if a_np is not None:
             h = np.zeros(self.nnz)
-            a_np = a.contiguous().numpy()
             for shape in self._shapes:
                 native.gram_scatter(
                     a_np, shape.start, shape.column_a, shape.column_b, shape.slots.numpy(), shape.d, shape.width, h

@@ -33,10 +33,9 @@ import os
 import site
 import sys
 import weakref
-from typing import List, Optional
+from typing import Any, List, Optional
 
 import numpy as np
-import torch
 
 from .linearization import BlockSparseLinearization
 from .normal import NormalMatrix
@@ -173,17 +172,24 @@ class _Arrays:
         self._pattern = (_ptr(self.indptr), _ptr(self.indices), none if perm is None else _ptr(perm))
         self._head, self._iparm, self._msglvl = (maxfct,), _ptr(iparm), msglvl
         self._mtype, self._size, self._none = mtype, size, none
+        self._refs: dict = {}  # int → a pointer to a c_int64 holding it (phases, slots, counts)
+
+    def _int(self, value: int) -> Any:
+        """A pointer to a ``c_int64`` holding ``value``, made once per value."""
+        ref = self._refs.get(value)
+        if ref is None:
+            ref = self._refs[value] = ctypes.byref(ctypes.c_int64(value))
+        return ref
 
     def call(self, lib, pt, phase, mnum, values, rhs, out) -> None:
-        i64 = ctypes.c_int64
-        error = i64(0)
+        error = ctypes.c_int64(0)
         nrhs = 1 if rhs is None else (rhs.shape[1] if rhs.ndim == 2 else 1)
         none = self._none
         previous = lib.MKL_Set_Num_Threads_Local(self.threads)
         try:
             lib.pardiso_64(
-                _ptr(pt), *self._head, ctypes.byref(i64(mnum)), self._mtype, ctypes.byref(i64(phase)), self._size,
-                _ptr(values), *self._pattern, ctypes.byref(i64(nrhs)), self._iparm, self._msglvl,
+                _ptr(pt), *self._head, self._int(mnum), self._mtype, self._int(phase), self._size,
+                _ptr(values), *self._pattern, self._int(nrhs), self._iparm, self._msglvl,
                 none if rhs is None else _ptr(rhs), none if out is None else _ptr(out), ctypes.byref(error),
             )
         finally:
@@ -304,4 +310,4 @@ class PardisoFactorization:
     def factorize(self, a_values: np.ndarray, beta: float) -> PardisoFactor:
         """PARDISO's numeric factorization of ``AᵀA + βI`` for A's values ``a_values`` (CSR
         order); a matrix that is not positive definite raises ``RuntimeError``."""
-        return self.analysis.factorize(self.normal.values(torch.from_numpy(a_values), beta))
+        return self.analysis.factorize(self.normal.values(a_values, beta))
