@@ -663,43 +663,91 @@ static PyObject *py_between_weighted_jacobians(PyObject *self, PyObject *args) {
     Py_RETURN_NONE;
 }
 
-/* between_weighted_jacobians_into(se3, err, scalars, rel, w, dest_i, dest_j, out): the blocks
-   of between_weighted_jacobians written straight to out[dest_i[m]] and out[dest_j[m]] instead,
-   m running over the (E, dof, dof) blocks' entries in row-major order (e.g. the slots of A's
-   CSR values); dest_i and dest_j (E * dof * dof,) int64 indices < len(out). */
+/* Block k's d x d entries (row-major) to out: row r at out[rows[d k + r]] onward. */
+static void put_block(const double *block, const int64_t *rows, Py_ssize_t k, Py_ssize_t d, double *out) {
+    if (d == 6)
+        for (Py_ssize_t r = 0; r < 6; r++) memcpy(out + rows[6 * k + r], block + 6 * r, 6 * sizeof(double));
+    else
+        for (Py_ssize_t r = 0; r < 3; r++) memcpy(out + rows[3 * k + r], block + 3 * r, 3 * sizeof(double));
+}
+
+/* atb[col + c] += block[r, c] * b[r], rows r in turn (row_products' order for A^T v). */
+#define ADD_TRANSPOSED(D)                                                                      \
+    for (Py_ssize_t r = 0; r < D; r++)                                                         \
+        for (Py_ssize_t c = 0; c < D; c++) to[c] += block[D * r + c] * b[r];
+
+static void add_transposed(const double *block, const double *b, int64_t col, Py_ssize_t d, double *atb) {
+    double *to = atb + col;
+    if (d == 6) {
+        ADD_TRANSPOSED(6)
+    } else {
+        ADD_TRANSPOSED(3)
+    }
+}
+
+/* Checks the destination of each block in (rows, cols): a block with a column >= 0 must have its
+   rows' d entries inside out (`n` slots) and its d columns below `ncols`. */
+static int blocks_inside(const int64_t *rows, const int64_t *cols, Py_ssize_t count, Py_ssize_t d, Py_ssize_t n,
+                         Py_ssize_t ncols, const char *name) {
+    for (Py_ssize_t k = 0; k < count; k++) {
+        if (cols[k] < 0) continue;
+        int bad = cols[k] > ncols - d;
+        for (Py_ssize_t r = 0; r < d && !bad; r++) bad = rows[d * k + r] < 0 || rows[d * k + r] > n - d;
+        if (bad) {
+            PyErr_Format(PyExc_ValueError, "%s: expected each block's slots < len(out) and columns < len(atb)", name);
+            return 0;
+        }
+    }
+    return 1;
+}
+
+/* between_weighted_jacobians_into(se3, err, scalars, rel, w, rows_i, rows_j, cols_i, cols_j, out,
+   werr, atb): the blocks of between_weighted_jacobians written straight to A's CSR values `out`
+   instead: edge k's block i has row r at out[rows_i[dof k + r]] onward (dof consecutive slots),
+   and first column cols_i[k]; a block whose column is -1 is not A's (a fixed element) and is not
+   written. rows_* (E * dof,) and cols_* (E,) int64. With werr (E, dof) non-empty, also adds the
+   edges' share of A^T b, b = -werr, to atb (one value per column of A): in the order of
+   row_products' A^T v (rows in turn), so with the same values bit for bit. */
 static PyObject *py_between_weighted_jacobians_into(PyObject *self, PyObject *args) {
     int se3;
-    Py_buffer b[7];
-    if (!PyArg_ParseTuple(args, "py*y*y*y*y*y*w*", &se3, &b[0], &b[1], &b[2], &b[3], &b[4], &b[5], &b[6]))
+    Py_buffer b[11];
+    if (!PyArg_ParseTuple(args, "py*y*y*y*y*y*y*y*w*y*w*", &se3, &b[0], &b[1], &b[2], &b[3], &b[4], &b[5], &b[6],
+                          &b[7], &b[8], &b[9], &b[10]))
         return NULL;
     const Group g = se3 ? SE3_GROUP : SE2_GROUP;
-    const Py_ssize_t edges = b[0].len / (g.dof * (Py_ssize_t)sizeof(double));
-    const Py_ssize_t dd = g.dof * g.dof, block = dd * edges;
-    const Py_ssize_t n = b[6].len / (Py_ssize_t)sizeof(double);
-    const int64_t *di = (const int64_t *)b[4].buf, *dj = (const int64_t *)b[5].buf;
-    const char *dest = "dest_i, dest_j: expected indices < len(out)";
-    int ok = check_len(&b[0], g.dof * edges, "err") && check_len(&b[1], g.scalars * edges, "scalars") &&
-             check_len(&b[2], g.element * edges, "rel") && check_len(&b[3], block, "w") &&
-             check_index_len(&b[4], block, "dest_i") && check_index_len(&b[5], block, "dest_j") &&
-             check_len(&b[6], n, "out") && indices_below(di, block, n, dest) && indices_below(dj, block, n, dest);
+    const Py_ssize_t d = g.dof, edges = b[0].len / (d * (Py_ssize_t)sizeof(double));
+    const Py_ssize_t n = b[8].len / (Py_ssize_t)sizeof(double), ncols = b[10].len / (Py_ssize_t)sizeof(double);
+    const int with_atb = b[9].len > 0;
+    const int64_t *ri = (const int64_t *)b[4].buf, *rj = (const int64_t *)b[5].buf;
+    const int64_t *ci = (const int64_t *)b[6].buf, *cj = (const int64_t *)b[7].buf;
+    int ok = check_len(&b[0], d * edges, "err") && check_len(&b[1], g.scalars * edges, "scalars") &&
+             check_len(&b[2], g.element * edges, "rel") && check_len(&b[3], d * d * edges, "w") &&
+             check_index_len(&b[4], d * edges, "rows_i") && check_index_len(&b[5], d * edges, "rows_j") &&
+             check_index_len(&b[6], edges, "cols_i") && check_index_len(&b[7], edges, "cols_j") &&
+             check_len(&b[8], n, "out") && (!with_atb || check_len(&b[9], d * edges, "werr")) &&
+             check_len(&b[10], ncols, "atb") &&
+             blocks_inside(ri, ci, edges, d, n, with_atb ? ncols : PY_SSIZE_T_MAX, "rows_i, cols_i") &&
+             blocks_inside(rj, cj, edges, d, n, with_atb ? ncols : PY_SSIZE_T_MAX, "rows_j, cols_j");
     if (ok) {
         double *scalars[5];
         for (Py_ssize_t s = 0; s < g.scalars; s++) scalars[s] = D(b[1]) + s * edges;
-        double *out = D(b[6]);
+        double *out = D(b[8]), *atb = D(b[10]);
+        const double *werr = D(b[9]);
         Py_BEGIN_ALLOW_THREADS
         for (Py_ssize_t k = 0; k < edges; k++) {
-            double oi[36], oj[36];
-            between_weighted_jacobians_one(se3, D(b[0]) + g.dof * k, scalars, k, D(b[2]) + g.element * k,
-                                           D(b[3]) + dd * k, oi, oj);
-            const int64_t *ti = di + dd * k, *tj = dj + dd * k;
-            for (Py_ssize_t e = 0; e < dd; e++) {
-                out[ti[e]] = oi[e];
-                out[tj[e]] = oj[e];
-            }
+            double oi[36], oj[36], rhs[6];
+            between_weighted_jacobians_one(se3, D(b[0]) + d * k, scalars, k, D(b[2]) + g.element * k,
+                                           D(b[3]) + d * d * k, oi, oj);
+            if (ci[k] >= 0) put_block(oi, ri, k, d, out);
+            if (cj[k] >= 0) put_block(oj, rj, k, d, out);
+            if (!with_atb) continue;
+            for (Py_ssize_t r = 0; r < d; r++) rhs[r] = -werr[d * k + r];
+            if (ci[k] >= 0) add_transposed(oi, rhs, ci[k], d, atb);
+            if (cj[k] >= 0) add_transposed(oj, rhs, cj[k], d, atb);
         }
         Py_END_ALLOW_THREADS
     }
-    release(b, 7);
+    release(b, 11);
     if (!ok) return NULL;
     Py_RETURN_NONE;
 }
@@ -756,7 +804,7 @@ static PyMethodDef methods[] = {
     {"between_weighted_jacobians", py_between_weighted_jacobians, METH_VARARGS,
      "between_weighted_jacobians(se3, err, scalars, rel, w, out_i, out_j)"},
     {"between_weighted_jacobians_into", py_between_weighted_jacobians_into, METH_VARARGS,
-     "between_weighted_jacobians_into(se3, err, scalars, rel, w, dest_i, dest_j, out)"},
+     "between_weighted_jacobians_into(se3, err, scalars, rel, w, rows_i, rows_j, cols_i, cols_j, out, werr, atb)"},
     {NULL, NULL, 0, NULL},
 };
 

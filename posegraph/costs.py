@@ -96,12 +96,16 @@ class BlockSparseCostFunction(th.CostFunction, abc.ABC):
         rows = [lay.rows for lay in self.block_layout()]
         return weight.weight_block_jacobians_and_error(jacs, rows, err)
 
-    def place_weighted_block_jacobians(self, out: np.ndarray, dests: Sequence[np.ndarray]) -> Optional[torch.Tensor]:
-        """Write the weighted Jacobian blocks straight to ``out[dests[t][m]]`` — ``t``: the
-        layout entry, ``m``: the entry of its ``(B, K, d, e)`` blocks in row-major order — and
-        return the weighted block error; or ``None`` (nothing written) where this cost has no
-        such route. The linearization asks first, for one graph in float64 on CPU, and
-        otherwise places :meth:`weighted_block_jacobians_error`'s blocks itself."""
+    def place_weighted_block_jacobians(
+        self, out: np.ndarray, slots: Sequence[BlockSlots], atb: Optional[np.ndarray] = None
+    ) -> Optional[torch.Tensor]:
+        """Write the weighted Jacobian blocks straight to A's CSR values ``out`` where ``slots``
+        (one :class:`BlockSlots` per layout entry) puts them, and return the weighted block
+        error; or ``None`` (nothing written) where this cost has no such route. With ``atb``
+        (one value per column of A), also add this cost's rows' share of ``Aᵀb`` (``b = −W e``)
+        to it, in place, summed in the order of A's rows. The linearization asks first, for one
+        graph in float64 on CPU, and otherwise places :meth:`weighted_block_jacobians_error`'s
+        blocks itself."""
         return None
 
     def jacobians(self) -> Tuple[List[torch.Tensor], torch.Tensor]:
@@ -193,6 +197,17 @@ class EvaluationCache:
     def clear(self) -> None:
         """Forget the stored value (and release its tensors)."""
         self._tensors, self._versions, self._num_keys, self._value = (), (), 0, None
+
+
+@dataclass(frozen=True)
+class BlockSlots:
+    """Where the ``K`` blocks (``d × width``) of one layout entry go in A's CSR values: block
+    ``k``'s row ``r`` fills ``width`` consecutive slots from ``rows[d·k + r]``, its first column
+    is ``columns[k]`` (``−1``: the block is not A's, its element is fixed)."""
+
+    rows: np.ndarray  # int64 (K·d,)
+    columns: np.ndarray  # int64 (K,)
+    width: int
 
 
 @dataclass(frozen=True)
@@ -409,13 +424,20 @@ class BetweenEdges(BlockSparseCostFunction):
             (w_j,), werr = weight.weight_block_jacobians_and_error([kernels.jacobian(parts)], [self._rows], parts.err)
         return [-kernels.mul_adjoint_inverse(w_j, parts.rel), w_j], werr
 
-    def place_weighted_block_jacobians(self, out: np.ndarray, dests: Sequence[np.ndarray]) -> Optional[torch.Tensor]:
+    def place_weighted_block_jacobians(
+        self, out: np.ndarray, slots: Sequence[BlockSlots], atb: Optional[np.ndarray] = None
+    ) -> Optional[torch.Tensor]:
         fused = self._fused_inputs()
-        if fused is None:
+        if fused is None or any(s.width != self.block_dim for s in slots):
             return None
         parts = self._log_parts(_BETWEEN_KERNELS[self.poses.element_cls])
-        native.between_weighted_jacobians_into(parts.err, parts.log_scalars, parts.rel, fused.w, *dests, out)
-        return self._weighted(parts.err)
+        werr = self._weighted(parts.err)
+        (i, j) = slots
+        native.between_weighted_jacobians_into(
+            parts.err, parts.log_scalars, parts.rel, fused.w, i.rows, j.rows, i.columns, j.columns, out,
+            werr if atb is not None else None, atb,
+        )
+        return werr
 
     def _generic_error_jacobians(self, batch: int, jacobians: bool):
         """Other element classes (points): Theseus' own group operations."""

@@ -212,14 +212,24 @@ def between_weighted_jacobians(
 
 def between_weighted_jacobians_into(
     err: Tensor, scalars: Union[Tensor, Sequence[Tensor]], rel: Tensor, w: Array,
-    dest_i: np.ndarray, dest_j: np.ndarray, out: np.ndarray,
+    rows_i: np.ndarray, rows_j: np.ndarray, cols_i: np.ndarray, cols_j: np.ndarray, out: np.ndarray,
+    werr: Optional[Array] = None, atb: Optional[np.ndarray] = None,
 ) -> None:
-    """:func:`between_weighted_jacobians` written straight to ``out[dest_i[m]]`` and
-    ``out[dest_j[m]]``, ``m`` running over the ``(E, d, d)`` blocks' entries in row-major order
-    (``dest_*``: int64 ``(E·d·d,)``, e.g. the slots of A's CSR values; ``out``: float64), in
-    place: the linearization's placement without the block tensors."""
-    inputs = (as_array(t) for t in (err, _packed(scalars), rel, w))
-    _lib.between_weighted_jacobians_into(err.shape[-1] == 6, *inputs, dest_i, dest_j, out)
+    """:func:`between_weighted_jacobians` written straight to A's CSR values ``out`` (float64,
+    in place), without the block tensors: edge ``k``'s block ``∂(We)/∂δᵢ`` has its row ``r``
+    at ``out[rows_i[d·k + r]]`` onward (``d`` consecutive slots) and its first column at
+    ``cols_i[k]``, ``−1`` for a block that is not A's (a fixed element: not written); likewise
+    ``∂(We)/∂δⱼ``. ``rows_*``: int64 ``(E·d,)``, ``cols_*``: int64 ``(E,)``.
+
+    With ``werr`` (``W e``) and ``atb`` (float64, one value per column of A, in place) also adds
+    these rows' share of ``Aᵀb``, ``b = −W e``, to ``atb``: the same values, bit for bit, as
+    :func:`transpose_matvec` gives A's rows in their order."""
+    inputs = [as_array(t) for t in (err, _packed(scalars), rel, w)]
+    with_atb = (_EMPTY, _EMPTY) if atb is None else (as_array(werr), atb)
+    _lib.between_weighted_jacobians_into(err.shape[-1] == 6, *inputs, rows_i, rows_j, cols_i, cols_j, out, *with_atb)
+
+
+_EMPTY = np.empty(0)
 
 
 def retract_at(x: Tensor, free: Tensor, delta: Tensor) -> Tensor:

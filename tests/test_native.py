@@ -113,13 +113,29 @@ def test_fused_between_kernels_equal_the_separate_ones_bitwise(compiled, kind):
     wj = native.block_matmul(w[None], native.right_jacobian_inv(err, scalars))
     assert torch.equal(j_j, wj) and torch.equal(j_i, -native.mul_adjoint_inverse(wj, rel))
     assert j_i.shape == j_j.shape == (1, 100, w.shape[-1], w.shape[-1])
-    # written straight to scattered slots of one buffer: the same values
-    size = j_i.numel()
-    dest = torch.randperm(2 * size + 5, generator=torch.Generator().manual_seed(3))[: 2 * size].numpy()
-    out = np.full(2 * size + 5, np.nan)
-    native.between_weighted_jacobians_into(err, scalars, rel, w[None], dest[:size], dest[size:], out)
-    assert np.array_equal(out[dest[:size]], j_i.reshape(-1).numpy()) and np.array_equal(out[dest[size:]], j_j.reshape(-1).numpy())
-    assert np.isnan(np.delete(out, dest)).all()  # nothing else written
+    # written straight to the rows of a CSR buffer, adding up Aᵀb: the same values
+    d, edges = w.shape[-1], 100
+    gen = torch.Generator().manual_seed(3)
+    rows = (torch.randperm(2 * edges * d, generator=gen) * d).numpy()
+    rows_i, rows_j = rows[: edges * d], rows[edges * d :]
+    cols_i, cols_j = (torch.randint(0, 40, (2, edges), generator=gen) * d).numpy()
+    cols_i[::7] = -1  # fixed elements' blocks: not written
+    out, atb = np.full(2 * edges * d * d, np.nan), np.zeros(40 * d)
+    werr = native.block_matmul(w[None], err.unsqueeze(-1)).squeeze(-1)
+    native.between_weighted_jacobians_into(err, scalars, rel, w[None], rows_i, rows_j, cols_i, cols_j, out, werr, atb)
+    expected, written = np.zeros(40 * d), np.zeros(out.shape, dtype=bool)
+    for k in range(edges):
+        for blocks, row_slots, col in ((j_i, rows_i, cols_i[k]), (j_j, rows_j, cols_j[k])):
+            if col < 0:
+                continue
+            block = blocks[0, k].numpy()
+            for r in range(d):
+                start = row_slots[d * k + r]
+                assert np.array_equal(out[start : start + d], block[r])
+                written[start : start + d] = True
+                for c in range(d):
+                    expected[col + c] += block[r, c] * -werr[0, k, r].item()
+    assert np.isnan(out[~written]).all() and np.array_equal(atb, expected)
 
 
 def test_fused_between_error_checks_indices_and_lengths(compiled):
@@ -129,11 +145,17 @@ def test_fused_between_error_checks_indices_and_lengths(compiled):
     with pytest.raises(ValueError, match="w: expected 3600 float64 values"):
         native.between_weighted_error(poses[None], ends_i, ends_j, z[None], w[None, :-1], element)
     err, rel, scalars, _ = native.between_weighted_error(poses[None], ends_i, ends_j, z[None], w[None], element)
-    dest = np.arange(3600, dtype=np.int64)
-    with pytest.raises(ValueError, match="dest_i, dest_j: expected indices < len"):
-        native.between_weighted_jacobians_into(err, scalars, rel, w[None], dest, dest + 1, np.empty(3600))
-    with pytest.raises(ValueError, match="dest_j: expected 3600 int64 indices"):
-        native.between_weighted_jacobians_into(err, scalars, rel, w[None], dest, dest[:-1], np.empty(3600))
+    rows, cols = np.arange(600, dtype=np.int64) * 6, np.zeros(100, dtype=np.int64)
+    args = (err, scalars, rel, w[None], rows, rows, cols, cols)
+    with pytest.raises(ValueError, match="rows_i, cols_i: expected each block's slots < len"):
+        native.between_weighted_jacobians_into(*args, np.empty(3599))
+    with pytest.raises(ValueError, match="rows_j: expected 600 int64 indices"):
+        native.between_weighted_jacobians_into(err, scalars, rel, w[None], rows, rows[:-1], cols, cols, np.empty(3600))
+    werr = native.block_matmul(w[None], err.unsqueeze(-1)).squeeze(-1)
+    with pytest.raises(ValueError, match="columns < len\\(atb\\)"):
+        native.between_weighted_jacobians_into(*args, np.empty(3600), werr, np.zeros(5))
+    with pytest.raises(ValueError, match="werr: expected 600 float64 values"):
+        native.between_weighted_jacobians_into(*args, np.empty(3600), werr[:, :-1], np.zeros(10))
 
 
 def test_between_edges_take_the_fused_kernels_where_they_apply(compiled, monkeypatch):
@@ -167,7 +189,8 @@ def test_between_edges_take_the_fused_kernels_where_they_apply(compiled, monkeyp
 @pytest.mark.parametrize("path", ["sphere_se3.g2o", "grid_se2.g2o"])
 def test_linearization_lets_between_edges_write_their_blocks_in_place(compiled, monkeypatch, path):
     """One graph in float64: the weighted Jacobians go from the fused kernel straight to A's
-    CSR slots, with the same A and b, bit for bit, as placing the kernel's block tensors."""
+    CSR slots, adding up Aᵀb on the way, with the same A, b and Aᵀb, bit for bit, as placing
+    the kernel's block tensors and multiplying after."""
     from posegraph import costs
     from posegraph.solve.optimize import make_optimizer
 
@@ -176,18 +199,20 @@ def test_linearization_lets_between_edges_write_their_blocks_in_place(compiled, 
         lin = make_optimizer(problem, pg.SolverOptions()).linear_solver.linearization
         with torch.no_grad():
             lin.linearize()
-        return lin.A_val, lin.b
+            fused_atb = lin._Atb is not None
+            return lin.A_val, lin.b, lin.Atb, fused_atb
 
     calls = []
     real = native._lib
     monkeypatch.setattr(native, "_lib", type("Spy", (), {"__getattr__": lambda self, n: (calls.append(n), getattr(real, n))[1]})())
-    a, b = linearized()
-    assert "between_weighted_jacobians_into" in calls and "between_weighted_jacobians" not in calls
+    a, b, atb, fused_atb = linearized()
+    assert fused_atb and "between_weighted_jacobians_into" in calls and "between_weighted_jacobians" not in calls
+    assert "row_products" not in calls  # Aᵀb came with the Jacobians
     calls.clear()
-    monkeypatch.setattr(costs.BetweenEdges, "place_weighted_block_jacobians", lambda self, out, dests: None)
-    a_placed, b_placed = linearized()
-    assert "between_weighted_jacobians" in calls and "between_weighted_jacobians_into" not in calls
-    assert torch.equal(a, a_placed) and torch.equal(b, b_placed)
+    monkeypatch.setattr(costs.BetweenEdges, "place_weighted_block_jacobians", lambda self, *args: None)
+    a_placed, b_placed, atb_placed, fused_atb = linearized()
+    assert not fused_atb and "between_weighted_jacobians" in calls and "between_weighted_jacobians_into" not in calls
+    assert torch.equal(a, a_placed) and torch.equal(b, b_placed) and torch.equal(atb, atb_placed)
 
 
 @pytest.mark.parametrize("kind", ["SE3", "SE2"])

@@ -35,7 +35,7 @@ from theseus.optimizer import Linearization, VariableOrdering
 from theseus.optimizer.linear_system import SparseStructure
 
 from .. import native
-from ..costs import BlockSparseCostFunction, EvaluationCache
+from ..costs import BlockSlots, BlockSparseCostFunction, EvaluationCache
 
 
 def records_gradient(*tensors: torch.Tensor) -> bool:
@@ -87,6 +87,17 @@ class _Piece:
         return (np.broadcast_to(r, shape).ravel(), np.broadcast_to(c, shape).ravel(), keep.ravel())
 
 
+def _block_slots(piece: "_Piece", dest: np.ndarray) -> Optional[BlockSlots]:
+    """``piece``'s :class:`BlockSlots` from its entries' slots ``dest``, or ``None`` when a kept
+    block's row does not fill consecutive slots."""
+    slots = dest.reshape(len(piece.first_row), piece.d, piece.e)
+    rows = slots[:, :, 0]
+    kept = piece.col >= 0
+    if not np.array_equal(slots[kept], rows[kept][:, :, None] + np.arange(piece.e)):
+        return None
+    return BlockSlots(np.ascontiguousarray(rows.reshape(-1)), np.ascontiguousarray(piece.col, dtype=np.int64), piece.e)
+
+
 @dataclass
 class _CostPlan:
     """How one cost function's Jacobian values feed the raw value vector."""
@@ -94,6 +105,9 @@ class _CostPlan:
     cost: th.CostFunction
     block: bool  # BlockSparseCostFunction (True) or generic dense (False)
     pieces: int  # its Jacobian tensors (entries of the block layout, or optimization variables)
+    #: Where a block cost's blocks go in A's values, per layout entry, when every kept block's
+    #: rows fill consecutive slots (pure copies; see ``place_weighted_block_jacobians``).
+    slots: Optional[List[BlockSlots]] = None
 
 
 class BlockSparseLinearization(Linearization):
@@ -177,6 +191,14 @@ class BlockSparseLinearization(Linearization):
         self._col_of_nz = torch.as_tensor(self.A_col_ind, dtype=torch.long, device=dev)
         self._piece_dest: List[torch.Tensor] = [torch.as_tensor(d, device=dev) for d in dests]
         self._piece_dest_np: List[np.ndarray] = [np.asarray(d, dtype=np.int64) for d in dests]
+        if self._pure_copy:
+            first = 0
+            for plan in self._plans:
+                if plan.block:
+                    span = range(first, first + plan.pieces)
+                    slots = [_block_slots(pieces[k], self._piece_dest_np[k]) for k in span]
+                    plan.slots = None if any(s is None for s in slots) else slots  # type: ignore[assignment]
+                first += plan.pieces
 
     def _slots_by_blocks(self, pieces: List[_Piece]) -> Optional[List[np.ndarray]]:
         """Sets ``A_col_ind``/``A_row_ptr`` and returns each piece's slots, working on blocks:
@@ -269,15 +291,20 @@ class BlockSparseLinearization(Linearization):
         fill = a_val.index_copy_ if self._pure_copy else a_val.index_add_
         # One graph in float64 on CPU: a block cost may write its blocks to their slots itself
         # (BetweenEdges: in the kernel that computes them, without block tensors to place)
+        # and add their rows' share of Aᵀb on the way (kept when every cost did).
         direct = a_val.numpy()[0] if batch == 1 and self._pure_copy and _plain_cpu(a_val) and dtype == torch.float64 else None
+        atb = None if direct is None else np.zeros(self.num_cols)
         errs: List[torch.Tensor] = []
         piece = 0
         for plan in self._plans:
-            dests = self._piece_dest_np[piece : piece + plan.pieces]
-            err = None if direct is None or not plan.block else plan.cost.place_weighted_block_jacobians(direct, dests)
+            err = None
+            if direct is not None and plan.slots is not None:
+                err = plan.cost.place_weighted_block_jacobians(direct, plan.slots, atb)
             if err is None:
+                atb = None
                 jacs, err = plan.cost.weighted_block_jacobians_error() if plan.block else plan.cost.weighted_jacobians_error()
-                for j, dest, dest_np in zip(jacs, self._piece_dest[piece : piece + plan.pieces], dests):
+                dests = zip(self._piece_dest[piece : piece + plan.pieces], self._piece_dest_np[piece : piece + plan.pieces])
+                for j, (dest, dest_np) in zip(jacs, dests):
                     flat = j.expand(batch, *j.shape[1:]).reshape(batch, -1)
                     if batch == 1 and self._pure_copy and _plain_cpu(a_val, flat):
                         # NumPy's assignment to one row: ~1/3 faster than index_copy_ (smallGrid3D:
@@ -289,6 +316,8 @@ class BlockSparseLinearization(Linearization):
             errs.append(err.expand(batch, *err.shape[1:]).reshape(batch, -1))
         self.A_val = a_val[:, : self.nnz] if self._has_dropped else a_val  # without the dropped slot
         self.b = -torch.cat(errs, dim=1) if len(errs) != 1 else -errs[0]
+        if atb is not None:
+            self._Atb = torch.from_numpy(atb)[None, :, None]
 
     def _linearize_hessian_impl(self, _detach_hessian: bool = False) -> None:
         """Theseus' optimizers re-linearize after every step, also after an LM step that was
