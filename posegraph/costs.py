@@ -11,6 +11,7 @@ index operation instead of a Python loop per edge.
 from __future__ import annotations
 
 import abc
+import operator
 from dataclasses import dataclass
 from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple, Union
 
@@ -148,6 +149,9 @@ class BlockSparseCostFunction(th.CostFunction, abc.ABC):
         return f"{self.name}[{index}]"
 
 
+_version_of = operator.attrgetter("_version")
+
+
 class EvaluationCache:
     """The last value computed from some tensors, reused while they are unchanged.
 
@@ -162,8 +166,8 @@ class EvaluationCache:
 
     def __init__(self) -> None:
         self._tensors: Tuple[torch.Tensor, ...] = ()
+        self._ids: Tuple[int, ...] = ()  # of the key tensors
         self._versions: Tuple[int, ...] = ()
-        self._num_keys = 0
         self._value: Any = None
         #: Number of lookups answered from the cache (for tests and profiling).
         self.hits = 0
@@ -173,12 +177,11 @@ class EvaluationCache:
         return not torch.is_grad_enabled() and not any(t.is_inference() for t in tensors)
 
     def get(self, tensors: Sequence[torch.Tensor]) -> Any:
-        """The value stored for exactly these tensors at their current versions, or None."""
-        if self._value is None or not self._usable(tensors):
+        """The value stored for exactly these tensors at their current versions, or None.
+        (The key tensors were checked when stored: the same objects track versions.)"""
+        if self._value is None or tuple(map(id, tensors)) != self._ids or torch.is_grad_enabled():
             return None
-        if len(tensors) != self._num_keys or not all(a is b for a, b in zip(tensors, self._tensors)):
-            return None
-        if tuple(t._version for t in self._tensors) != self._versions:
+        if tuple(map(_version_of, self._tensors)) != self._versions:
             return None
         self.hits += 1
         return self._value
@@ -190,13 +193,13 @@ class EvaluationCache:
         receive (nothing is stored while autograd records)."""
         if self._usable(tensors):
             self._tensors = (*tensors, *outputs)
-            self._num_keys = len(tensors)
-            self._versions = tuple(t._version for t in self._tensors)
+            self._ids = tuple(map(id, tensors))
+            self._versions = tuple(map(_version_of, self._tensors))
             self._value = value
 
     def clear(self) -> None:
         """Forget the stored value (and release its tensors)."""
-        self._tensors, self._versions, self._num_keys, self._value = (), (), 0, None
+        self._tensors, self._ids, self._versions, self._value = (), (), (), None
 
 
 @dataclass(frozen=True)
@@ -376,8 +379,8 @@ class BetweenEdges(BlockSparseCostFunction):
             ends_i, ends_j = (e.numpy() for e in self._ends)
             fused = _FusedInputs(w, native.as_array(z), native.as_array(w), ends_i, ends_j)
             self._fused_cache.put((z, w), fused)
-        x = self.poses.tensor
-        if x.shape[0] != 1 or not native.applies([x]):
+        x = self.poses.tensor  # z and w were checked with the arrays
+        if x.shape[0] != 1 or x.dtype != torch.float64 or x.device.type != "cpu" or (x.requires_grad and torch.is_grad_enabled()):
             return None
         return fused
 

@@ -164,7 +164,9 @@ def as_array(t: Array) -> np.ndarray:
     are, for inputs a caller keeps prepared)."""
     if isinstance(t, np.ndarray):
         return np.ascontiguousarray(t)
-    return t.detach().contiguous().numpy()
+    if t.requires_grad or not t.is_contiguous():
+        t = t.detach().contiguous()
+    return t.numpy()
 
 
 def _packed(scalars: Union[Tensor, Sequence[Tensor]]) -> Tensor:
