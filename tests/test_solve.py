@@ -675,12 +675,13 @@ def test_lm_damping_rule_accepts_rejects_and_scales():
     assert scaled.tolist() == pytest.approx([1e-6, 1e-4, 1e-4, 1e-6, 1e5])
 
 
-def test_lm_bookkeeping_same_on_numpy_and_torch():
+def test_lm_bookkeeping_same_on_numpy_torch_and_scalars():
     """The step test, the convergence test and the rejection count give the same on NumPy
-    (CPU tensors) and torch (other devices), non-finite values and zero decreases included."""
+    (CPU tensors), torch (other devices) and, problem by problem, on scalars (one problem on
+    CPU), non-finite values and zero decreases included."""
     import numpy as np
 
-    from posegraph.solve.optimize import DampingRule, convergence_mask, count_rejections
+    from posegraph.solve.optimize import DampingRule, ScalarOps, convergence_mask, count_rejections
 
     gen = torch.Generator().manual_seed(0)
     b, n = 64, 5
@@ -710,3 +711,8 @@ def test_lm_bookkeeping_same_on_numpy_and_torch():
     for a, t in zip(on_numpy, on_torch):
         assert a.dtype == t.dtype
         assert torch.equal(a, t)
+    # one problem at a time: its row and scalars (as the bookkeeping gets them for one graph)
+    for k in range(b):
+        on_scalars = run(ScalarOps, lambda t: t[k].numpy()[()])  # a row, or a scalar
+        for s, t in zip(on_scalars, on_torch):
+            assert s.dtype == t.dtype and torch.equal(s.reshape(()), t[k]), k
