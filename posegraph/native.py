@@ -67,7 +67,7 @@ def plain_cpu_tensors(
         return False
     grad = torch.is_grad_enabled()
     for t in tensors:
-        if not isinstance(t, Tensor) or t.device.type != "cpu" or t.dtype != first.dtype:
+        if not isinstance(t, Tensor) or not t.is_cpu or t.dtype != first.dtype:
             return False
         if (grad and t.requires_grad) or (max_elements is not None and t.numel() > max_elements):
             return False
