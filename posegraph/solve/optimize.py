@@ -28,7 +28,7 @@ from .batched import BlockSparseSolver, ConjugateGradientSolver, DenseCholeskySo
 from .cholmod import CHOLMOD_MODES
 from .linearization import BlockSparseLinearization
 from .pardiso import pardiso_available
-from .sparse_cholesky import CholmodSolver, FactorStats, PardisoSolver, SparseCholeskySolver
+from .sparse_cholesky import CholmodSolver, FactorStats, PardisoSolver, SparseCholeskySolver, vector_dot
 
 SOLVERS = ("gn", "lm")
 LINEAR_SOLVERS = ("auto", "cholmod", "pardiso", "dense", "batched_dense", "cg", "lu_cuda", "baspacho")
@@ -139,8 +139,8 @@ def predicted_decrease(xp: Any, delta: Any, damping: Any, atb: Any) -> Any:
     & Tingleff 2004, "Methods for non-linear least squares problems", eq. 3.14), from the
     steps ``delta`` and ``Aᵀb`` ``(B, n)`` and the dampings ``(B,)`` — one problem's row and
     scalar under :class:`ScalarOps`."""
-    if xp is ScalarOps:
-        return delta.dot(damping * delta + atb) / 2
+    if xp is ScalarOps:  # (not ndarray.dot: long ones go to BLAS's threads, see vector_dot)
+        return delta.dtype.type(vector_dot(delta, damping * delta + atb) / 2)
     return (delta * (damping[:, None] * delta + atb)).sum(1) / 2
 
 
