@@ -12,7 +12,8 @@ ratio to GTSAM (when `gtsam` is importable: `pip install gtsam`, an optional `be
 a runtime dependency), and with ``--stock`` the per-iteration and build ratios to stock Theseus
 (its example-style objective: one ``th.Between`` per edge, ``DiagonalCostWeight`` from Ω's
 diagonal, ``CholmodSparseSolver``; two iterations are timed, as it is slow; ``--stock-repeat N``
-keeps the fastest of N such runs, as ``--repeat N`` does for posegraph).
+keeps the fastest of N such runs, as ``--repeat N`` does for posegraph; the runs of the two
+alternate, so both see the same stretches of a machine whose speed drifts).
 A generated 10000-pose SE2 graph (``posegraph.synthetic.large_se2``) stands in for city10000.
 """
 
@@ -21,6 +22,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import functools
+import gc
 import json
 import os
 import resource
@@ -28,7 +30,7 @@ import sys
 import time
 import warnings
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Sequence
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # this checkout's posegraph
@@ -81,14 +83,32 @@ def run_posegraph(path: Optional[Path], graph: Optional[pg.PoseGraph] = None, th
     }
 
 
-def best_of(repeat: int, fn, *args, key: str = "time_s", also: Sequence[str] = ()) -> Dict[str, Any]:
-    """The fastest of ``repeat`` runs by ``key`` (timings on a shared machine are noisy), with
-    each timing named in ``also`` the fastest of its own over the runs."""
-    runs = [fn(*args) for _ in range(max(1, repeat))]
+def fastest(runs: Sequence[Dict[str, Any]], key: str = "time_s", also: Sequence[str] = ()) -> Dict[str, Any]:
+    """The fastest of ``runs`` by ``key`` (timings on a shared machine are noisy), with each
+    timing named in ``also`` the fastest of its own over the runs."""
     best = dict(min(runs, key=lambda r: r[key]))
     for name in also:
         best[name] = min(r[name] for r in runs)
     return best
+
+
+def best_of(repeat: int, fn, *args, key: str = "time_s", also: Sequence[str] = ()) -> Dict[str, Any]:
+    """:func:`fastest` of ``repeat`` runs of ``fn(*args)``."""
+    return fastest([fn(*args) for _ in range(max(1, repeat))], key, also)
+
+
+def in_turns(*plans: Tuple[int, Callable[[], Dict[str, Any]]]) -> List[List[Dict[str, Any]]]:
+    """Each ``(count, fn)``'s ``count`` runs, taken in turns (a, b, a, b, …) so that both
+    sample the same stretches of a machine whose speed drifts (the ratio of their fastest
+    iterations is then measured under the same conditions), with a garbage collection after
+    each run outside its timing (stock Theseus leaves ~10⁵ objects behind); the runs of each."""
+    runs: List[List[Dict[str, Any]]] = [[] for _ in plans]
+    for k in range(max(max(1, count) for count, _ in plans)):
+        for (count, fn), out in zip(plans, runs):
+            if k < max(1, count):
+                out.append(fn())
+                gc.collect()
+    return runs
 
 
 def run_gtsam(path: Path) -> Optional[Dict[str, Any]]:
@@ -160,10 +180,14 @@ def main(argv: Optional[List[str]] = None) -> int:
         if not path.exists():
             print(f"skipping {name}: {path} not found", file=sys.stderr)
             continue
-        row: Dict[str, Any] = {"dataset": name, "posegraph": best_of(args.repeat, run, path, also=("per_iter_s",))}
+        plans = [(args.repeat, functools.partial(run, path))]
+        if args.stock:  # posegraph and stock Theseus in turns
+            plans.append((args.stock_repeat, functools.partial(run_stock_theseus, path)))
+        ours, *stock = in_turns(*plans)
+        row: Dict[str, Any] = {"dataset": name, "posegraph": fastest(ours, also=("per_iter_s",))}
         row["gtsam"] = run_gtsam(path)
-        if args.stock:
-            row["stock_theseus"] = best_of(args.stock_repeat, run_stock_theseus, path, key="per_iter_s")
+        if stock:
+            row["stock_theseus"] = fastest(stock[0], key="per_iter_s")
         row["peak_rss_mb"] = peak_rss_mb()
         rows.append(row)
     if not args.no_synthetic and not args.only:

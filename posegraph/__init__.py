@@ -56,7 +56,11 @@ Solving
     small matrices, compiled (float64) or through NumPy's BLAS kernels (float32) on CPU
     without autograd. LM (``posegraph.solve.optimize.LevenbergMarquardt``) follows GTSAM's
     damping schedule, ``LevenbergMarquardt.damping_rule`` (a ``DampingRule``); its step and
-    convergence tests run on NumPy for CPU problems, on torch elsewhere.
+    convergence tests run on scalars for one CPU problem (``optimize.ScalarOps``), on NumPy
+    for a CPU batch, on torch elsewhere. A ``BlockSparseCostFunction`` may write its weighted
+    Jacobian blocks straight to A's CSR values (``place_weighted_block_jacobians``, given
+    ``costs.BlockSlots``), adding up its share of ``Aᵀb``: ``BetweenEdges`` does, in one
+    compiled call for one float64 graph on CPU.
 Differentiable, batched solving
     ``PoseGraphLayer(graph | kind, edges, fixed)`` — ``torch.nn.Module`` over
     ``th.TheseusLayer``: ``layer(poses, measurements, information) -> (poses, LayerInfo)``

@@ -9,7 +9,8 @@ fixed per-call cost: on sphere2500's 4,949 edges the logarithm, ``J_r⁻¹`` and
 product take ~8 ms a linearization that way and under 1 ms compiled. For one graph whose edges
 carry full information weights, :func:`between_weighted_error` and
 :func:`between_weighted_jacobians` fuse those kernels with the weighting (and the gather of the
-edges' poses), :func:`retract_at` the retraction of the free poses with the copy of the rest:
+edges' poses; :func:`between_weighted_jacobians_into` writes the Jacobians straight to A's CSR
+values and adds up ``Aᵀb``), :func:`retract_at` the retraction of the free poses with the copy of the rest:
 the same arithmetic in one call, where each wrapper costs more than a small graph's loop.
 ``posegraph/_native_normal.c`` adds each residual block's Gram entries into ``AᵀA`` in one pass
 (the array route gathers, multiplies in a batch, gathers and scatters), and forms

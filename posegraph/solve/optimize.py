@@ -592,6 +592,8 @@ __all__ = [
     "DampingRule",
     "convergence_mask",
     "count_rejections",
+    "predicted_decrease",
+    "ScalarOps",
     "resolve_linear_solver",
     "OptimizationError",
 ]
