@@ -380,9 +380,7 @@ class BetweenEdges(BlockSparseCostFunction):
             fused = _FusedInputs(w, native.as_array(z), native.as_array(w), ends_i, ends_j)
             self._fused_cache.put((z, w), fused)
         x = self.poses.tensor  # z and w were checked with the arrays
-        if x.shape[0] != 1 or x.dtype != torch.float64 or x.device.type != "cpu" or (x.requires_grad and torch.is_grad_enabled()):
-            return None
-        return fused
+        return fused if x.shape[0] == 1 and native.applies([x]) else None
 
     def _weighted(self, err: torch.Tensor) -> torch.Tensor:
         """``W e`` for the block error ``err``, from :attr:`weighted_cache` when ``err`` (see
@@ -437,8 +435,7 @@ class BetweenEdges(BlockSparseCostFunction):
         werr = self._weighted(parts.err)
         (i, j) = slots
         native.between_weighted_jacobians_into(
-            parts.err, parts.log_scalars, parts.rel, fused.w, i.rows, j.rows, i.columns, j.columns, out,
-            werr if atb is not None else None, atb,
+            parts.err, parts.log_scalars, parts.rel, fused.w, i.rows, j.rows, i.columns, j.columns, out, werr, atb
         )
         return werr
 

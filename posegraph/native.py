@@ -224,7 +224,7 @@ def between_weighted_jacobians_into(
     ``cols_i[k]``, ``−1`` for a block that is not A's (a fixed element: not written); likewise
     ``∂(We)/∂δⱼ``. ``rows_*``: int64 ``(E·d,)``, ``cols_*``: int64 ``(E,)``.
 
-    With ``werr`` (``W e``) and ``atb`` (float64, one value per column of A, in place) also adds
+    With ``atb`` (float64, one value per column of A, in place) and ``werr`` (``W e``) also adds
     these rows' share of ``Aᵀb``, ``b = −W e``, to ``atb``: the same values, bit for bit, as
     :func:`transpose_matvec` gives A's rows in their order."""
     inputs = [as_array(t) for t in (err, _packed(scalars), rel, w)]
