@@ -68,8 +68,13 @@ def _parser() -> argparse.ArgumentParser:
     o.add_argument("--max-iters", type=_non_negative_int, default=100, metavar="N", help="iteration cap (default 100)")
     o.add_argument("--rel-tol", type=float, default=1e-10, help="relative error decrease to stop at (default 1e-10)")
     o.add_argument("--abs-tol", type=float, default=1e-10, help="absolute error decrease to stop at (default 1e-10)")
+    o.add_argument("--grad-tol", type=_non_negative_float, default=0.0, metavar="G",
+                   help="also stop when ‖Aᵀb‖∞ ≤ G before a step (default 0: off, as GTSAM)")
+    o.add_argument("--step-tol", type=_non_negative_float, default=0.0, metavar="S",
+                   help="also stop when an accepted step's ‖δ‖∞ ≤ S (default 0: off)")
     o.add_argument("--init", choices=["auto", "file", "spanning-tree", "chordal"], default="auto",
-                   help="initial guess: file vertices when present, else spanning tree (auto); "
+                   help="initial guess. auto: with vertices, the file's or the chordal guess, whichever "
+                        "has the lower cost; without, the spanning tree. file: the file's vertices. "
                         "chordal: rotations then translations by linear least squares")
     o.add_argument("--robust", type=_robust_kernel, default=None, metavar="KERNEL:SCALE",
                    help="robust kernel: huber:C, cauchy:C (C in standard deviations) or none")
@@ -186,7 +191,7 @@ def cmd_optimize(args: argparse.Namespace) -> int:
     t0 = time.perf_counter()
     graph = read_g2o(args.input)
     t_read = time.perf_counter()
-    graph = initialize(graph, args.init)
+    graph = initialize(graph, args.init, cost=_start_cost(args))
     t1 = time.perf_counter()
     dtype = torch.float64 if args.dtype == "float64" else torch.float32
     mesh = _load_mesh(args, graph)
@@ -197,6 +202,8 @@ def cmd_optimize(args: argparse.Namespace) -> int:
         max_iterations=args.max_iters,
         rel_tolerance=args.rel_tol,
         abs_tolerance=args.abs_tol,
+        gradient_tolerance=args.grad_tol,
+        step_tolerance=args.step_tol,
         linear_solver=args.linear_solver,
         cholmod_mode=args.cholmod_mode,
         reuse_factor=args.reuse_factor,
@@ -243,6 +250,10 @@ def cmd_optimize(args: argparse.Namespace) -> int:
                "write": t4 - t3, "total": t4 - t0}
     s = summary(graph, result, timings, output=args.output)
     s["init"] = args.init
+    choice = graph.extras.get("init")
+    if choice is not None:
+        s["start"] = {"chosen": choice.chosen[0] if len(choice.chosen) == 1 else choice.chosen,
+                      "costs": choice.costs, **({"note": choice.note} if choice.note else {})}
     if args.robust is not None:
         s["robust"] = {"kernel": str(args.robust), "edges": args.robust_edges}
     if args.json:
@@ -250,6 +261,22 @@ def cmd_optimize(args: argparse.Namespace) -> int:
     else:
         sys.stdout.write(format_summary(s) + "\n")
     return EXIT_OK
+
+
+def _start_cost(args: argparse.Namespace):
+    """How ``--init auto`` compares starts: the cost the solve minimizes (None: the plain
+    ½ Σ eᵀΩe; with ``--robust``, the kernel's)."""
+    if args.robust is None:
+        return None
+    import torch
+
+    from .builder import build_problem
+
+    def cost(graph):
+        with torch.no_grad():
+            return build_problem(graph, robust=args.robust, robust_edges=args.robust_edges).error()
+
+    return cost
 
 
 def _load_mesh(args: argparse.Namespace, graph):

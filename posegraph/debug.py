@@ -708,7 +708,14 @@ class DebugCallback:
         """Forget recorded iterations and the non-finite report (to reuse the callback)."""
         self.records: List[Dict[str, Any]] = []
         self.first_nonfinite: Optional[NonFiniteReport] = None
+        self.status: Optional[List[str]] = None
+        self.stop_reason: Optional[List[str]] = None
         self._iteration = 0
+
+    def record_outcome(self, status: Sequence[str], stop_reason: Sequence[str]) -> None:
+        """Keep how the solve stopped, per problem (``SolveResult.status`` and
+        ``stop_reason``), for the trace; :func:`posegraph.optimize` calls it."""
+        self.status, self.stop_reason = list(status), list(stop_reason)
 
     @property
     def iteration(self) -> int:
@@ -881,7 +888,8 @@ class DebugCallback:
     def to_dict(self) -> Dict[str, Any]:
         """The trace as strict-JSON-ready data: ``{"format", "version", "settings",
         "iterations": [{"iteration", "error", "step_norm", "damping", "cost_functions":
-        {NAME: {"error_norm", "jacobian_norms": [...]}}}], "first_nonfinite"}``; non-finite
+        {NAME: {"error_norm", "jacobian_norms": [...]}}}], "first_nonfinite", "status",
+        "stop_reason"}`` (the last two per problem, null before the solve ended); non-finite
         floats are written as the strings ``"nan"``, ``"inf"``, ``"-inf"``
         (:func:`posegraph.inspect_trace.load_trace` turns them back into floats)."""
         iterations = []
@@ -915,6 +923,8 @@ class DebugCallback:
             },
             "iterations": iterations,
             "first_nonfinite": self.first_nonfinite.to_dict() if self.first_nonfinite else None,
+            "status": self.status,
+            "stop_reason": self.stop_reason,
         }
 
     def save(self, path: Union[str, "os.PathLike[str]"]) -> None:

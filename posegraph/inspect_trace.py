@@ -124,6 +124,9 @@ def format_trace(trace: Dict[str, Any], top: int = 10, source: str = "") -> str:
     title = f"debug trace{': ' + source if source else ''}"
     lines.append(f"{title} ({len(iters)} iterations recorded, per-cost detail: "
                  f"{'yes' if settings.get('per_cost') else 'no'})")
+    if trace.get("status"):
+        stops = zip(trace["status"], trace.get("stop_reason") or [""] * len(trace["status"]))
+        lines.append("status: " + ", ".join(f"{s} ({r})" if r else s for s, r in stops))
     lines.append("")
     lines.append(f"{'iteration':>9}  {'error':>12}  {'step norm':>12}  {'damping':>12}")
     for rec in iters:

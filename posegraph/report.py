@@ -19,7 +19,8 @@ from .solve.optimize import IterationRecord, SolveResult
 
 class ProgressPrinter:
     """Per-iteration progress lines on a stream (stderr by default):
-    iteration, χ², relative decrease, elapsed seconds."""
+    iteration, χ², relative decrease, elapsed seconds; ``cost rose`` marks a step that raised
+    the cost (Gauss–Newton takes those; LM rejects them)."""
 
     def __init__(self, stream: Optional[IO[str]] = None):
         self.stream = stream or sys.stderr
@@ -33,9 +34,11 @@ class ProgressPrinter:
             self.stream.write(f"{'iter':>5} {'chi2':>16} {'rel.decrease':>13} {'elapsed':>9}\n")
         else:
             rel = f"{(self._last - chi2) / self._last:.3e}" if self._last else "0"
+        rose = self._last is not None and chi2 > self._last
         self._last = chi2
         elapsed = time.perf_counter() - self._start
-        self.stream.write(f"{rec.iteration:>5} {chi2:>16.10g} {rel:>13} {elapsed:>8.3f}s\n")
+        note = "  cost rose" if rose else ""
+        self.stream.write(f"{rec.iteration:>5} {chi2:>16.10g} {rel:>13} {elapsed:>8.3f}s{note}\n")
         self.stream.flush()
 
 
@@ -104,6 +107,7 @@ def summary(
         "final_error": float(final.mean()),
         "iterations": result.iterations,
         "status": result.status[0] if len(result.status) == 1 else result.status,
+        "stop_reason": result.stop_reason[0] if len(result.stop_reason) == 1 else result.stop_reason,
         "solver": result.solver,
         "linear_solver": result.linear_solver,
         "device": result.device,
@@ -125,6 +129,31 @@ def _count(n: int, noun: str) -> str:
     return f"{n} {noun}{'' if n == 1 else 's'}"
 
 
+#: what each ``stop_reason`` means, for the text summary
+STOP_REASONS = {
+    "absolute-error": "error below --abs-tol",
+    "absolute-decrease": "decrease below --abs-tol",
+    "relative-decrease": "relative decrease below --rel-tol",
+    "gradient-norm": "‖Aᵀb‖∞ below --grad-tol",
+    "step-norm": "step ‖δ‖∞ below --step-tol",
+    "max-iterations": "iteration cap reached",
+    "damping-limit": "no step lowers the cost, even at LM's largest damping",
+    "non-finite-error": "the error is not finite",
+    "non-finite-step": "the step is not finite",
+    "linear-solver-error": "the linear solver failed",
+}
+
+
+def _status_line(s: Dict[str, Any]) -> str:
+    """``converged after 7 iterations (relative decrease below --rel-tol)``; a batch lists
+    its statuses."""
+    status, reason = s["status"], s.get("stop_reason")
+    if isinstance(status, list):
+        return f"{', '.join(status)} after {s['iterations']} iterations"
+    why = f" ({STOP_REASONS.get(reason, reason)})" if reason and reason != "max-iterations" else ""
+    return f"{status} after {s['iterations']} iterations{why}"
+
+
 def format_summary(s: Dict[str, Any]) -> str:
     """A readable multi-line summary of :func:`summary`'s dict."""
     t = s["time_s"]
@@ -132,7 +161,7 @@ def format_summary(s: Dict[str, Any]) -> str:
     lines = [
         f"input        {s['input']} ({s['kind']}: {s['num_poses']} poses, {s['num_edges']} edges)",
         f"solver       {s['solver']} with {s['linear_solver']} on {s['device']}",
-        f"status       {s['status']} after {s['iterations']} iterations",
+        f"status       {_status_line(s)}",
         f"chi2         {s['initial_chi2']:.10g} -> {s['final_chi2']:.10g}",
         f"error (χ²/2) {s['initial_error']:.10g} -> {s['final_error']:.10g}",
         f"time         {times}",
@@ -143,6 +172,10 @@ def format_summary(s: Dict[str, Any]) -> str:
         lines.insert(2, f"factorized   {kind}: {_count(c['factorizations'], 'factorization')}, "
                         f"{_count(c['reused'], 'solve')} by the last factor "
                         f"({_count(c['cg_iterations'], 'CG iteration')})")
+    if s.get("start"):
+        st = s["start"]
+        costs = ", ".join(f"{k} {v:.10g}" for k, v in st["costs"].items())
+        lines.insert(2, f"start        {st['chosen']} (initial error: {costs})" + (f"; {st['note']}" if st.get("note") else ""))
     if s.get("robust"):
         r = s["robust"]
         lines.insert(3, f"robust       {r['kernel']} on {r['edges']} edges (chi2, error: Σρ(eᵀΩe), ½ of it)")

@@ -209,15 +209,19 @@ def test_init_chordal_prints_its_initial_cost(tmp_path, capsys, synthetic):
     first = err.splitlines()[1].split()  # the iteration-0 progress line: the initial χ²
     assert first[0] == "0" and float(first[1]) == pytest.approx(2 * expected, rel=1e-9)
     assert data["time_s"]["init"] >= 0
-    code, out, _ = run_cli(capsys, path, "--json", "--quiet")
+    code, out, _ = run_cli(capsys, path, "--json", "--quiet", "--init", "file")
     file_run = json.loads(out)
-    assert file_run["init"] == "auto" and file_run["initial_error"] > data["initial_error"]
+    assert file_run["init"] == "file" and file_run["initial_error"] > data["initial_error"]
+    code, out, _ = run_cli(capsys, path, "--json", "--quiet")  # auto: the better of the two
+    auto = json.loads(out)
+    assert auto["start"]["chosen"] == "chordal" and auto["initial_error"] == data["initial_error"]
+    assert auto["start"]["costs"]["file"] == pytest.approx(file_run["initial_error"], rel=1e-12)
 
 
 def test_robust_kernel_run(tmp_path, capsys, synthetic):
     s, path = _noisy_se3(synthetic, tmp_path)
     code, out, err = run_cli(capsys, path, "--json", "--quiet", "--robust", "cauchy:0.5",
-                             "--robust-edges", "loop-closures")
+                             "--robust-edges", "loop-closures", "--init", "file")
     assert code == 0 and err == ""
     data = json.loads(out)
     assert data["robust"] == {"kernel": "cauchy:0.5", "edges": "loop-closures"}

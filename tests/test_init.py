@@ -99,7 +99,7 @@ def test_initialize_methods(write_file, synthetic):
     init = s.truth.copy()
     init[:, :2, 2] += rng.normal(size=(5, 2))
     g = _read(write_file("v.g2o", s.text(vertices=init)))
-    assert initialize(g) is g and initialize(g, "file") is g  # file poses kept as they are
+    assert initialize(g, "file") is g  # file poses kept as they are
     st = initialize(g, "spanning-tree")
     assert not torch.equal(st.poses, g.poses)
     torch.testing.assert_close(st.poses[0], torch.tensor([0.0, 0, 1, 0], dtype=torch.float64))
@@ -230,3 +230,41 @@ def test_chordal_then_lm_reaches_the_reference_on_datasets(datasets_dir, name):
     assert result.converged
     assert float(result.initial_error) < float(build_problem(read_g2o(path)).error())
     assert float(result.final_error) == pytest.approx(CHORDAL_REFERENCE[name], rel=1e-6)
+
+
+def test_auto_starts_from_the_lower_cost_of_file_and_chordal(write_file, synthetic):
+    """``auto`` with vertices: the file's poses when they cost less than the chordal guess,
+    else the chordal guess; the choice and both costs are recorded (per problem)."""
+    from posegraph.init import pose_graph_error
+    from posegraph.hard_cases import perturb_vertices
+
+    import posegraph as pg
+
+    s = synthetic(kind="SE3", n=12, loops=((0, 6), (11, 3), (2, 9)), seed=1, noise=0.05)
+    problem = pg.build_problem(_read(write_file("good.g2o", s.text(vertices=s.truth))))
+    pg.optimize(problem)
+    good = problem.to_graph()  # at its optimum: no start costs less
+    bad = perturb_vertices(good, 2.0, 1.5, seed=0)
+    chordal = initialize(good, "chordal")
+    for graph, chosen in ((good, "file"), (bad, "chordal")):
+        out = initialize(graph)
+        choice = out.extras["init"]
+        file_cost, chordal_cost = float(pose_graph_error(graph)), float(pose_graph_error(chordal))
+        assert choice.chosen == [chosen]
+        assert choice.costs == pytest.approx({"file": file_cost, "chordal": chordal_cost}, rel=1e-12)
+        assert (file_cost < chordal_cost) == (chosen == "file")
+        expected = graph.poses if chosen == "file" else chordal.poses
+        torch.testing.assert_close(out.poses, expected, rtol=0, atol=1e-12)
+    # the cost is the caller's to choose: here one that prefers the file's poses
+    out = initialize(bad, cost=lambda g: -pose_graph_error(g))
+    assert out.extras["init"].chosen == ["file"]
+
+
+def test_pose_graph_error_is_the_solver_error(write_file, synthetic):
+    from posegraph.builder import build_problem
+    from posegraph.init import pose_graph_error
+
+    for kind in ("SE2", "SE3"):
+        s = synthetic(kind=kind, n=8, loops=((0, 5),), seed=3, noise=0.2)
+        g = _read(write_file(f"{kind}.g2o", s.text()))
+        assert float(pose_graph_error(g)) == pytest.approx(float(build_problem(g).error()), rel=1e-12)

@@ -19,7 +19,7 @@ differentiation), ``"truncated"`` (the last k iterations differentiated) or ``"u
 (every iteration differentiated).
 
 In a batch, each problem stops changing once it has converged
-(:class:`~posegraph.solve.optimize.PerProblemConvergence`), so a batched call returns what
+(:class:`~posegraph.solve.nonlinear.TruthfulLoop`), so a batched call returns what
 solving each graph alone returns (exactly with a fixed ``SolverOptions.cg_max_iterations``; with
 the measured default, the CPU solver's choice to reuse its last factor depends on timings); in
 implicit / truncated mode every problem then takes the differentiated step(s), as in Theseus.
@@ -27,7 +27,7 @@ implicit / truncated mode every problem then takes the differentiated step(s), a
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Callable, Dict, List, Optional, Tuple, Union
 
 import theseus as th
@@ -39,9 +39,7 @@ from ..graph import POSE_KINDS, PoseGraph
 from ..weights import cholesky_sqrt_information
 from .optimize import (
     SolverOptions,
-    _status_name,
     make_optimizer,
-    mark_failed,
     problem_linear_solver,
     run_kwargs,
     used_linear_solver,
@@ -59,8 +57,9 @@ class LayerInfo:
     """What one forward call did, per problem of the batch.
 
     Attributes:
-        status: ``"converged"``, ``"max-iterations"`` or ``"failed"`` per problem.
-        iterations: ``(B,)`` iterations each problem took (up to convergence).
+        status: per problem, ``"converged"``, ``"max-iterations"``, ``"stalled"`` or
+            ``"failed"`` (:mod:`posegraph.solve.nonlinear`); ``stop_reason``: why, per problem.
+        iterations: ``(B,)`` iterations each problem took (up to its stop).
         initial_error / final_error: ``(B,)`` GTSAM's ½ Σ eᵀΩe before / after (detached).
         linear_solver: the linear solver used (``pardiso``, ``cholmod``, ``batched_dense``, ``cg``,
             ``lu_cuda``, ``dense``).
@@ -78,6 +77,7 @@ class LayerInfo:
     device: str
     dtype: torch.dtype
     theseus_info: th.NonlinearOptimizerInfo
+    stop_reason: List[str] = field(default_factory=list)
 
     @property
     def converged(self) -> bool:
@@ -351,12 +351,11 @@ class PoseGraphLayer(nn.Module):
         return out, self._info(info, initial, final, compiled, mode, out)
 
     def _info(self, info, initial, final, compiled: _Compiled, mode: str, out: torch.Tensor) -> LayerInfo:
-        status = mark_failed([_status_name(s) for s in info.status], final)
-        iters = info.converged_iter.detach().clone().cpu()
-        iters[iters < 0] = self.options.max_iterations
+        outcome = compiled.layer.optimizer.outcome
         return LayerInfo(
-            status=status,
-            iterations=iters,
+            status=list(outcome.status),
+            stop_reason=list(outcome.stop_reason),
+            iterations=torch.as_tensor(outcome.iterations),
             initial_error=initial,
             final_error=final,
             linear_solver=compiled.linear_solver,

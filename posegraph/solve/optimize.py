@@ -4,31 +4,40 @@ Gauss–Newton and Levenberg–Marquardt are Theseus' own optimizers, run over t
 :class:`~posegraph.solve.linearization.BlockSparseLinearization` with the
 :class:`~posegraph.solve.sparse_cholesky.SparseCholeskySolver` on CPU (CHOLMOD or MKL PARDISO;
 or Theseus' dense Cholesky solver, ``linear_solver="dense"``, for small problems).
-LM uses adaptive damping ``λI`` with step rejection (Theseus' rule, Nielsen/Gavin's ρ test),
-as GTSAM's default LM damps with ``λI``.
+LM uses adaptive damping ``λI`` with GTSAM's schedule, retrying rejected steps within the
+iteration; the loop and its statuses are :mod:`posegraph.solve.nonlinear`'s.
 """
 
 from __future__ import annotations
 
 import contextlib
-import math
 import time
 import warnings
 from dataclasses import dataclass, field
-from typing import Any, Callable, Dict, Iterator, List, Optional, Tuple
-
-import numpy as np
+from typing import Callable, Dict, Iterator, List, Optional
 
 import theseus as th
 import torch
 
 from ..builder import PoseGraphProblem
 from ..errors import OptimizationError
-from .batched import BlockSparseSolver, ConjugateGradientSolver, DenseCholeskySolver, cuda_extensions_available
+from .batched import ConjugateGradientSolver, DenseCholeskySolver, cuda_extensions_available
 from .cholmod import CHOLMOD_MODES
 from .linearization import BlockSparseLinearization
 from .pardiso import pardiso_available
-from .sparse_cholesky import CholmodSolver, FactorStats, PardisoSolver, SparseCholeskySolver, vector_dot
+from .nonlinear import (
+    CRITERIA,
+    STATUSES,
+    DampingRule,
+    GaussNewton,
+    LevenbergMarquardt,
+    Outcome,
+    ScalarOps,
+    TruthfulLoop,
+    decrease_criterion,
+    predicted_decrease,
+)
+from .sparse_cholesky import CholmodSolver, FactorStats, PardisoSolver, SparseCholeskySolver
 
 SOLVERS = ("gn", "lm")
 LINEAR_SOLVERS = ("auto", "cholmod", "pardiso", "dense", "batched_dense", "cg", "lu_cuda", "baspacho")
@@ -49,235 +58,6 @@ LU_CUDA_MAX_DENSE_ENTRIES = 2**24
 SINGLE_THREAD_MAX_ROWS = 50_000
 
 
-class ScalarOps:
-    """The operations of LM's per-problem bookkeeping on one problem's values: NumPy float64
-    scalars (IEEE arithmetic, as in arrays: a zero divisor gives ±inf or NaN), Python bools
-    and ints, and one-dimensional rows. Each NumPy or torch call on a length-1 array costs
-    1–3 µs, and the bookkeeping makes ~30 a step (on smallGrid3D ~0.1 ms of a 1.2 ms
-    iteration); these cost ~0.1 µs. The namespace of :func:`_arrays` for one CPU problem."""
-
-    abs = staticmethod(abs)
-    isfinite = staticmethod(math.isfinite)
-
-    @staticmethod
-    def where(condition: Any, a: Any, b: Any) -> Any:
-        return a if condition else b
-
-    @staticmethod
-    def clip(x: Any, low: float, high: float) -> Any:
-        """``x`` within ``[low, high]``, of ``x``'s type (NaN stays NaN, as in ``np.clip``)."""
-        if x < low:
-            return type(x)(low)
-        return type(x)(high) if x > high else x
-
-    @staticmethod
-    def logical_not(a: Any) -> bool:
-        return not a
-
-    @staticmethod
-    def logical_and(a: Any, b: Any) -> bool:
-        return bool(a) and bool(b)
-
-    @staticmethod
-    def logical_or(a: Any, b: Any) -> bool:
-        return bool(a) or bool(b)
-
-
-def _arrays(*tensors: torch.Tensor) -> Tuple[Any, List[Any]]:
-    """The namespace LM's per-problem bookkeeping runs in, and ``tensors`` in it: for one
-    problem on CPU (every tensor's first dimension 1), :class:`ScalarOps` with each tensor's
-    only row (a scalar for ``(1,)``); for more on CPU, NumPy views (a NumPy operation costs
-    ~1 µs, a torch one ~5 µs); else the tensors (detached)."""
-    if all(t.device.type == "cpu" for t in tensors):
-        arrays = [t.detach().numpy() if t.requires_grad else t.numpy() for t in tensors]
-        if all(a.shape[0] == 1 for a in arrays):
-            return ScalarOps, [a[0] for a in arrays]
-        return np, arrays
-    return torch, [t.detach() for t in tensors]
-
-
-def _tensor(value: Any, like: torch.Tensor) -> torch.Tensor:
-    """``value`` (from :func:`_arrays`' namespace) as a tensor on ``like``'s device (one
-    problem's scalar as a ``(1,)`` tensor)."""
-    if isinstance(value, torch.Tensor):
-        return value.to(like.device)
-    return torch.from_numpy(value if isinstance(value, np.ndarray) else np.asarray([value]))
-
-
-def _quiet(xp: Any) -> Any:
-    """NumPy's floating-point warnings off: a zero predicted decrease gives ``ρ = ±inf`` or
-    NaN, which the rules handle (torch computes them silently)."""
-    return contextlib.nullcontext() if xp is torch else np.errstate(all="ignore")
-
-
-def count_rejections(xp: Any, reject: Any, count: Optional[Any], frozen: Optional[Any]) -> Any:
-    """Consecutive rejected steps per problem after a step: ``count + 1`` where ``reject`` and
-    the problem is not ``frozen``, else 0 (``count``: ``None`` before any step). Values of
-    namespace ``xp`` (:func:`_arrays`), ``(B,)``."""
-    if frozen is not None:
-        reject = xp.logical_and(reject, xp.logical_not(frozen))
-    return xp.where(reject, 1 if count is None else count + 1, 0)
-
-
-def convergence_mask(
-    xp: Any, err: Any, last_err: Any, rel_tol: float, abs_tol: float, rejections: Optional[Any], limit: int
-) -> Any:
-    """Theseus' convergence test per problem — the error, or its absolute or relative change,
-    below the tolerances — except for problems whose last ``1 … limit − 1`` steps were
-    rejected: they retry with more damping. Values of namespace ``xp`` (:func:`_arrays`), ``(B,)``."""
-    change = xp.abs(last_err - err)
-    small = xp.logical_or(xp.abs(err) < abs_tol, change < abs_tol)
-    converged = xp.logical_or(small, xp.abs(change / last_err) < rel_tol)
-    if rejections is not None:
-        pending = xp.logical_and(rejections > 0, rejections < limit)
-        converged = xp.logical_and(converged, xp.logical_not(pending))
-    return converged
-
-
-def predicted_decrease(xp: Any, delta: Any, damping: Any, atb: Any) -> Any:
-    """LM's predicted decrease ``L(0) − L(δ) = ½ δᵀ(λδ + Aᵀb)`` per problem (Madsen, Nielsen
-    & Tingleff 2004, "Methods for non-linear least squares problems", eq. 3.14), from the
-    steps ``delta`` and ``Aᵀb`` ``(B, n)`` and the dampings ``(B,)`` — one problem's row and
-    scalar under :class:`ScalarOps`."""
-    if xp is ScalarOps:  # (not ndarray.dot: long ones go to BLAS's threads, see vector_dot)
-        return delta.dtype.type(vector_dot(delta, damping * delta + atb) / 2)
-    return (delta * (damping[:, None] * delta + atb)).sum(1) / 2
-
-
-@dataclass(frozen=True)
-class DampingRule:
-    """LM's step test and damping schedule (GTSAM's defaults; :class:`LevenbergMarquardt`).
-
-    A step is accepted when the gain ratio ``ρ = (F(x) − F(x+δ)) / (L(0) − L(δ))`` exceeds
-    ``min_model_fidelity``, with the predicted decrease ``L(0) − L(δ) = ½ δᵀ(λδ + Aᵀb)``
-    (:func:`predicted_decrease`); then ``λ /= lambda_factor``, else ``λ *= lambda_factor``,
-    within ``bounds``.
-    """
-
-    min_model_fidelity: float = 1e-3
-    lambda_factor: float = 10.0
-    bounds: Tuple[float, float] = (0.0, 1e5)
-
-    def update(
-        self, xp: Any, delta: Any, damping: Any, atb: Any, new_err: Any, previous_err: Any, rel_tol: float, abs_tol: float
-    ) -> Tuple[Any, Any]:
-        """Whether each problem's step ``delta`` ``(B, n)`` is rejected, and the next damping,
-        from the damping, ``Aᵀb`` ``(B, n)`` and the errors after and before the step (all
-        ``(B,)``). A step whose predicted decrease is below the convergence tolerances
-        (``rel_tol``, ``abs_tol``) is accepted: ρ is rounding noise there, so a converged
-        problem stops instead of retrying, and Theseus' differentiated steps at the solution
-        (truncated mode) take effect. Values of namespace ``xp`` (:func:`_arrays`)."""
-        predicted = predicted_decrease(xp, delta, damping, atb)
-        rho = (previous_err - new_err) / predicted
-        reject = xp.logical_not(rho > self.min_model_fidelity)  # NaN/inf errors are rejected too
-        negligible = xp.abs(predicted) <= rel_tol * xp.abs(previous_err) + abs_tol
-        reject = xp.logical_and(reject, xp.logical_not(xp.logical_and(negligible, xp.isfinite(new_err))))
-        scaled = xp.where(reject, damping * self.lambda_factor, damping / self.lambda_factor)
-        return reject, xp.clip(scaled, *self.bounds)
-
-
-class PerProblemConvergence:
-    """Mixin for Theseus' nonlinear least-squares optimizers: decide convergence per problem
-    of a batch, so a batched solve takes, for every problem, the steps it would take alone.
-
-    Theseus 0.2.3 freezes problems once converged (``ignore_mask`` in its retraction), but
-    (a) declares the whole batch converged when the batch *mean* error is below
-    ``abs_err_tolerance``, and (b) counts a problem whose LM step was rejected as converged
-    (its error did not change) — while alone, it would retry with more damping
-    (``_MAX_ALL_REJECT_ATTEMPTS`` times). Here the absolute test is per problem and a
-    rejected problem counts as converged only after that many rejections in a row
-    (:func:`convergence_mask`). For a single problem both rules coincide with Theseus'.
-    """
-
-    _rejections: Optional[Any] = None  # consecutive rejections per problem (NumPy or torch)
-    _frozen: Optional[torch.Tensor] = None
-    _last_check: Optional[Tuple[Any, ...]] = None  # (err, last_err, rejections, result)
-
-    def reset(self, **kwargs) -> None:
-        super().reset(**kwargs)  # type: ignore[misc]
-        self._rejections = None
-        self._frozen = None
-        self._last_check = None
-
-    def _step(self, delta, previous_err, converged_indices, force_update, delta_forced_to_gn, **kwargs):
-        self._frozen = None if force_update else converged_indices
-        return super()._step(  # type: ignore[misc]
-            delta, previous_err, converged_indices, force_update, delta_forced_to_gn, **kwargs
-        )
-
-    def _note_rejections(self, xp: Any, reject: Optional[Any]) -> None:
-        """Count consecutive rejected steps per problem (``reject``: in namespace ``xp``;
-        ``None``: no step test, the count is dropped)."""
-        if reject is None:
-            self._rejections = None
-            return
-        frozen = None if self._frozen is None else _arrays(self._frozen)[1][0]
-        self._rejections = count_rejections(xp, reject, self._rejections, frozen)
-
-    def _check_convergence(self, err: torch.Tensor, last_err: torch.Tensor) -> torch.Tensor:
-        # (no autograd: the inputs are detached, _arrays)
-        # Theseus asks twice per iteration with the same tensors (in _update_info and after it)
-        last = self._last_check
-        if last is not None and last[0] is err and last[1] is last_err and last[2] is self._rejections:
-            return last[3]
-        params = self.params  # type: ignore[attr-defined]
-        xp, (err_a, last_a) = _arrays(err, last_err)
-        with _quiet(xp):
-            converged = convergence_mask(
-                xp, err_a, last_a, params.rel_err_tolerance, params.abs_err_tolerance,
-                self._rejections, self._MAX_ALL_REJECT_ATTEMPTS,  # type: ignore[attr-defined]
-            )
-        result = _tensor(converged, err)
-        self._last_check = (err, last_err, self._rejections, result)
-        return result
-
-
-class GaussNewton(PerProblemConvergence, th.GaussNewton):
-    """Theseus' Gauss–Newton with per-problem convergence (:class:`PerProblemConvergence`)."""
-
-
-class LevenbergMarquardt(PerProblemConvergence, th.LevenbergMarquardt):
-    """Theseus' LM with GTSAM's damping schedule (:class:`DampingRule`), for any of our linear
-    solvers.
-
-    Damping ``λI`` starts at ``1e-5``; a step is accepted when the gain ratio exceeds
-    ``damping_rule.min_model_fidelity`` (GTSAM: 1e-3); then ``λ /= 10``, else ``λ *= 10``
-    (GTSAM's ``lambdaFactor``, bounds ``[0, 1e5]``). Theseus' own rule floors λ at 1e-7, which
-    stalls on graphs with very flat directions (parking-garage).
-    """
-
-    damping_rule = DampingRule()
-
-    def __init__(self, objective: th.Objective, **kwargs):
-        super().__init__(objective, **kwargs)
-        if isinstance(self.linear_solver, BlockSparseSolver):
-            self._allows_adaptive = True
-
-    def reset(self, damping: float = 1e-5, adaptive_damping: bool = True, **kwargs) -> None:
-        super().reset(damping=damping, adaptive_damping=adaptive_damping, **kwargs)
-
-    def _complete_step(
-        self,
-        delta: torch.Tensor,
-        new_err: torch.Tensor,
-        previous_err: torch.Tensor,
-        adaptive_damping: bool = True,
-        **kwargs,
-    ) -> Optional[torch.Tensor]:
-        if not adaptive_damping:
-            self._note_rejections(torch, None)
-            return None
-        lin = self.linear_solver.linearization
-        xp, arrays = _arrays(delta, self._damping, lin.Atb[..., 0], new_err, previous_err)
-        with _quiet(xp):
-            reject, damping = self.damping_rule.update(
-                xp, *arrays, self.params.rel_err_tolerance, self.params.abs_err_tolerance
-            )
-        self._damping = _tensor(damping, delta)
-        self._note_rejections(xp, reject)
-        return _tensor(reject, delta)
-
-
 @dataclass
 class SolverOptions:
     """How to optimize.
@@ -286,7 +66,10 @@ class SolverOptions:
         solver: ``"gn"`` (Gauss–Newton) or ``"lm"`` (Levenberg–Marquardt).
         max_iterations: iteration cap.
         rel_tolerance / abs_tolerance: stop when the error's relative / absolute decrease
-            falls below these (Theseus' convergence test on ½ Σ eᵀΩe).
+            after an accepted step falls below these, or the error below ``abs_tolerance``
+            (on ½ Σ eᵀΩe; :mod:`posegraph.solve.nonlinear`).
+        gradient_tolerance: stop when ``‖Aᵀb‖∞`` is at most this before a step (0: off).
+        step_tolerance: stop when an accepted step's ``‖δ‖∞`` is at most this (0: off).
         linear_solver: ``"auto"`` (see :func:`resolve_linear_solver`), ``"cholmod"`` or
             ``"pardiso"`` (CPU sparse Cholesky with that backend; PARDISO needs the ``mkl``
             package), ``"dense"`` (Theseus' ``CholeskyDenseSolver`` + ``DenseLinearization``),
@@ -317,6 +100,8 @@ class SolverOptions:
     max_iterations: int = 100
     rel_tolerance: float = 1e-10
     abs_tolerance: float = 1e-10
+    gradient_tolerance: float = 0.0
+    step_tolerance: float = 0.0
     linear_solver: str = "auto"
     damping: float = 1e-5
     cholmod_mode: str = "auto"
@@ -340,6 +125,10 @@ class SolverOptions:
             raise ValueError(
                 f"cholmod_mode: expected one of {', '.join(CHOLMOD_MODES)}, received {self.cholmod_mode!r}"
             )
+        for name in ("rel_tolerance", "abs_tolerance", "gradient_tolerance", "step_tolerance"):
+            value = getattr(self, name)
+            if not (value >= 0 and value < float("inf")):
+                raise ValueError(f"{name}: expected a finite number ≥ 0, received {value!r}")
         if self.max_iterations < 0:
             raise ValueError(f"max_iterations: expected ≥ 0, received {self.max_iterations}")
         if self.cg_max_iterations is not None and self.cg_max_iterations < 1:
@@ -357,7 +146,16 @@ class IterationRecord:
 
 @dataclass
 class SolveResult:
-    """What a solve did. Errors are GTSAM's ½ Σ eᵀΩe, per batch element."""
+    """What a solve did. Errors are GTSAM's ½ Σ eᵀΩe, per batch element.
+
+    Attributes:
+        status: per problem, one of :data:`~posegraph.solve.nonlinear.STATUSES`.
+        stop_reason: per problem, why it stopped: the convergence criterion
+            (:data:`~posegraph.solve.nonlinear.CRITERIA`), ``max-iterations``,
+            ``damping-limit`` (stalled), ``non-finite-error``, ``non-finite-step`` or
+            ``linear-solver-error`` (failed; ``detail`` has the solver's message).
+        iterations: iterations taken (the most of any problem); ``problem_iterations`` per problem.
+    """
 
     status: List[str]
     iterations: int
@@ -370,6 +168,9 @@ class SolveResult:
     history: List[IterationRecord] = field(default_factory=list)
     info: Optional[th.NonlinearOptimizerInfo] = None
     factor_stats: Optional[FactorStats] = None  # sparse Cholesky: factorizations, reused factors
+    stop_reason: List[str] = field(default_factory=list)
+    problem_iterations: List[int] = field(default_factory=list)
+    detail: str = ""
 
     @property
     def converged(self) -> bool:
@@ -377,21 +178,6 @@ class SolveResult:
 
 
 IterationHook = Callable[[IterationRecord], None]
-
-
-def _status_name(status) -> str:
-    return {
-        th.NonlinearOptimizerStatus.CONVERGED: "converged",
-        th.NonlinearOptimizerStatus.MAX_ITERATIONS: "max-iterations",
-        th.NonlinearOptimizerStatus.FAIL: "failed",
-        th.NonlinearOptimizerStatus.START: "max-iterations",
-    }[status]
-
-
-def mark_failed(status: List[str], final_error: torch.Tensor) -> List[str]:
-    """``status`` with ``"failed"`` for every problem whose final error is not finite."""
-    finite = torch.isfinite(final_error).cpu().tolist()
-    return [s if ok else "failed" for s, ok in zip(status, finite)]
 
 
 def resolve_linear_solver(
@@ -459,7 +245,10 @@ def make_optimizer(problem: PoseGraphProblem, options: SolverOptions) -> th.Nonl
     cls = LevenbergMarquardt if options.solver == "lm" else GaussNewton
     with warnings.catch_warnings():  # vectorization is ours (packed costs), not Theseus'
         warnings.filterwarnings("ignore", message="Vectorization is off by default")
-        return cls(problem.objective, **kwargs)
+        optimizer = cls(problem.objective, **kwargs)
+    optimizer.gradient_tolerance = options.gradient_tolerance
+    optimizer.step_tolerance = options.step_tolerance
+    return optimizer
 
 
 def run_kwargs(options: SolverOptions, **theseus_kwargs) -> Dict:
@@ -546,23 +335,22 @@ def _optimize(
         on_iteration(history[0])
     kwargs = run_kwargs(options, **theseus_kwargs)
     if options.max_iterations == 0:
-        info = None
-        status = ["max-iterations"] * int(initial.numel())
-        iterations = 0
+        info, outcome = None, Outcome(int(initial.numel()))
+        outcome.stop(~torch.isfinite(initial).cpu().numpy(), "failed", "non-finite-error")
+        outcome.finish()
     else:
         info = opt.optimize(end_iter_callback=callback, **kwargs)
-        status = [_status_name(s) for s in info.status]
-        iterations = _iterations_done(status, len(history) - 1)
+        outcome = opt.outcome
     final = problem.error().detach().clone()
-    if len(history) - 1 < iterations:  # Theseus does not call back on the converging step
-        history.append(IterationRecord(iterations, float(final.mean()), time.perf_counter() - start))
-        if on_iteration is not None:
-            on_iteration(history[-1])
-    status = mark_failed(status, final)
     problem.write_back()
+    if hasattr(end_iter_callback, "record_outcome"):  # e.g. DebugCallback: the trace says it too
+        end_iter_callback.record_outcome(outcome.status, outcome.stop_reason)
     return SolveResult(
-        status=status,
-        iterations=iterations,
+        status=list(outcome.status),
+        stop_reason=list(outcome.stop_reason),
+        iterations=int(outcome.iterations.max(initial=0)),
+        problem_iterations=outcome.iterations.tolist(),
+        detail=outcome.detail,
         initial_error=initial,
         final_error=final,
         solver=options.solver,
@@ -575,11 +363,6 @@ def _optimize(
     )
 
 
-def _iterations_done(status: List[str], callbacks: int) -> int:
-    """Theseus calls back after every iteration except the one that converges."""
-    return callbacks + (1 if status and all(x == "converged" for x in status) else 0)
-
-
 __all__ = [
     "SolverOptions",
     "SolveResult",
@@ -588,10 +371,12 @@ __all__ = [
     "make_optimizer",
     "LevenbergMarquardt",
     "GaussNewton",
-    "PerProblemConvergence",
+    "TruthfulLoop",
+    "Outcome",
+    "STATUSES",
+    "CRITERIA",
     "DampingRule",
-    "convergence_mask",
-    "count_rejections",
+    "decrease_criterion",
     "predicted_decrease",
     "ScalarOps",
     "resolve_linear_solver",
