@@ -1,6 +1,6 @@
 """GTSAM's Levenberg–Marquardt on a :class:`~posegraph.graph.PoseGraph`: the reference the tests
 and benchmarks compare posegraph with, where GTSAM is installed (``pip install gtsam``; the
-``posegraph[crosscheck]`` extra).
+``posegraph[bench]`` extra).
 
 The problem is the one of ``../shared/datasets/README.md``: ``BetweenFactorPose3`` /
 ``BetweenFactorPose2`` with the file's full information, a tight prior on the gauge poses
@@ -44,7 +44,7 @@ def _gtsam() -> Any:
         import gtsam
     except ImportError:
         raise PoseGraphError(
-            "GTSAM is not installed: pip install 'posegraph[crosscheck]' (or pip install gtsam)"
+            "GTSAM is not installed: pip install 'posegraph[bench]' (or pip install gtsam)"
         ) from None
     return gtsam
 

@@ -14,7 +14,8 @@ semantics of GTSAM's ``LevenbergMarquardtOptimizer`` (Dellaert et al., gtsam.org
 * **Convergence** is tested only after an accepted step, per problem, and names its criterion
   (:data:`CRITERIA`): the error below ``abs_tolerance`` (``absolute-error``), its decrease below
   ``abs_tolerance`` (``absolute-decrease``) or below ``rel_tolerance`` relative to the error
-  (``relative-decrease``) — a change within the tolerances in either direction is no change —,
+  (``relative-decrease``; at least 10 rounding units of the dtype, so float32 solves converge)
+  — a change within the tolerances in either direction is no change —,
   and, when enabled, ``‖Aᵀb‖∞`` before a step (``gradient-norm``) or ``‖δ‖∞`` of an accepted
   step (``step-norm``) below their tolerances.
 * **Gauss–Newton** takes every finite step; a step that raises the cost beyond the tolerances
@@ -28,7 +29,8 @@ In a batch, problems stop one by one and stay as they stopped (Theseus' ``ignore
 With ``backward_mode="implicit"`` / ``"truncated"`` Theseus runs a second, differentiated loop
 after the first: there every problem takes the differentiated step(s) — implicit: one
 Gauss–Newton step, applied; truncated: the optimizer's steps, applied when they do not raise
-the cost beyond ``√ε`` of it, so problems already at their solution still carry a gradient —
+the cost beyond ``√ε`` of it, from LM's initial damping, so problems already at their solution
+still carry an undamped gradient —
 and the statuses of problems that had stopped stay as they were. ``end_iter_callback`` is
 called after every iteration of a running problem (the converging one included), not after
 those differentiated steps alone.
@@ -50,6 +52,8 @@ from .sparse_cholesky import vector_dot
 
 #: the per-problem statuses of a solve
 STATUSES = ("converged", "max-iterations", "stalled", "failed")
+#: the relative tolerance is at least this many rounding units of the cost's dtype
+REL_TOLERANCE_EPS = 10
 #: the convergence criteria, as named in ``stop_reason``
 CRITERIA = ("absolute-error", "absolute-decrease", "relative-decrease", "gradient-norm", "step-norm")
 
@@ -254,6 +258,12 @@ class TruthfulLoop:
         worse = xp.logical_not(new_err <= previous_err + eps * xp.abs(previous_err))
         return xp.where(carry, worse, reject)
 
+    def _rel_tolerance(self, err: torch.Tensor) -> float:
+        """The relative tolerance, at least :data:`REL_TOLERANCE_EPS` rounding units of
+        ``err``'s dtype: a relative change of the cost below that is rounding (float32:
+        1.2e-6; float64: 2.2e-15, below the default 1e-10)."""
+        return max(self.params.rel_err_tolerance, REL_TOLERANCE_EPS * torch.finfo(err.dtype).eps)  # type: ignore[attr-defined]
+
     def _check_convergence(self, err: torch.Tensor, last_err: torch.Tensor) -> torch.Tensor:
         # Theseus' _update_info asks; the loop has decided already (see _converged_now)
         return self._converged_now
@@ -307,6 +317,8 @@ class TruthfulLoop:
             outcome.stop(stepping & ~finite, "failed", "non-finite-step")
             stepping &= finite
             self._carry = (stepping & ~running) if differentiated else None
+            if differentiated and it == 0 and self._carry.any():
+                self._undamp(self._carry)
             frozen = torch.as_tensor(~stepping, device=device)
             scale = 1.0 if _last_implicit_diff_step else self.params.step_size  # type: ignore[attr-defined]
             err, accepted = self._iteration_step(
@@ -328,6 +340,11 @@ class TruthfulLoop:
             outcome.finish()
         info.status = outcome.theseus_status()
         return iters_done
+
+    def _undamp(self, mask: np.ndarray) -> None:
+        """Problems of ``mask`` take their differentiated steps undamped (LM: back to the
+        initial damping): at a solution LM's damping may have grown on steps that rounding
+        noise rejected (float32), and a damped step passes on a damped gradient."""
 
     def _gradient_test(self, running: np.ndarray) -> None:
         """Stop the running problems whose ``‖Aᵀb‖∞`` is below ``gradient_tolerance``."""
@@ -357,7 +374,7 @@ class TruthfulLoop:
         xp, (err_a, last_a) = _arrays(err, last_err)
         with _quiet(xp):
             code = decrease_criterion(
-                xp, err_a, last_a, self.params.rel_err_tolerance, self.params.abs_err_tolerance  # type: ignore[attr-defined]
+                xp, err_a, last_a, self._rel_tolerance(err), self.params.abs_err_tolerance  # type: ignore[attr-defined]
             )
             finite = xp.isfinite(err_a)
         code = np.asarray(code.cpu() if isinstance(code, torch.Tensor) else code).reshape(-1)
@@ -403,6 +420,12 @@ class LevenbergMarquardt(TruthfulLoop, th.LevenbergMarquardt):
     def reset(self, damping: float = 1e-5, adaptive_damping: bool = True, **kwargs) -> None:
         super().reset(damping=damping, adaptive_damping=adaptive_damping, **kwargs)
         self._adaptive = adaptive_damping
+        self._initial_damping = damping
+
+    def _undamp(self, mask: np.ndarray) -> None:
+        if isinstance(self._damping, torch.Tensor):
+            where = torch.as_tensor(mask, device=self._damping.device)
+            self._damping = torch.where(where, torch.full_like(self._damping, self._initial_damping), self._damping)
 
     def _iteration_step(self, delta, last_err, frozen, judged, implicit, **kwargs):
         err, applied = super()._iteration_step(delta, last_err, frozen, judged, implicit, **kwargs)
@@ -443,7 +466,7 @@ class LevenbergMarquardt(TruthfulLoop, th.LevenbergMarquardt):
         )
         with _quiet(xp):
             reject, damping = self.damping_rule.update(
-                xp, delta_a, damping_a, atb_a, new_a, prev_a, self.params.rel_err_tolerance, self.params.abs_err_tolerance
+                xp, delta_a, damping_a, atb_a, new_a, prev_a, self._rel_tolerance(new_err), self.params.abs_err_tolerance
             )
             reject = self._carry_rule(xp, reject, new_a, prev_a)
             if self._frozen is not None:  # problems left as they are keep their damping
