@@ -258,6 +258,22 @@ def test_file_size_limit_error_names_the_file(tmp_path):
     assert os.listdir(tmp_path) == []
 
 
+def test_library_lookup_survives_an_unusable_temporary_folder(monkeypatch):
+    """Under ``ulimit -f 0`` the system library search (which compiles in a temporary folder)
+    raised "No usable temporary directory", naming no file; MKL is then looked up elsewhere."""
+    import ctypes.util
+
+    from posegraph.solve import pardiso
+
+    def no_temporary_folder(name):
+        raise FileNotFoundError(errno.ENOENT, "No usable temporary directory found in ['/tmp']")
+
+    monkeypatch.setattr(ctypes.util, "find_library", no_temporary_folder)
+    monkeypatch.setattr(pardiso, "_LOAD_TRIED", False)
+    monkeypatch.setattr(pardiso, "_LIBRARY", None)
+    assert pardiso.pardiso_available() in (True, False)
+
+
 # -- temporary names ----------------------------------------------------------------------------
 def test_temporary_name_is_recognizable_and_in_the_target_folder(tmp_path):
     target = tmp_path / "o.g2o"

@@ -9,9 +9,10 @@ The rules, in the order a write meets them:
   the input or a hard link all count) unless ``overwrite_input=True`` (``--overwrite-input``).
   Two outputs of one run that are the same file are refused too.
 * **A regular file is replaced atomically.** The bytes go to a temporary file in the target's
-  folder, are flushed to disk (``fsync``), and the temporary file is renamed over the target
-  (:func:`os.replace`). A reader sees the old file or the new one, never a part; after any
-  failure the old file is intact.
+  folder, which is renamed over the target (:func:`os.replace`). A reader sees the old file or
+  the new one, never a part; after any failure the old file is intact. When a file is
+  replaced, the new bytes are flushed to disk (``fsync``, ~10 ms for a 1.5 MB graph) before the
+  rename, so a power cut cannot lose both versions; a new file is not flushed.
 * **A symlink stays a link.** The file it points to is replaced (the path is resolved with
   :func:`os.path.realpath`); a dangling link gets its target created.
 * **Special files are written in place**, never replaced or truncated: character and block
@@ -164,7 +165,8 @@ def _sigterm_cleans_up() -> Iterator[None]:
     clean-up runs, then end the process by SIGTERM as the default action would have. Only in
     the main thread (where Python runs signal handlers) and while SIGTERM has its default
     action (a program's own handler is left alone)."""
-    if threading.current_thread() is not threading.main_thread() or signal.getsignal(signal.SIGTERM) is not signal.SIG_DFL:
+    in_main_thread = threading.current_thread() is threading.main_thread()
+    if not in_main_thread or signal.getsignal(signal.SIGTERM) is not signal.SIG_DFL:
         yield
         return
 
@@ -197,6 +199,8 @@ def _create_temp(folder: str, name: str) -> Tuple[int, str]:
 
 def _keep_owner_and_mode(fd: int, st: os.stat_result) -> None:
     """Give the new file ``fd`` the replaced file's owner (where allowed) and mode bits."""
+    if not hasattr(os, "fchown"):  # not a POSIX system
+        return
     if (st.st_uid, st.st_gid) != (os.geteuid(), os.getegid()):
         try:
             os.fchown(fd, st.st_uid, st.st_gid)
@@ -239,7 +243,8 @@ def write_output(path: PathLike, write: Callable[[BinaryIO], None]) -> None:
             with os.fdopen(fd, "wb") as fh:
                 write(fh)
                 fh.flush()
-                os.fsync(fd)
+                if st is not None:  # the old contents survive a power cut until the new are on disk
+                    os.fsync(fd)
             os.replace(tmp, target)
             tmp = None
         except BaseException as err:
