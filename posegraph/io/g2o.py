@@ -34,7 +34,7 @@ from .. import lie
 from ..errors import G2oFormatError
 from ..graph import Landmarks, PoseGraph
 from .numbers import parse_table
-from .output import check_outputs, write_text_atomic  # write_text_atomic: also imported from here
+from .output import check_outputs, write_text_atomic  # noqa: F401 (write_text_atomic: older code imports it from here)
 
 PathLike = Union[str, "os.PathLike[str]"]
 
