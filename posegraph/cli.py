@@ -64,6 +64,8 @@ def _parser() -> argparse.ArgumentParser:
     o.add_argument("input", nargs="?", help="g2o file (SE2 or SE3); or 'input:' in --config")
     o.add_argument("--config", metavar="FILE.yaml", help="read options from a YAML file (flags win)")
     o.add_argument("-o", "--output", help="write the optimized graph here (g2o)")
+    o.add_argument("--overwrite-input", action="store_true",
+                   help="allow an output file (-o, --mesh-output, --debug) to be an input file")
     o.add_argument("--solver", choices=["gn", "lm"], default="lm", help="Gauss-Newton or Levenberg-Marquardt (default lm)")
     o.add_argument("--max-iters", type=_non_negative_int, default=100, metavar="N", help="iteration cap (default 100)")
     o.add_argument("--rel-tol", type=float, default=1e-10, help="relative error decrease to stop at (default 1e-10)")
@@ -148,6 +150,7 @@ def _add_plot(sub) -> None:
     p.add_argument("input", help="g2o file (the initial graph)")
     p.add_argument("optimized", nargs="?", help="g2o file of the optimized graph")
     p.add_argument("-o", "--output", required=True, metavar="FIG.png", help="image to write (png, pdf, svg)")
+    p.add_argument("--overwrite-input", action="store_true", help="allow the image to replace an input file")
     p.add_argument("--trace", metavar="TRACE.json", help="debug trace ('optimize --debug') for the error history")
     p.add_argument("--size", type=_image_size, default=None, metavar="WxH",
                    help="image size in pixels (default depends on the panels)")
@@ -180,13 +183,15 @@ def cmd_optimize(args: argparse.Namespace) -> int:
 
     from .builder import build_problem
     from .init import initialize
-    from .io import read_g2o, write_g2o
+    from .io import check_outputs, read_g2o, write_g2o
     from .config import resolve_device
     from .report import ProgressBar, format_summary, summary
     from .solve.optimize import SolverOptions, optimize
 
     if not args.input:
         raise PoseGraphError("no input graph: give INPUT or 'input:' in the --config file", args.config)
+    check_outputs([args.output, args.mesh_output, args.debug], [args.input, args.mesh, args.config],
+                  overwrite_input=args.overwrite_input)  # before any work: a refusal writes nothing
     device = resolve_device(args.device)
     t0 = time.perf_counter()
     graph = read_g2o(args.input)
@@ -239,7 +244,7 @@ def cmd_optimize(args: argparse.Namespace) -> int:
         )
         return EXIT_FAILED
     if args.output:
-        write_g2o(problem.to_graph().to(dtype=torch.float64), args.output)
+        write_g2o(problem.to_graph().to(dtype=torch.float64), args.output, overwrite_input=args.overwrite_input)
     if mesh is not None and args.mesh_output:
         from .mesh import write_obj
 
@@ -338,7 +343,8 @@ def cmd_eval(args: argparse.Namespace) -> int:
 def cmd_plot(args: argparse.Namespace) -> int:
     from .plot import plot_files
 
-    plot_files(args.input, args.optimized, args.output, trace=args.trace, size=args.size, dpi=args.dpi)
+    plot_files(args.input, args.optimized, args.output, trace=args.trace, size=args.size, dpi=args.dpi,
+               overwrite_input=args.overwrite_input)
     return EXIT_OK
 
 
@@ -379,7 +385,8 @@ def main(argv: Optional[List[str]] = None) -> int:
         sys.stderr.write("error: interrupted\n")
         return 130
     except OSError as err:
-        sys.stderr.write(f"error: {err.filename or ''}: {err.strerror}\n")
+        where = f"{err.filename}: " if err.filename else ""
+        sys.stderr.write(f"error: {where}{err.strerror or err}\n")
         return EXIT_BAD_INPUT
     except Exception as err:  # noqa: BLE001 - the CLI never shows a traceback
         sys.stderr.write(f"error: internal error ({type(err).__name__}): {err}\n")

@@ -47,7 +47,6 @@ import json
 import math
 import os
 import re
-import tempfile
 from dataclasses import dataclass, field
 from typing import Any, Callable, Dict, Iterable, List, Mapping, Optional, Sequence, Tuple, Union
 
@@ -928,22 +927,10 @@ class DebugCallback:
         }
 
     def save(self, path: Union[str, "os.PathLike[str]"]) -> None:
-        """Write the trace as JSON, atomically (temporary file in the same folder + rename)."""
-        text = json.dumps(self.to_dict(), indent=1, allow_nan=False) + "\n"
-        _write_atomic(os.fspath(path), text)
+        """Write the trace as JSON, atomically (:mod:`posegraph.io.output`)."""
+        from .io.output import write_text_atomic
 
-
-def _write_atomic(path: str, text: str) -> None:
-    folder = os.path.dirname(os.path.abspath(path))
-    fd, tmp = tempfile.mkstemp(prefix=".posegraph-", suffix=".tmp", dir=folder)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8", newline="\n") as fh:
-            fh.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+        write_text_atomic(path, json.dumps(self.to_dict(), indent=1, allow_nan=False) + "\n")
 
 
 from .inspect_trace import load_trace, run_inspect  # noqa: E402  (re-exported)

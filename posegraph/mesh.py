@@ -777,7 +777,7 @@ def format_obj(verts: torch.Tensor, faces: torch.Tensor) -> str:
 
 
 def write_obj(path: PathLike, verts: torch.Tensor, faces: torch.Tensor) -> None:
-    """Write a triangle mesh as Wavefront OBJ, atomically (temp file + ``os.replace``).
+    """Write a triangle mesh as Wavefront OBJ, atomically (:mod:`posegraph.io.output`).
 
     Coordinates are written with Python's shortest round-trip ``repr``, so float64 vertices
     read back bit-exactly with :func:`read_obj`; faces are written 1-based.
@@ -787,7 +787,7 @@ def write_obj(path: PathLike, verts: torch.Tensor, faces: torch.Tensor) -> None:
         verts: ``(V, 3)`` floating vertices (any device; detached).
         faces: ``(F, 3)`` integer vertex indices in ``[0, V)``.
     """
-    from .io.g2o import write_text_atomic
+    from .io.output import write_text_atomic
 
     write_text_atomic(path, format_obj(verts, faces))
 

@@ -22,6 +22,7 @@ import numpy as np
 from .errors import PoseGraphError
 from .graph import PoseGraph
 from .info import edge_kinds
+from .io.output import check_outputs, write_output
 
 #: views per kind: (title, axis indices)
 VIEWS = {"SE2": [("top view (x, y)", (0, 1))], "SE3": [("XY", (0, 1)), ("XZ", (0, 2)), ("YZ", (1, 2))]}
@@ -134,6 +135,11 @@ def plot_graphs(
     if len(kinds) != 1:
         raise PoseGraphError(f"expected graphs of one kind, received {', '.join(sorted(kinds))}", graphs[-1].source)
     kind = kinds.pop()
+    path = os.fspath(path)
+    fmt = os.path.splitext(path)[1][1:].lower() or None  # None: matplotlib's default (png)
+    if fmt is not None and fmt not in FigureCanvasAgg.get_supported_filetypes():
+        known = ", ".join(sorted(FigureCanvasAgg.get_supported_filetypes()))
+        raise PoseGraphError(f"cannot write the figure: unknown format {fmt!r} (known: {known})", path)
     rows, cols, panels, slot = _layout(kind, len(graphs), trace is not None)
     width, height = size or (PANEL_SIZE[0] * cols, PANEL_SIZE[1] * rows + 40)
     fig = Figure(figsize=(width / dpi, height / dpi), dpi=dpi)
@@ -151,8 +157,10 @@ def plot_graphs(
         draw_history(fig.add_subplot(grid[slot[0], slot[1]]), trace)
     fig.tight_layout()
     try:
-        fig.savefig(path, dpi=dpi)
-    except ValueError as err:  # unknown format
+        write_output(path, lambda fh: fig.savefig(fh, format=fmt, dpi=dpi))
+    except ValueError as err:  # refused by matplotlib
+        if isinstance(err, PoseGraphError):
+            raise
         raise PoseGraphError(f"cannot write the figure: {err}", path) from None
     return width, height
 
@@ -173,10 +181,15 @@ def plot_files(
     trace: Optional[str] = None,
     size: Optional[Tuple[int, int]] = None,
     dpi: int = 100,
+    overwrite_input: bool = False,
 ) -> Tuple[int, int]:
-    """``posegraph plot``: read the g2o files (and the trace) and write the figure."""
+    """``posegraph plot``: read the g2o files (and the trace) and write the figure. An output
+    that is one of the input files is refused (before anything is read) unless
+    ``overwrite_input=True``."""
     from .inspect_trace import load_trace
     from .io import read_g2o
+
+    check_outputs([output], [initial, optimized, trace], overwrite_input=overwrite_input)
 
     graphs, titles = [], []
     for p, label in ((initial, "before"), (optimized, "after")):

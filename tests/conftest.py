@@ -266,8 +266,13 @@ def se3_text() -> str:
 
 
 def temp_leftovers(folder: Path) -> Dict[str, int]:
-    """Temporary files the atomic writer might leave behind."""
-    return {p.name: p.stat().st_size for p in folder.iterdir() if p.name.startswith(".posegraph-")}
+    """Temporary files the atomic writer might leave behind (``.NAME.posegraph-tmp-XXXXXXXX``,
+    and the ``.posegraph-*.tmp`` names of earlier versions)."""
+    return {
+        p.name: p.stat().st_size
+        for p in folder.iterdir()
+        if ".posegraph-tmp-" in p.name or p.name.startswith(".posegraph-")
+    }
 
 
 @pytest.fixture

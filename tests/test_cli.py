@@ -296,6 +296,17 @@ def test_failed_write_leaves_no_output(tmp_path, capsys, monkeypatch, leftovers)
     assert not out_path.exists() and leftovers(tmp_path) == {}
 
 
+def test_os_error_without_a_file_name_is_one_plain_line(tmp_path, capsys, monkeypatch):
+    import posegraph.io as io_pkg
+
+    def failing(path):
+        raise OSError(5, "Input/output error")
+
+    monkeypatch.setattr(io_pkg, "read_g2o", failing)
+    code, out, err = run_cli(capsys, tmp_path / "a.g2o", "--quiet")
+    assert code == EXIT_BAD_INPUT and err == "error: Input/output error\n"
+
+
 def test_output_into_missing_folder(tmp_path, capsys):
     path = tmp_path / "a.g2o"
     path.write_text(SE3_TEXT)

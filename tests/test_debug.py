@@ -318,7 +318,7 @@ def test_tinygrid_trace_and_inspect(tiny_grid, tmp_path):
     assert len(names) == 11
     trace_path = tmp_path / "trace.json"
     cb.save(trace_path)
-    assert not [p for p in os.listdir(tmp_path) if p.startswith(".posegraph-")]
+    assert sorted(os.listdir(tmp_path)) == ["trace.json"]  # no temporary file left
     data = json.loads(trace_path.read_text(), parse_constant=lambda c: pytest.fail(f"non-strict JSON {c}"))
     iters = data["iterations"]
     assert [r["iteration"] for r in iters] == list(range(result.iterations + 1))

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import stat
 import sys
 from pathlib import Path
 
@@ -98,6 +100,25 @@ def test_bad_inputs(tmp_path, capsys):
         main(["plot", str(DATA / "grid_se2.g2o"), "-o", str(out), "--size", "12"])
     assert "expected WIDTHxHEIGHT" in capsys.readouterr().err
     assert not out.exists()
+
+
+def test_output_that_is_an_input_is_refused(tmp_path, capsys):
+    path = tmp_path / "a.g2o"
+    path.write_text((DATA / "grid_se2.g2o").read_text())
+    assert main(["plot", str(path), "-o", str(path)]) == EXIT_BAD_INPUT
+    assert capsys.readouterr().err.startswith(f"error: {path}: is the input file {path}; refusing to overwrite it")
+    assert path.read_text() == (DATA / "grid_se2.g2o").read_text()
+
+
+def test_figure_through_a_symlink_keeps_the_link(tmp_path):
+    target, link = tmp_path / "fig.png", tmp_path / "link.png"
+    target.write_bytes(b"old")
+    os.chmod(target, 0o640)
+    link.symlink_to(target)
+    assert main(["plot", str(DATA / "grid_se2.g2o"), "-o", str(link)]) == 0
+    assert link.is_symlink() and target.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert stat.S_IMODE(os.stat(target).st_mode) == 0o640
+    assert sorted(os.listdir(tmp_path)) == ["fig.png", "link.png"]
 
 
 def test_missing_matplotlib_is_a_clear_error(tmp_path, monkeypatch):

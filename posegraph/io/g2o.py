@@ -15,14 +15,13 @@ Every problem is reported as :class:`~posegraph.errors.G2oFormatError` naming fi
 Pose lines are converted in bulk (one vectorized conversion per tag, bit-identical to ``float``,
 :mod:`posegraph.io.numbers`); on anything unusual the
 file is re-read line by line by the reference parser, so errors are the same either way.
-Writing is atomic (temporary file + rename) and round-trips exactly in float64.
+Writing (:mod:`posegraph.io.output`) is atomic and round-trips exactly in float64.
 """
 
 from __future__ import annotations
 
 import math
 import os
-import tempfile
 import warnings
 from collections import Counter
 from dataclasses import dataclass
@@ -35,6 +34,7 @@ from .. import lie
 from ..errors import G2oFormatError
 from ..graph import Landmarks, PoseGraph
 from .numbers import parse_table
+from .output import check_outputs, write_text_atomic  # noqa: F401 (write_text_atomic: older code imports it from here)
 
 PathLike = Union[str, "os.PathLike[str]"]
 
@@ -727,27 +727,9 @@ def _format_point_edges(g: PoseGraph) -> List[str]:
     ]
 
 
-def write_text_atomic(path: PathLike, text: str) -> None:
-    """Write ``text`` to ``path`` via a temporary file in the same folder and a rename, so a
-    failure never leaves a partial file."""
-    path = os.fspath(path)
-    folder = os.path.dirname(os.path.abspath(path))
-    try:
-        fd, tmp = tempfile.mkstemp(prefix=".posegraph-", suffix=".tmp", dir=folder)
-    except OSError as err:  # name the target, not the temporary file
-        raise OSError(err.errno, err.strerror, path) from None
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8", newline="\n") as fh:
-            fh.write(text)
-        os.replace(tmp, path)
-    except BaseException as err:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        if isinstance(err, OSError) and err.errno is not None and err.filename in (None, tmp):
-            raise OSError(err.errno, err.strerror, path) from None
-        raise
-
-
-def write_g2o(graph: PoseGraph, path: PathLike) -> None:
-    """Write ``graph`` as a g2o file, atomically. Ids, FIX lines and information are kept."""
+def write_g2o(graph: PoseGraph, path: PathLike, *, overwrite_input: bool = False) -> None:
+    """Write ``graph`` as a g2o file, atomically (:mod:`posegraph.io.output`). Ids, FIX lines
+    and information are kept. The file ``graph`` was read from (``graph.source``) is refused
+    as ``path`` unless ``overwrite_input=True``."""
+    check_outputs([path], [graph.source], overwrite_input=overwrite_input)
     write_text_atomic(path, format_g2o(graph))

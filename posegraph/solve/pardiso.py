@@ -90,7 +90,10 @@ def _candidates() -> List[str]:
     for prefix in filter(None, prefixes):
         found += sorted(glob.glob(os.path.join(prefix, "lib", "libmkl_rt.so*")), reverse=True)
         found += sorted(glob.glob(os.path.join(prefix, "Library", "bin", "mkl_rt*.dll")), reverse=True)
-    system = ctypes.util.find_library("mkl_rt")
+    try:
+        system = ctypes.util.find_library("mkl_rt")
+    except OSError:  # it runs compilers in a temporary folder, which may be unusable (ulimit -f 0)
+        system = None
     return found + ([system] if system else [])
 
 
