@@ -245,7 +245,7 @@ class PoseGraphBuilder:
 
     def __init__(self, dtype: Optional[torch.dtype] = None, device=None):
         if device is not None:
-            device = check_device("PoseGraphBuilder: device", device)
+            device = check_device("PoseGraphBuilder: device", device, solve=False)
         self._consensus = _Consensus(dtype, device)
         self._kind: Optional[str] = None
         self._poses: List[th.Manifold] = []
@@ -549,7 +549,7 @@ def build_problem(
     if graph.num_edges == 0:
         raise PoseGraphError("the graph has vertices but no edges: it cannot be optimized (no measurements)", graph.source)
     if device is not None:
-        device = check_device("build_problem: device", device)
+        device = check_device("build_problem: device", device, solve=False)
     g = graph.to(device=device, dtype=dtype) if (dtype is not None or device is not None) else graph
     cls, shape, dof = POSE_KINDS[g.kind]
     n, e = g.num_poses, g.num_edges

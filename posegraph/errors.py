@@ -43,14 +43,15 @@ class DeviceError(PoseGraphError):
 SOLVE_DEVICE_TYPES = ("cpu", "cuda")
 
 
-def check_device(what: str, device: Any) -> Any:
-    """``device`` as a ``torch.device`` when posegraph can solve on it, else :class:`DeviceError`
-    naming ``what`` (the input or call), the device expected and the one received.
+def check_device(what: str, device: Any, solve: bool = True) -> Any:
+    """``device`` as a ``torch.device`` when it is present (and, with ``solve``, posegraph can
+    solve on it), else :class:`DeviceError` naming ``what`` (the input or call), the device
+    expected and the one received.
 
-    Refused: types other than :data:`SOLVE_DEVICE_TYPES` (e.g. ``meta``, ``mps``), ``cuda``
-    while ``torch.cuda.is_available()`` is False, and ``cuda:K`` with K beyond
-    ``torch.cuda.device_count()``. Checking at the call that names the device (a builder, a
-    layer's ``.to``) replaces torch's later, anonymous ``AssertionError``.
+    Refused: ``cuda`` while ``torch.cuda.is_available()`` is False, ``cuda:K`` with K beyond
+    ``torch.cuda.device_count()``, and with ``solve`` types other than
+    :data:`SOLVE_DEVICE_TYPES` (e.g. ``meta``, ``mps``). Checking at the call that names the
+    device (a builder, a layer's ``.to``) replaces torch's later, anonymous ``AssertionError``.
     """
     import torch
 
@@ -58,7 +59,7 @@ def check_device(what: str, device: Any) -> Any:
         dev = torch.device(device)
     except (RuntimeError, TypeError) as err:
         raise DeviceError(f"{what}: expected a device (cpu or cuda), received {device!r} ({err})") from None
-    if dev.type not in SOLVE_DEVICE_TYPES:
+    if solve and dev.type not in SOLVE_DEVICE_TYPES:
         raise DeviceError(
             f"{what}: expected a device of type {' or '.join(SOLVE_DEVICE_TYPES)}, received {dev} "
             "(posegraph's solvers run on these only)"
