@@ -145,6 +145,7 @@ class PoseGraphLayer(nn.Module):
         layer = PoseGraphLayer(graph)                      # or PoseGraphLayer("SE3", edges, fixed)
         poses, info = layer(initial_poses, measurements, information)
         loss(poses).backward()                             # grads to measurements, information
+        poses, info = layer(other_graph)                   # its topology checked against the layer's
 
     Args:
         topology: a PoseGraph, or a kind ``"SE2"``/``"SE3"``.
@@ -430,9 +431,10 @@ class PoseGraphLayer(nn.Module):
         error is not finite or above :func:`overflow_limit`: Theseus would fail the whole
         batch with an anonymous error (or return a meaningless "converged")."""
         limit = overflow_limit(initial.dtype)
-        bad = torch.nonzero(~(initial <= limit)).flatten()  # NaN compares False: caught too
-        if not bad.numel():
+        within = initial <= limit  # NaN compares False: caught too
+        if bool(within.all()):
             return
+        bad = torch.nonzero(~within).flatten()
         b = int(bad[0])
         with torch.no_grad():
             per_edge = problem.between.weighted_block_error()[b].double().pow(2).sum(-1) / 2
