@@ -239,8 +239,8 @@ class PoseGraphBuilder:
 
     Args:
         dtype, device: required of every tensor; by default taken from the first one added.
-            A device posegraph cannot solve on (``cuda`` without CUDA) is refused here
-            (:class:`~posegraph.errors.DeviceError`).
+            An absent device (``cuda`` without CUDA, a CUDA index beyond the devices
+            present) is refused here (:class:`~posegraph.errors.DeviceError`).
     """
 
     def __init__(self, dtype: Optional[torch.dtype] = None, device=None):
