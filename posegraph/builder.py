@@ -26,7 +26,7 @@ import theseus as th
 import torch
 
 from .costs import BetweenEdges, PointObservations
-from .errors import PoseGraphError
+from .errors import PoseGraphError, check_device
 from .graph import POSE_KINDS, Landmarks, PoseGraph
 from .mesh import LaplacianSmoothingCost
 from .graph import POSE_KINDS, PoseGraph
@@ -239,9 +239,13 @@ class PoseGraphBuilder:
 
     Args:
         dtype, device: required of every tensor; by default taken from the first one added.
+            An absent device (``cuda`` without CUDA, a CUDA index beyond the devices
+            present) is refused here (:class:`~posegraph.errors.DeviceError`).
     """
 
     def __init__(self, dtype: Optional[torch.dtype] = None, device=None):
+        if device is not None:
+            device = check_device("PoseGraphBuilder: device", device, solve=False)
         self._consensus = _Consensus(dtype, device)
         self._kind: Optional[str] = None
         self._poses: List[th.Manifold] = []
@@ -544,6 +548,8 @@ def build_problem(
         )
     if graph.num_edges == 0:
         raise PoseGraphError("the graph has vertices but no edges: it cannot be optimized (no measurements)", graph.source)
+    if device is not None:
+        device = check_device("build_problem: device", device, solve=False)
     g = graph.to(device=device, dtype=dtype) if (dtype is not None or device is not None) else graph
     cls, shape, dof = POSE_KINDS[g.kind]
     n, e = g.num_poses, g.num_edges

@@ -3,7 +3,7 @@ wrong (expected vs received)."""
 
 from __future__ import annotations
 
-from typing import Optional
+from typing import Any, Optional
 
 
 class PoseGraphError(ValueError):
@@ -32,6 +32,48 @@ class G2oFormatError(PoseGraphError):
 
 class GraphStructureError(PoseGraphError):
     """A graph whose structure cannot be optimized (disconnected edge-only graph, no edges…)."""
+
+
+class DeviceError(PoseGraphError):
+    """A device the solve cannot run on: CUDA asked for where torch has none, a CUDA index
+    beyond the devices present, or a device type other than ``cpu`` and ``cuda``."""
+
+
+#: The device types posegraph solves on (Theseus' and posegraph's solvers run on these only).
+SOLVE_DEVICE_TYPES = ("cpu", "cuda")
+
+
+def check_device(what: str, device: Any, solve: bool = True) -> Any:
+    """``device`` as a ``torch.device`` when it is present (and, with ``solve``, posegraph can
+    solve on it), else :class:`DeviceError` naming ``what`` (the input or call), the device
+    expected and the one received.
+
+    Refused: ``cuda`` while ``torch.cuda.is_available()`` is False, ``cuda:K`` with K beyond
+    ``torch.cuda.device_count()``, and with ``solve`` types other than
+    :data:`SOLVE_DEVICE_TYPES` (e.g. ``meta``, ``mps``). Checking at the call that names the
+    device (a builder, a layer's ``.to``) replaces torch's later, anonymous ``AssertionError``.
+    """
+    import torch
+
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, TypeError) as err:
+        raise DeviceError(f"{what}: expected a device (cpu or cuda), received {device!r} ({err})") from None
+    if solve and dev.type not in SOLVE_DEVICE_TYPES:
+        raise DeviceError(
+            f"{what}: expected a device of type {' or '.join(SOLVE_DEVICE_TYPES)}, received {dev} "
+            "(posegraph's solvers run on these only)"
+        )
+    if dev.type == "cuda":
+        if not torch.cuda.is_available():
+            raise DeviceError(
+                f"{what}: expected an available device, received {dev}, but torch.cuda.is_available() "
+                f"is False (torch {torch.__version__}); use cpu"
+            )
+        count = torch.cuda.device_count()
+        if dev.index is not None and dev.index >= count:
+            raise DeviceError(f"{what}: expected cuda:0 … cuda:{count - 1}, received {dev}")
+    return dev
 
 
 class OptimizationError(RuntimeError):

@@ -8,6 +8,7 @@ import torch
 
 import posegraph as pg
 from posegraph.builder import BuilderError
+from posegraph.errors import DeviceError
 from posegraph.solve import batched as batched_mod
 from posegraph.solve import optimize as optimize_mod
 from posegraph.solve.layer import PoseGraphLayer, differentiable_sqrt_information
@@ -255,6 +256,125 @@ def test_input_mismatch_errors_name_input_expected_received():
         PoseGraphLayer("SE2", g.edges, torch.zeros(3, dtype=torch.bool))
 
 
+def test_inputs_of_another_topology_are_refused():
+    """Measurements of another graph with the same edge and pose counts: refused when the graph
+    or its edges come along (bare tensors cannot be told apart, see the module's docstring)."""
+    g, _ = loop_graph("SE2", seed=6, batch=2)  # edges (0,1) … (4,5), (0,5), (1,4)
+    layer = PoseGraphLayer(g, options=options())
+    other = pg.PoseGraph(**{**g.__dict__, "edges": g.edges.clone()})
+    other.edges[5] = torch.tensor([0, 3])
+    msg = r"expected the layer's topology, received another: edge 5 is \(0, 3\), the layer's is \(0, 5\) \(1 of 7 edges differ\)"
+    with pytest.raises(BuilderError, match="graph: edges: " + msg):
+        layer(other)
+    with pytest.raises(BuilderError, match="edges: " + msg):
+        layer(other.poses, other.measurements, other.information, edges=other.edges)
+    flipped = g.edges.clone()
+    flipped[0] = torch.tensor([1, 0])
+    with pytest.raises(BuilderError, match=r"edge 0 is \(1, 0\), the layer's is \(0, 1\)"):
+        layer(g.poses, edges=flipped)
+    with pytest.raises(BuilderError, match=r"edges: expected the layer's topology, \(7, 2\) edges, received \(6, 2\)"):
+        layer(g.poses, edges=g.edges[:6])
+    g3, _ = loop_graph("SE3", seed=6)
+    with pytest.raises(BuilderError, match="graph: expected a SE2 graph .*, received SE3"):
+        layer(g3)
+    held = pg.PoseGraph(**{**g.__dict__, "fixed": torch.tensor([False, False, True, False, False, False])})
+    with pytest.raises(BuilderError, match=r"graph: fixed: expected the poses the layer holds, \[0\], received a graph holding \[2\]"):
+        layer(held)
+    # the same topology: accepted, with the graph's tensors as defaults; FIX on the gauge pose changes nothing
+    same = pg.PoseGraph(**{**g.__dict__, "fixed": torch.tensor([True] + [False] * 5)})
+    out, info = layer(same)
+    ref, _ = layer(g.poses, g.measurements, g.information, edges=g.edges)
+    assert info.converged
+    torch.testing.assert_close(out, ref, rtol=0, atol=1e-10)
+
+
+def test_overflowing_or_nonfinite_problem_is_named_by_index():
+    """One bad graph in a batch of 2: refused before solving, naming its index (and the edge),
+    instead of Theseus' RuntimeError for the whole batch; the other problem solves alone."""
+    g, _ = loop_graph("SE3", n=6, seed=15, batch=2)
+    layer = PoseGraphLayer(g, options=options())
+    edge_at_3 = r"edge is \d+ \((3 → \d+|\d+ → 3)\)"
+    for value in (1e200, 1e100):  # the error overflows / the normal equations would
+        poses = g.poses.clone()
+        poses[1, 3, :3, 3] = value
+        with pytest.raises(BuilderError, match=r"problem 1 of the batch: initial error .* expected a finite value ≤ 1.34e\+154 .*its largest " + edge_at_3):
+            layer(poses, g.measurements, g.information)
+    z = g.measurements.clone()
+    z[1, 2, 0, 0] = float("nan")
+    with pytest.raises(BuilderError, match=r"measurements: non-finite values in problem 1, edge 2$"):
+        layer(g.poses, z, g.information)
+    with pytest.raises(BuilderError, match=r"poses: non-finite values in problem 0 \(shared by every problem\), pose 4"):
+        layer(g.poses[:1] * torch.tensor([1, 1, 1, 1, float("inf"), 1], dtype=F64)[:, None, None], g.measurements)
+    out, info = layer(g.poses[:1], g.measurements[:1], g.information[:1])
+    assert info.converged
+
+
+def test_layer_pickles_before_and_after_a_call():
+    """state_dict, torch.save(layer) and deepcopy before and after forward (the cached Theseus
+    objects hold CHOLMOD factors and PARDISO's ctypes handles); copies solve as the original."""
+    import copy
+    import io
+
+    from posegraph.solve.pardiso import pardiso_available
+
+    g, _ = loop_graph("SE3", n=6, seed=16, batch=2)
+    for linear in ["cholmod", "pardiso"] if pardiso_available() else ["cholmod"]:
+        layer = PoseGraphLayer(g, options=options(linear_solver=linear), weights="edge")
+        with torch.no_grad():
+            layer.log_weight.copy_(torch.linspace(-0.5, 0.5, g.num_edges, dtype=F64))
+        copies = [copy.deepcopy(layer)]
+        buf = io.BytesIO()
+        torch.save(layer, buf)
+        out, _ = layer()
+        assert layer._compiled  # the cache exists now
+        copies.append(copy.deepcopy(layer))
+        buf2 = io.BytesIO()
+        torch.save(layer, buf2)
+        for b in (buf, buf2):
+            b.seek(0)
+            copies.append(torch.load(b, weights_only=False))
+        state = io.BytesIO()
+        torch.save(layer.state_dict(), state)
+        state.seek(0)
+        fresh = PoseGraphLayer(g, options=options(linear_solver=linear), weights="edge")
+        fresh.load_state_dict(torch.load(state))
+        copies.append(fresh)
+        for c in copies:
+            got, info = c()
+            assert info.linear_solver == linear
+            torch.testing.assert_close(got, out, rtol=0, atol=1e-10)
+        again, _ = layer()  # the original keeps its cache and still solves
+        torch.testing.assert_close(again, out, rtol=0, atol=1e-10)
+
+
+def test_device_errors_name_the_input_and_the_device(monkeypatch):
+    """Without CUDA: PoseGraphBuilder(device='cuda'), build_problem(device='cuda'),
+    layer.to('cuda') / .cuda() / linear_solver_for('cuda') are refused at that call; inputs on a
+    device the solvers do not run on (meta) are refused naming the input."""
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    g, _ = loop_graph("SE2", seed=17)
+    layer = PoseGraphLayer(g, options=options(), weights="edge")
+    absent = r"expected an available device, received cuda(:1)?, but torch.cuda.is_available\(\) is False"
+    with pytest.raises(DeviceError, match="PoseGraphBuilder: device: " + absent):
+        pg.PoseGraphBuilder(device="cuda")
+    with pytest.raises(DeviceError, match="build_problem: device: " + absent):
+        pg.build_problem(g, device="cuda")
+    with pytest.raises(DeviceError, match=r"PoseGraphLayer.to: device: " + absent):
+        layer.to("cuda")
+    with pytest.raises(DeviceError, match=r"PoseGraphLayer.to: device: " + absent):
+        layer.to(device=torch.device("cuda", 1), dtype=F64)
+    with pytest.raises(DeviceError, match=r"PoseGraphLayer.cuda: device: " + absent):
+        layer.cuda()
+    with pytest.raises(DeviceError, match=r"^device: " + absent):
+        layer.linear_solver_for("cuda")
+    assert layer.log_weight.device.type == "cpu"
+    meta = r"poses: expected a device of type cpu or cuda, received meta"
+    with pytest.raises(DeviceError, match=meta):
+        layer(g.poses.to("meta"), g.measurements.to("meta"), g.information.to("meta"))
+    assert issubclass(DeviceError, pg.PoseGraphError)
+    assert layer.to("cpu") is layer and layer.to(torch.float64) is layer
+
+
 def test_dtype_follows_inputs():
     g, _ = loop_graph("SE2", seed=7)
     layer = PoseGraphLayer(g, options=options(rel_tolerance=1e-6, abs_tolerance=1e-8))
@@ -280,15 +400,32 @@ def test_linear_solver_choice_per_device_and_size(monkeypatch):
     assert torch.cuda.is_available() or not batched_mod.cuda_extensions_available()
 
 
-def test_compiled_theseus_solvers_fail_clearly_without_extensions():
-    try:
-        from theseus.extlib.baspacho_solver import SymbolicDecomposition  # noqa: F401
-        pytest.skip("Theseus' BaSpaCho extension is installed")
-    except ImportError:
-        pass
+def test_unavailable_linear_solvers_refused_at_validation(monkeypatch):
+    """A linear solver this machine lacks is refused by SolverOptions.validate and at the layer's
+    construction, with the reason — not at the first solve with Theseus' run-together message."""
     g, _ = loop_graph("SE2", seed=14)
-    layer = PoseGraphLayer(g, options=options(linear_solver="baspacho"))
-    with pytest.raises(RuntimeError, match="extension"):
+    if batched_mod.theseus_solver_unavailable("baspacho") is not None:
+        reason = r"'baspacho' is not available on this machine: it needs Theseus' compiled extension theseus\.extlib\.baspacho_solver, which cannot be imported"
+        with pytest.raises(pg.PoseGraphError, match="linear_solver: " + reason):
+            options(linear_solver="baspacho").validate()
+        with pytest.raises(pg.PoseGraphError, match=reason):
+            PoseGraphLayer(g, options=options(linear_solver="baspacho"))
+        with pytest.raises(pg.PoseGraphError, match=reason):
+            pg.optimize(pg.build_problem(g), options(linear_solver="baspacho"))
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    cuda = r"'lu_cuda' is not available on this machine: it needs a CUDA device, and torch.cuda.is_available\(\) is False"
+    with pytest.raises(pg.PoseGraphError, match=cuda):
+        PoseGraphLayer(g, options=options(linear_solver="lu_cuda"))
+    for available in ("auto", "cholmod", "dense", "batched_dense", "cg"):
+        options(linear_solver=available).validate()
+
+
+@pytest.mark.cuda
+@pytest.mark.skipif(not batched_mod.cuda_extensions_available(), reason="needs Theseus' CUDA extension")
+def test_lu_cuda_refuses_cpu_inputs():
+    g, _ = loop_graph("SE2", seed=14)
+    layer = PoseGraphLayer(g, options=options(linear_solver="lu_cuda"))
+    with pytest.raises(DeviceError, match=r"poses: expected a cuda device for linear_solver 'lu_cuda'.*received cpu"):
         layer()
 
 

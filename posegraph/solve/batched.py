@@ -19,6 +19,7 @@ Both take Levenberg–Marquardt's scalar damping ``λI`` (per batch element) onl
 from __future__ import annotations
 
 import abc
+import importlib
 from typing import Any, Optional, Tuple, Type, Union
 
 import theseus as th
@@ -41,6 +42,33 @@ def cuda_extensions_available() -> bool:
     except Exception:
         return False
     return True
+
+
+#: Theseus' compiled linear solvers: the extension module each needs, and whether it needs CUDA.
+_THESEUS_EXTENSIONS = {
+    "lu_cuda": ("theseus.extlib.cusolver_lu_solver", True),
+    "baspacho": ("theseus.extlib.baspacho_solver", False),
+}
+
+
+def theseus_solver_unavailable(name: str) -> Optional[str]:
+    """Why Theseus' compiled linear solver ``name`` (``"lu_cuda"`` or ``"baspacho"``) cannot
+    run on this machine — its extension module is not importable (a Theseus build without
+    it), or it needs CUDA and ``torch.cuda.is_available()`` is False — else None (also for
+    any other name)."""
+    if name not in _THESEUS_EXTENSIONS:
+        return None
+    module, needs_cuda = _THESEUS_EXTENSIONS[name]
+    if needs_cuda and not torch.cuda.is_available():
+        return f"it needs a CUDA device, and torch.cuda.is_available() is False (torch {torch.__version__})"
+    try:
+        importlib.import_module(module)
+    except Exception as err:  # ImportError, or OSError from a library the extension links
+        return (
+            f"it needs Theseus' compiled extension {module}, which cannot be imported "
+            f"({type(err).__name__}: {err}); install a Theseus build that includes it"
+        )
+    return None
 
 
 def _damping_column(damping: DampingType, like: torch.Tensor) -> torch.Tensor:

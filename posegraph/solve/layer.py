@@ -18,6 +18,22 @@ Gauss–Newton step at the solution with the Hessian held constant, Theseus' imp
 differentiation), ``"truncated"`` (the last k iterations differentiated) or ``"unroll"``
 (every iteration differentiated).
 
+Inputs are checked before solving, each error naming the input (:class:`~posegraph.errors.PoseGraphError`):
+shapes, dtype and device agree; the device is one the solvers run on
+(:func:`~posegraph.errors.check_device`); values are finite, problem by problem; and each
+problem's initial error stays below the overflow limit (:func:`overflow_limit`), so one
+overflowing graph of a batch is named by its index instead of failing the batch inside Theseus.
+
+*Topology.* The layer solves over its own edges. Bare tensors carry no edges: measurements of
+another graph with the same number of edges (and poses) cannot be told apart from the layer's
+own and are solved over the layer's edges. Pass the other graph itself (``layer(graph)``) or
+its edges (``layer(poses, z, info, edges=graph.edges)``) to have the topology compared: kind,
+pose count, every edge (order and direction included) and the held poses.
+
+*Pickling.* ``state_dict``, ``torch.save(layer)`` and ``copy.deepcopy(layer)`` work before and
+after a call: the Theseus objects the layer caches per device and dtype hold native handles
+(CHOLMOD factors, PARDISO's library) and are left out, rebuilt on the next call.
+
 In a batch, each problem stops changing once it has converged
 (:class:`~posegraph.solve.nonlinear.TruthfulLoop`), so a batched call returns what
 solving each graph alone returns (exactly with a fixed ``SolverOptions.cg_max_iterations``; with
@@ -35,6 +51,7 @@ import torch
 from torch import nn
 
 from ..builder import BuilderError, PoseGraphProblem, _Consensus, _check_information, _shape_str, build_problem
+from ..errors import DeviceError, check_device
 from ..graph import POSE_KINDS, PoseGraph
 from ..weights import cholesky_sqrt_information
 from .optimize import (
@@ -44,6 +61,31 @@ from .optimize import (
     run_kwargs,
     used_linear_solver,
 )
+
+
+def overflow_limit(dtype: torch.dtype) -> float:
+    """The largest initial error ½ Σ eᵀΩe a problem may start from: √(largest ``dtype``
+    value), ≈ 1.3e154 in float64 and 1.8e19 in float32. The normal equations multiply
+    residuals, Jacobians and steps, each of up to the error's square-root scale (translations
+    enter SE(3) Jacobians as well as residuals), so LM's predicted decrease ``δᵀAᵀb`` is cubic
+    in that scale. Measured on a 6-pose SE(3) loop in float64 with one pose moved away: at
+    1e76 (error 3.5e153, accepted) LM runs without an overflow; at 1e100 (error 3.5e201) its
+    predicted decrease overflows and the solve returns garbage as "converged"; at 1e160 the
+    error itself overflows and Theseus fails the whole batch."""
+    return float(torch.finfo(dtype).max) ** 0.5
+
+
+def _check_finite(what: str, tensor: torch.Tensor, batch: int) -> None:
+    """Refuse non-finite values in ``tensor`` ``(B|1, K, …)``, naming the first problem and pose
+    or edge that has one (a tensor of batch 1 in a batch of ``batch`` > 1 is shared by all)."""
+    if torch.isfinite(tensor).all():
+        return
+    bad = ~torch.isfinite(tensor.detach()).reshape(tensor.shape[0], tensor.shape[1], -1).all(-1)
+    b, k = (int(v) for v in torch.nonzero(bad)[0])
+    noun = "pose" if what == "poses" else "edge"
+    shared = " (shared by every problem)" if tensor.shape[0] == 1 and batch > 1 else ""
+    raise BuilderError(f"{what}: non-finite values in problem {b}{shared}, {noun} {k}")
+
 
 #: the square root the layer uses (finite gradients at Ω = I); kept under its earlier name
 differentiable_sqrt_information = cholesky_sqrt_information
@@ -103,6 +145,7 @@ class PoseGraphLayer(nn.Module):
         layer = PoseGraphLayer(graph)                      # or PoseGraphLayer("SE3", edges, fixed)
         poses, info = layer(initial_poses, measurements, information)
         loss(poses).backward()                             # grads to measurements, information
+        poses, info = layer(other_graph)                   # its topology checked against the layer's
 
     Args:
         topology: a PoseGraph, or a kind ``"SE2"``/``"SE3"``.
@@ -154,6 +197,29 @@ class PoseGraphLayer(nn.Module):
                 torch.zeros(int(self.edge_kinds.max()) + 1, dtype=torch.float64)
             )
         self._compiled: Dict[Tuple, _Compiled] = {}
+        self._held_mask: Optional[torch.Tensor] = None
+
+    # -- pickling and devices -----------------------------------------------------------------
+    def __getstate__(self) -> dict:
+        """The module's state without the cached Theseus objects (CHOLMOD factors and PARDISO's
+        ctypes handles cannot be pickled); :meth:`compiled` rebuilds them on the next call."""
+        state = super().__getstate__()
+        state["_compiled"] = {}
+        return state
+
+    def to(self, *args, **kwargs) -> "PoseGraphLayer":
+        """``nn.Module.to``, refusing a device posegraph cannot solve on
+        (:class:`~posegraph.errors.DeviceError`, e.g. ``cuda`` without CUDA)."""
+        device = torch._C._nn._parse_to(*args, **kwargs)[0]
+        if device is not None:
+            check_device("PoseGraphLayer.to: device", device)
+        return super().to(*args, **kwargs)
+
+    def cuda(self, device: Optional[Union[int, torch.device]] = None) -> "PoseGraphLayer":
+        """``nn.Module.cuda``, refusing it when CUDA is not available (:class:`~posegraph.errors.DeviceError`)."""
+        target = torch.device("cuda", device) if isinstance(device, int) else torch.device(device or "cuda")
+        check_device("PoseGraphLayer.cuda: device", target)
+        return super().cuda(device)
 
     # -- construction checks ------------------------------------------------------------------
     @staticmethod
@@ -235,6 +301,10 @@ class PoseGraphLayer(nn.Module):
         """The objective, optimizer and TheseusLayer for ``device``/``dtype`` (built once)."""
         key = (str(device), dtype, self.options.linear_solver)
         if key not in self._compiled:
+            if self.options.linear_solver == "lu_cuda" and torch.device(device).type != "cuda":
+                raise DeviceError(
+                    f"poses: expected a cuda device for linear_solver 'lu_cuda' (Theseus' CUDA LU), received {device}"
+                )
             n, shape = self.num_poses, self.graph.element_shape
             ident = self.graph.element_cls(dtype=dtype).tensor[0]
             graph = self.graph.with_poses(ident.expand(n, *shape).clone())
@@ -247,7 +317,7 @@ class PoseGraphLayer(nn.Module):
 
     def linear_solver_for(self, device, dtype: torch.dtype = torch.float64) -> str:
         """The linear solver a call on ``device`` would use (builds the objects once)."""
-        return self.compiled(torch.device(device), dtype).linear_solver
+        return self.compiled(check_device("device", device), dtype).linear_solver
 
     # -- inputs -------------------------------------------------------------------------------------
     def _inputs(
@@ -257,27 +327,36 @@ class PoseGraphLayer(nn.Module):
         information: Optional[torch.Tensor],
         sqrt_information: Optional[torch.Tensor],
     ) -> Dict[str, torch.Tensor]:
-        """Check shapes, dtype, device and batch (messages name the input) and return the
-        Theseus input tensors."""
+        """Check shapes, dtype, device, batch and finite values (messages name the input, and
+        the problem and pose or edge of a non-finite value) and return the Theseus input
+        tensors."""
         g = self.graph
         n, e, shape, dof = g.num_poses, g.num_edges, g.element_shape, g.dof
         if information is not None and sqrt_information is not None:
             raise BuilderError("information, sqrt_information: expected one of them, received both")
         if not isinstance(poses, torch.Tensor):
             raise BuilderError(f"poses: expected a tensor, received {type(poses).__name__}")
+        check_device("poses", poses.device)
         consensus = _Consensus(None, None)
         poses = self._batched("poses", poses, (n, *shape), consensus)
         if measurements is None:
             measurements = g.measurements.to(device=poses.device, dtype=poses.dtype)
         meas = self._batched("measurements", measurements, (e, *shape), consensus)
         if sqrt_information is not None:
-            sqrt_info = self._batched("sqrt_information", sqrt_information, (e, dof, dof), consensus)
+            weight_name = "sqrt_information"
+            weight = self._batched(weight_name, sqrt_information, (e, dof, dof), consensus)
         else:
             if information is None:
                 information = g.information.to(device=poses.device, dtype=poses.dtype)
-            info = self._batched("information", information, (e, dof, dof), consensus)
-            _check_information(info.detach().reshape(-1, dof, dof), dof, "information")
-            sqrt_info = cholesky_sqrt_information(info)
+            weight_name = "information"
+            weight = self._batched(weight_name, information, (e, dof, dof), consensus)
+        for what, tensor in (("poses", poses), ("measurements", meas), (weight_name, weight)):
+            _check_finite(what, tensor, consensus.batch)
+        if sqrt_information is not None:
+            sqrt_info = weight
+        else:
+            _check_information(weight.detach().reshape(-1, dof, dof), dof, "information")
+            sqrt_info = cholesky_sqrt_information(weight)
         scale = self.weight_scale()
         if scale is not None:
             sqrt_info = sqrt_info * scale.to(device=poses.device, dtype=poses.dtype)[:, None, None]
@@ -300,18 +379,85 @@ class PoseGraphLayer(nn.Module):
                 f"{_shape_str(expected)}, received {_shape_str(tensor.shape)}"
             )
         consensus.check(what, tensor)
-        if not torch.isfinite(tensor).all():
-            raise BuilderError(f"{what}: tensor has non-finite values")
         return tensor
+
+    # -- topology and values --------------------------------------------------------------------------
+    def _check_edges(self, edges, what: str) -> None:
+        """``edges`` must be the layer's, in the same order and direction."""
+        mine = self.graph.edges.cpu()
+        edges = torch.as_tensor(edges).detach().cpu()
+        if tuple(edges.shape) != tuple(mine.shape):
+            raise BuilderError(
+                f"{what}: expected the layer's topology, {_shape_str(mine.shape)} edges, received "
+                f"{_shape_str(edges.shape)}"
+            )
+        differ = torch.nonzero((edges.long() != mine).any(1)).flatten()
+        if differ.numel():
+            k = int(differ[0])
+            raise BuilderError(
+                f"{what}: expected the layer's topology, received another: edge {k} is "
+                f"({int(edges[k, 0])}, {int(edges[k, 1])}), the layer's is ({int(mine[k, 0])}, {int(mine[k, 1])}) "
+                f"({differ.numel()} of {mine.shape[0]} edges differ); the layer would solve these "
+                "measurements over its own edges — build a PoseGraphLayer for that graph"
+            )
+
+    def _check_topology(self, graph: PoseGraph) -> None:
+        """``graph`` must have the layer's kind, pose count, edges and held poses."""
+        mine = self.graph
+        if graph.kind != mine.kind:
+            raise BuilderError(f"graph: expected a {mine.kind} graph (the layer's kind), received {graph.kind}")
+        if graph.num_poses != mine.num_poses:
+            raise BuilderError(
+                f"graph: expected the layer's topology, {mine.num_poses} poses, received {graph.num_poses}"
+            )
+        self._check_edges(graph.edges, "graph: edges")
+        if torch.equal(graph.fixed.cpu(), mine.fixed.cpu()):
+            return
+        theirs, held = graph.gauge_fixed(), self._held()
+        if not torch.equal(theirs, held):
+            raise BuilderError(
+                f"graph: fixed: expected the poses the layer holds, {torch.nonzero(held).flatten().tolist()}, "
+                f"received a graph holding {torch.nonzero(theirs).flatten().tolist()}"
+            )
+
+    def _held(self) -> torch.Tensor:
+        """The poses the layer holds constant (its graph's gauge), computed once."""
+        if self._held_mask is None:
+            self._held_mask = self.graph.gauge_fixed()
+        return self._held_mask
+
+    def _check_initial_error(self, problem: PoseGraphProblem, initial: torch.Tensor) -> None:
+        """Refuse, naming the problem's index and its largest edge, a problem whose initial
+        error is not finite or above :func:`overflow_limit`: Theseus would fail the whole
+        batch with an anonymous error (or return a meaningless "converged")."""
+        limit = overflow_limit(initial.dtype)
+        within = initial <= limit  # NaN compares False: caught too
+        if bool(within.all()):
+            return
+        bad = torch.nonzero(~within).flatten()
+        b = int(bad[0])
+        with torch.no_grad():
+            per_edge = problem.between.weighted_block_error()[b].double().pow(2).sum(-1) / 2
+        worst = per_edge.nan_to_num(nan=float("inf"))
+        k = int(torch.argmax(worst))
+        i, j = (int(v) for v in self.graph.edges[k])
+        others = f" (problems {bad.tolist()} of {initial.shape[0]})" if bad.numel() > 1 else ""
+        raise BuilderError(
+            f"problem {b} of the batch{others}: initial error ½ Σ eᵀΩe = {float(initial[b]):.3g}, expected a "
+            f"finite value ≤ {limit:.3g} ({initial.dtype}; beyond it the normal equations overflow); "
+            f"its largest edge is {k} ({i} → {j}), ½ eᵀΩe = {float(per_edge[k]):.3g}: check problem {b}'s "
+            "poses, measurements and information"
+        )
 
     # -- forward ------------------------------------------------------------------------------------
     def forward(
         self,
-        poses: Optional[torch.Tensor] = None,
+        poses: Union[torch.Tensor, PoseGraph, None] = None,
         measurements: Optional[torch.Tensor] = None,
         information: Optional[torch.Tensor] = None,
         sqrt_information: Optional[torch.Tensor] = None,
         *,
+        edges: Optional[torch.Tensor] = None,
         backward_mode: Optional[str] = None,
         backward_num_iterations: Optional[int] = None,
         end_iter_callback: Optional[Callable] = None,
@@ -320,12 +466,34 @@ class PoseGraphLayer(nn.Module):
 
         Args:
             poses: initial poses ``(B, N, *shape)`` (or ``(N, *shape)``); default: the
-                PoseGraph's. Device and dtype of the solve are theirs.
+                PoseGraph's. Device and dtype of the solve are theirs. Or a PoseGraph: its
+                topology is compared with the layer's (kind, poses, edges, held poses) and
+                its poses, measurements and information are the defaults.
             measurements: ``(B|1, E, *shape)`` (or ``(E, *shape)``); default: the graph's.
             information: ``(B|1, E, d, d)`` symmetric PSD; or ``sqrt_information`` ``W``
                 (``WᵀW = Ω``); default: the graph's information.
+            edges: ``(E, 2)`` pose indices the measurements belong to: compared with the
+                layer's edges (bare tensors cannot be told apart from the layer's otherwise).
             backward_mode, backward_num_iterations, end_iter_callback: override the layer's.
+
+        Raises:
+            BuilderError: an input of the wrong shape, dtype, device, topology, or with
+                non-finite values; a problem whose initial error overflows (named by its
+                index in the batch).
+            DeviceError: inputs on a device posegraph cannot solve on.
         """
+        if edges is not None:
+            self._check_edges(edges, "edges")
+        if isinstance(poses, PoseGraph):
+            source = poses
+            self._check_topology(source)
+            if source.poses is None:
+                raise BuilderError("poses: expected a graph with initial poses, received one without (initialize it first)")
+            poses = source.poses
+            if measurements is None:
+                measurements = source.measurements
+            if information is None and sqrt_information is None:
+                information = source.information
         if poses is None:
             if self.graph.poses is None:
                 raise BuilderError("poses: expected initial poses (the layer's graph has none), received None")
@@ -338,6 +506,7 @@ class PoseGraphLayer(nn.Module):
         with torch.no_grad():
             objective.update({k: v.detach() for k, v in inputs.items()})
             initial = objective.error_metric().detach().clone()
+        self._check_initial_error(compiled.problem, initial)
         kwargs = run_kwargs(self.options, backward_mode=mode)
         if mode == "truncated":
             kwargs["backward_num_iterations"] = k
@@ -367,4 +536,4 @@ class PoseGraphLayer(nn.Module):
         )
 
 
-__all__ = ["PoseGraphLayer", "LayerInfo", "differentiable_sqrt_information", "BACKWARD_MODES"]
+__all__ = ["PoseGraphLayer", "LayerInfo", "differentiable_sqrt_information", "overflow_limit", "BACKWARD_MODES"]

@@ -20,8 +20,8 @@ import theseus as th
 import torch
 
 from ..builder import PoseGraphProblem
-from ..errors import OptimizationError
-from .batched import ConjugateGradientSolver, DenseCholeskySolver, cuda_extensions_available
+from ..errors import OptimizationError, PoseGraphError
+from .batched import ConjugateGradientSolver, DenseCholeskySolver, cuda_extensions_available, theseus_solver_unavailable
 from .cholmod import CHOLMOD_MODES
 from .linearization import BlockSparseLinearization
 from .pardiso import pardiso_available
@@ -110,6 +110,8 @@ class SolverOptions:
     threads: Optional[int] = None
 
     def validate(self) -> None:
+        """Raise ``ValueError`` (a :class:`~posegraph.errors.PoseGraphError` for a linear solver
+        this machine lacks, with the reason) for an option out of range."""
         if self.solver not in SOLVERS:
             raise ValueError(f"solver: expected one of {', '.join(SOLVERS)}, received {self.solver!r}")
         if self.linear_solver not in LINEAR_SOLVERS:
@@ -121,6 +123,9 @@ class SolverOptions:
                 "linear_solver: 'pardiso' needs MKL PARDISO, which is not installed "
                 "(pip install mkl, or set POSEGRAPH_MKL_RT to libmkl_rt)"
             )
+        missing = theseus_solver_unavailable(self.linear_solver)
+        if missing is not None:
+            raise PoseGraphError(f"linear_solver: {self.linear_solver!r} is not available on this machine: {missing}")
         if self.cholmod_mode not in CHOLMOD_MODES:
             raise ValueError(
                 f"cholmod_mode: expected one of {', '.join(CHOLMOD_MODES)}, received {self.cholmod_mode!r}"
