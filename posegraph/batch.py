@@ -365,7 +365,7 @@ def format_table(report: BatchReport) -> str:
     rate = f", {ran / report.seconds:.2f} files/s" if ran and report.seconds > 0 else ""
     lines.append(
         f"{len(report.records)} inputs: {ran - len(report.failed)} ok, {len(report.failed)} failed, "
-        f"{len(report.skipped)} skipped; {report.seconds:.1f} s on {report.workers} worker{"" if report.workers == 1 else "s"}{rate}; "
+        f"{len(report.skipped)} skipped; {report.seconds:.1f} s on {report.workers} worker{'' if report.workers == 1 else 's'}{rate}; "
         f"results in {report.results_path}"
     )
     return "\n".join(lines)
