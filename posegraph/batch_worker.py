@@ -11,6 +11,7 @@ import argparse
 import functools
 import os
 import socket
+import threading
 import time
 import warnings
 from typing import Any, Dict, Mapping, Optional
@@ -21,6 +22,19 @@ from .threads import apply_thread_budget, available_cores, thread_budget, thread
 
 #: the name the plugin is registered under (registering it again replaces it)
 PLUGIN_NAME = "posegraph-thread-budget"
+
+_BUDGET: Dict[str, Optional[int]] = {"threads": None}  # this worker's, set by the plugin
+_APPLIED = threading.local()  # whether the budget holds in this thread already
+
+
+def _hold_budget() -> None:
+    """Apply the worker's budget in the calling thread too, once: OpenMP's thread count is a
+    per-thread setting, and tasks run on the worker's executor threads, not on the thread that
+    ran the plugin."""
+    threads = _BUDGET["threads"]
+    if threads is not None and getattr(_APPLIED, "threads", None) != threads:
+        apply_thread_budget(threads)
+        _APPLIED.threads = threads
 
 
 class ThreadBudgetPlugin(WorkerPlugin):
@@ -49,12 +63,14 @@ class ThreadBudgetPlugin(WorkerPlugin):
     def setup(self, worker) -> None:
         """Apply the budget in ``worker``'s process (Dask calls this as the worker starts)."""
         host = worker.address.split("://")[-1].rsplit(":", 1)[0]
-        apply_thread_budget(self.budget_for(host, worker.state.nthreads))
+        _BUDGET["threads"] = self.budget_for(host, worker.state.nthreads)
+        apply_thread_budget(_BUDGET["threads"])
         warnings.filterwarnings("ignore", message="Vectorization is off by default")
 
 
 def worker_thread_report() -> Dict[str, Any]:
     """A task: the thread budget the worker running it has (:func:`posegraph.threads.thread_report`)."""
+    _hold_budget()
     report = thread_report()
     report["worker"] = _worker_name()
     return report
@@ -90,6 +106,7 @@ def optimize_task(input_path: str, output_path: str, options: Mapping[str, Any])
     from .cli import error_line, optimize_file
 
     start = time.perf_counter()
+    _hold_budget()
     args = argparse.Namespace(**{**_optimize_defaults(), **options})
     args.input, args.output, args.quiet, args.json = input_path, output_path, True, True
     try:

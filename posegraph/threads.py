@@ -21,7 +21,7 @@ The budget is applied in two ways, because thread pools read their size at diffe
 from __future__ import annotations
 
 import os
-from typing import Any, Dict, List, Optional
+from typing import Any, Dict, Optional
 
 #: environment variables that size the thread pools when their libraries load
 THREAD_ENV_VARS = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS")
@@ -48,9 +48,6 @@ def thread_env(threads: int) -> Dict[str, str]:
     return {name: str(int(threads)) for name in THREAD_ENV_VARS}
 
 
-_LIMITS: List[Any] = []  # keeps threadpoolctl's limiter alive (it restores on collection)
-
-
 def apply_thread_budget(threads: int) -> None:
     """Give this process ``threads`` threads in every pool, from now on: the environment (for
     libraries loaded later), torch's intra-op pool and, through threadpoolctl, every BLAS /
@@ -68,7 +65,7 @@ def apply_thread_budget(threads: int) -> None:
         from threadpoolctl import threadpool_limits
     except ImportError:  # torch's pool and the environment still hold the budget
         return
-    _LIMITS[:] = [threadpool_limits(limits=int(threads))]
+    threadpool_limits(limits=int(threads))  # set now; restored only if asked to (never here)
 
 
 def thread_report() -> Dict[str, Any]:

@@ -202,3 +202,12 @@ def test_expand_inputs_and_read_results(tmp_path):
     results = tmp_path / RESULTS_NAME
     results.write_text('{"input": "/a.g2o", "result": "ok"}\n{"input": "/b.g2o", "res')  # killed mid-line
     assert list(read_results(str(results))) == ["/a.g2o"]
+
+
+def test_the_extra_named_in_the_error_is_declared():
+    import tomllib
+
+    pyproject = tomllib.loads((Path(__file__).resolve().parents[1] / "pyproject.toml").read_text())
+    extra = pyproject["project"]["optional-dependencies"]["distributed"]
+    assert {"dask[distributed]", "dask-jobqueue", "threadpoolctl"} <= set(extra)
+    assert "posegraph[distributed]" in EXTRA_INSTALL
