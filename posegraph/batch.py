@@ -213,8 +213,10 @@ def run(
         out_dir: the folder for the outputs and ``results.jsonl`` (created if needed).
         options: solve options by dest, e.g. ``{"max_iters": 50, "linear_solver": "cholmod"}``
             (:func:`solve_options`).
-        client: a ``distributed.Client`` to run on (it is left open); else ``scheduler``'s
-            cluster, else a new ``LocalCluster`` of ``workers`` processes (default: one per core).
+        client: a ``distributed.Client`` to run on (it is left open; its workers get the
+            thread-budget plugin, :class:`posegraph.batch_worker.ThreadBudgetPlugin`); else
+            ``scheduler``'s cluster, else a new ``LocalCluster`` of ``workers`` processes
+            (default: one per core).
         resume: skip inputs whose output and ``ok`` line are in ``out_dir`` already.
         progress: a progress bar over files on ``stream`` (default stderr).
 
