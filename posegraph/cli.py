@@ -15,7 +15,7 @@ import json
 import sys
 import time
 import warnings
-from typing import List, Optional
+from typing import List, Optional, Tuple
 
 from .errors import PoseGraphError
 
@@ -388,7 +388,7 @@ def _parse_args(argv: Optional[List[str]]) -> argparse.Namespace:
     return args
 
 
-def error_line(err: BaseException, input_path: Optional[str] = "") -> "tuple[int, str]":
+def error_line(err: BaseException, input_path: Optional[str] = "") -> Tuple[int, str]:
     """The CLI's exit status and one-line message (without ``error:``) for an exception raised
     while running a command on ``input_path``: bad input 2, a failed optimization 1, an internal
     error 1. ``posegraph batch`` records the same lines per input."""
