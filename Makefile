@@ -20,7 +20,8 @@ setup: $(STAMP)
 $(STAMP): pyproject.toml setup.py posegraph/_native_geometry.c posegraph/_native_normal.c Makefile
 	@$(MAKE) --no-print-directory .system-deps
 	@test -x $(BIN)/python || $(PY) -m venv $(VENV)
-	$(BIN)/pip install -q $(TORCH) numpy scipy pytest cython setuptools wheel PyYAML tqdm matplotlib mkl
+	$(BIN)/pip install -q $(TORCH) numpy scipy pytest cython setuptools wheel PyYAML tqdm matplotlib mkl \
+	  "dask[distributed]" dask-jobqueue threadpoolctl
 	$(BIN)/pip install -q --no-build-isolation scikit-sparse==0.4.16
 	$(BIN)/pip install -q --no-build-isolation theseus-ai==0.2.3
 	$(BIN)/pip install -q --no-build-isolation --no-deps -e .

@@ -86,6 +86,12 @@ Runs, evaluation, figures
     align)`` — ATE (Umeyama-aligned) and RPE as evo defines them; ``umeyama`` (:mod:`posegraph.eval`).
     ``graph_info(graph)`` — counts, components, information summary, initial χ².
     ``posegraph.plot.plot_graphs`` — trajectory/error-history figures (needs matplotlib).
+Scaling out
+    ``posegraph.batch.run(inputs, out_dir, options, client=None)`` — ``posegraph batch``: many
+    g2o files optimized on Dask workers (a LocalCluster or an existing cluster; the
+    ``posegraph[distributed]`` extra), one ``results.jsonl`` line per input.
+    ``posegraph.threads`` — per-process thread budgets (torch, MKL, OpenBLAS) for processes
+    that share cores. ``examples/train_ddp.py`` — PoseGraphLayer under DistributedDataParallel.
 Numerics
     ``posegraph.lie`` — stable rotation ↔ quaternion conversions and ``patch_theseus()``.
     ``posegraph.geometry`` — vectorized SE(3)/SE(2) kernels on plain tensors (exp, log,

@@ -15,7 +15,7 @@ import json
 import sys
 import time
 import warnings
-from typing import List, Optional
+from typing import List, Optional, Tuple
 
 from .errors import PoseGraphError
 
@@ -57,15 +57,10 @@ def _robust_kernel(text: str):
         raise argparse.ArgumentTypeError(str(err)) from None
 
 
-def _parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="posegraph", description="Pose-graph optimization on Theseus.")
-    sub = p.add_subparsers(dest="command", required=True)
-    o = sub.add_parser("optimize", help="optimize a g2o pose graph and write the result")
-    o.add_argument("input", nargs="?", help="g2o file (SE2 or SE3); or 'input:' in --config")
-    o.add_argument("--config", metavar="FILE.yaml", help="read options from a YAML file (flags win)")
-    o.add_argument("-o", "--output", help="write the optimized graph here (g2o)")
-    o.add_argument("--overwrite-input", action="store_true",
-                   help="allow an output file (-o, --mesh-output, --debug) to be an input file")
+def add_solve_options(o: argparse.ArgumentParser) -> None:
+    """Add the options of one graph's solve (solver, tolerances, initialization, robust kernel,
+    linear solver, dtype, device) to ``o``: ``posegraph optimize`` and ``posegraph batch`` share
+    them, and so their configuration keys (:mod:`posegraph.config`)."""
     o.add_argument("--solver", choices=["gn", "lm"], default="lm", help="Gauss-Newton or Levenberg-Marquardt (default lm)")
     o.add_argument("--max-iters", type=_non_negative_int, default=100, metavar="N", help="iteration cap (default 100)")
     o.add_argument("--rel-tol", type=float, default=1e-10, help="relative error decrease to stop at (default 1e-10)")
@@ -97,6 +92,20 @@ def _parser() -> argparse.ArgumentParser:
                    help="CG iterations a solve with the last factor may take before refactoring "
                         "(default: as many as cost one factorization, measured while solving, at most 10)")
     o.add_argument("--dtype", choices=["float64", "float32"], default="float64")
+    o.add_argument("--device", choices=["auto", "cpu", "cuda"], default="cpu",
+                   help="where to solve (auto: cuda when available; default cpu)")
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="posegraph", description="Pose-graph optimization on Theseus.")
+    sub = p.add_subparsers(dest="command", required=True)
+    o = sub.add_parser("optimize", help="optimize a g2o pose graph and write the result")
+    o.add_argument("input", nargs="?", help="g2o file (SE2 or SE3); or 'input:' in --config")
+    o.add_argument("--config", metavar="FILE.yaml", help="read options from a YAML file (flags win)")
+    o.add_argument("-o", "--output", help="write the optimized graph here (g2o)")
+    o.add_argument("--overwrite-input", action="store_true",
+                   help="allow an output file (-o, --mesh-output, --debug) to be an input file")
+    add_solve_options(o)
     o.add_argument("--mesh", metavar="MESH.obj",
                    help="regularize the graph's 3D points with the Laplacian of this mesh: OBJ vertex k "
                         "(0-based, file order) is the VERTEX_TRACKXYZ with id FIRST+k")
@@ -110,8 +119,6 @@ def _parser() -> argparse.ArgumentParser:
     o.add_argument("--json", action="store_true", help="print one JSON object on stdout")
     o.add_argument("--quiet", action="store_true", help="no progress on stderr")
     o.add_argument("--verbose", action="store_true", help="progress as one line per iteration")
-    o.add_argument("--device", choices=["auto", "cpu", "cuda"], default="cpu",
-                   help="where to solve (auto: cuda when available; default cpu)")
     o.add_argument("--debug", metavar="TRACE.json",
                    help="write a debug trace: per-iteration error, step, damping, per-edge error and "
                         "Jacobian norms, first non-finite value (see 'posegraph inspect')")
@@ -122,10 +129,30 @@ def _parser() -> argparse.ArgumentParser:
     i = sub.add_parser("inspect", help="print a debug trace written by 'optimize --debug'")
     i.add_argument("trace", help="TRACE.json")
     i.add_argument("--top", type=_non_negative_int, default=10, metavar="N")
+    _add_batch(sub)
     _add_info(sub)
     _add_eval(sub)
     _add_plot(sub)
     return p
+
+
+def _add_batch(sub) -> None:
+    from .config import int_at_least
+
+    b = sub.add_parser("batch", help="optimize many g2o files in parallel on Dask workers (posegraph[distributed])")
+    b.add_argument("inputs", nargs="*", metavar="INPUT",
+                   help="g2o files, glob patterns or folders (their *.g2o); or 'inputs:' in --config")
+    b.add_argument("--config", metavar="FILE.yaml", help="read options from a YAML file (flags win)")
+    b.add_argument("--out-dir", metavar="DIR",
+                   help="write NAME.optimized.g2o per input and results.jsonl (one JSON line per input) here")
+    b.add_argument("--workers", type=int_at_least(1), default=None, metavar="N",
+                   help="worker processes of the local cluster (default: one per core), each with cores/N threads")
+    b.add_argument("--scheduler", metavar="ADDRESS",
+                   help="run on the Dask cluster of this scheduler (e.g. tcp://host:8786) instead of a local one")
+    b.add_argument("--resume", action="store_true",
+                   help="skip inputs whose output and result line are already in DIR")
+    b.add_argument("--quiet", action="store_true", help="no progress bar on stderr")
+    add_solve_options(b)
 
 
 def _add_info(sub) -> None:
@@ -178,14 +205,43 @@ def _setup_warnings(quiet: bool) -> None:
     warnings.showwarning = show
 
 
+class OptimizationFailed(RuntimeError):
+    """The solver ran but reported failure; ``str(err)`` is the CLI's whole error line
+    (``FILE: optimization failed after N iterations …``)."""
+
+
 def cmd_optimize(args: argparse.Namespace) -> int:
+    """``posegraph optimize``: solve one file, print its summary (text or ``--json``)."""
+    from .report import format_summary
+
+    try:
+        s = optimize_file(args)
+    except OptimizationFailed as err:
+        sys.stderr.write(f"error: {err}\n")
+        return EXIT_FAILED
+    if args.json:
+        sys.stdout.write(json.dumps(s) + "\n")
+    else:
+        sys.stdout.write(format_summary(s) + "\n")
+    return EXIT_OK
+
+
+def optimize_file(args: argparse.Namespace) -> dict:
+    """Read, initialize, solve and write one graph as ``posegraph optimize`` does with the
+    options in ``args`` (the optimize parser's namespace); returns the run summary
+    (:func:`posegraph.report.summary`). Used in-process by ``posegraph batch``'s workers.
+
+    Raises:
+        PoseGraphError: bad input (nothing written).
+        OptimizationFailed: the solver failed (nothing written).
+    """
     import torch
 
     from .builder import build_problem
     from .init import initialize
     from .io import check_outputs, read_g2o, write_g2o
     from .config import resolve_device
-    from .report import ProgressBar, format_summary, summary
+    from .report import ProgressBar, summary
     from .solve.optimize import SolverOptions, optimize
 
     if not args.input:
@@ -238,11 +294,10 @@ def cmd_optimize(args: argparse.Namespace) -> int:
         sys.stderr.write(f"warning: {args.input}: {debug.first_nonfinite}\n")
     t3 = time.perf_counter()
     if "failed" in result.status:
-        sys.stderr.write(
-            f"error: {args.input}: optimization failed after {result.iterations} iterations "
-            f"(final error {float(result.final_error.mean()):.6g}); no output written\n"
+        raise OptimizationFailed(
+            f"{args.input}: optimization failed after {result.iterations} iterations "
+            f"(final error {float(result.final_error.mean()):.6g}); no output written"
         )
-        return EXIT_FAILED
     if args.output:
         write_g2o(problem.to_graph().to(dtype=torch.float64), args.output, overwrite_input=args.overwrite_input)
     if mesh is not None and args.mesh_output:
@@ -261,11 +316,7 @@ def cmd_optimize(args: argparse.Namespace) -> int:
                       "costs": choice.costs, **({"note": choice.note} if choice.note else {})}
     if args.robust is not None:
         s["robust"] = {"kernel": str(args.robust), "edges": args.robust_edges}
-    if args.json:
-        sys.stdout.write(json.dumps(s) + "\n")
-    else:
-        sys.stdout.write(format_summary(s) + "\n")
-    return EXIT_OK
+    return s
 
 
 def _start_cost(args: argparse.Namespace):
@@ -348,7 +399,14 @@ def cmd_plot(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-COMMANDS = {"optimize": cmd_optimize, "inspect": cmd_inspect, "info": cmd_info, "eval": cmd_eval, "plot": cmd_plot}
+def cmd_batch(args: argparse.Namespace) -> int:
+    """``posegraph batch`` (:mod:`posegraph.batch`)."""
+    from .batch import cmd_batch as run_batch
+
+    return run_batch(args)
+
+
+COMMANDS = {"optimize": cmd_optimize, "batch": cmd_batch, "inspect": cmd_inspect, "info": cmd_info, "eval": cmd_eval, "plot": cmd_plot}
 
 
 def _parse_args(argv: Optional[List[str]]) -> argparse.Namespace:
@@ -363,10 +421,26 @@ def _parse_args(argv: Optional[List[str]]) -> argparse.Namespace:
     return args
 
 
-def main(argv: Optional[List[str]] = None) -> int:
-    """Entry point of the ``posegraph`` console script."""
+def error_line(err: BaseException, input_path: Optional[str] = "") -> Tuple[int, str]:
+    """The CLI's exit status and one-line message (without ``error:``) for an exception raised
+    while running a command on ``input_path``: bad input 2, a failed optimization 1, an internal
+    error 1. ``posegraph batch`` records the same lines per input."""
     from .errors import OptimizationError
 
+    if isinstance(err, PoseGraphError):
+        return EXIT_BAD_INPUT, str(err)
+    if isinstance(err, OptimizationFailed):
+        return EXIT_FAILED, str(err)
+    if isinstance(err, (OptimizationError, RuntimeError)):
+        return EXIT_FAILED, f"{input_path or ''}: optimization failed: {err}"
+    if isinstance(err, OSError):
+        where = f"{err.filename}: " if err.filename else ""
+        return EXIT_BAD_INPUT, f"{where}{err.strerror or err}"
+    return EXIT_FAILED, f"internal error ({type(err).__name__}): {err}"
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    """Entry point of the ``posegraph`` console script."""
     try:
         args = _parse_args(argv)
     except PoseGraphError as err:  # a bad --config file
@@ -375,22 +449,13 @@ def main(argv: Optional[List[str]] = None) -> int:
     _setup_warnings(getattr(args, "quiet", False))
     try:
         return COMMANDS[args.command](args)
-    except PoseGraphError as err:
-        sys.stderr.write(f"error: {err}\n")
-        return EXIT_BAD_INPUT
-    except (OptimizationError, RuntimeError) as err:
-        sys.stderr.write(f"error: {getattr(args, 'input', '')}: optimization failed: {err}\n")
-        return EXIT_FAILED
     except KeyboardInterrupt:
         sys.stderr.write("error: interrupted\n")
         return 130
-    except OSError as err:
-        where = f"{err.filename}: " if err.filename else ""
-        sys.stderr.write(f"error: {where}{err.strerror or err}\n")
-        return EXIT_BAD_INPUT
     except Exception as err:  # noqa: BLE001 - the CLI never shows a traceback
-        sys.stderr.write(f"error: internal error ({type(err).__name__}): {err}\n")
-        return EXIT_FAILED
+        code, line = error_line(err, getattr(args, "input", ""))
+        sys.stderr.write(f"error: {line}\n")
+        return code
 
 
 if __name__ == "__main__":

@@ -1,0 +1,153 @@
+"""Files per second of ``posegraph batch`` with 1 and 2 workers, and of one ``posegraph
+optimize`` process per file.
+
+    .venv/bin/python benchmarks/batch.py [--files 32] [--graphs intel smallGrid3D …]
+                                         [--workers 1 2] [--baseline-files N] [--json]
+
+The inputs are ``--files`` noisy copies of the public graphs (``POSEGRAPH_DATASETS`` or
+``../shared/datasets``; :func:`posegraph.synthetic.grid_se2` graphs when absent), cycled:
+copy k of a graph has its vertices moved by :func:`posegraph.hard_cases.perturb_vertices`
+(seed k), so each solve starts from a different guess. Every figure is end to end, as a user
+sees it: the files optimized divided by the wall time of the whole command (the Python start,
+the import of torch and Theseus, the Dask cluster's start for ``batch``); "in tasks" is the
+time the workers spent in the optimize tasks, summed over workers. The baseline runs
+``posegraph optimize FILE -o OUT --quiet`` once per file, one after the other, on the first
+``--baseline-files`` inputs (default all).
+
+Targets: 2 workers ≥ 1.7× the files/s of 1 worker; ``batch --workers 1`` ≥ 3× the files/s of
+one ``optimize`` process per file.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any, Dict, List, Optional
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))  # this checkout's posegraph
+
+DEFAULT_GRAPHS = ["intel", "manhattan", "smallGrid3D", "tinyGrid3D", "parking-garage", "sphere2500"]
+
+
+def datasets_dir() -> Optional[Path]:
+    """The public g2o folder, as the tests find it (None when absent)."""
+    env = os.environ.get("POSEGRAPH_DATASETS")
+    root = Path(env) if env else REPO.parent / "shared" / "datasets"
+    for candidate in (root / "g2o", root):
+        if candidate.is_dir() and any(candidate.glob("*.g2o")):
+            return candidate
+    return None
+
+
+def make_inputs(folder: Path, files: int, graphs: List[str], sigma_t: float, sigma_r: float) -> List[Path]:
+    """``files`` noisy copies of ``graphs`` (cycled) written to ``folder``."""
+    from posegraph import read_g2o, write_g2o
+    from posegraph.hard_cases import perturb_vertices
+    from posegraph.synthetic import grid_se2
+
+    shared = datasets_dir()
+    sources = []
+    for name in graphs:
+        if shared is not None and (shared / f"{name}.g2o").is_file():
+            sources.append((name, read_g2o(shared / f"{name}.g2o")))
+    if not sources:  # no public graphs: generated Manhattan worlds
+        sources = [(f"grid{k}", grid_se2(num_poses=500, seed=k).graph) for k in range(3)]
+    paths = []
+    for k in range(files):
+        name, graph = sources[k % len(sources)]
+        path = folder / f"{name}-{k:03d}.g2o"
+        write_g2o(perturb_vertices(graph, sigma_t, sigma_r, seed=k), path)
+        paths.append(path)
+    return paths
+
+
+def _posegraph() -> List[str]:
+    """The command that runs this checkout's CLI."""
+    return [sys.executable, "-c", "import sys; from posegraph.cli import main; sys.exit(main())"]
+
+
+def _env() -> Dict[str, str]:
+    return dict(os.environ, PYTHONPATH=os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")]))
+
+
+def time_batch(inputs: Path, out: Path, workers: int, extra: List[str]) -> Dict[str, Any]:
+    """``posegraph batch INPUTS --out-dir OUT --workers N``: wall time and files/s."""
+    shutil.rmtree(out, ignore_errors=True)
+    cmd = _posegraph() + ["batch", str(inputs), "--out-dir", str(out), "--workers", str(workers), "--quiet", *extra]
+    t0 = time.perf_counter()
+    proc = subprocess.run(cmd, env=_env(), capture_output=True, text=True)
+    wall = time.perf_counter() - t0
+    lines = [json.loads(line) for line in (out / "results.jsonl").read_text().splitlines()]
+    ok = sum(r["result"] == "ok" for r in lines)
+    return {
+        "command": f"batch --workers {workers}", "files": len(lines), "ok": ok, "exit": proc.returncode,
+        "wall_s": wall, "files_per_s": len(lines) / wall,
+        "task_s": sum(r["wall_s"] for r in lines),  # time in the tasks, summed over workers
+    }
+
+
+def time_per_file(paths: List[Path], out: Path, extra: List[str]) -> Dict[str, Any]:
+    """One ``posegraph optimize FILE -o OUT`` process per file, one after the other."""
+    shutil.rmtree(out, ignore_errors=True)
+    out.mkdir(parents=True)
+    ok = 0
+    t0 = time.perf_counter()
+    for p in paths:
+        cmd = _posegraph() + ["optimize", str(p), "-o", str(out / p.name), "--quiet", "--json", *extra]
+        ok += subprocess.run(cmd, env=_env(), capture_output=True, text=True).returncode == 0
+    wall = time.perf_counter() - t0
+    return {"command": "optimize per file", "files": len(paths), "ok": ok, "exit": 0 if ok == len(paths) else 1,
+            "wall_s": wall, "files_per_s": len(paths) / wall, "task_s": None}
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--files", type=int, default=32, help="noisy copies to optimize (default 32)")
+    p.add_argument("--graphs", nargs="+", default=DEFAULT_GRAPHS, help="public graphs to copy (cycled)")
+    p.add_argument("--workers", type=int, nargs="+", default=[1, 2], help="worker counts to run (default 1 2)")
+    p.add_argument("--baseline-files", type=int, default=None,
+                   help="files for the one-process-per-file baseline (default all; its rate is per file)")
+    p.add_argument("--translation-sigma", type=float, default=0.05, help="vertex noise (m)")
+    p.add_argument("--rotation-sigma", type=float, default=0.01, help="vertex noise (rad)")
+    p.add_argument("--max-iters", type=int, default=None, help="passed to every solve")
+    p.add_argument("--json", action="store_true", help="print one JSON object")
+    a = p.parse_args(argv)
+    extra = [] if a.max_iters is None else ["--max-iters", str(a.max_iters)]
+    with tempfile.TemporaryDirectory(prefix="posegraph-batch-bench-") as tmp:
+        tmp = Path(tmp)
+        (tmp / "in").mkdir()
+        paths = make_inputs(tmp / "in", a.files, a.graphs, a.translation_sigma, a.rotation_sigma)
+        rows = [time_batch(tmp / "in", tmp / f"out{w}", w, extra) for w in a.workers]
+        n_base = len(paths) if a.baseline_files is None else min(a.baseline_files, len(paths))
+        if n_base:
+            rows.append(time_per_file(paths[:n_base], tmp / "out-single", extra))
+    by = {r["command"]: r["files_per_s"] for r in rows}
+    ratios = {}
+    if "batch --workers 1" in by and "batch --workers 2" in by:
+        ratios["2 workers / 1 worker"] = by["batch --workers 2"] / by["batch --workers 1"]
+    if "batch --workers 1" in by and "optimize per file" in by:
+        ratios["batch --workers 1 / optimize per file"] = by["batch --workers 1"] / by["optimize per file"]
+    if a.json:
+        print(json.dumps({"files": a.files, "graphs": a.graphs, "rows": rows, "ratios": ratios}))
+        return 0
+    print(f"{a.files} noisy copies of {', '.join(a.graphs)}; {os.cpu_count()} cores")
+    print("| command | files | ok | wall s | files/s | in tasks s |")
+    print("|---|---|---|---|---|---|")
+    for r in rows:
+        tasks = "" if r["task_s"] is None else f"{r['task_s']:.1f}"
+        print(f"| {r['command']} | {r['files']} | {r['ok']} | {r['wall_s']:.1f} | {r['files_per_s']:.2f} | {tasks} |")
+    for name, value in ratios.items():
+        print(f"{name}: {value:.2f}×")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
