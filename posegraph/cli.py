@@ -100,6 +100,9 @@ def _parser() -> argparse.ArgumentParser:
     o.add_argument("--laplacian", choices=["uniform", "cotangent"], default="uniform",
                    help="with --mesh: Laplacian weights (cotangent ones from the OBJ's positions)")
     o.add_argument("--mesh-output", metavar="OUT.obj", help="with --mesh: write the optimized mesh")
+    o.add_argument("--covariances", metavar="FILE.npz",
+                   help="write the optimized poses' marginal covariances (arrays ids, covariances (N, d, d); "
+                        "translation then rotation; zeros for fixed poses)")
     o.add_argument("--json", action="store_true", help="print one JSON object on stdout")
     o.add_argument("--quiet", action="store_true", help="no progress on stderr")
     o.add_argument("--verbose", action="store_true", help="progress as one line per iteration")
@@ -231,6 +234,11 @@ def cmd_optimize(args: argparse.Namespace) -> int:
             f"(final error {float(result.final_error.mean()):.6g}); no output written\n"
         )
         return EXIT_FAILED
+    covariances = None
+    if args.covariances:  # computed before anything is written: a failure leaves no output
+        from .solve.covariance import marginal_covariances
+
+        covariances = marginal_covariances(problem)
     if args.output:
         write_g2o(problem.to_graph().to(dtype=torch.float64), args.output)
     if mesh is not None and args.mesh_output:
@@ -238,6 +246,10 @@ def cmd_optimize(args: argparse.Namespace) -> int:
 
         verts = problem.points.tensor[0, mesh.points.to(problem.points.tensor.device)]
         write_obj(args.mesh_output, verts.detach().double().cpu(), mesh.faces)
+    if covariances is not None:
+        from .solve.covariance import save_covariances
+
+        save_covariances(args.covariances, problem.ids, covariances, problem.kind)
     t4 = time.perf_counter()
     timings = {"parse": t_read - t0, "init": t1 - t_read, "build": t2 - t1, "solve": t3 - t2,
                "write": t4 - t3, "total": t4 - t0}

@@ -730,6 +730,12 @@ def _format_point_edges(g: PoseGraph) -> List[str]:
 def write_text_atomic(path: PathLike, text: str) -> None:
     """Write ``text`` to ``path`` via a temporary file in the same folder and a rename, so a
     failure never leaves a partial file."""
+    write_bytes_atomic(path, text.encode("utf-8"))
+
+
+def write_bytes_atomic(path: PathLike, data: bytes) -> None:
+    """Write ``data`` to ``path`` via a temporary file in the same folder and a rename, so a
+    failure never leaves a partial file (errors name ``path``, not the temporary file)."""
     path = os.fspath(path)
     folder = os.path.dirname(os.path.abspath(path))
     try:
@@ -737,8 +743,8 @@ def write_text_atomic(path: PathLike, text: str) -> None:
     except OSError as err:  # name the target, not the temporary file
         raise OSError(err.errno, err.strerror, path) from None
     try:
-        with os.fdopen(fd, "w", encoding="utf-8", newline="\n") as fh:
-            fh.write(text)
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(data)
         os.replace(tmp, path)
     except BaseException as err:
         if os.path.exists(tmp):
