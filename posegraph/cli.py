@@ -214,9 +214,7 @@ def cmd_optimize(args: argparse.Namespace) -> int:
             problem, per_cost=True, pattern=args.debug_costs, stop_on_nonfinite=args.debug_stop
         )
     try:
-        if debug is not None:
-            debug.check_initial(problem.objective)
-        with torch.no_grad():
+        with torch.no_grad():  # optimize() checks the start with the debug callback
             result = optimize(problem, options, on_iteration=progress, end_iter_callback=debug)
         if debug is not None:
             debug.check_final(problem.objective, iteration=result.iterations)
