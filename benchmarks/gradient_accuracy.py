@@ -13,12 +13,17 @@ measurements (``Z · Exp(ε)``, one 6-vector per edge) is taken with each backwa
 central differences of fully converged solves (step ``--step``). The table gives the relative
 error ``‖g − g_fd‖ / ‖g_fd‖`` per mode and noise level.
 
-Why implicit and truncated drift with the noise: both differentiate Gauss–Newton steps at the
-solution, whose Hessian ``JᵀJ`` leaves out the residual's second-order term ``Σ eᵢ ∇²eᵢ`` (the
-Gauss–Newton approximation; Theseus' own implicit and truncated modes make the same one:
-Pineda et al. 2022, "Theseus", §3.2). At a consistent graph ``e = 0`` and the term vanishes,
-so their error is that of the finite differences; it grows with the residuals. Unroll
-differentiates every iteration and follows the converged solution exactly.
+What each mode approximates. Implicit differentiates one Gauss–Newton step at the solution
+with the Hessian held constant: ``JᵀJ`` leaves out the residuals' second-order term
+``Σ eᵢ ∇²eᵢ`` (the Gauss–Newton approximation, the same as Theseus' own implicit mode: Pineda
+et al. 2022, "Theseus: A Library for Differentiable Nonlinear Optimization", §3.2). At a
+consistent graph ``e = 0``, the term vanishes and implicit is exact up to the finite
+differences; its error grows with the residuals. Truncated (Theseus' mode, as is) runs up to k
+more LM steps from the solution with autograd on and differentiates them: each step multiplies
+the error of the one before by ``I − (JᵀJ + λD)⁻¹ H`` (``H`` the true Hessian), so it ends
+between implicit (one step: the Gauss–Newton error, as at σ 0.1 / 0.05 below, where the
+convergence test stops the loop after one step) and unroll. Unroll differentiates every LM step
+as taken: exact in the limit, up to the damping's share of the last steps.
 """
 
 from __future__ import annotations
