@@ -42,7 +42,7 @@ import os
 from typing import Any, ContextManager, List, Optional, Sequence, Union
 
 import numpy as np
-import scipy.linalg as sla
+from scipy.linalg.lapack import dtrtri
 import scipy.sparse as sp
 import torch
 from sksparse.cholmod import CholmodError, analyze
@@ -132,9 +132,63 @@ def selected_inverse_blocks(
     super_of = np.repeat(np.arange(num_super), np.diff(first))
     col_start = np.append(order_starts, order_starts[-1] + order_sizes[-1] if nb else 0)
 
-    def scalar_rows(block_positions: np.ndarray) -> np.ndarray:
-        d = order_sizes[block_positions]
-        return np.repeat(order_starts[block_positions] - np.cumsum(d) + d, d) + np.arange(int(d.sum()))
+    # Every supernode's scalar rows (own columns, then the rows of the blocks below) and its
+    # columns of L, dense on those rows, in one flat buffer (CHOLMOD's own supernodes may hold
+    # explicit zeros off the block pattern: dropped).
+    members = [np.concatenate([np.arange(first[k], first[k + 1]), below[first[k + 1] - 1]]) for k in range(num_super)]
+    member_blocks = np.concatenate(members) if members else np.zeros(0, dtype=np.int64)
+    member_super = np.repeat(np.arange(num_super), [len(m) for m in members])
+    d = order_sizes[member_blocks]
+    all_rows = np.repeat(order_starts[member_blocks] - np.cumsum(d) + d, d) + np.arange(int(d.sum()))
+    row_super = np.repeat(member_super, d)
+    row_off = np.searchsorted(row_super, np.arange(num_super + 1))
+    height = np.diff(row_off)
+    width = col_start[first[1:]] - col_start[first[:-1]]
+    flat_off = np.concatenate([[0], np.cumsum(height * width)])
+    n = int(col_start[-1])
+    key_rows = row_super * (n + 1) + all_rows  # sorted: by supernode, then row
+    entry_col = np.repeat(np.arange(n), np.diff(lower.indptr))
+    entry_super = super_of[np.repeat(np.arange(nb), order_sizes)][entry_col]
+    keys = entry_super * (n + 1) + lower.indices
+    at = np.minimum(np.searchsorted(key_rows, keys), len(key_rows) - 1)
+    keep = key_rows[at] == keys
+    local = at - row_off[entry_super]
+    c0_of = col_start[first[:-1]]
+    factor_values = np.zeros(int(flat_off[-1]))
+    factor_values[(flat_off[entry_super] + local * width[entry_super] + entry_col - c0_of[entry_super])[keep]] = lower.data[keep]
+    sigma_values = np.zeros_like(factor_values)
+
+    def block_of(buffer: np.ndarray, k: int) -> np.ndarray:
+        return buffer[flat_off[k] : flat_off[k + 1]].reshape(height[k], width[k])
+
+    # Every supernode's scalar rows (own columns, then the rows of the blocks below) and its
+    # columns of L, dense on those rows, in one flat buffer (CHOLMOD's own supernodes may hold
+    # explicit zeros off the block pattern: dropped).
+    members = [np.concatenate([np.arange(first[k], first[k + 1]), below[first[k + 1] - 1]]) for k in range(num_super)]
+    member_blocks = np.concatenate(members) if members else np.zeros(0, dtype=np.int64)
+    member_super = np.repeat(np.arange(num_super), [len(m) for m in members])
+    d = order_sizes[member_blocks]
+    all_rows = np.repeat(order_starts[member_blocks] - np.cumsum(d) + d, d) + np.arange(int(d.sum()))
+    row_super = np.repeat(member_super, d)
+    row_off = np.searchsorted(row_super, np.arange(num_super + 1))
+    height = np.diff(row_off)
+    width = col_start[first[1:]] - col_start[first[:-1]]
+    flat_off = np.concatenate([[0], np.cumsum(height * width)])
+    n = int(col_start[-1])
+    key_rows = row_super * (n + 1) + all_rows  # sorted: by supernode, then row
+    entry_col = np.repeat(np.arange(n), np.diff(lower.indptr))
+    entry_super = super_of[np.repeat(np.arange(nb), order_sizes)][entry_col]
+    keys = entry_super * (n + 1) + lower.indices
+    at = np.minimum(np.searchsorted(key_rows, keys), len(key_rows) - 1)
+    keep = key_rows[at] == keys
+    local = at - row_off[entry_super]
+    c0_of = col_start[first[:-1]]
+    factor_values = np.zeros(int(flat_off[-1]))
+    factor_values[(flat_off[entry_super] + local * width[entry_super] + entry_col - c0_of[entry_super])[keep]] = lower.data[keep]
+    sigma_values = np.zeros_like(factor_values)
+
+    def block_of(buffer: np.ndarray, k: int) -> np.ndarray:
+        return buffer[flat_off[k] : flat_off[k + 1]].reshape(height[k], width[k])
 
     # The wanted supernodes and their ancestors in the supernodal elimination tree.
     needed = np.zeros(num_super, dtype=bool)
@@ -149,43 +203,30 @@ def selected_inverse_blocks(
     is_target = np.zeros(nb, dtype=bool)
     is_target[targets] = True
 
-    # Per supernode: its scalar rows (own columns, then the rows below) and Σ on them × own columns.
-    rows_of: List[Optional[np.ndarray]] = [None] * num_super
-    sigma_of: List[Optional[np.ndarray]] = [None] * num_super
     out: List[Optional[np.ndarray]] = [None] * nb
     for k in range(num_super - 1, -1, -1):
         if not needed[k]:
             continue
-        p0, p1 = int(first[k]), int(first[k + 1])
-        c0, c1 = int(col_start[p0]), int(col_start[p1])
-        s = c1 - c0
-        r_blocks = below[p1 - 1]
-        rows = np.concatenate([np.arange(c0, c1), scalar_rows(r_blocks)])
-        # This supernode's columns of L, scattered on its rows (CHOLMOD's own supernodes may
-        # hold explicit zeros off the block pattern: dropped).
-        lo, hi = lower.indptr[c0], lower.indptr[c1]
-        entry_rows = lower.indices[lo:hi]
-        entry_cols = np.repeat(np.arange(s), np.diff(lower.indptr[c0 : c1 + 1]))
-        at = np.minimum(np.searchsorted(rows, entry_rows), len(rows) - 1)
-        keep = rows[at] == entry_rows
-        col = np.zeros((len(rows), s))
-        col[at[keep], entry_cols[keep]] = lower.data[lo:hi][keep]
-        inv_ss = sla.solve_triangular(col[:s], np.eye(s), lower=True, check_finite=False)
-        sigma = np.empty((len(rows), s))
-        r_rows = rows[s:]
+        s, c0 = int(width[k]), int(c0_of[k])
+        col = block_of(factor_values, k)
+        sigma = block_of(sigma_values, k)
+        inv_ss, info = dtrtri(col[:s], lower=1)
+        if info != 0:
+            raise CovarianceError("the Cholesky factor of AᵀA is singular")
+        r_rows = all_rows[row_off[k] + s : row_off[k + 1]]
         if len(r_rows):
             z = col[s:] @ inv_ss  # Z = L_RS L_SS⁻¹
             m = len(r_rows)
             sigma_rr = np.empty((m, m))
+            r_blocks = members[k][first[k + 1] - first[k] :]
             owners = super_of[r_blocks]
             run_starts = np.flatnonzero(np.r_[True, owners[1:] != owners[:-1]])
             run_offsets = np.append(np.cumsum(np.r_[0, order_sizes[r_blocks]])[run_starts], m)
-            for t, o1 in enumerate(run_offsets[:-1]):  # Σ_RR from the ancestors (pattern closure)
-                o2 = run_offsets[t + 1]
+            for t in range(len(run_starts)):  # Σ_RR from the ancestors (pattern closure)
+                o1, o2 = int(run_offsets[t]), int(run_offsets[t + 1])
                 owner = int(owners[run_starts[t]])
-                owner_c0 = int(col_start[first[owner]])
-                pos = np.searchsorted(rows_of[owner], r_rows[o1:])
-                part = sigma_of[owner][np.ix_(pos, r_rows[o1:o2] - owner_c0)]
+                pos = np.searchsorted(all_rows[row_off[owner] : row_off[owner + 1]], r_rows[o1:])
+                part = block_of(sigma_values, owner)[pos[:, None], r_rows[o1:o2] - c0_of[owner]]
                 sigma_rr[o1:, o1:o2] = part
                 sigma_rr[o1:o2, o2:] = part[o2 - o1 :].T
             sigma_rs = -(sigma_rr @ z)
@@ -194,12 +235,11 @@ def selected_inverse_blocks(
         else:
             sigma[:s] = inv_ss.T @ inv_ss
         sigma[:s] = 0.5 * (sigma[:s] + sigma[:s].T)
-        rows_of[k], sigma_of[k] = rows, sigma
-        for p in range(p0, p1):
+        for p in range(int(first[k]), int(first[k + 1])):
             block = int(blocks[p])
             if is_target[block]:
-                a, b = int(col_start[p]) - c0, int(col_start[p + 1]) - c0
-                out[block] = sigma[a:b, a:b].copy()
+                lo, hi = int(col_start[p]) - c0, int(col_start[p + 1]) - c0
+                out[block] = sigma[lo:hi, lo:hi].copy()
     return out
 
 
