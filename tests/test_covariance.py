@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+import theseus as th
 import torch
 
 import posegraph as pg
@@ -141,4 +142,41 @@ def test_cli_writes_covariances_atomically(tmp_path, capsys, leftovers):
     pg.optimize(problem)
     np.testing.assert_array_equal(ids, problem.ids.numpy())
     np.testing.assert_allclose(covs, _dense_reference(problem), rtol=1e-6, atol=1e-12)
+    assert leftovers(tmp_path) == {}
+
+
+def test_landmarks_are_marginalized_out():
+    """Poses (6 columns) and points (3 columns) in one normal matrix: the pose blocks of its
+    inverse, with the points marginalized out."""
+    gen = torch.Generator().manual_seed(5)
+    b = pg.PoseGraphBuilder()
+    poses = []
+    for k in range(5):
+        pose = th.SE3.exp_map(torch.cat([torch.randn(1, 3, generator=gen, dtype=torch.float64),
+                                         0.3 * torch.randn(1, 3, generator=gen, dtype=torch.float64)], -1))
+        pose = th.SE3(tensor=pose.tensor, name=f"x{k}")
+        b.add_pose(pose, fixed=k == 0)
+        poses.append(pose)
+    for k in range(4):
+        b.add_between(poses[k], poses[k + 1], poses[k].between(poses[k + 1]), torch.eye(6, dtype=torch.float64))
+    for j in range(6):
+        point = th.Point3(tensor=torch.randn(1, 3, generator=gen, dtype=torch.float64) * 3, name=f"p{j}")
+        b.add_point(point)
+        for k in (j % 5, (j + 2) % 5):
+            seen = poses[k].inverse().transform_from(point).tensor
+            b.add_point_observation(poses[k], point, seen + 0.01, torch.eye(3, dtype=torch.float64))
+    problem = b.build()
+    assert problem.points is not None and problem.points.num_elements == 6
+    pg.optimize(problem)
+    ref = _dense_reference(problem)
+    np.testing.assert_allclose(marginal_covariances(problem).numpy(), ref, rtol=0, atol=1e-10 * np.abs(ref).max())
+
+
+def test_cli_covariances_unwritable_is_one_error_line(tmp_path, capsys, leftovers):
+    src = tmp_path / "in.g2o"
+    src.write_text(make_synthetic("SE2", n=8, seed=2).text())
+    code = main(["optimize", str(src), "--quiet", "--covariances", str(tmp_path / "missing" / "cov.npz")])
+    out, err = capsys.readouterr()
+    assert code == 2 and out == ""
+    assert len(err.splitlines()) == 1 and err.startswith("error: ") and "cov.npz" in err
     assert leftovers(tmp_path) == {}
