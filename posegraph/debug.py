@@ -17,6 +17,9 @@ The pieces
 :func:`locate_nonfinite` / :meth:`DebugCallback.check_initial`
     Name the first cost function (residual block) whose error or Jacobian is NaN/inf, with
     its variables (for a block: its elements, e.g. ``"VERTEX_SE3:QUAT 12"``).
+:func:`edge_linearization` (``problem.edge(name)``)
+    One residual block's (an edge's) error and Jacobian blocks, unweighted and weighted, at
+    the current state (:class:`EdgeLinearization`), without a dense Jacobian.
 :func:`normal_matrix` / :func:`normal_rhs` / :func:`jacobian_matrix`
     ``AᵀA``, ``Aᵀb`` and ``A`` of one batch element as SciPy matrices for posegraph's
     :class:`~posegraph.solve.linearization.BlockSparseLinearization` and Theseus'
@@ -770,9 +773,10 @@ class DebugCallback:
     """Per-iteration trace and non-finite locator; a Theseus ``end_iter_callback``.
 
     Use it with any Theseus nonlinear optimizer (``optimizer.optimize(end_iter_callback=cb)``)
-    or with :func:`posegraph.solve.optimize.optimize` (``end_iter_callback=cb``). Call
-    :meth:`check_initial` before and :meth:`check_final` after the run to cover iteration 0
-    and a run that ends because the linear solver failed on a non-finite system.
+    or with :func:`posegraph.solve.optimize.optimize` (``end_iter_callback=cb``), which calls
+    :meth:`check_initial` itself before the first step. With a Theseus optimizer, call
+    :meth:`check_initial` before the run; call :meth:`check_final` after it to cover a run
+    that ends because the linear solver failed on a non-finite system.
 
     Args:
         per_cost: also record, per cost function (per residual block for a
