@@ -79,7 +79,14 @@ Debugging
     ``posegraph.debug``: ``DebugCallback`` (Theseus ``end_iter_callback``: per-iteration error,
     step, damping, per-edge error/Jacobian norms, first non-finite cost), ``normal_matrix`` /
     ``normal_rhs`` (AᵀA, Aᵀb as sparse matrices for any linearization), trace files and
-    ``posegraph inspect``.
+    ``posegraph inspect``. ``optimize(…, end_iter_callback=cb)`` runs ``cb.check_initial``
+    first when the callback has one (the first non-finite edge is named at iteration 0).
+    ``PoseGraphProblem.edge("EDGE_SE3:QUAT 12 13")`` — one edge's error and Jacobian blocks
+    (``EdgeLinearization``).
+Uncertainty
+    ``marginal_covariances(problem, poses=None)`` — ``(N, d, d)`` marginal covariances of the
+    poses (tangent order: translation then rotation; zeros for fixed poses), by selected
+    inversion of the sparse Cholesky factor of ``AᵀA`` (:mod:`posegraph.solve.covariance`).
 Runs, evaluation, figures
     ``load_config(path, schema="optimize"|"layer")`` — YAML run configurations validated by
     the CLI's own option definitions (:mod:`posegraph.config`). ``evaluate(estimate, truth,
@@ -93,7 +100,9 @@ Scaling out
     ``posegraph.threads`` — per-process thread budgets (torch, MKL, OpenBLAS) for processes
     that share cores. ``examples/train_ddp.py`` — PoseGraphLayer under DistributedDataParallel.
 Numerics
-    ``posegraph.lie`` — stable rotation ↔ quaternion conversions and ``patch_theseus()``.
+    ``posegraph.lie`` — stable rotation ↔ quaternion conversions; ``patch_theseus()`` /
+    ``unpatch_theseus()`` (also at the top level) make Theseus' own SO3/SE3 → quaternion
+    conversions stable.
     ``posegraph.geometry`` — vectorized SE(3)/SE(2) kernels on plain tensors (exp, log,
     right-Jacobian inverses, adjoints, ``se3_between_error_jacobians`` /
     ``se2_between_error_jacobians``), differentiable, with explicit small-angle / near-π
@@ -120,8 +129,10 @@ from .graph import Landmarks, PoseGraph
 from .info import graph_info
 from .init import initialize
 from .io import read_g2o, write_g2o
+from .lie import patch_theseus, unpatch_theseus
 from .mesh import LaplacianSmoothingCost, laplacian_smooth, read_obj, taubin_smooth, write_obj
 from .robust import RobustBlockWeight, RobustKernel, RobustSpecError
+from .solve.covariance import CovarianceError, marginal_covariances
 from .solve.batched import ConjugateGradientSolver, DenseCholeskySolver
 from .solve.sparse_cholesky import CholmodSolver, PardisoSolver, SparseCholeskySolver
 from .solve.layer import LayerInfo, PoseGraphLayer
@@ -184,4 +195,8 @@ __all__ = [
     "evaluate",
     "umeyama",
     "graph_info",
+    "marginal_covariances",
+    "CovarianceError",
+    "patch_theseus",
+    "unpatch_theseus",
 ]

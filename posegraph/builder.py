@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import warnings
 from dataclasses import dataclass, field
-from typing import Dict, List, Optional, Sequence, Tuple, Type, Union
+from typing import TYPE_CHECKING, Dict, List, Optional, Sequence, Tuple, Type, Union
 
 import theseus as th
 import torch
@@ -33,6 +33,9 @@ from .graph import POSE_KINDS, PoseGraph
 from .robust import RobustKernel, robustify
 from .variables import ManifoldArray, element_layout
 from .weights import FullInformationWeight, cholesky_sqrt_information, symmetric_part
+
+if TYPE_CHECKING:  # imported when used: debug reads problems
+    from .debug import EdgeLinearization
 
 TensorOrVar = Union[torch.Tensor, th.Variable]
 _KIND_OF_CLASS = {cls: kind for kind, (cls, _, _) in POSE_KINDS.items()}
@@ -98,6 +101,15 @@ class PoseGraphProblem:
         if self.points is not None:
             for k, var in enumerate(self.point_variables or []):
                 var.update(self.points.tensor[:, k])
+
+    def edge(self, name: str) -> "EdgeLinearization":
+        """The error and Jacobian blocks of one edge (``"EDGE_SE3:QUAT 12 13"``; any residual
+        block or cost function by name) at the current poses, without the dense Jacobian
+        (:func:`posegraph.debug.edge_linearization`); raises
+        :class:`~posegraph.debug.UnknownEdgeError` naming ``name`` when there is none."""
+        from .debug import ElementNames, edge_linearization
+
+        return edge_linearization(self.objective, name, ElementNames.for_problem(self))
 
     def point_tensor(self) -> Optional[torch.Tensor]:
         """Current points ``(B, P, 3)``, or None without landmarks."""

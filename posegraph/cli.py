@@ -116,6 +116,9 @@ def _parser() -> argparse.ArgumentParser:
     o.add_argument("--laplacian", choices=["uniform", "cotangent"], default="uniform",
                    help="with --mesh: Laplacian weights (cotangent ones from the OBJ's positions)")
     o.add_argument("--mesh-output", metavar="OUT.obj", help="with --mesh: write the optimized mesh")
+    o.add_argument("--covariances", metavar="FILE.npz",
+                   help="write the optimized poses' marginal covariances (arrays ids, covariances (N, d, d); "
+                        "translation then rotation; zeros for fixed poses)")
     o.add_argument("--json", action="store_true", help="print one JSON object on stdout")
     o.add_argument("--quiet", action="store_true", help="no progress on stderr")
     o.add_argument("--verbose", action="store_true", help="progress as one line per iteration")
@@ -246,7 +249,7 @@ def optimize_file(args: argparse.Namespace) -> dict:
 
     if not args.input:
         raise PoseGraphError("no input graph: give INPUT or 'input:' in the --config file", args.config)
-    check_outputs([args.output, args.mesh_output, args.debug], [args.input, args.mesh, args.config],
+    check_outputs([args.output, args.mesh_output, args.debug, args.covariances], [args.input, args.mesh, args.config],
                   overwrite_input=args.overwrite_input)  # before any work: a refusal writes nothing
     device = resolve_device(args.device)
     t0 = time.perf_counter()
@@ -279,9 +282,7 @@ def optimize_file(args: argparse.Namespace) -> dict:
             problem, per_cost=True, pattern=args.debug_costs, stop_on_nonfinite=args.debug_stop
         )
     try:
-        if debug is not None:
-            debug.check_initial(problem.objective)
-        with torch.no_grad():
+        with torch.no_grad():  # optimize() checks the start with the debug callback
             result = optimize(problem, options, on_iteration=progress, end_iter_callback=debug)
         if debug is not None:
             debug.check_final(problem.objective, iteration=result.iterations)
@@ -298,6 +299,11 @@ def optimize_file(args: argparse.Namespace) -> dict:
             f"{args.input}: optimization failed after {result.iterations} iterations "
             f"(final error {float(result.final_error.mean()):.6g}); no output written"
         )
+    covariances = None
+    if args.covariances:  # computed before anything is written: a failure leaves no output
+        from .solve.covariance import marginal_covariances
+
+        covariances = marginal_covariances(problem)
     if args.output:
         write_g2o(problem.to_graph().to(dtype=torch.float64), args.output, overwrite_input=args.overwrite_input)
     if mesh is not None and args.mesh_output:
@@ -305,6 +311,10 @@ def optimize_file(args: argparse.Namespace) -> dict:
 
         verts = problem.points.tensor[0, mesh.points.to(problem.points.tensor.device)]
         write_obj(args.mesh_output, verts.detach().double().cpu(), mesh.faces)
+    if covariances is not None:
+        from .solve.covariance import save_covariances
+
+        save_covariances(args.covariances, problem.ids, covariances, problem.kind)
     t4 = time.perf_counter()
     timings = {"parse": t_read - t0, "init": t1 - t_read, "build": t2 - t1, "solve": t3 - t2,
                "write": t4 - t3, "total": t4 - t0}

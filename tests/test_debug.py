@@ -213,6 +213,85 @@ def test_overflowing_edge_named_at_iteration_zero(tmp_path):
         cb.check_initial(problem.objective)
 
 
+def test_optimize_with_callback_names_nonfinite_edge_at_iteration_zero(tmp_path):
+    """``optimize(…, end_iter_callback=DebugCallback())`` checks the start itself: the
+    overflowing edge is named at iteration 0 with no explicit ``check_initial``."""
+    path = write_graph(tmp_path / "big.g2o", big_edge=3)  # edge 3: "3 4"
+    problem = build_problem(read_g2o(path))
+    cb = DebugCallback()
+    try:
+        with pytest.warns(RuntimeWarning), torch.no_grad():
+            optimize(problem, SolverOptions(max_iterations=5), end_iter_callback=cb)
+    except (RuntimeError, OptimizationError):
+        pass  # however the solve ends, the callback has named the edge
+    assert cb.records and cb.records[0]["iteration"] == 0
+    rep = cb.first_nonfinite
+    assert rep is not None and (rep.iteration, rep.cost_function, rep.quantity) == (0, "EDGE_SE3:QUAT 3 4", "error")
+
+    # stop_on_nonfinite stops before the first step
+    problem = build_problem(read_g2o(path))
+    cb = DebugCallback.for_problem(problem, stop_on_nonfinite=True)
+    with pytest.raises(NonFiniteError, match=re.escape("EDGE_SE3:QUAT 3 4")), torch.no_grad():
+        optimize(problem, SolverOptions(max_iterations=5), end_iter_callback=cb)
+    assert cb.first_nonfinite.variables == ["VERTEX_SE3:QUAT 3", "VERTEX_SE3:QUAT 4"]
+
+
+def test_optimize_callback_after_explicit_check_initial_is_not_checked_twice(tmp_path):
+    problem = build_problem(read_g2o(write_graph(tmp_path / "g.g2o", seed=2)))
+    cb = DebugCallback()
+    assert cb.check_initial(problem.objective) is None
+    with torch.no_grad():
+        result = optimize(problem, SolverOptions(max_iterations=3), end_iter_callback=cb)
+    assert [r["iteration"] for r in cb.records] == list(range(len(cb.records)))
+    assert cb.records[0]["iteration"] == 0 and len(cb.records) >= result.iterations
+
+
+def test_problem_edge_gives_one_edges_error_and_jacobians(tmp_path):
+    problem = build_problem(read_g2o(write_graph(tmp_path / "g.g2o", n=6, seed=4)))
+    edge = problem.edge("EDGE_SE3:QUAT 2 3")
+    assert (edge.cost_function, edge.cost_type, edge.index) == ("between", "BetweenEdges", 2)
+    assert edge.variables == ["VERTEX_SE3:QUAT 2", "VERTEX_SE3:QUAT 3"] and edge.fixed == [False, False]
+    # the same rows of Theseus' dense Jacobian and error of the whole cost
+    cost = problem.between
+    dense, err = cost.jacobians()
+    werr = cost.weighted_error()
+    rows = slice(2 * 6, 3 * 6)
+    col = problem.poses.column_of_element()
+    torch.testing.assert_close(edge.error, err[:, rows])
+    torch.testing.assert_close(edge.weighted_error, werr[:, rows])
+    for k, pose in enumerate((2, 3)):
+        c = int(col[pose])
+        torch.testing.assert_close(edge.jacobians[k], dense[0][:, rows, c : c + 6])
+    a = jacobian_matrix(_linearized(problem)).toarray()
+    for k, pose in enumerate((2, 3)):
+        c = int(col[pose])
+        np.testing.assert_allclose(edge.weighted_jacobians[k][0].numpy(), a[rows, c : c + 6], atol=1e-12)
+    assert float(edge.cost[0]) == pytest.approx(0.5 * float(werr[0, rows].square().sum()))
+
+    # the gauge pose's block is reported, marked fixed
+    first = problem.edge("EDGE_SE3:QUAT 0 1")
+    assert first.fixed == [True, False]
+
+
+def test_problem_edge_unknown_name_is_named(tmp_path):
+    from posegraph.debug import UnknownEdgeError
+
+    problem = build_problem(read_g2o(write_graph(tmp_path / "g.g2o", n=6)))
+    with pytest.raises(UnknownEdgeError, match=re.escape("'EDGE_SE3:QUAT 2 4'")) as info:
+        problem.edge("EDGE_SE3:QUAT 2 4")
+    assert "EDGE_SE3:QUAT 0 1" in str(info.value)  # how names look
+    assert isinstance(info.value, PoseGraphError)
+    with pytest.raises(UnknownEdgeError, match=re.escape("stored as 'EDGE_SE3:QUAT 2 3'")):
+        problem.edge("EDGE_SE3:QUAT 3 2")
+
+
+def _linearized(problem) -> BlockSparseLinearization:
+    lin = BlockSparseLinearization(problem.objective)
+    with torch.no_grad():
+        lin.linearize()
+    return lin
+
+
 def _autograd_jacobian(problem) -> torch.Tensor:
     """Weighted error Jacobian w.r.t. the free tangent coordinates (X ⊕ δ = X·Exp(δ))."""
     poses = problem.poses

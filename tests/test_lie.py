@@ -432,6 +432,20 @@ def test_patch_is_idempotent_and_reversible():
     assert th.SO3.__dict__["to_quaternion"] is so3_orig
 
 
+def test_patch_theseus_at_the_top_level():
+    import posegraph as pg
+
+    assert pg.patch_theseus is patch_theseus and pg.unpatch_theseus is unpatch_theseus
+    assert {"patch_theseus", "unpatch_theseus"} <= set(pg.__all__)
+    so3_orig = th.SO3.__dict__["to_quaternion"]
+    pg.patch_theseus()
+    try:
+        assert is_theseus_patched()
+    finally:
+        pg.unpatch_theseus()
+    assert th.SO3.__dict__["to_quaternion"] is so3_orig
+
+
 def test_context_manager_nests_and_restores():
     so3_orig = th.SO3.__dict__["to_quaternion"]
     with theseus_patched():

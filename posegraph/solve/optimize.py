@@ -279,7 +279,9 @@ def optimize(
     Args:
         on_iteration: called after each accepted iteration with an :class:`IterationRecord`.
         end_iter_callback: a Theseus ``end_iter_callback(optimizer, info, delta, it)``
-            (e.g. :class:`posegraph.debug.DebugCallback`), called as well.
+            (e.g. :class:`posegraph.debug.DebugCallback`), called as well. When it has a
+            ``check_initial(objective)`` method and has recorded nothing yet, that is called
+            first, so a non-finite start is named at iteration 0.
         theseus_kwargs: passed to ``optimizer.optimize`` (e.g. ``backward_mode``).
     """
     options = options or SolverOptions()
@@ -338,6 +340,9 @@ def _optimize(
 
     if on_iteration is not None:
         on_iteration(history[0])
+    check_initial = getattr(end_iter_callback, "check_initial", None)
+    if callable(check_initial) and not getattr(end_iter_callback, "records", None):
+        check_initial(problem.objective)  # a debugging callback sees iteration 0 (the start) too
     kwargs = run_kwargs(options, **theseus_kwargs)
     if options.max_iterations == 0:
         info, outcome = None, Outcome(int(initial.numel()))
