@@ -132,7 +132,7 @@ def test_cli_writes_covariances_atomically(tmp_path, capsys, leftovers):
     src = tmp_path / "in.g2o"
     src.write_text(g.text())
     out = tmp_path / "cov.npz"
-    code = main(["optimize", str(src), "--quiet", "--covariances", str(out)])
+    code = main(["optimize", str(src), "--quiet", "--init", "file", "--covariances", str(out)])
     capsys.readouterr()
     assert code == 0
     with np.load(out) as data:
