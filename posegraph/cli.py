@@ -71,6 +71,7 @@ def _parser() -> argparse.ArgumentParser:
     o.add_argument("--init", choices=["auto", "file", "spanning-tree", "chordal"], default="auto",
                    help="initial guess: file vertices when present, else spanning tree (auto); "
                         "chordal: rotations then translations by linear least squares")
+    _add_repair_information(o)
     o.add_argument("--robust", type=_robust_kernel, default=None, metavar="KERNEL:SCALE",
                    help="robust kernel: huber:C, cauchy:C (C in standard deviations) or none")
     o.add_argument("--robust-edges", choices=["all", "loop-closures"], default="all",
@@ -121,9 +122,18 @@ def _parser() -> argparse.ArgumentParser:
     return p
 
 
+def _add_repair_information(p: argparse.ArgumentParser) -> None:
+    """``--repair-information``, shared by ``optimize`` and ``info``."""
+    p.add_argument("--repair-information", action="store_true",
+                   help="replace information matrices that are not positive semidefinite by their "
+                        "nearest PSD matrix (negative eigenvalues clipped to 0) instead of refusing "
+                        "the file; the count is reported")
+
+
 def _add_info(sub) -> None:
     p = sub.add_parser("info", help="counts, connectivity, information matrices and χ² of a g2o file")
     p.add_argument("input", help="g2o file (vertex-only and edge-only files too)")
+    _add_repair_information(p)
     p.add_argument("--json", action="store_true", help="print one JSON object on stdout")
 
 
@@ -184,7 +194,7 @@ def cmd_optimize(args: argparse.Namespace) -> int:
         raise PoseGraphError("no input graph: give INPUT or 'input:' in the --config file", args.config)
     device = resolve_device(args.device)
     t0 = time.perf_counter()
-    graph = read_g2o(args.input)
+    graph = read_g2o(args.input, repair_information=args.repair_information)
     t_read = time.perf_counter()
     graph = initialize(graph, args.init)
     t1 = time.perf_counter()
@@ -295,7 +305,7 @@ def cmd_info(args: argparse.Namespace) -> int:
     from .info import format_info, graph_info
     from .io import read_g2o
 
-    info = graph_info(read_g2o(args.input))
+    info = graph_info(read_g2o(args.input, repair_information=args.repair_information))
     sys.stdout.write((json.dumps(info) if args.json else format_info(info)) + "\n")
     return EXIT_OK
 
