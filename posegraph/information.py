@@ -52,12 +52,15 @@ def first_oversized(
 ) -> Optional[Tuple[int, int, int, float]]:
     """``(matrix, row, column, value)`` of the first entry of ``info`` ``(..., E, d, d)`` (in
     matrix order, then row-major) that is not finite or whose magnitude exceeds ``bound``;
-    None when all are within it. One vectorized pass; the position is located only on
-    failure. A leading batch dimension is folded into the first one that fails."""
+    None when all are within it. One pass (``torch.aminmax``); the position is located only
+    on failure. A leading batch dimension is folded into the first one that fails."""
     t = torch.as_tensor(info)
-    within = t.abs() <= bound  # False for nan too
-    if bool(within.all()):
+    if t.numel() == 0:
         return None
+    low, high = torch.aminmax(t)  # one pass, no temporary; nan propagates
+    if -bound <= float(low) and float(high) <= bound:  # False for nan
+        return None
+    within = t.abs() <= bound  # False for nan too
     d = t.shape[-1]
     bad = (~within).reshape(-1, t.shape[-3], d * d).any(dim=0)  # (E, d·d) over the batch
     k, at = (int(v) for v in torch.nonzero(bad)[0])

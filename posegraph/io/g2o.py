@@ -11,6 +11,11 @@ need not be contiguous. Other tags are skipped with one warning per tag giving t
 Format reference: g2o's ``types_slam2d``/``types_slam3d`` (Kümmerle et al. 2011) as used by
 the SE-Sync/GTSAM datasets.
 
+Information matrices must be positive semidefinite, with entries of magnitude ≤ 1e150
+(:mod:`posegraph.information`): a file with matrices that are not PSD is refused, the error
+counting them all, unless ``read_g2o(path, repair_information=True)`` is asked to replace each
+by its nearest PSD matrix; larger entries are refused on their line, naming the edge.
+
 Every problem is reported as :class:`~posegraph.errors.G2oFormatError` naming file and line.
 Pose lines are converted in bulk (one vectorized conversion per tag, bit-identical to ``float``,
 :mod:`posegraph.io.numbers`); on anything unusual the
