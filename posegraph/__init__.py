@@ -7,8 +7,11 @@ The pipeline, one module per step::
 Public API
 ----------
 Files and graphs
-    ``read_g2o(path) -> PoseGraph``, ``write_g2o(graph, path)`` — g2o SE2/SE3 files
-    (full information matrices, FIX, edge-only files); errors name file and line.
+    ``read_g2o(path, repair_information=False) -> PoseGraph``, ``write_g2o(graph, path)`` —
+    g2o SE2/SE3 files (full information matrices, FIX, edge-only files); errors name file and
+    line. Information matrices that are not positive semidefinite refuse the file unless
+    ``repair_information=True`` replaces each by its nearest PSD matrix
+    (:mod:`posegraph.information`).
     ``PoseGraph`` — poses/edges/measurements/information as tensors (Theseus layouts).
     ``initialize(graph, method)`` — initial guess: ``"auto"``, ``"file"``,
     ``"spanning-tree"`` or ``"chordal"``; ``chordal_initialization(graph, weighting,

@@ -28,6 +28,7 @@ import torch
 from .costs import BetweenEdges, PointObservations
 from .errors import PoseGraphError, check_device
 from .graph import POSE_KINDS, Landmarks, PoseGraph
+from .information import first_oversized, information_bound
 from .mesh import LaplacianSmoothingCost
 from .graph import POSE_KINDS, PoseGraph
 from .robust import RobustKernel, robustify
@@ -207,6 +208,9 @@ def _check_information(info: torch.Tensor, dof: int, what: str) -> torch.Tensor:
         )
     if not torch.isfinite(info).all():
         raise BuilderError(f"{what}: information has non-finite values")
+    over = first_oversized(info.detach(), information_bound(info.dtype))
+    if over is not None:
+        raise BuilderError(f"{what}: {_oversized_message(over, info.dtype)}")
     sym_err = (info - info.transpose(-1, -2)).abs().max()
     if sym_err > 1e-9 * max(1.0, float(info.abs().max())):
         raise BuilderError(f"{what}: information must be symmetric (asymmetry {float(sym_err):.3g})")
@@ -217,6 +221,30 @@ def _check_information(info: torch.Tensor, dof: int, what: str) -> torch.Tensor:
             f"(smallest eigenvalue {float(lam[:, 0].min()):.6g})"
         )
     return info
+
+
+def _oversized_message(over: Tuple[int, int, int, float], dtype: torch.dtype) -> str:
+    """Message for :func:`~posegraph.information.first_oversized`'s finding."""
+    _, row, col, value = over
+    return (
+        f"information entry (row {row}, column {col}) is {value:.6g}; expected a finite "
+        f"magnitude ≤ {information_bound(dtype):.0e} in {str(dtype).replace('torch.', '')} "
+        "(larger information overflows the cost and its normal equations)"
+    )
+
+
+def _check_graph_information(
+    info: torch.Tensor, dtype: torch.dtype, source: Optional[str], name, lines: Optional[Sequence[int]]
+) -> None:
+    """Refuse non-finite information, or entries beyond the bound of the solve's ``dtype``
+    (:func:`~posegraph.information.information_bound`), naming the edge (``name(k)``) and its
+    line. One vectorized pass over ``info`` ``([B,] E, d, d)``."""
+    over = first_oversized(info.detach(), information_bound(dtype))
+    if over is not None:
+        k = over[0]
+        raise PoseGraphError(
+            f"{name(k)}: {_oversized_message(over, dtype)}", source, lines[k] if lines else None
+        )
 
 
 def _as_tensor(value: TensorOrVar) -> torch.Tensor:
@@ -587,6 +615,10 @@ def build_problem(
     if (g.edges[:, 0] == g.edges[:, 1]).any():
         k = int(torch.nonzero(g.edges[:, 0] == g.edges[:, 1])[0])
         raise PoseGraphError(f"edge {k}: self-loop", g.source)
+    _check_graph_information(  # the graph's own values: a conversion to float32 may overflow
+        graph.information, g.dtype, g.source,
+        lambda k: "{} {} {}".format(g.edge_tag(), *g.ids[g.edges[k]].tolist()), g.edge_lines,
+    )
     edges = g.edges.to(poses.device)
     labels = g.components()
     gauge = g.gauge_fixed(labels)
@@ -736,6 +768,13 @@ def _landmark_costs(
             f"[0, {num_points}), received {_shape_str(obs.shape)}",
             g.source,
         )
+    _check_graph_information(
+        info, info.dtype, g.source,
+        lambda k: "EDGE_SE3_TRACKXYZ {} {}".format(
+            int(g.ids[lm.observations[k, 0]]), int(lm.ids[lm.observations[k, 1]])
+        ),
+        lm.observation_lines,
+    )
     fixed = lm.fixed.cpu().clone()
     held = torch.ones(num_points, dtype=torch.bool)
     held[obs[:, 1].cpu()] = False

@@ -73,6 +73,7 @@ def add_solve_options(o: argparse.ArgumentParser) -> None:
                    help="initial guess. auto: with vertices, the file's or the chordal guess, whichever "
                         "has the lower cost; without, the spanning tree. file: the file's vertices. "
                         "chordal: rotations then translations by linear least squares")
+    _add_repair_information(o)
     o.add_argument("--robust", type=_robust_kernel, default=None, metavar="KERNEL:SCALE",
                    help="robust kernel: huber:C, cauchy:C (C in standard deviations) or none")
     o.add_argument("--robust-edges", choices=["all", "loop-closures"], default="all",
@@ -158,9 +159,18 @@ def _add_batch(sub) -> None:
     add_solve_options(b)
 
 
+def _add_repair_information(p: argparse.ArgumentParser) -> None:
+    """``--repair-information``, shared by ``optimize`` and ``info``."""
+    p.add_argument("--repair-information", action="store_true",
+                   help="replace information matrices that are not positive semidefinite by their "
+                        "nearest PSD matrix (negative eigenvalues clipped to 0) instead of refusing "
+                        "the file; the count is reported")
+
+
 def _add_info(sub) -> None:
     p = sub.add_parser("info", help="counts, connectivity, information matrices and χ² of a g2o file")
     p.add_argument("input", help="g2o file (vertex-only and edge-only files too)")
+    _add_repair_information(p)
     p.add_argument("--json", action="store_true", help="print one JSON object on stdout")
 
 
@@ -253,7 +263,7 @@ def optimize_file(args: argparse.Namespace) -> dict:
                   overwrite_input=args.overwrite_input)  # before any work: a refusal writes nothing
     device = resolve_device(args.device)
     t0 = time.perf_counter()
-    graph = read_g2o(args.input)
+    graph = read_g2o(args.input, repair_information=args.repair_information)
     t_read = time.perf_counter()
     graph = initialize(graph, args.init, cost=_start_cost(args))
     t1 = time.perf_counter()
@@ -388,7 +398,7 @@ def cmd_info(args: argparse.Namespace) -> int:
     from .info import format_info, graph_info
     from .io import read_g2o
 
-    info = graph_info(read_g2o(args.input))
+    info = graph_info(read_g2o(args.input, repair_information=args.repair_information))
     sys.stdout.write((json.dumps(info) if args.json else format_info(info)) + "\n")
     return EXIT_OK
 

@@ -5,6 +5,8 @@ loop closures = the other edges, fixed vertices), connectivity (connected compon
 edge graph, vertices without edges), a summary of the information matrices Ω (smallest and
 largest eigenvalue over all edges, whether all are diagonal / all equal) and, when the file has
 both vertices and edges, the initial χ² = Σ eᵀΩe of its vertices (and error = χ²/2).
+``repaired_information`` counts the information matrices replaced by their nearest positive
+semidefinite matrix (``posegraph info --repair-information``; 0 otherwise).
 Vertex-only files (trajectories, ground truth) and edge-only files are accepted.
 """
 
@@ -76,6 +78,7 @@ def graph_info(graph: PoseGraph) -> Dict[str, Any]:
         "initial_error": chi2 / 2 if chi2 is not None else None,
         "points": graph.num_points,
         "point_observations": 0 if graph.landmarks is None else graph.landmarks.num_observations,
+        "repaired_information": int(graph.extras.get("repaired_information", 0)),
     }
 
 
@@ -101,6 +104,10 @@ def format_info(info: Dict[str, Any]) -> str:
         lines.append(
             f"information  {form}{same}; eigenvalues {inf['min_eigenvalue']:.6g} .. {inf['max_eigenvalue']:.6g}"
         )
+    if info.get("repaired_information"):
+        n = info["repaired_information"]
+        lines.append(f"repaired     {n} information {'matrix' if n == 1 else 'matrices'} "
+                     "(not positive semidefinite: negative eigenvalues clipped to 0)")
     if info["initial_chi2"] is not None:
         lines.append(f"initial chi2 {info['initial_chi2']:.10g} (error χ²/2 {info['initial_error']:.10g})")
     return "\n".join(lines)

@@ -92,6 +92,9 @@ def summary(
 
     ``*_chi2`` are Σ eᵀΩe (g2o's χ²); ``*_error`` are half of it (GTSAM's ``graph.error``).
     For batched runs the scalar fields are batch means and ``*_per_batch`` lists are added.
+    ``repaired_information`` counts the information matrices the reader replaced by their
+    nearest positive semidefinite matrix (``--repair-information``; 0 when none was, and
+    always 0 without the flag, since such a file is refused then).
     """
     init = result.initial_error.double()
     final = result.final_error.double()
@@ -112,6 +115,7 @@ def summary(
         "linear_solver": result.linear_solver,
         "device": result.device,
         "time_s": {k: round(v, 6) for k, v in timings.items()},
+        "repaired_information": int(graph.extras.get("repaired_information", 0)),
     }
     if result.factor_stats is not None:
         out["factorization"] = dataclasses.asdict(result.factor_stats)
@@ -179,6 +183,10 @@ def format_summary(s: Dict[str, Any]) -> str:
     if s.get("robust"):
         r = s["robust"]
         lines.insert(3, f"robust       {r['kernel']} on {r['edges']} edges (chi2, error: Σρ(eᵀΩe), ½ of it)")
+    if s.get("repaired_information"):
+        n = s["repaired_information"]
+        lines.insert(1, f"information  {n} {'matrix' if n == 1 else 'matrices'} repaired "
+                        "(not positive semidefinite: negative eigenvalues clipped to 0)")
     if "num_points" in s:
         lines.insert(1, f"points       {s['num_points']} (TRACKXYZ), {s['num_point_observations']} observations")
     if s.get("output"):

@@ -29,7 +29,7 @@ def sqrt_information(information: torch.Tensor) -> torch.Tensor:
 
     Uses the eigen-decomposition ``Ω = V diag(λ) Vᵀ`` and returns ``W = diag(√λ) Vᵀ``: unlike a
     Cholesky factor it exists for singular (PSD, not PD) Ω. Eigenvalues that are negative by
-    round-off are clamped to 0 (callers validate PSD first; see ``graph.check_information``).
+    round-off are clamped to 0 (callers validate PSD first; see :mod:`posegraph.information`).
     """
     lam, vecs = torch.linalg.eigh(symmetric_part(information))
     return lam.clamp_min(0.0).sqrt().unsqueeze(-1) * vecs.transpose(-1, -2)

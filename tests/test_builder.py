@@ -128,8 +128,12 @@ def test_measurement_tensor_shapes():
         (torch.diag(torch.tensor([1.0, 1, 1, 1, 1, -1], dtype=F64)), ["information", "positive semidefinite", "-1"]),
         (torch.eye(6, dtype=F64) + torch.triu(torch.ones(6, 6, dtype=F64), 1), ["information", "symmetric"]),
         (torch.full((6, 6), float("inf"), dtype=F64), ["information", "non-finite"]),
+        (torch.eye(6, dtype=F64).index_put((torch.tensor(2), torch.tensor(2)), torch.tensor(float("nan"), dtype=F64)),
+         ["information", "non-finite"]),
+        (torch.eye(6, dtype=F64) * 1e308, ["information", "(row 0, column 0) is 1e+308", "≤ 1e+150 in float64"]),
+        (torch.eye(6) * 1e20, ["information", "(row 0, column 0) is 1e+20", "≤ 1e+15 in float32"]),
     ],
-    ids=["shape", "ndim", "not-psd", "asymmetric", "inf"],
+    ids=["shape", "ndim", "not-psd", "asymmetric", "inf", "nan", "huge", "huge-float32"],
 )
 def test_information_checks(info, words):
     b, x0, x1 = two_pose_builder()
@@ -359,6 +363,30 @@ def test_build_problem_rejects_bad_graphs(write_file, se2_text):
         warnings.simplefilter("error")
         p = build_problem(g, dtype=torch.float32)
     assert p.pose_tensor().dtype == torch.float32
+
+
+@pytest.mark.parametrize(
+    "value,dtype,words",
+    [
+        (float("nan"), None, ["is nan", "finite magnitude ≤ 1e+150 in float64"]),
+        (1e200, None, ["is 1e+200", "≤ 1e+150 in float64"]),
+        (1e40, torch.float32, ["is 1e+40", "≤ 1e+15 in float32"]),  # would become inf in float32
+    ],
+    ids=["nan", "huge", "float32-overflow"],
+)
+def test_build_problem_refuses_information_that_overflows(write_file, se2_text, value, dtype, words):
+    """Information that is not finite, or that overflows in the solve's dtype, is an error
+    naming the file, line and edge, before any eigen-decomposition or solve."""
+    from posegraph import read_g2o
+
+    path = write_file("a.g2o", se2_text)
+    g = read_g2o(path)
+    g.information[1, 1, 1] = value
+    with pytest.raises(PoseGraphError) as exc:
+        build_problem(g, dtype=dtype)
+    assert str(exc.value).startswith(f"{path}:{g.edge_lines[1]}: EDGE_SE2 1 2: information entry (row 1, column 1) ")
+    for w in words:
+        assert w in str(exc.value), (w, str(exc.value))
 
 
 def test_user_cost_over_own_variables_is_optimized():

@@ -36,7 +36,8 @@ BAD_INPUTS = [
     ("nan", V2 + "EDGE_SE2 0 1 1 0 0 NaN 0 0 1 0 1\n", 3, ["finite", "'NaN'"]),
     ("inf", "VERTEX_SE2 0 0 0 -inf\nVERTEX_SE2 1 1 0 0\n" + E2, 1, ["finite", "'-inf'"]),
     ("zero-quaternion", V3 + f"EDGE_SE3:QUAT 0 1 1 0 0 0 0 0 0 {IDENTITY21}\n", 3, ["zero quaternion"]),
-    ("information-not-psd", V2 + "EDGE_SE2 0 1 1 0 0 1 0 0 -2 0 1\n", 3, ["positive semidefinite"]),
+    ("information-not-psd", V2 + "EDGE_SE2 0 1 1 0 0 1 0 0 -2 0 1\n", 3,
+     ["1 of 1 EDGE_SE2 information matrices", "positive semidefinite", "-2", "--repair-information"]),
     ("unknown-vertex", V2 + E2 + "EDGE_SE2 1 9 1 0 0 1 0 0 1 0 1\n", 4, ["vertex 9"]),
     ("duplicate-vertex", V2 + "VERTEX_SE2 0 5 5 0\n" + E2, 3, ["duplicate vertex id 0"]),
     ("self-loop", V2 + E2 + "EDGE_SE2 0 0 1 0 0 1 0 0 1 0 1\n", 4, ["self-loop"]),
@@ -299,7 +300,7 @@ def test_failed_write_leaves_no_output(tmp_path, capsys, monkeypatch, leftovers)
 def test_os_error_without_a_file_name_is_one_plain_line(tmp_path, capsys, monkeypatch):
     import posegraph.io as io_pkg
 
-    def failing(path):
+    def failing(path, **kwargs):
         raise OSError(5, "Input/output error")
 
     monkeypatch.setattr(io_pkg, "read_g2o", failing)
@@ -504,3 +505,106 @@ def test_pardiso_flag_without_mkl_is_a_clear_error(capsys, monkeypatch):
     path = Path(__file__).resolve().parents[1] / "data" / "sphere_se3.g2o"
     code, _, err = run_cli(capsys, path, "--linear-solver", "pardiso")
     assert code != 0 and "'pardiso' needs MKL PARDISO" in err and "Traceback" not in err
+
+
+# -- information matrices: counted refusal, --repair-information, overflow -----------------------------
+
+
+def _indefinite_sphere(tmp_path):
+    """A small synthetic sphere with 30% indefinite information (posegraph.hard_cases), and
+    the same graph with those matrices clipped beforehand (nearest PSD), both as g2o files."""
+    import warnings
+
+    from posegraph.hard_cases import with_indefinite_information
+    from posegraph.io import write_g2o
+    from posegraph.synthetic import sphere_se3
+
+    graph = sphere_se3(num_rings=4, poses_per_ring=10, seed=3, translation_sigma=0.3, rotation_sigma=0.05).graph
+    bad = with_indefinite_information(graph, 0.3, seed=1)
+    path = tmp_path / "indefinite.g2o"
+    write_g2o(bad, path)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        clipped = read_g2o(path, repair_information=True)
+    clipped_path = tmp_path / "clipped.g2o"
+    write_g2o(clipped, clipped_path)
+    return path, clipped_path, int(bad.extras["indefinite"].sum()), bad.num_edges
+
+
+def test_indefinite_file_is_refused_with_the_count_and_the_fix(tmp_path, capsys):
+    path, _, count, edges = _indefinite_sphere(tmp_path)
+    code, out, err = run_cli(capsys, path, "--json")
+    assert code == EXIT_BAD_INPUT and out == ""
+    assert len(err.splitlines()) == 1 and err.startswith(f"error: {path}:")
+    assert f": {count} of {edges} EDGE_SE3:QUAT information matrices are not positive semidefinite" in err
+    assert "--repair-information" in err
+
+
+def test_repair_information_runs_to_the_optimum_of_the_clipped_file(tmp_path, capsys):
+    path, clipped_path, count, _ = _indefinite_sphere(tmp_path)
+    code, out, err = run_cli(capsys, path, "--json", "--repair-information")
+    assert code == 0, err
+    repaired = json.loads(out)
+    warned = [line for line in err.splitlines() if line.startswith("warning:")]  # (a progress bar may follow)
+    assert warned == [
+        f"warning: {path}: {count} of {repaired['num_edges']} information matrices were not positive "
+        "semidefinite; each was replaced by its nearest positive semidefinite matrix (negative "
+        "eigenvalues clipped to 0)"
+    ]
+    code, out, err = run_cli(capsys, clipped_path, "--json", "--quiet")
+    assert code == 0 and err == ""
+    clipped = json.loads(out)
+    assert repaired["repaired_information"] == count > 0 and clipped["repaired_information"] == 0
+    assert repaired["status"] == clipped["status"] == "converged"
+    assert repaired["initial_error"] == pytest.approx(clipped["initial_error"], rel=1e-8)
+    assert repaired["final_error"] == pytest.approx(clipped["final_error"], rel=1e-8)
+    assert repaired["final_error"] < repaired["initial_error"]
+    # the readable summary says so; --quiet silences the warning
+    code, out, err = run_cli(capsys, path, "--quiet", "--repair-information")
+    assert code == 0 and err == ""
+    assert f"information  {count} matrices repaired (not positive semidefinite" in out
+
+
+def test_repair_information_in_a_config_file_and_in_info(tmp_path, capsys):
+    path, _, count, _ = _indefinite_sphere(tmp_path)
+    cfg = tmp_path / "run.yaml"
+    cfg.write_text(f"input: {path}\nrepair_information: true\njson: true\nquiet: true\n")
+    assert main(["optimize", "--config", str(cfg)]) == 0
+    assert json.loads(capsys.readouterr().out)["repaired_information"] == count
+    assert main(["info", str(path), "--json"]) == EXIT_BAD_INPUT
+    assert "--repair-information" in capsys.readouterr().err
+    assert main(["info", str(path), "--json", "--repair-information"]) == 0
+    assert json.loads(capsys.readouterr().out)["repaired_information"] == count
+    assert main(["info", str(path), "--repair-information"]) == 0
+    assert f"repaired     {count} information matrices" in capsys.readouterr().out
+
+
+#: information entries near 1e308 passed the PSD test, then linalg.eigh failed while building
+HUGE_INFORMATION = [
+    ("diagonal", V2 + "EDGE_SE2 0 1 1 0 0 1e308 0 0 1e308 0 1e308\n", "EDGE_SE2 0 1"),
+    ("all-equal", V2 + "EDGE_SE2 0 1 1 0 0 1e308 1e308 1e308 1e308 1e308 1e308\n", "EDGE_SE2 0 1"),
+    ("se3", V3 + "EDGE_SE3:QUAT 0 1 1 0 0 0 0 0 1 " + " ".join(["1e308"] * 21) + "\n", "EDGE_SE3:QUAT 0 1"),
+]
+
+
+@pytest.mark.parametrize("command", ["info", "optimize"])
+@pytest.mark.parametrize("name,content,edge", HUGE_INFORMATION, ids=[h[0] for h in HUGE_INFORMATION])
+def test_overflowing_information_is_one_format_error(tmp_path, capsys, command, name, content, edge):
+    path = tmp_path / f"{name}.g2o"
+    path.write_text(content)
+    code = main([command, str(path)])
+    out, err = capsys.readouterr()
+    assert code == EXIT_BAD_INPUT and out == ""
+    assert err == (
+        f"error: {path}:3: {edge}: information entry (row 0, column 0) is 1e+308; expected a "
+        "magnitude ≤ 1e+150 (larger information overflows the cost and its normal equations)\n"
+    )
+
+
+def test_float32_run_refuses_information_beyond_its_range(tmp_path, capsys):
+    path = tmp_path / "f.g2o"
+    path.write_text(V2 + "EDGE_SE2 0 1 1 0 0 1e40 0 0 1e40 0 1e40\n")
+    code, out, err = run_cli(capsys, path, "--dtype", "float32", "--quiet")
+    assert code == EXIT_BAD_INPUT and out == ""
+    assert err.startswith(f"error: {path}:3: EDGE_SE2 0 1: information entry (row 0, column 0) is 1e+40; ")
+    assert "≤ 1e+15 in float32" in err and len(err.splitlines()) == 1

@@ -685,3 +685,119 @@ def test_check_information_cholesky_shortcut_agrees_with_eigenvalues():
     with pytest.raises(G2oFormatError) as exc:
         g2o_mod.check_information(info, "f.g2o", lines)
     assert exc.value.line == 13 and "positive semidefinite" in exc.value.message
+
+
+# -- information matrices: counted refusal, repair, magnitude bound ------------------------------------
+
+
+def _indefinite_se3_text(synthetic_graph, fraction, seed=0):
+    """g2o text of ``synthetic_graph`` with ``fraction`` of its information made indefinite
+    (posegraph.hard_cases), and the mask of those edges."""
+    from posegraph.hard_cases import with_indefinite_information
+
+    bad = with_indefinite_information(synthetic_graph, fraction, seed=seed)
+    return format_g2o(bad), bad.extras["indefinite"]
+
+
+@pytest.fixture
+def small_sphere():
+    from posegraph.synthetic import sphere_se3
+
+    return sphere_se3(num_rings=3, poses_per_ring=8, seed=3).graph
+
+
+def test_not_psd_refusal_counts_the_whole_file(write_file, small_sphere):
+    text, mask = _indefinite_se3_text(small_sphere, 0.3)
+    path = write_file("indef.g2o", text)
+    with pytest.raises(G2oFormatError) as exc:
+        read_g2o(path)
+    first = int(np.flatnonzero(mask.numpy())[0])
+    edge_lines = [k + 1 for k, line in enumerate(text.splitlines()) if line.startswith("EDGE")]
+    lam = np.linalg.eigvalsh(raw_information(text)[first])
+    err = exc.value
+    assert err.path == str(path) and err.line == edge_lines[first]
+    assert err.message == (
+        f"{int(mask.sum())} of {small_sphere.num_edges} EDGE_SE3:QUAT information matrices are not "
+        f"positive semidefinite (expected eigenvalues ≥ 0; first at line {edge_lines[first]}, "
+        f"smallest eigenvalue {lam[0]:.3g}); --repair-information (Python: read_g2o(..., "
+        "repair_information=True)) clips their negative eigenvalues"
+    )
+    assert str(err) == f"{path}:{edge_lines[first]}: {err.message}"
+
+
+def raw_information(text):
+    """The information matrices of g2o ``text`` as written, without any check (numpy)."""
+    rows = [line.split() for line in text.splitlines() if line.startswith("EDGE_SE3:QUAT")]
+    upper = np.array([[float(v) for v in row[10:]] for row in rows])
+    return g2o_mod._upper_to_symmetric(upper, 6)
+
+
+def test_repair_equals_numpy_eigenvalue_clipping_and_warns_once(write_file, small_sphere):
+    text, mask = _indefinite_se3_text(small_sphere, 0.3)
+    path = write_file("indef.g2o", text)
+    raw = raw_information(text)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        g = read_g2o(path, repair_information=True)
+    assert [str(w.message) for w in caught] == [
+        f"{path}: {int(mask.sum())} of {small_sphere.num_edges} information matrices were not "
+        "positive semidefinite; each was replaced by its nearest positive semidefinite matrix "
+        "(negative eigenvalues clipped to 0)"
+    ]
+    assert g.extras["repaired_information"] == int(mask.sum()) > 0
+    lam, vec = np.linalg.eigh(raw)
+    clipped = np.einsum("eij,ej,ekj->eik", vec, np.clip(lam, 0, None), vec)
+    bad = mask.numpy()
+    np.testing.assert_allclose(g.information.numpy()[bad], clipped[bad], rtol=0, atol=1e-10 * np.abs(raw).max())
+    assert np.array_equal(g.information.numpy()[~bad], raw[~bad])  # the others untouched
+    assert np.linalg.eigvalsh(g.information.numpy())[:, 0].min() > -1e-9 * np.abs(raw).max()
+
+
+def test_repair_flag_on_a_clean_file_changes_nothing(write_file):
+    path = write_file("a.g2o", SE2_TEXT)
+    g = read_quietly(path)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # nothing to repair: no warning
+        r = read_g2o(path, repair_information=True)
+    assert r.extras == {"repaired_information": 0} and "repaired_information" not in g.extras
+    assert torch.equal(r.information, g.information)
+
+
+def test_repair_of_point_observation_information(write_file):
+    text = POINTS_TEXT.replace("4 0.5 0 4 0 4", "4 0.5 0 -4 0 4")
+    path = write_file("p.g2o", text)
+    with pytest.warns(UserWarning, match="1 of 4 information matrices"):
+        g = read_g2o(path, repair_information=True)
+    assert g.extras["repaired_information"] == 1
+    raw = np.array([[4, 0.5, 0], [0.5, -4, 0], [0, 0, 4]], dtype=float)
+    lam, vec = np.linalg.eigh(raw)
+    np.testing.assert_allclose(g.landmarks.information[0].numpy(), (vec * np.clip(lam, 0, None)) @ vec.T, atol=1e-14)
+
+
+#: information beyond ±1e150: a format error on the line, naming the edge (issue: eigh failed later)
+HUGE_INFORMATION = [
+    ("se2-diagonal", V2 + "EDGE_SE2 0 1 1 0 0 1e308 0 0 1e308 0 1e308\n", 3, "EDGE_SE2 0 1", (0, 0), "1e+308"),
+    ("se2-all-equal", V2 + "EDGE_SE2 0 1 1 0 0 1e308 1e308 1e308 1e308 1e308 1e308\n", 3, "EDGE_SE2 0 1", (0, 0), "1e+308"),
+    ("se2-off-diagonal", V2 + E2 + "EDGE_SE2 1 0 1 0 0 1 -2e150 0 1 0 1\n", 4, "EDGE_SE2 1 0", (0, 1), "-2e+150"),
+    ("se3", V3 + "EDGE_SE3:QUAT 0 1 1 0 0 0 0 0 1 " + IDENTITY21.replace("1", "1e200", 2) + "\n", 3,
+     "EDGE_SE3:QUAT 0 1", (0, 0), "1e+200"),
+    ("point", POINTS_TEXT.replace("EDGE_SE3_TRACKXYZ 1 101 0 -1 1 0 1 0 0 1", "EDGE_SE3_TRACKXYZ 1 101 0 -1 1 0 1 0 0 1e160"),
+     11, "EDGE_SE3_TRACKXYZ 1 101", (1, 1), "1e+160"),
+]
+
+
+@pytest.mark.parametrize("name,text,line,edge,at,value", HUGE_INFORMATION, ids=[h[0] for h in HUGE_INFORMATION])
+@pytest.mark.parametrize("repair", [False, True])
+def test_information_beyond_the_bound_is_a_format_error(write_file, name, text, line, edge, at, value, repair):
+    path = write_file(f"{name}.g2o", text)
+    with pytest.raises(G2oFormatError) as exc:
+        read_g2o(path, repair_information=repair)
+    assert str(exc.value) == (
+        f"{path}:{line}: {edge}: information entry (row {at[0]}, column {at[1]}) is {value}; "
+        "expected a magnitude ≤ 1e+150 (larger information overflows the cost and its normal equations)"
+    )
+
+
+def test_information_at_the_bound_is_accepted(write_file):
+    path = write_file("edge.g2o", V2 + "EDGE_SE2 0 1 1 0 0 1e150 0 0 1e150 0 1e150\n")
+    assert float(read_quietly(path).information.max()) == 1e150

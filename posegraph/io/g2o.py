@@ -11,6 +11,11 @@ need not be contiguous. Other tags are skipped with one warning per tag giving t
 Format reference: g2o's ``types_slam2d``/``types_slam3d`` (Kümmerle et al. 2011) as used by
 the SE-Sync/GTSAM datasets.
 
+Information matrices must be positive semidefinite, with entries of magnitude ≤ 1e150
+(:mod:`posegraph.information`): a file with matrices that are not PSD is refused, the error
+counting them all, unless ``read_g2o(path, repair_information=True)`` is asked to replace each
+by its nearest PSD matrix; larger entries are refused on their line, naming the edge.
+
 Every problem is reported as :class:`~posegraph.errors.G2oFormatError` naming file and line.
 Pose lines are converted in bulk (one vectorized conversion per tag, bit-identical to ``float``,
 :mod:`posegraph.io.numbers`); on anything unusual the
@@ -25,7 +30,7 @@ import os
 import warnings
 from collections import Counter
 from dataclasses import dataclass
-from typing import Dict, List, Optional, Sequence, Tuple, Union
+from typing import Callable, Dict, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 import torch
@@ -33,6 +38,8 @@ import torch
 from .. import lie
 from ..errors import G2oFormatError
 from ..graph import Landmarks, PoseGraph
+from ..information import PSD_TOLERANCE  # noqa: F401  (re-exported: the reader's tolerance)
+from ..information import first_oversized, information_bound, nearest_psd, psd_smallest_eigenvalues
 from .numbers import parse_table
 from .output import check_outputs, write_text_atomic  # noqa: F401 (write_text_atomic: older code imports it from here)
 
@@ -56,8 +63,6 @@ _TAGS: Dict[str, _Tag] = {
 _DOF = {"SE2": 3, "SE3": 6}
 #: |‖q‖ − 1| above this is reported (the quaternion is normalized either way).
 QUATERNION_UNIT_TOLERANCE = 1e-3
-#: Ω is accepted as PSD when λ_min ≥ −PSD_TOLERANCE · max(1, |λ|_max).
-PSD_TOLERANCE = 1e-9
 #: vertex ids are stored as int64 tensors.
 _ID_MIN, _ID_MAX = -(2**63), 2**63 - 1
 
@@ -353,26 +358,54 @@ def _upper_to_symmetric(upper: np.ndarray, dim: int) -> np.ndarray:
     return mats
 
 
-def check_information(info: np.ndarray, path: str, lines: Sequence[int]) -> None:
-    """Raise on the first information matrix that is not positive semidefinite."""
+def check_information(
+    info: np.ndarray,
+    path: str,
+    lines: Sequence[int],
+    names: Optional[Callable[[int], str]] = None,
+    repair: bool = False,
+    tag: str = "information",
+) -> int:
+    """Check the information matrices ``info`` ``(E, d, d)`` read from lines ``lines``.
+
+    * An entry beyond :func:`~posegraph.information.information_bound` (``1e150``) is a
+      :class:`G2oFormatError` on its line, naming the edge (``names(k)``, e.g.
+      ``"EDGE_SE3:QUAT 12 13"``): such values overflow later, inside the solve.
+    * Matrices that are not positive semidefinite are refused with one error on the line of
+      the first, counting all of them; with ``repair`` each is replaced, in place, by its
+      nearest PSD matrix (:func:`~posegraph.information.nearest_psd`, negative eigenvalues
+      clipped to 0).
+
+    ``tag`` names the matrices in the message (e.g. ``"EDGE_SE2"``). Returns the number of
+    matrices repaired (0 without ``repair``).
+    """
     if info.shape[0] == 0:
-        return
-    # Fast accept: a Cholesky factorization that succeeds proves A + E ≻ 0 with
-    # ‖E‖ = O(n²u‖A‖) (Higham 2002, Thm 10.3), far inside the PSD_TOLERANCE margin, so the
-    # eigenvalue test below would accept too; it runs only to name the first failing matrix.
-    if bool((torch.linalg.cholesky_ex(torch.as_tensor(info)).info == 0).all()):
-        return
-    lam = np.linalg.eigvalsh(info)
-    scale = np.maximum(1.0, np.abs(lam).max(axis=1))
-    bad = np.flatnonzero(lam[:, 0] < -PSD_TOLERANCE * scale)
-    if bad.size:
-        k = bad[0]
+        return 0
+    bound = information_bound(np.float64)
+    over = first_oversized(info, bound)
+    if over is not None:
+        k, row, col, value = over
+        edge = f"{names(k)}: " if names is not None else ""
         raise G2oFormatError(
-            "information matrix is not positive semidefinite "
-            f"(expected eigenvalues ≥ 0, smallest is {lam[k, 0]:.6g})",
+            f"{edge}information entry (row {row}, column {col}) is {value:.6g}; expected a magnitude "
+            f"≤ {bound:.0e} (larger information overflows the cost and its normal equations)",
             path,
             lines[k],
         )
+    bad, smallest = psd_smallest_eigenvalues(info)
+    if bad.size == 0:
+        return 0
+    if not repair:
+        raise G2oFormatError(
+            f"{bad.size} of {info.shape[0]} {tag} information matrices are not positive "
+            f"semidefinite (expected eigenvalues ≥ 0; first at line {lines[bad[0]]}, smallest "
+            f"eigenvalue {smallest[0]:.3g}); --repair-information (Python: read_g2o(..., "
+            "repair_information=True)) clips their negative eigenvalues",
+            path,
+            lines[bad[0]],
+        )
+    info[bad] = nearest_psd(info[bad])
+    return int(bad.size)
 
 
 def _quaternions(values: np.ndarray, path: str, lines: Sequence[int]) -> None:
@@ -399,10 +432,17 @@ def _poses_from_values(kind: str, values: np.ndarray) -> torch.Tensor:
     return lie.xytheta_to_se2(t)
 
 
-def read_g2o(path: PathLike) -> PoseGraph:
+def read_g2o(path: PathLike, repair_information: bool = False) -> PoseGraph:
     """Read a g2o pose-graph file (SE2 or SE3) into a float64 :class:`PoseGraph`.
 
     Edge-only files give ``poses=None``; initialize them with :mod:`posegraph.init`.
+
+    Information matrices must be positive semidefinite. By default a file with any that are
+    not is refused, the error counting them all. With ``repair_information=True`` each is
+    replaced by its nearest positive semidefinite matrix (negative eigenvalues clipped to 0;
+    Higham 1988, see :mod:`posegraph.information`), one warning gives the count, and
+    ``graph.extras["repaired_information"]`` holds it (0 when none needed repair). Entries
+    beyond ±1e150 are refused either way (:func:`check_information`).
 
     Raises:
         G2oFormatError: naming the file and line of the first problem.
@@ -434,7 +474,7 @@ def read_g2o(path: PathLike) -> PoseGraph:
             path,
             rec.points.first_line,
         )
-    return _assemble(path, rec)
+    return _assemble(path, rec, repair_information)
 
 
 class _IdIndex:
@@ -532,7 +572,8 @@ def _fixed_masks(
     return fixed, point_fixed
 
 
-def _assemble(path: str, rec: _Records) -> PoseGraph:
+def _assemble(path: str, rec: _Records, repair_information: bool = False) -> PoseGraph:
+    """The graph of the records ``rec`` (checked); ``repair_information``: see :func:`read_g2o`."""
     kind = rec.kind
     assert kind is not None
     dof = _DOF[kind]
@@ -551,7 +592,12 @@ def _assemble(path: str, rec: _Records) -> PoseGraph:
     if kind == "SE3":
         _quaternions(ev[:, 3:7], path, edge_lines)
     info = _upper_to_symmetric(ev[:, meas_len:], dof)
-    check_information(info, path, edge_lines)
+    edge_ids = rec.edge_ids
+    repaired = check_information(
+        info, path, edge_lines, lambda k: f"{edge_tag} {edge_ids[k, 0]} {edge_ids[k, 1]}",
+        repair_information, edge_tag,
+    )
+    num_info = info.shape[0]
 
     poses = None
     vertex_lines = None
@@ -563,7 +609,14 @@ def _assemble(path: str, rec: _Records) -> PoseGraph:
         poses = _poses_from_values(kind, vv)
     edges = torch.as_tensor(index.find(rec.edge_ids)[0], dtype=torch.long).reshape(-1, 2)
     measurements = _poses_from_values(kind, ev[:, :meas_len].reshape(-1, meas_len))
-    return PoseGraph(
+    landmarks = None
+    if pts:
+        landmarks, point_repaired = _landmarks(
+            path, pts, index, point_ids, point_index, point_fixed, repair_information
+        )
+        repaired += point_repaired
+        num_info += len(pts.obs_lines)
+    graph = PoseGraph(
         kind=kind,
         ids=torch.as_tensor(ids, dtype=torch.long),
         poses=poses,
@@ -574,8 +627,18 @@ def _assemble(path: str, rec: _Records) -> PoseGraph:
         source=path,
         edge_lines=edge_lines,
         vertex_lines=vertex_lines,
-        landmarks=_landmarks(path, pts, index, point_ids, point_index, point_fixed) if pts else None,
+        landmarks=landmarks,
     )
+    if repair_information:
+        graph.extras["repaired_information"] = repaired
+        if repaired:
+            warnings.warn(
+                f"{path}: {repaired} of {num_info} information matrices were not positive "
+                "semidefinite; each was replaced by its nearest positive semidefinite matrix "
+                "(negative eigenvalues clipped to 0)",
+                stacklevel=3,
+            )
+    return graph
 
 
 def _point_ids(path: str, pts: _PointRecords, pose_lines: Dict[int, int]) -> List[int]:
@@ -629,11 +692,16 @@ def _landmarks(
     point_ids: List[int],
     point_index: Dict[int, int],
     fixed: torch.Tensor,
-) -> Landmarks:
-    """Tensors of the point records (checked by :func:`_point_ids`/:func:`_check_id_spaces`)."""
+    repair_information: bool = False,
+) -> Tuple[Landmarks, int]:
+    """Tensors of the point records (checked by :func:`_point_ids`/:func:`_check_id_spaces`)
+    and the number of their information matrices repaired (see :func:`check_information`)."""
     ov = np.asarray(pts.obs_values, dtype=np.float64).reshape(len(pts.obs_values), 3 + 6)
     info = _upper_to_symmetric(ov[:, 3:], 3)
-    check_information(info, path, pts.obs_lines)
+    repaired = check_information(
+        info, path, pts.obs_lines, lambda k: "EDGE_SE3_TRACKXYZ {} {}".format(*pts.obs_ids[k]),
+        repair_information, "EDGE_SE3_TRACKXYZ",
+    )
     param_ids = sorted(pts.params)
     pv = np.asarray([pts.params[k][0] for k in param_ids], dtype=np.float64).reshape(-1, 7)
     _quaternions(pv[:, 3:7], path, [pts.params[k][1] for k in param_ids])
@@ -642,7 +710,7 @@ def _landmarks(
     positions = None
     if pts.vertex_ids:
         positions = torch.as_tensor(np.asarray(pts.vertex_values, dtype=np.float64))
-    return Landmarks(
+    landmarks = Landmarks(
         ids=torch.as_tensor(point_ids, dtype=torch.long),
         positions=positions,
         observations=torch.as_tensor(
@@ -658,6 +726,7 @@ def _landmarks(
         observation_lines=list(pts.obs_lines),
         vertex_lines=list(pts.vertex_lines) if pts.vertex_ids else None,
     )
+    return landmarks, repaired
 
 
 def _fmt(values: np.ndarray) -> str:
