@@ -21,7 +21,7 @@ $(STAMP): pyproject.toml setup.py posegraph/_native_geometry.c posegraph/_native
 	@$(MAKE) --no-print-directory .system-deps
 	@test -x $(BIN)/python || $(PY) -m venv $(VENV)
 	$(BIN)/pip install -q $(TORCH) numpy scipy pytest cython setuptools wheel PyYAML tqdm matplotlib mkl \
-	  "dask[distributed]" dask-jobqueue threadpoolctl
+	  "dask[distributed]" dask-jobqueue threadpoolctl hypothesis gtsam==4.3.0
 	$(BIN)/pip install -q --no-build-isolation scikit-sparse==0.4.16
 	$(BIN)/pip install -q --no-build-isolation theseus-ai==0.2.3
 	$(BIN)/pip install -q --no-build-isolation --no-deps -e .
