@@ -37,6 +37,7 @@ from typing import Any, List, Optional
 
 import numpy as np
 
+from ..threads import idle_cores
 from .linearization import BlockSparseLinearization
 from .normal import NormalMatrix
 from .symbolic import FactorizationPlan, OrderedTranspose, column_block_sizes
@@ -226,7 +227,8 @@ class PardisoAnalysis:
         iparm[17] = -1  # report the factor's nonzeros
         iparm[34] = 1  # zero-based indices
         perm = np.arange(n, dtype=np.int64) if keep_order else None
-        self._arrays = _Arrays(int(n), indptr, indices, iparm, perm, max(1, int(lib.MKL_Get_Max_Threads())))
+        threads = min(max(1, int(lib.MKL_Get_Max_Threads())), idle_cores())  # see idle_cores
+        self._arrays = _Arrays(int(n), indptr, indices, iparm, perm, threads)
         self._ones = np.ones(len(self._arrays.indices))
         self.n = int(n)
         self._handles: List[_Handle] = [_Handle(self)]
