@@ -167,3 +167,23 @@ def test_cli_json_summary_and_trace_say_the_same(tmp_path, capsys):
     assert saved["status"] == ["max-iterations"] and saved["stop_reason"] == ["max-iterations"]
     assert main(argv) == 0
     assert "status       max-iterations after 7 iterations" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("mode", ["implicit", "truncated", "unroll"])
+def test_layer_never_returns_worse_than_its_input_with_lm(mode):
+    """A stalled problem (damping bound too low for its start) beside a solvable one: in every
+    backward mode the stalled one comes back as it went in, and the other one improves."""
+    good = sphere_se3(num_rings=3, poses_per_ring=10, seed=4).graph
+    bad = perturb_vertices(good, 2.0, 1.5, seed=4)
+    layer = pg.PoseGraphLayer(good, options=pg.SolverOptions(max_iterations=20))
+    poses = torch.stack([good.poses, bad.poses])
+    kw = {"backward_num_iterations": 2} if mode == "truncated" else {}
+    compiled = layer.compiled(poses.device, poses.dtype)
+    compiled.layer.optimizer.damping_rule = DampingRule(bounds=(0.0, 1e-3))
+    meas = good.measurements.clone().requires_grad_(True)
+    out, info = layer(poses, meas, backward_mode=mode, **kw)
+    assert info.status[1] == "stalled"
+    assert (info.final_error <= info.initial_error).all()
+    torch.testing.assert_close(out[1].detach(), bad.poses, rtol=0, atol=0)
+    out[0, :, :, 3].sum().backward()
+    assert meas.grad is not None and meas.grad.abs().sum() > 0

@@ -27,7 +27,9 @@ semantics of GTSAM's ``LevenbergMarquardtOptimizer`` (Dellaert et al., gtsam.org
 
 In a batch, problems stop one by one and stay as they stopped (Theseus' ``ignore_mask``).
 With ``backward_mode="implicit"`` / ``"truncated"`` Theseus runs a second, differentiated loop
-after the first: there every problem takes the differentiated step(s) — implicit: one
+after the first: there every converged or still running problem takes the differentiated
+step(s) — stalled and failed ones, which have no solution to differentiate, stay as they are,
+so with LM no problem ends worse than it started — implicit: one
 Gauss–Newton step, applied; truncated: the optimizer's steps, applied when they do not raise
 the cost beyond ``√ε`` of it, from LM's initial damping, so problems already at their solution
 still carry an undamped gradient —
@@ -292,7 +294,7 @@ class TruthfulLoop:
             running = outcome.running
             if not differentiated and not running.any():
                 break
-            stepping = running | (differentiated & (outcome.status != "failed"))
+            stepping = running | (differentiated & (outcome.status == "converged"))
             if not stepping.any():
                 break
             self.linear_solver.linearization.linearize(_detach_hessian=_last_implicit_diff_step)  # type: ignore[attr-defined]
@@ -358,7 +360,8 @@ class TruthfulLoop:
     ) -> Tuple[torch.Tensor, np.ndarray]:
         """Take one step (Theseus' ``_step``); returns the errors after it and which problems'
         steps were applied. :class:`LevenbergMarquardt` retries rejected ones."""
-        err, _ = self._step(delta, last_err, frozen, implicit, delta_forced_to_gn=implicit, **kwargs)  # type: ignore[attr-defined]
+        # (never force_update: it would move the frozen problems too; implicit steps are unrejected)
+        err, _ = self._step(delta, last_err, frozen, False, delta_forced_to_gn=implicit, **kwargs)  # type: ignore[attr-defined]
         applied = ~_mask(frozen.cpu())
         if self._reject is not None:
             applied &= ~_mask(self._reject)
