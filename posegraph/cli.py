@@ -305,9 +305,13 @@ def optimize_file(args: argparse.Namespace) -> dict:
         sys.stderr.write(f"warning: {args.input}: {debug.first_nonfinite}\n")
     t3 = time.perf_counter()
     if "failed" in result.status:
+        from .report import STOP_REASONS
+
+        reason = next(r for s, r in zip(result.status, result.stop_reason) if s == "failed")
+        why = STOP_REASONS.get(reason, reason) + (f": {result.detail}" if result.detail else "")
         raise OptimizationFailed(
-            f"{args.input}: optimization failed after {result.iterations} iterations "
-            f"(final error {float(result.final_error.mean()):.6g}); no output written"
+            f"{args.input}: optimization failed after {result.iterations} iterations ({why}; "
+            f"final error {float(result.final_error.mean()):.6g}); no output written"
         )
     covariances = None
     if args.covariances:  # computed before anything is written: a failure leaves no output

@@ -187,3 +187,35 @@ def test_layer_never_returns_worse_than_its_input_with_lm(mode):
     torch.testing.assert_close(out[1].detach(), bad.poses, rtol=0, atol=0)
     out[0, :, :, 3].sum().backward()
     assert meas.grad is not None and meas.grad.abs().sum() > 0
+
+
+@pytest.mark.parametrize("linear_solver", ["auto", "cholmod", "dense"])
+def test_failed_factorization_is_a_status_not_an_exception(linear_solver):
+    """A finite start whose normal matrix overflows: the solve ends 'failed' with the linear
+    solver's message in the result, with autograd on or off, never with the raw error."""
+    graph = sphere_se3(num_rings=2, poses_per_ring=6, seed=0).graph
+    graph.poses[4, :, 3] = 1e152  # ½eᵀΩe ≈ 4.5e306 is finite; AᵀA is not
+    for grad in (True, False):
+        problem = pg.build_problem(graph)
+        start = problem.pose_tensor().clone()
+        with torch.set_grad_enabled(grad):
+            result = pg.optimize(problem, pg.SolverOptions(linear_solver=linear_solver))
+        assert result.status == ["failed"] and result.stop_reason == ["linear-solver-error"]
+        assert result.detail and result.iterations == 0
+        torch.testing.assert_close(problem.pose_tensor(), start, rtol=0, atol=0)
+
+
+def test_cli_failed_solve_names_the_reason(tmp_path, capsys):
+    from posegraph.cli import main
+    from posegraph.io import write_g2o
+
+    graph = sphere_se3(num_rings=2, poses_per_ring=6, seed=0).graph
+    graph.poses[4, :, 3] = 1e152
+    path, out = tmp_path / "big.g2o", tmp_path / "out.g2o"
+    write_g2o(graph, path)
+    argv = ["optimize", str(path), "--init", "file", "--quiet", "-o", str(out), "--linear-solver", "dense"]
+    assert main(argv) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "(the linear solver failed: linalg.cholesky" in err[0]
+    assert err[0].startswith(f"error: {path}: optimization failed after 0 iterations")
+    assert not out.exists()

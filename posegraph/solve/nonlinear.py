@@ -304,16 +304,8 @@ class TruthfulLoop:
                 stepping &= running
                 if not stepping.any():
                     break
-            try:
-                if _last_implicit_diff_step:  # Theseus' implicit differentiation: a GN step
-                    delta = self.linear_solver.solve()  # type: ignore[attr-defined]
-                else:
-                    delta = self.compute_delta(**kwargs)  # type: ignore[attr-defined]
-            except RuntimeError as err:
-                if torch.is_grad_enabled():
-                    raise
-                outcome.detail = str(err)
-                outcome.stop(stepping, "failed", "linear-solver-error")
+            delta = self._direction(stepping, _last_implicit_diff_step, **kwargs)
+            if delta is None:
                 break
             finite = _mask(torch.isfinite(delta.detach()).all(dim=1))
             outcome.stop(stepping & ~finite, "failed", "non-finite-step")
@@ -347,6 +339,20 @@ class TruthfulLoop:
         """Problems of ``mask`` take their differentiated steps undamped (LM: back to the
         initial damping): at a solution LM's damping may have grown on steps that rounding
         noise rejected (float32), and a damped step passes on a damped gradient."""
+
+    def _direction(self, stepping: np.ndarray, implicit: bool, **kwargs) -> Optional[torch.Tensor]:
+        """The step from the current linearization (implicit differentiation: a Gauss–Newton
+        step, as Theseus takes it); None when the linear solver fails (a non-finite or
+        indefinite system, e.g. from overflowing errors): the problems of ``stepping`` fail,
+        with the solver's message in ``outcome.detail``."""
+        try:
+            if implicit:
+                return self.linear_solver.solve()  # type: ignore[attr-defined]
+            return self.compute_delta(**kwargs)  # type: ignore[attr-defined]
+        except RuntimeError as err:  # (torch's LinAlgError included)
+            self.outcome.detail = str(err)  # type: ignore[union-attr]
+            self.outcome.stop(stepping, "failed", "linear-solver-error")  # type: ignore[union-attr]
+            return None
 
     def _gradient_test(self, running: np.ndarray) -> None:
         """Stop the running problems whose ``‖Aᵀb‖∞`` is below ``gradient_tolerance``."""
@@ -443,7 +449,10 @@ class LevenbergMarquardt(TruthfulLoop, th.LevenbergMarquardt):
             if not retry.any():
                 break
             frozen = torch.as_tensor(~retry, device=frozen.device)
-            delta = self.compute_delta(**kwargs) * self.params.step_size
+            delta = self._direction(retry, False, **kwargs)
+            if delta is None:
+                break
+            delta = delta * self.params.step_size
             err, _ = self._step(delta, err, frozen, False, delta_forced_to_gn=False, **kwargs)
             now = retry & ~_mask(self._reject)
             applied |= now
