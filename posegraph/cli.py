@@ -48,11 +48,14 @@ def _non_negative_float(text: str) -> float:
 
 
 def _robust_kernel(text: str):
-    """argparse type for ``--robust``: a :class:`~posegraph.robust.RobustKernel` or None."""
+    """argparse type for ``--robust``: a :class:`~posegraph.robust.RobustKernel`, a
+    :class:`~posegraph.gnc.GncOptions` (``gnc``, ``gnc:C``; its edges come from
+    ``--robust-edges``) or None."""
+    from .gnc import GncOptions
     from .robust import RobustKernel, RobustSpecError
 
     try:
-        return RobustKernel.parse(text)
+        return GncOptions.parse(text) if GncOptions.is_spec(text) else RobustKernel.parse(text)
     except RobustSpecError as err:
         raise argparse.ArgumentTypeError(str(err)) from None
 
@@ -72,9 +75,15 @@ def _parser() -> argparse.ArgumentParser:
                    help="initial guess: file vertices when present, else spanning tree (auto); "
                         "chordal: rotations then translations by linear least squares")
     o.add_argument("--robust", type=_robust_kernel, default=None, metavar="KERNEL:SCALE",
-                   help="robust kernel: huber:C, cauchy:C (C in standard deviations) or none")
+                   help="robust kernel: huber:C, cauchy:C (C in standard deviations), dcs:PHI (PHI on the "
+                        "squared whitened norm), none; or gnc / gnc:C: reject outliers by graduated "
+                        "non-convexity with truncated least squares, inliers within C standard deviations "
+                        "(default: the 0.99 chi-squared quantile, 4.10 for SE3, 3.37 for SE2)")
     o.add_argument("--robust-edges", choices=["all", "loop-closures"], default="all",
-                   help="edges the kernel applies to; loop closures: ids not consecutive (default all)")
+                   help="edges the kernel applies to; loop closures: ids not consecutive (default all); "
+                        "with gnc the others are known inliers")
+    o.add_argument("--outliers", metavar="FILE",
+                   help="with --robust gnc: write the rejected edges, one 'ID_I ID_J' line each (file order)")
     o.add_argument("--linear-solver", choices=["auto", "cholmod", "pardiso", "dense", "batched_dense", "cg"],
                    default="auto",
                    help="auto: sparse Cholesky with MKL PARDISO for dense-enough factors (3D graphs) when "
@@ -174,8 +183,9 @@ def cmd_optimize(args: argparse.Namespace) -> int:
     import torch
 
     from .builder import build_problem
+    from .gnc import format_outliers, gnc_summary, optimize_gnc
     from .init import initialize
-    from .io import read_g2o, write_g2o
+    from .io import read_g2o, write_g2o, write_text_atomic
     from .config import resolve_device
     from .report import ProgressBar, format_summary, summary
     from .solve.optimize import SolverOptions, optimize
@@ -190,7 +200,9 @@ def cmd_optimize(args: argparse.Namespace) -> int:
     t1 = time.perf_counter()
     dtype = torch.float64 if args.dtype == "float64" else torch.float32
     mesh = _load_mesh(args, graph)
-    problem = build_problem(graph, dtype=dtype, device=device, mesh=mesh, robust=args.robust, robust_edges=args.robust_edges)
+    gnc = _gnc_options(args)
+    kernel = None if gnc is not None else args.robust
+    problem = build_problem(graph, dtype=dtype, device=device, mesh=mesh, robust=kernel, robust_edges=args.robust_edges)
     t2 = time.perf_counter()
     options = SolverOptions(
         solver=args.solver,
@@ -214,7 +226,12 @@ def cmd_optimize(args: argparse.Namespace) -> int:
         if debug is not None:
             debug.check_initial(problem.objective)
         with torch.no_grad():
-            result = optimize(problem, options, on_iteration=progress, end_iter_callback=debug)
+            if gnc is None:
+                result = optimize(problem, options, on_iteration=progress, end_iter_callback=debug)
+            else:
+                gnc_result = optimize_gnc(problem, gnc, options, on_iteration=progress,
+                                          on_outer_iteration=_outer_progress(args), end_iter_callback=debug)
+                result = gnc_result.solve
         if debug is not None:
             debug.check_final(problem.objective, iteration=result.iterations)
     finally:
@@ -233,6 +250,8 @@ def cmd_optimize(args: argparse.Namespace) -> int:
         return EXIT_FAILED
     if args.output:
         write_g2o(problem.to_graph().to(dtype=torch.float64), args.output)
+    if gnc is not None and args.outliers:
+        write_text_atomic(args.outliers, format_outliers(graph, gnc_result.outliers))
     if mesh is not None and args.mesh_output:
         from .mesh import write_obj
 
@@ -245,11 +264,40 @@ def cmd_optimize(args: argparse.Namespace) -> int:
     s["init"] = args.init
     if args.robust is not None:
         s["robust"] = {"kernel": str(args.robust), "edges": args.robust_edges}
+    if gnc is not None:
+        s.update(gnc_summary(gnc_result, args.outliers))
     if args.json:
         sys.stdout.write(json.dumps(s) + "\n")
     else:
         sys.stdout.write(format_summary(s) + "\n")
     return EXIT_OK
+
+
+def _gnc_options(args: argparse.Namespace):
+    """``--robust gnc[:C]`` with ``--robust-edges`` as :class:`~posegraph.gnc.GncOptions`, or
+    None for other kernels; ``--outliers`` without GNC is refused."""
+    from dataclasses import replace
+
+    from .gnc import GncOptions
+
+    if not isinstance(args.robust, GncOptions):
+        if args.outliers:
+            raise PoseGraphError("--outliers needs --robust gnc (or gnc:C): only GNC rejects edges")
+        return None
+    return replace(args.robust, edges=args.robust_edges)
+
+
+def _outer_progress(args: argparse.Namespace):
+    """GNC's per-outer-iteration line on stderr with ``--verbose``, else None."""
+    if not args.verbose or args.quiet:
+        return None
+    from .gnc import format_outer_iteration
+
+    def show(it) -> None:
+        sys.stderr.write(format_outer_iteration(it) + "\n")
+        sys.stderr.flush()
+
+    return show
 
 
 def _load_mesh(args: argparse.Namespace, graph):
