@@ -214,7 +214,7 @@ def cmd_optimize(args: argparse.Namespace) -> int:
         reuse_factor=args.reuse_factor,
         cg_max_iterations=args.cg_max_iters,
     )
-    progress = _progress(args)
+    progress = _progress(args, gnc)
     debug = None
     if args.debug:
         from .debug import DebugCallback
@@ -229,8 +229,9 @@ def cmd_optimize(args: argparse.Namespace) -> int:
             if gnc is None:
                 result = optimize(problem, options, on_iteration=progress, end_iter_callback=debug)
             else:
-                gnc_result = optimize_gnc(problem, gnc, options, on_iteration=progress,
-                                          on_outer_iteration=_outer_progress(args), end_iter_callback=debug)
+                on_outer = _outer_progress(args, progress)
+                gnc_result = optimize_gnc(problem, gnc, options, on_iteration=None if on_outer else progress,
+                                          on_outer_iteration=on_outer, end_iter_callback=debug)
                 result = gnc_result.solve
         if debug is not None:
             debug.check_final(problem.objective, iteration=result.iterations)
@@ -287,11 +288,17 @@ def _gnc_options(args: argparse.Namespace):
     return replace(args.robust, edges=args.robust_edges)
 
 
-def _outer_progress(args: argparse.Namespace):
-    """GNC's per-outer-iteration line on stderr with ``--verbose``, else None."""
-    if not args.verbose or args.quiet:
-        return None
+def _outer_progress(args: argparse.Namespace, progress):
+    """GNC's progress per outer iteration: a line on stderr with ``--verbose`` (beside the
+    inner iterations' lines), the bar's step otherwise (None: nothing per outer iteration)."""
     from .gnc import format_outer_iteration
+    from .report import ProgressBar
+    from .solve.optimize import IterationRecord
+
+    if args.quiet:
+        return None
+    if isinstance(progress, ProgressBar):
+        return lambda it: progress(IterationRecord(it.iteration, it.cost, it.elapsed_s))
 
     def show(it) -> None:
         sys.stderr.write(format_outer_iteration(it) + "\n")
@@ -321,15 +328,17 @@ def _load_mesh(args: argparse.Namespace, graph):
     return mesh_term(graph, verts, faces, args.laplacian_weight, args.laplacian, args.mesh_first_id, args.mesh)
 
 
-def _progress(args: argparse.Namespace):
+def _progress(args: argparse.Namespace, gnc=None):
     """Progress hook of ``optimize``: none with ``--quiet``, a table with ``--verbose``, else a
-    bar that appears after a second."""
+    bar that appears after a second (with GNC, over its outer iterations)."""
     from .report import ProgressBar, ProgressPrinter
 
     if args.quiet:
         return None
     if args.verbose:
         return ProgressPrinter()
+    if gnc is not None:
+        return ProgressBar(total=gnc.max_iterations, desc="gnc")
     return ProgressBar(total=args.max_iters)
 
 

@@ -74,6 +74,7 @@ from .solve.optimize import (
     make_optimizer,
     optimize,
 )
+from .solve.sparse_cholesky import FactorStats
 from .weights import FullInformationWeight
 
 #: The inlier probability the default threshold comes from (GTSAM's default, 0.99).
@@ -358,7 +359,10 @@ def _run(
                 if on_iteration is not None:
                     on_iteration(records[-1])
 
-        return optimize(problem, opts, on_iteration=record, end_iter_callback=end_iter_callback, optimizer=optimizer)
+        result = optimize(problem, opts, on_iteration=record, end_iter_callback=end_iter_callback, optimizer=optimizer)
+        if result.factor_stats is not None:  # the solver starts new counts at every solve
+            result.factor_stats = replace(result.factor_stats)
+        return result
 
     inner_options = replace(options, rel_tolerance=max(options.rel_tolerance, gnc.inner_tolerance))
     weights = torch.ones(num_edges, dtype=base.dtype, device=base.device)
@@ -422,7 +426,7 @@ def _run(
         time_s=time.perf_counter() - start,
         history=records,
         info=last.info,
-        factor_stats=last.factor_stats,
+        factor_stats=_total_stats(solves),
     )
     return GncResult(
         solve=solve_result,
@@ -435,6 +439,19 @@ def _run(
         mu=mu,
         stop_reason=stop,
         history=history,
+    )
+
+
+def _total_stats(solves: List[SolveResult]) -> Optional[FactorStats]:
+    """The sparse Cholesky counts of all solves added up (None without such a solver)."""
+    stats = [s.factor_stats for s in solves if s.factor_stats is not None]
+    if not stats:
+        return None
+    return replace(
+        stats[-1],
+        factorizations=sum(s.factorizations for s in stats),
+        reused=sum(s.reused for s in stats),
+        cg_iterations=sum(s.cg_iterations for s in stats),
     )
 
 
