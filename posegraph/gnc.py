@@ -58,6 +58,7 @@ import time
 from dataclasses import dataclass, field, replace
 from typing import Any, Callable, Dict, List, Optional, Union
 
+import theseus as th
 import torch
 
 from .builder import PoseGraphProblem
@@ -316,25 +317,30 @@ def optimize_gnc(
         result = optimize_gnc(problem, GncOptions(edges="loop-closures"))
         rejected = graph.ids[graph.edges[result.outliers]]  # (K, 2) vertex ids
     """
-    gnc = GncOptions() if gnc is None else GncOptions.parse(gnc, gnc.edges if isinstance(gnc, GncOptions) else "all")
+    if not isinstance(gnc, GncOptions):
+        gnc = GncOptions.parse(gnc or "gnc")
     options = options or SolverOptions()
     options.validate()
     _check_problem(problem)
-    # GNC's own per-edge steps run on the threads optimize() gives the iterations (switching
-    # torch's thread count between them and the solves costs more than the steps)
-    with _torch_threads(options.threads), _torch_threads(iteration_threads(problem, options)):
-        return _run(problem, gnc, options, on_iteration, on_outer_iteration, end_iter_callback)
+    # threads as optimize() sets them: the setup (PARDISO's analysis) on options.threads, the
+    # iterations — and GNC's own per-edge steps between the solves, as switching torch's thread
+    # count costs more than they do — on iteration_threads
+    with _torch_threads(options.threads):
+        optimizer = make_optimizer(problem, options)
+        with _torch_threads(iteration_threads(problem, options)):
+            return _run(problem, gnc, options, optimizer, on_iteration, on_outer_iteration, end_iter_callback)
 
 
 def _run(
     problem: PoseGraphProblem,
     gnc: GncOptions,
     options: SolverOptions,
+    optimizer: th.NonlinearOptimizer,
     on_iteration: Optional[Callable[[IterationRecord], None]],
     on_outer_iteration: Optional[Callable[[GncIteration], None]],
     end_iter_callback: Optional[Callable],
 ) -> GncResult:
-    """:func:`optimize_gnc`'s loop (arguments checked)."""
+    """:func:`optimize_gnc`'s loop (arguments checked), every solve by ``optimizer``."""
     weight: FullInformationWeight = problem.between.weight
     start = time.perf_counter()
     base = weight.sqrt_information.tensor
@@ -346,7 +352,6 @@ def _run(
     else:
         judged = torch.ones(num_edges, dtype=torch.bool)
     judged_dev = judged.to(base.device)
-    optimizer = make_optimizer(problem, options)
     records: List[IterationRecord] = []  # every solve's, numbered across the run
 
     def solve(opts: SolverOptions) -> SolveResult:
@@ -371,16 +376,16 @@ def _run(
     r2 = whitened_squared_residuals(problem, base)
     prev_cost = 0.5 * float(r2.sum())
     history: List[GncIteration] = []
-    mu = float("nan")
+    first_mu = initial_mu(float(r2[judged_dev].max()), c2) if bool(judged.any()) else None
+    mu = float("nan") if first_mu is None else first_mu
+    stop: Optional[str] = None  # why the outer loop ended (None: it runs)
     if not bool(judged.any()):
         stop = "nothing-to-judge"
     elif not math.isfinite(prev_cost):
         stop = "failed"
-    else:
-        first_mu = initial_mu(float(r2[judged_dev].max()), c2)
-        stop = "all-inliers" if first_mu is None else "max-iterations"
-        mu = first_mu if first_mu is not None else float("nan")
-    while stop == "max-iterations" and len(history) < gnc.max_iterations:
+    elif first_mu is None:
+        stop = "all-inliers"
+    while stop is None and len(history) < gnc.max_iterations:
         weights = torch.where(judged_dev, tls_weights(r2, mu, c2), torch.ones_like(r2))
         weight.sqrt_information.update(base * weights.sqrt()[None, :, None, None])
         inner = solve(inner_options)
@@ -411,6 +416,7 @@ def _run(
         else:
             mu *= gnc.mu_step
             prev_cost = cost
+    stop = stop or "max-iterations"
     if stop != "failed" or not solves:  # the last weights' problem to the caller's tolerances
         solves.append(solve(options))
         r2 = whitened_squared_residuals(problem, base)

@@ -211,3 +211,17 @@ def test_sphere2500_false_loop_closures(datasets_dir):
     assert torch.equal(result.outliers, corrupted.extras["outlier"])
     ate = evaluate(problem.to_graph(), clean.to_graph())["ate"]["rmse"]
     assert ate <= 0.02
+
+
+def test_outer_iteration_cap_and_nothing_to_judge():
+    corrupted = with_false_loop_closures(_sphere(), 0.3, seed=0)
+    seen = []
+    result = optimize_gnc(build_problem(corrupted), GncOptions(max_iterations=2), on_outer_iteration=seen.append)
+    assert result.stop_reason == "max-iterations" and result.outer_iterations == 2
+    assert [it.iteration for it in seen] == [1, 2] and seen[1].mu == pytest.approx(1.4 * seen[0].mu)
+    assert result.solve.converged  # the last weights' problem is solved to the options' tolerances
+    chain = _sphere()
+    chain = replace(chain, edges=chain.edges[~chain.loop_closures()], measurements=chain.measurements[~chain.loop_closures()],
+                    information=chain.information[~chain.loop_closures()], edge_lines=None)
+    result = optimize_gnc(build_problem(chain), GncOptions(edges="loop-closures"))
+    assert result.stop_reason == "nothing-to-judge" and not result.judged.any() and not result.outliers.any()
