@@ -27,9 +27,19 @@ Building
     pose → point observations in the same objective (anything but a ``th.Point3`` is refused).
     ``build_problem(graph, mesh=None, robust=None, robust_edges="all") -> PoseGraphProblem``
     — the same objective from a PoseGraph; ``robust="huber:1.0"`` / ``"cauchy:0.5"`` or a
-    ``RobustKernel`` on all edges or on loop closures (ids not consecutive); ``mesh=mesh_term(
+    ``RobustKernel`` on all edges or on loop closures (ids not consecutive; ``"dcs:1"``:
+    dynamic covariance scaling); ``mesh=mesh_term(
     graph, verts, faces, weight)`` ties a mesh's vertices to the graph's points (vertex k ↔
     point id first + k) and adds a Laplacian smoothness regularizer (``MeshTerm``).
+Outlier rejection
+    ``optimize_gnc(problem, GncOptions(threshold=None, edges="all"|"loop-closures"),
+    SolverOptions(...)) -> GncResult`` — graduated non-convexity with the truncated
+    least-squares cost (Yang et al. 2020; :mod:`posegraph.gnc`) on a problem built without a
+    kernel: edges whose whitened residual ends beyond ``C`` standard deviations
+    (``√(eᵀΩe) > C``; default ``C = √χ²_d(0.99)``) get weight 0. ``GncResult.outliers`` /
+    ``weights`` / ``judged`` per edge, ``GncResult.solve`` a ``SolveResult`` of the whole run;
+    the problem's poses hold the result. ``build_problem(graph, robust="gnc")`` is refused with
+    a pointer here (GNC is an outer loop, not a kernel).
 Meshes
     ``posegraph.mesh``: ``laplacian_smooth`` / ``taubin_smooth`` (autograd-safe, CPU/CUDA),
     ``LaplacianSmoothingCost`` (Theseus cost on ``th.Point3`` vertices), ``read_obj`` /
@@ -127,6 +137,7 @@ from .chordal import chordal_initialization
 from .config import ConfigError, load_config
 from .debug import DebugCallback, NonFiniteError, normal_matrix, normal_rhs
 from .eval import evaluate, umeyama
+from .gnc import GncOptions, GncResult, optimize_gnc
 from .errors import G2oFormatError, GraphStructureError, OptimizationError, PoseGraphError
 from .graph import Landmarks, PoseGraph
 from .info import graph_info
@@ -177,6 +188,9 @@ __all__ = [
     "RobustKernel",
     "RobustBlockWeight",
     "RobustSpecError",
+    "optimize_gnc",
+    "GncOptions",
+    "GncResult",
     "BlockSparseLinearization",
     "SparseCholeskySolver",
     "CholmodSolver",

@@ -48,11 +48,14 @@ def _non_negative_float(text: str) -> float:
 
 
 def _robust_kernel(text: str):
-    """argparse type for ``--robust``: a :class:`~posegraph.robust.RobustKernel` or None."""
+    """argparse type for ``--robust``: a :class:`~posegraph.robust.RobustKernel`, a
+    :class:`~posegraph.gnc.GncOptions` (``gnc``, ``gnc:C``; its edges come from
+    ``--robust-edges``) or None."""
+    from .gnc import GncOptions
     from .robust import RobustKernel, RobustSpecError
 
     try:
-        return RobustKernel.parse(text)
+        return GncOptions.parse(text) if GncOptions.is_spec(text) else RobustKernel.parse(text)
     except RobustSpecError as err:
         raise argparse.ArgumentTypeError(str(err)) from None
 
@@ -75,9 +78,15 @@ def add_solve_options(o: argparse.ArgumentParser) -> None:
                         "chordal: rotations then translations by linear least squares")
     _add_repair_information(o)
     o.add_argument("--robust", type=_robust_kernel, default=None, metavar="KERNEL:SCALE",
-                   help="robust kernel: huber:C, cauchy:C (C in standard deviations) or none")
+                   help="robust kernel: huber:C, cauchy:C (C in standard deviations), dcs:PHI (PHI on the "
+                        "squared whitened norm), none; or gnc / gnc:C: reject outliers by graduated "
+                        "non-convexity with truncated least squares, inliers within C standard deviations "
+                        "(default: the 0.99 chi-squared quantile, 4.10 for SE3, 3.37 for SE2)")
     o.add_argument("--robust-edges", choices=["all", "loop-closures"], default="all",
-                   help="edges the kernel applies to; loop closures: ids not consecutive (default all)")
+                   help="edges the kernel applies to; loop closures: ids not consecutive (default all); "
+                        "with gnc the others are known inliers")
+    o.add_argument("--outliers", metavar="FILE",
+                   help="with --robust gnc: write the rejected edges, one 'ID_I ID_J' line each (file order)")
     o.add_argument("--linear-solver", choices=["auto", "cholmod", "pardiso", "dense", "batched_dense", "cg"],
                    default="auto",
                    help="auto: sparse Cholesky with MKL PARDISO for dense-enough factors (3D graphs) when "
@@ -251,15 +260,16 @@ def optimize_file(args: argparse.Namespace) -> dict:
     import torch
 
     from .builder import build_problem
+    from .gnc import format_outliers, gnc_summary, optimize_gnc
     from .init import initialize
-    from .io import check_outputs, read_g2o, write_g2o
+    from .io import check_outputs, read_g2o, write_g2o, write_text_atomic
     from .config import resolve_device
     from .report import ProgressBar, summary
     from .solve.optimize import SolverOptions, optimize
 
     if not args.input:
         raise PoseGraphError("no input graph: give INPUT or 'input:' in the --config file", args.config)
-    check_outputs([args.output, args.mesh_output, args.debug, args.covariances], [args.input, args.mesh, args.config],
+    check_outputs([args.output, args.mesh_output, args.debug, args.covariances, args.outliers], [args.input, args.mesh, args.config],
                   overwrite_input=args.overwrite_input)  # before any work: a refusal writes nothing
     device = resolve_device(args.device)
     t0 = time.perf_counter()
@@ -269,7 +279,9 @@ def optimize_file(args: argparse.Namespace) -> dict:
     t1 = time.perf_counter()
     dtype = torch.float64 if args.dtype == "float64" else torch.float32
     mesh = _load_mesh(args, graph)
-    problem = build_problem(graph, dtype=dtype, device=device, mesh=mesh, robust=args.robust, robust_edges=args.robust_edges)
+    gnc = _gnc_options(args)
+    kernel = None if gnc is not None else args.robust
+    problem = build_problem(graph, dtype=dtype, device=device, mesh=mesh, robust=kernel, robust_edges=args.robust_edges)
     t2 = time.perf_counter()
     options = SolverOptions(
         solver=args.solver,
@@ -283,7 +295,7 @@ def optimize_file(args: argparse.Namespace) -> dict:
         reuse_factor=args.reuse_factor,
         cg_max_iterations=args.cg_max_iters,
     )
-    progress = _progress(args)
+    progress = _progress(args, gnc)
     debug = None
     if args.debug:
         from .debug import DebugCallback
@@ -293,7 +305,13 @@ def optimize_file(args: argparse.Namespace) -> dict:
         )
     try:
         with torch.no_grad():  # optimize() checks the start with the debug callback
-            result = optimize(problem, options, on_iteration=progress, end_iter_callback=debug)
+            if gnc is None:
+                result = optimize(problem, options, on_iteration=progress, end_iter_callback=debug)
+            else:
+                on_outer = _outer_progress(args, progress)
+                gnc_result = optimize_gnc(problem, gnc, options, on_iteration=None if on_outer else progress,
+                                          on_outer_iteration=on_outer, end_iter_callback=debug)
+                result = gnc_result.solve
         if debug is not None:
             debug.check_final(problem.objective, iteration=result.iterations)
     finally:
@@ -320,6 +338,8 @@ def optimize_file(args: argparse.Namespace) -> dict:
         covariances = marginal_covariances(problem)
     if args.output:
         write_g2o(problem.to_graph().to(dtype=torch.float64), args.output, overwrite_input=args.overwrite_input)
+    if gnc is not None and args.outliers:
+        write_text_atomic(args.outliers, format_outliers(graph, gnc_result.outliers))
     if mesh is not None and args.mesh_output:
         from .mesh import write_obj
 
@@ -340,23 +360,63 @@ def optimize_file(args: argparse.Namespace) -> dict:
                       "costs": choice.costs, **({"note": choice.note} if choice.note else {})}
     if args.robust is not None:
         s["robust"] = {"kernel": str(args.robust), "edges": args.robust_edges}
+    if gnc is not None:
+        s.update(gnc_summary(gnc_result, args.outliers))
     return s
 
 
 def _start_cost(args: argparse.Namespace):
     """How ``--init auto`` compares starts: the cost the solve minimizes (None: the plain
-    ½ Σ eᵀΩe; with ``--robust``, the kernel's)."""
+    ½ Σ eᵀΩe; with ``--robust``, the kernel's; with GNC, the truncated least squares')."""
     if args.robust is None:
         return None
     import torch
 
     from .builder import build_problem
+    from .gnc import GncOptions, truncated_cost
+
+    if isinstance(args.robust, GncOptions):
+        gnc = _gnc_options(args)
+        return lambda graph: truncated_cost(graph, gnc)
 
     def cost(graph):
         with torch.no_grad():
             return build_problem(graph, robust=args.robust, robust_edges=args.robust_edges).error()
 
     return cost
+
+
+def _gnc_options(args: argparse.Namespace):
+    """``--robust gnc[:C]`` with ``--robust-edges`` as :class:`~posegraph.gnc.GncOptions`, or
+    None for other kernels; ``--outliers`` without GNC is refused."""
+    from dataclasses import replace
+
+    from .gnc import GncOptions
+
+    if not isinstance(args.robust, GncOptions):
+        if args.outliers:
+            raise PoseGraphError("--outliers needs --robust gnc (or gnc:C): only GNC rejects edges")
+        return None
+    return replace(args.robust, edges=args.robust_edges)
+
+
+def _outer_progress(args: argparse.Namespace, progress):
+    """GNC's progress per outer iteration: a line on stderr with ``--verbose`` (beside the
+    inner iterations' lines), the bar's step otherwise (None: nothing per outer iteration)."""
+    from .gnc import format_outer_iteration
+    from .report import ProgressBar
+    from .solve.optimize import IterationRecord
+
+    if args.quiet:
+        return None
+    if isinstance(progress, ProgressBar):
+        return lambda it: progress(IterationRecord(it.iteration, it.cost, it.elapsed_s))
+
+    def show(it) -> None:
+        sys.stderr.write(format_outer_iteration(it) + "\n")
+        sys.stderr.flush()
+
+    return show
 
 
 def _load_mesh(args: argparse.Namespace, graph):
@@ -380,15 +440,17 @@ def _load_mesh(args: argparse.Namespace, graph):
     return mesh_term(graph, verts, faces, args.laplacian_weight, args.laplacian, args.mesh_first_id, args.mesh)
 
 
-def _progress(args: argparse.Namespace):
+def _progress(args: argparse.Namespace, gnc=None):
     """Progress hook of ``optimize``: none with ``--quiet``, a table with ``--verbose``, else a
-    bar that appears after a second."""
+    bar that appears after a second (with GNC, over its outer iterations)."""
     from .report import ProgressBar, ProgressPrinter
 
     if args.quiet:
         return None
     if args.verbose:
         return ProgressPrinter()
+    if gnc is not None:
+        return ProgressBar(total=gnc.max_iterations, desc="gnc")
     return ProgressBar(total=args.max_iters)
 
 

@@ -150,9 +150,9 @@ class InitChoice:
     note: Optional[str] = None
 
 
-def pose_graph_error(graph: PoseGraph, poses: Optional[torch.Tensor] = None) -> torch.Tensor:
-    """GTSAM's error ½ Σ eᵀΩe over the pose edges, ``e = Log(Zᵢⱼ⁻¹ Xᵢ⁻¹ Xⱼ)``, of ``poses``
-    (default: the graph's), per problem: ``(B,)`` float64 (``(1,)`` unbatched)."""
+def edge_residuals(graph: PoseGraph, poses: Optional[torch.Tensor] = None) -> torch.Tensor:
+    """Whitened squared residuals ``rᵢ² = eᵢᵀΩᵢeᵢ``, ``e = Log(Zᵢⱼ⁻¹ Xᵢ⁻¹ Xⱼ)``, of the pose
+    edges at ``poses`` (default: the graph's): ``(B, E)`` float64 (``B = 1`` unbatched)."""
     x = (graph.poses if poses is None else poses).to(torch.float64)
     if x.ndim == len(graph.element_shape) + 1:
         x = x.unsqueeze(0)
@@ -165,8 +165,14 @@ def pose_graph_error(graph: PoseGraph, poses: Optional[torch.Tensor] = None) -> 
         zb = z if z.ndim == len(graph.element_shape) + 1 else z[b]
         ib = info if info.ndim == 3 else info[b]
         e = between(x[b, i], x[b, j], zb)
-        out.append(0.5 * torch.einsum("ei,eij,ej->", e, ib, e))
+        out.append(torch.einsum("ei,eij,ej->e", e, ib, e))
     return torch.stack(out)
+
+
+def pose_graph_error(graph: PoseGraph, poses: Optional[torch.Tensor] = None) -> torch.Tensor:
+    """GTSAM's error ½ Σ eᵀΩe over the pose edges of ``poses`` (default: the graph's), per
+    problem: ``(B,)`` float64 (``(1,)`` unbatched); see :func:`edge_residuals`."""
+    return 0.5 * edge_residuals(graph, poses).sum(dim=1)
 
 
 #: a cost of a graph's poses, per problem ``(B,)``: :func:`pose_graph_error`, or the cost a

@@ -180,7 +180,13 @@ def format_summary(s: Dict[str, Any]) -> str:
         st = s["start"]
         costs = ", ".join(f"{k} {v:.10g}" for k, v in st["costs"].items())
         lines.insert(2, f"start        {st['chosen']} (initial error: {costs})" + (f"; {st['note']}" if st.get("note") else ""))
-    if s.get("robust"):
+    if s.get("gnc"):
+        r, g = s["robust"], s["gnc"]
+        lines.insert(3, f"robust       {r['kernel']} on {r['edges']} edges (final chi2, error: Σ wᵢ eᵀΩe, ½ of it)")
+        lines.insert(4, f"outliers     {s['outliers']} of {g['judged_edges']} edges (weight < ½; inliers within "
+                        f"{g['threshold']:.4g} std. dev.) after {s['outer_iterations']} GNC iterations "
+                        f"({g['stop_reason']})" + (f", written to {g['outliers_file']}" if g.get("outliers_file") else ""))
+    elif s.get("robust"):
         r = s["robust"]
         lines.insert(3, f"robust       {r['kernel']} on {r['edges']} edges (chi2, error: Σρ(eᵀΩe), ½ of it)")
     if s.get("repaired_information"):

@@ -1,15 +1,26 @@
-"""Robust kernels (Huber, Cauchy) as a block cost weight on the fast path.
+"""Robust kernels (Huber, Cauchy, DCS) as a block cost weight on the fast path.
 
 A robust kernel ``ρ`` replaces each residual block's cost ``s = ‖W e‖²`` by ``ρ(s)``, so the
 objective becomes ``½ Σ ρ(‖W e‖²)`` — with ``ρ(s) ≈ s`` for small ``s``, so inliers cost what they
-did. The kernels are Theseus' ``th.RobustLoss`` classes (``x`` = squared norm, ``radius`` = c²):
+did. The kernels are Theseus' ``th.RobustLoss`` classes (``x`` = squared norm, ``radius`` = c²
+for Huber and Cauchy, Φ for DCS):
 
 * Huber, ``th.HuberLoss``: ``ρ(s) = s`` for ``s ≤ c²``, else ``2c√s − c²``;
-* Cauchy, :class:`CauchyLoss` here: ``ρ(s) = c² log(1 + s/c²)``.
+* Cauchy, :class:`CauchyLoss` here: ``ρ(s) = c² log(1 + s/c²)``;
+* DCS, :class:`DCSLoss` here: dynamic covariance scaling (Agarwal, Tipaldi, Spinello, Stachniss,
+  Burgard, "Robust map optimization using dynamic covariance scaling", ICRA 2013) scales a
+  residual by ``min(1, 2Φ/(Φ + s))``; the kernel with that scaling as ``√ρ'`` is
+  ``ρ(s) = s`` for ``s ≤ Φ``, else ``Φ(3s − Φ)/(s + Φ)`` (``ρ'(s) = 4Φ²/(Φ + s)²``, the
+  integral of the squared scaling; MacTavish & Barfoot 2015, "At all costs", Table 1).
 
-``c`` is in units of the whitened residual (standard deviations). These are GTSAM's
-``noiseModel::mEstimator::Huber(k)`` / ``Cauchy(k)`` with ``k = c`` (GTSAM's ``ρ`` is half ours,
-and its error is ``Σ ρ``, so the reported costs agree).
+``c`` is in units of the whitened residual (standard deviations); DCS's ``Φ`` bounds the
+squared whitened norm itself, as in Agarwal et al. (their recommended ``Φ = 1``). Huber and
+Cauchy are GTSAM's ``noiseModel::mEstimator::Huber(k)`` / ``Cauchy(k)`` with ``k = c`` (GTSAM's
+``ρ`` is half ours, and its error is ``Σ ρ``, so the reported costs agree); DCS has GTSAM's
+``DCS(Φ)`` weight (its reported loss is a different function).
+
+Outlier rejection by graduated non-convexity (``"gnc"``) is not a kernel but an outer loop over
+weighted solves: :mod:`posegraph.gnc`.
 
 :class:`RobustBlockWeight` wraps any :class:`~posegraph.weights.BlockCostWeight` (the full
 information weight of the edges) and plays both roles Theseus' ``th.RobustCostFunction`` plays:
@@ -66,18 +77,43 @@ class CauchyLoss(th.RobustLoss):
         return 1.0 / (1.0 + x / radius)
 
 
+class DCSLoss(th.RobustLoss):
+    """Dynamic covariance scaling as a kernel: ``ρ(x) = x`` for ``x ≤ r``, else
+    ``r(3x − r)/(x + r)``; ``ρ'(x) = min(1, 2r/(r + x))²`` (``x`` squared norm, ``r = Φ``;
+    Agarwal et al. 2013, see the module doc)."""
+
+    @staticmethod
+    def _evaluate_impl(x: torch.Tensor, radius: torch.Tensor) -> torch.Tensor:
+        return torch.where(x <= radius, x, radius * (3.0 * x - radius) / (x + radius))
+
+    @staticmethod
+    def _linearize_impl(x: torch.Tensor, radius: torch.Tensor) -> torch.Tensor:
+        return (2.0 * radius / (radius + x)).clamp_max(1.0).square()
+
+
 #: kernel name → Theseus loss class
-KERNELS: Dict[str, Type[th.RobustLoss]] = {"huber": th.HuberLoss, "cauchy": CauchyLoss}
+KERNELS: Dict[str, Type[th.RobustLoss]] = {"huber": th.HuberLoss, "cauchy": CauchyLoss, "dcs": DCSLoss}
+
+#: kernel name → power of the scale that is the loss's radius: ``c²`` for Huber and Cauchy
+#: (``c`` bounds the whitened norm), ``Φ`` itself for DCS (``Φ`` bounds its square).
+_RADIUS_POWER: Dict[str, int] = {"huber": 2, "cauchy": 2, "dcs": 1}
 
 
 @dataclass(frozen=True)
 class RobustKernel:
-    """A robust kernel and its scale ``c`` (whitened units): ``RobustKernel("huber", 1.0)``."""
+    """A robust kernel and its scale: ``RobustKernel("huber", 1.0)``; ``c`` in whitened units
+    for Huber and Cauchy, ``Φ`` on the squared whitened norm for DCS."""
 
     name: str
     scale: float = 1.0
 
     def __post_init__(self) -> None:
+        if self.name == "gnc":
+            raise RobustSpecError(
+                "robust kernel 'gnc': graduated non-convexity is an outer loop over weighted solves, "
+                "not a kernel of the cost: run posegraph.optimize_gnc(problem, 'gnc') on a problem "
+                "built without a kernel"
+            )
         if self.name not in KERNELS:
             raise RobustSpecError(
                 f"robust kernel: expected one of {', '.join(KERNELS)}, received {self.name!r}"
@@ -92,8 +128,8 @@ class RobustKernel:
         return KERNELS[self.name]
 
     def log_radius(self) -> float:
-        """``log c²``, the parameter of Theseus' losses."""
-        return 2.0 * math.log(self.scale)
+        """``log c²`` (``log Φ`` for DCS), the parameter of Theseus' losses."""
+        return _RADIUS_POWER[self.name] * math.log(self.scale)
 
     def rho(self, s: torch.Tensor) -> torch.Tensor:
         """``ρ(s)`` of squared norms ``s``."""
@@ -108,7 +144,7 @@ class RobustKernel:
 
     @classmethod
     def parse(cls, spec: Union[str, "RobustKernel", None]) -> Optional["RobustKernel"]:
-        """``"huber:1.0"``, ``"cauchy:0.5"``, ``"huber"`` (scale 1) or ``"none"``/``None``
+        """``"huber:1.0"``, ``"cauchy:0.5"``, ``"dcs:1"``, ``"huber"`` (scale 1) or ``"none"``/``None``
         (no kernel, returns None). Raises :class:`RobustSpecError` on anything else."""
         if spec is None or isinstance(spec, RobustKernel):
             return spec
@@ -234,6 +270,7 @@ __all__ = [
     "RobustKernel",
     "RobustBlockWeight",
     "CauchyLoss",
+    "DCSLoss",
     "RobustSpecError",
     "KERNELS",
     "ROBUST_EDGES",

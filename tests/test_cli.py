@@ -232,6 +232,10 @@ def test_robust_kernel_run(tmp_path, capsys, synthetic):
     assert data["initial_error"] < float(plain.error())
     code, out, err = run_cli(capsys, path, "--robust", "huber:1", "--quiet")
     assert code == 0 and "robust       huber:1 on all edges" in out
+    code, out, err = run_cli(capsys, path, "--json", "--quiet", "--robust", "dcs:2")
+    dcs = build_problem(read_g2o(path), robust="dcs:2")
+    assert code == 0 and json.loads(out)["robust"] == {"kernel": "dcs:2", "edges": "all"}
+    assert json.loads(out)["initial_error"] == pytest.approx(float(dcs.error()), rel=1e-12)
     code, out, _ = run_cli(capsys, path, "--json", "--quiet", "--robust", "none")
     assert "robust" not in json.loads(out)
     trace = tmp_path / "t.json"
@@ -246,6 +250,10 @@ def test_robust_kernel_run(tmp_path, capsys, synthetic):
         (["--robust", "huber:-2"], ["argument --robust", "scale > 0"]),
         (["--robust", "cauchy:abc"], ["argument --robust", "expected a number"]),
         (["--robust", "huber:1", "--robust-edges", "odometry"], ["argument --robust-edges", "invalid choice"]),
+        (["--robust", "gnc:"], ["argument --robust", "expected a threshold"]),
+        (["--robust", "gnc:abc"], ["argument --robust", "expected a threshold", "'abc'"]),
+        (["--robust", "gnc:-1"], ["argument --robust", "threshold > 0"]),
+        (["--robust", "gnc:inf"], ["argument --robust", "finite threshold"]),
         (["--init", "lago"], ["argument --init", "invalid choice"]),
     ],
 )
@@ -260,6 +268,50 @@ def test_bad_robust_and_init_arguments(tmp_path, capsys, argv, words):
     assert last.startswith("posegraph optimize: error: ") and "Traceback" not in err
     for w in words:
         assert w in last, (w, last)
+
+
+def _false_loop_closures_file(tmp_path):
+    from posegraph.hard_cases import with_false_loop_closures
+    from posegraph.io import write_g2o
+    from posegraph.synthetic import sphere_se3
+
+    corrupted = with_false_loop_closures(sphere_se3(num_rings=4, poses_per_ring=10, seed=1).graph, 0.3, seed=0)
+    path = tmp_path / "false-loops.g2o"
+    write_g2o(corrupted, path)
+    return corrupted, path
+
+
+def test_gnc_rejects_false_loop_closures_and_writes_them(tmp_path, capsys, leftovers):
+    corrupted, path = _false_loop_closures_file(tmp_path)
+    planted = corrupted.ids[corrupted.edges[corrupted.extras["outlier"]]].tolist()
+    rejected = tmp_path / "outliers.txt"
+    code, out, err = run_cli(capsys, path, "--json", "--quiet", "--robust", "gnc", "--robust-edges",
+                             "loop-closures", "--outliers", rejected)
+    assert code == 0 and err == ""
+    data = json.loads(out)
+    assert data["robust"] == {"kernel": "gnc", "edges": "loop-closures"}
+    assert data["outliers"] == len(planted) and data["outer_iterations"] > 1
+    assert data["gnc"]["stop_reason"] == "weights-converged" and data["gnc"]["outliers_file"] == str(rejected)
+    assert data["gnc"]["threshold"] == pytest.approx(4.1002, abs=1e-4)  # √χ²₆(0.99)
+    lines = rejected.read_text().splitlines()
+    assert [list(map(int, line.split())) for line in lines] == planted  # "i j", file order
+    assert all(abs(a - b) != 1 for a, b in planted)  # odometry is never judged here
+    assert leftovers(tmp_path) == {}
+    # the text summary says the same; gnc:C sets the threshold
+    code, out, err = run_cli(capsys, path, "--quiet", "--robust", "gnc:6", "--robust-edges", "loop-closures")
+    assert code == 0
+    assert f"outliers     {len(planted)} of {int(corrupted.loop_closures().sum())} edges" in out
+    assert "inliers within 6 std. dev." in out and "robust       gnc:6 on loop-closures edges" in out
+
+
+def test_outliers_file_needs_gnc(tmp_path, capsys, leftovers):
+    _, path = _false_loop_closures_file(tmp_path)
+    out_g2o, rejected = tmp_path / "out.g2o", tmp_path / "outliers.txt"
+    for robust in ([], ["--robust", "cauchy:1"]):
+        code, out, err = run_cli(capsys, path, *robust, "--outliers", rejected, "-o", out_g2o)
+        assert code == EXIT_BAD_INPUT and out == ""
+        assert err.count("\n") == 1 and err.startswith("error: --outliers needs --robust gnc")
+        assert not rejected.exists() and not out_g2o.exists()
 
 
 def test_warnings_on_stderr_unless_quiet(tmp_path, capsys):

@@ -29,16 +29,20 @@ D = torch.float64
 # -- kernels ----------------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("name", ["huber", "cauchy"])
+@pytest.mark.parametrize("name", ["huber", "cauchy", "dcs"])
 @pytest.mark.parametrize("scale", [0.5, 1.0, 3.0])
 def test_kernel_values_and_derivative(name, scale):
     k = RobustKernel(name, scale)
     s = torch.tensor([0.0, 1e-6, 0.1, 0.24, 0.26, 1.0, 4.0, 9.5, 100.0, 1e6], dtype=D)
-    c2 = scale**2
+    c2 = scale**2 if name != "dcs" else scale  # DCS's Φ bounds the squared norm itself
     if name == "huber":
         expected = torch.where(s <= c2, s, 2 * scale * s.sqrt() - c2)
-    else:
+    elif name == "cauchy":
         expected = c2 * torch.log1p(s / c2)
+    else:  # Agarwal et al. 2013: the residual scaled by min(1, 2Φ/(Φ + s)) is √ρ'
+        expected = torch.where(s <= c2, s, c2 * (3 * s - c2) / (s + c2))
+        scaling = (2 * c2 / (c2 + s)).clamp_max(1.0)
+        torch.testing.assert_close(k.rho_prime(s), scaling**2, rtol=1e-12, atol=1e-12)
     torch.testing.assert_close(k.rho(s), expected, rtol=1e-12, atol=1e-12)
     # ρ'(s) is dρ/ds (autograd; away from Huber's kink at s = c²)
     x = s[1:].clone().requires_grad_(True)
@@ -56,6 +60,7 @@ def test_kernel_values_and_derivative(name, scale):
         ("huber:1.0", RobustKernel("huber", 1.0)),
         ("Cauchy:0.5", RobustKernel("cauchy", 0.5)),
         ("huber", RobustKernel("huber", 1.0)),
+        ("dcs:2", RobustKernel("dcs", 2.0)),
         (" cauchy:2e-1 ", RobustKernel("cauchy", 0.2)),
         ("none", None),
         (None, None),
@@ -68,7 +73,9 @@ def test_parse_good_specs(spec, expected):
 @pytest.mark.parametrize(
     "spec,words",
     [
-        ("tukey:1", ["expected one of huber, cauchy", "'tukey'"]),
+        ("tukey:1", ["expected one of huber, cauchy, dcs", "'tukey'"]),
+        ("gnc:2", ["not a kernel", "optimize_gnc"]),
+        ("dcs:0", ["scale > 0"]),
         ("huber:x", ["expected a number", "'x'"]),
         ("huber:", ["NAME:SCALE"]),
         ("huber:-1", ["scale > 0", "-1"]),
@@ -122,7 +129,7 @@ def _tangent_function(problem, fn):
 
 
 @pytest.mark.parametrize("kind", ["SE2", "SE3"])
-@pytest.mark.parametrize("kernel", ["huber:1.0", "cauchy:0.5"])
+@pytest.mark.parametrize("kernel", ["huber:1.0", "cauchy:0.5", "dcs:1"])
 @pytest.mark.parametrize("edges", ["all", "loop-closures"])
 def test_robust_cost_gradient_and_hessian_match_autograd(kind, kernel, edges):
     graph, _ = _graph(kind)
