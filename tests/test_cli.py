@@ -232,7 +232,7 @@ def test_robust_kernel_run(tmp_path, capsys, synthetic):
     assert data["initial_error"] < float(plain.error())
     code, out, err = run_cli(capsys, path, "--robust", "huber:1", "--quiet")
     assert code == 0 and "robust       huber:1 on all edges" in out
-    code, out, err = run_cli(capsys, path, "--json", "--quiet", "--robust", "dcs:2")
+    code, out, err = run_cli(capsys, path, "--json", "--quiet", "--robust", "dcs:2", "--init", "file")
     dcs = build_problem(read_g2o(path), robust="dcs:2")
     assert code == 0 and json.loads(out)["robust"] == {"kernel": "dcs:2", "edges": "all"}
     assert json.loads(out)["initial_error"] == pytest.approx(float(dcs.error()), rel=1e-12)
