@@ -52,7 +52,7 @@ def read_tum(path: PathLike) -> Trajectory:
     if bad.size:
         k = int(bad[0])
         raise TrajectoryFormatError(
-            f"timestamp: expected one greater than {stamps[k]!r} (line {lines[k]}), received {stamps[k + 1]!r}",
+            f"timestamp: expected one greater than {float(stamps[k])!r} (line {lines[k]}), received {float(stamps[k + 1])!r}",
             path,
             lines[k + 1],
         )
