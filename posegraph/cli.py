@@ -129,6 +129,9 @@ def _parser() -> argparse.ArgumentParser:
     o.add_argument("--covariances", metavar="FILE.npz",
                    help="write the optimized poses' marginal covariances (arrays ids, covariances (N, d, d); "
                         "translation then rotation; zeros for fixed poses)")
+    o.add_argument("--export-trajectory", metavar="OUT.tum|OUT.kitti",
+                   help="also write the optimized poses as a TUM or KITTI trajectory, in id order (timestamp: "
+                        "the vertex id; SE2 graphs as planar SE3 poses)")
     o.add_argument("--json", action="store_true", help="print one JSON object on stdout")
     o.add_argument("--quiet", action="store_true", help="no progress on stderr")
     o.add_argument("--verbose", action="store_true", help="progress as one line per iteration")
@@ -185,19 +188,35 @@ def _add_info(sub) -> None:
 
 def _add_eval(sub) -> None:
     p = sub.add_parser("eval", help="ATE and RPE of an estimate against ground truth (as evo)")
-    p.add_argument("estimate", help="g2o file with the estimated poses (VERTEX lines)")
-    p.add_argument("--gt", required=True, metavar="GROUNDTRUTH.g2o", help="g2o file with the true poses")
+    p.add_argument("estimate", help="estimated poses: g2o (VERTEX lines), TUM (.tum) or KITTI (.kitti); "
+                                    ".txt: TUM or KITTI by its column count")
+    p.add_argument("--gt", required=True, metavar="GROUNDTRUTH", help="the true poses (formats as the estimate)")
+    _add_format_options(p)
     p.add_argument("--align", choices=["se3", "sim3", "none"], default="se3",
                    help="Umeyama alignment of the estimate onto the truth before ATE and RPE (default se3)")
     p.add_argument("--json", action="store_true", help="print one JSON object on stdout")
+
+
+def _add_format_options(p) -> None:
+    """``eval``'s ``--format``, ``--gt-format`` and ``--t-max-diff``."""
+    from .io.trajectory import FORMATS
+
+    p.add_argument("--format", choices=FORMATS, default=None, help="format of the estimate (default: by extension)")
+    p.add_argument("--gt-format", choices=FORMATS, default=None,
+                   help="format of the ground truth (default: by extension)")
+    p.add_argument("--t-max-diff", type=_non_negative_float, default=0.01, metavar="SECONDS",
+                   help="TUM files: pair poses whose timestamps differ by at most this (default 0.01, as evo); "
+                        "g2o ids and KITTI indices serve as timestamps against a TUM file")
 
 
 def _add_plot(sub) -> None:
     from .config import int_at_least
 
     p = sub.add_parser("plot", help="draw trajectories before/after and the error history (PNG)")
-    p.add_argument("input", help="g2o file (the initial graph)")
-    p.add_argument("optimized", nargs="?", help="g2o file of the optimized graph")
+    p.add_argument("input", help="g2o file (the initial graph), or a TUM/KITTI trajectory")
+    p.add_argument("optimized", nargs="?", help="g2o file of the optimized graph, or a TUM/KITTI trajectory")
+    p.add_argument("--format", choices=("g2o", "tum", "kitti"), default=None,
+                   help="format of the inputs (default: by extension; .txt: TUM or KITTI by its column count)")
     p.add_argument("-o", "--output", required=True, metavar="FIG.png", help="image to write (png, pdf, svg)")
     p.add_argument("--overwrite-input", action="store_true", help="allow the image to replace an input file")
     p.add_argument("--trace", metavar="TRACE.json", help="debug trace ('optimize --debug') for the error history")
@@ -269,8 +288,10 @@ def optimize_file(args: argparse.Namespace) -> dict:
 
     if not args.input:
         raise PoseGraphError("no input graph: give INPUT or 'input:' in the --config file", args.config)
-    check_outputs([args.output, args.mesh_output, args.debug, args.covariances, args.outliers], [args.input, args.mesh, args.config],
+    check_outputs([args.output, args.mesh_output, args.debug, args.covariances, args.outliers,
+                   args.export_trajectory], [args.input, args.mesh, args.config],
                   overwrite_input=args.overwrite_input)  # before any work: a refusal writes nothing
+    _check_export(args)
     device = resolve_device(args.device)
     t0 = time.perf_counter()
     graph = read_g2o(args.input, repair_information=args.repair_information)
@@ -349,6 +370,7 @@ def optimize_file(args: argparse.Namespace) -> dict:
         from .solve.covariance import save_covariances
 
         save_covariances(args.covariances, problem.ids, covariances, problem.kind)
+    _export_trajectory(args, problem)
     t4 = time.perf_counter()
     timings = {"parse": t_read - t0, "init": t1 - t_read, "build": t2 - t1, "solve": t3 - t2,
                "write": t4 - t3, "total": t4 - t0}
@@ -363,6 +385,24 @@ def optimize_file(args: argparse.Namespace) -> dict:
     if gnc is not None:
         s.update(gnc_summary(gnc_result, args.outliers))
     return s
+
+
+def _check_export(args: argparse.Namespace) -> None:
+    """``--export-trajectory``: the name must end in .tum or .kitti (checked before any work)."""
+    if args.export_trajectory:
+        from .io.trajectory import export_format
+
+        export_format(args.export_trajectory)
+
+
+def _export_trajectory(args: argparse.Namespace, problem) -> None:
+    """``--export-trajectory``: write the optimized poses as TUM or KITTI."""
+    if args.export_trajectory:
+        import torch
+
+        from .io.trajectory import export_graph
+
+        export_graph(problem.to_graph().to(dtype=torch.float64), args.export_trajectory)
 
 
 def _start_cost(args: argparse.Namespace):
@@ -472,7 +512,8 @@ def cmd_info(args: argparse.Namespace) -> int:
 def cmd_eval(args: argparse.Namespace) -> int:
     from .eval import evaluate_files, format_evaluation
 
-    result = evaluate_files(args.estimate, args.gt, align=args.align)
+    result = evaluate_files(args.estimate, args.gt, align=args.align, estimate_format=args.format,
+                            truth_format=args.gt_format, max_diff=args.t_max_diff)
     sys.stdout.write((json.dumps(result) if args.json else format_evaluation(result)) + "\n")
     return EXIT_OK
 
@@ -481,7 +522,7 @@ def cmd_plot(args: argparse.Namespace) -> int:
     from .plot import plot_files
 
     plot_files(args.input, args.optimized, args.output, trace=args.trace, size=args.size, dpi=args.dpi,
-               overwrite_input=args.overwrite_input)
+               overwrite_input=args.overwrite_input, file_format=args.format)
     return EXIT_OK
 
 

@@ -30,6 +30,11 @@ class G2oFormatError(PoseGraphError):
     """A g2o file that cannot be read as a pose graph."""
 
 
+class TrajectoryFormatError(PoseGraphError):
+    """A trajectory file (TUM, KITTI) that cannot be read, or a trajectory that cannot be
+    written in the format asked for."""
+
+
 class GraphStructureError(PoseGraphError):
     """A graph whose structure cannot be optimized (disconnected edge-only graph, no edges…)."""
 

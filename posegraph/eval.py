@@ -5,7 +5,15 @@ and of Sturm et al. 2012, "A benchmark for the evaluation of RGB-D SLAM systems"
 
 - Poses are matched **by vertex id**: ``Pₖ`` (estimate) and ``Qₖ`` (ground truth) for every id
   in both files, in increasing id order. When the id sets differ, the common ids are used and a
-  warning says how many were dropped; fewer than 2 common ids is an error.
+  warning says how many were dropped; fewer than 2 common ids is an error. A KITTI trajectory's
+  poses are known by their index (``0 … N−1``), which plays the id.
+- **By timestamp** when either side is a TUM trajectory (:mod:`posegraph.io.tum`; a g2o file's
+  ids and a KITTI file's indices then serve as timestamps): as evo's
+  ``sync.associate_trajectories`` (``--t_max_diff``), each pose of the trajectory with fewer
+  poses (the estimate on a tie) is paired with the pose of the other whose stamp is nearest
+  (the earlier on a tie), if ``|Δt| ≤ max_diff`` (default 0.01 s). Pairs are one-to-one:
+  where two stamps pick the same partner (stamps closer than ``2·max_diff``), only the closer
+  pair is kept (evo would keep both). See :func:`associate`.
 - **Alignment** (``align``): the similarity ``S = (s, R, t)`` minimizing
   ``Σₖ ‖qₖ − (s R pₖ + t)‖²`` over the positions ``pₖ``, ``qₖ`` (Umeyama 1991, closed form, see
   :func:`umeyama`); ``"se3"`` fixes ``s = 1`` (``evo -a``), ``"sim3"`` estimates ``s``
@@ -20,22 +28,30 @@ and of Sturm et al. 2012, "A benchmark for the evaluation of RGB-D SLAM systems"
   ``arccos((tr R − 1)/2)`` in 3D, ``|atan2(R₁₀, R₀₀)|`` in 2D). It is unchanged by an SE(3)
   alignment; a Sim(3) alignment scales its translations by ``s``.
 
-SE2 files are evaluated in the plane (2D Umeyama, ``se3`` meaning a rigid 2D motion). Poses
-are homogeneous matrices here (numpy float64); everything is a plain function.
+SE2 files are evaluated in the plane (2D Umeyama, ``se3`` meaning a rigid 2D motion); an SE2
+graph compared with a TUM or KITTI trajectory (always SE3) is lifted to planar SE3 poses
+(:meth:`~posegraph.io.trajectory.Trajectory.from_graph`). Poses are homogeneous matrices here
+(numpy float64); everything is a plain function.
 """
 
 from __future__ import annotations
 
 import warnings
-from typing import Any, Dict, Optional, Tuple
+from dataclasses import dataclass
+from typing import Any, Dict, Optional, Tuple, Union
 
 import numpy as np
 
 from .errors import PoseGraphError
 from .graph import PoseGraph
 from .init import to_homogeneous
+from .io.trajectory import Trajectory
 
 ALIGNMENTS = ("se3", "sim3", "none")
+#: default ``max_diff`` of the association by timestamp, in seconds (evo's ``--t_max_diff``)
+MAX_TIME_DIFF = 0.01
+#: what :func:`evaluate` compares: a pose graph (g2o) or a trajectory (TUM, KITTI)
+Poses = Union[PoseGraph, Trajectory]
 
 
 def umeyama(src: np.ndarray, dst: np.ndarray, with_scale: bool = False) -> Tuple[float, np.ndarray, np.ndarray]:
@@ -135,51 +151,129 @@ def align(estimate: np.ndarray, truth: np.ndarray, method: str = "se3") -> Tuple
     return apply_similarity(estimate, scale, rot, trans), transform
 
 
-def _matched_poses(estimate: PoseGraph, truth: PoseGraph) -> Tuple[np.ndarray, np.ndarray, np.ndarray, Dict[str, int]]:
-    """Homogeneous poses of the ids in both graphs (increasing id order)."""
-    for g, role in ((estimate, "estimate"), (truth, "ground truth")):
-        if g.poses is None:
-            raise PoseGraphError(f"{role}: expected VERTEX lines (poses), the file has only edges", g.source)
-        if g.batch_size != 1:
-            raise PoseGraphError(f"{role}: expected one graph, received a batch of {g.batch_size}", g.source)
-    if estimate.kind != truth.kind:
+@dataclass
+class _Side:
+    """One side of an evaluation: homogeneous poses and the keys they are matched by."""
+
+    source: Optional[str]
+    kind: str  # SE2 | SE3
+    mats: np.ndarray  # (n, k, k)
+    keys: np.ndarray  # (n,) vertex ids, KITTI indices or TUM timestamps
+    timed: bool  # keys are timestamps (TUM)
+
+
+def _side(x: Poses, role: str) -> _Side:
+    if isinstance(x, Trajectory):
+        timed = x.timestamps is not None
+        keys = np.asarray(x.timestamps) if timed else np.arange(len(x))
+        return _Side(x.source, "SE3", x.homogeneous(), keys, timed)
+    if x.poses is None:
+        raise PoseGraphError(f"{role}: expected VERTEX lines (poses), the file has only edges", x.source)
+    if x.batch_size != 1:
+        raise PoseGraphError(f"{role}: expected one graph, received a batch of {x.batch_size}", x.source)
+    mats = to_homogeneous(x.kind, x.poses.reshape(-1, *x.element_shape))
+    return _Side(x.source, x.kind, mats, x.ids.cpu().numpy(), False)
+
+
+def _lift(side: _Side, graph: Poses) -> _Side:
+    """An SE2 graph's side as planar SE3 poses (ids kept, in storage order)."""
+    assert isinstance(graph, PoseGraph)
+    order = np.argsort(side.keys, kind="stable")
+    mats = np.empty((side.keys.size, 4, 4))
+    mats[order] = Trajectory.from_graph(graph).homogeneous()
+    return _Side(side.source, "SE3", mats, side.keys, False)
+
+
+def associate(estimate_stamps: np.ndarray, truth_stamps: np.ndarray,
+              max_diff: float = MAX_TIME_DIFF) -> Tuple[np.ndarray, np.ndarray]:
+    """Indices ``(ie, ir)`` of the estimate and truth poses paired by timestamp, in increasing
+    time, one-to-one.
+
+    As evo's ``sync.matching_time_indices``/``associate_trajectories`` (M. Grupp,
+    github.com/MichaelGrupp/evo): each stamp of the shorter list (the estimate's on a tie) is
+    paired with the nearest stamp of the other (the earlier on a tie, as ``argmin``) when
+    ``|Δt| ≤ max_diff``; then, unlike evo, a stamp claimed twice keeps only its nearest claim
+    (the earlier on a tie). Stamps need not be sorted.
+    """
+    est = np.asarray(estimate_stamps, dtype=np.float64)
+    ref = np.asarray(truth_stamps, dtype=np.float64)
+    swap = ref.size < est.size
+    a, b = (ref, est) if swap else (est, ref)
+    if a.size == 0 or b.size == 0:
+        empty = np.zeros(0, dtype=np.int64)
+        return empty, empty
+    oa, ob = np.argsort(a, kind="stable"), np.argsort(b, kind="stable")
+    sa, sb = a[oa], b[ob]
+    pos = np.searchsorted(sb, sa)
+    left, right = np.clip(pos - 1, 0, sb.size - 1), np.clip(pos, 0, sb.size - 1)
+    d_left, d_right = np.abs(sa - sb[left]), np.abs(sb[right] - sa)
+    pick = np.where(d_right < d_left, right, left)
+    diff = np.minimum(d_left, d_right)
+    ia = np.flatnonzero(diff <= max_diff)
+    ib, diff = pick[ia], diff[ia]
+    order = np.lexsort((ia, diff, ib))  # by partner, then distance, then time
+    first = np.ones(order.size, dtype=bool)
+    first[1:] = ib[order][1:] != ib[order][:-1]
+    keep = np.sort(order[first])
+    ia, ib = oa[ia[keep]], ob[ib[keep]]
+    return (ib, ia) if swap else (ia, ib)
+
+
+def _matched_poses(estimate: Poses, truth: Poses, max_diff: float = MAX_TIME_DIFF
+                   ) -> Tuple[np.ndarray, np.ndarray, Dict[str, int], str]:
+    """Homogeneous poses of the matched pairs (increasing id or time), the counts and how
+    they were matched (``"id"`` or ``"timestamp"``)."""
+    est, ref = _side(estimate, "estimate"), _side(truth, "ground truth")
+    if est.kind != ref.kind and (isinstance(estimate, Trajectory) or isinstance(truth, Trajectory)):
+        est = _lift(est, estimate) if est.kind == "SE2" else est
+        ref = _lift(ref, truth) if ref.kind == "SE2" else ref
+    if est.kind != ref.kind:
         raise PoseGraphError(
-            f"expected ground truth of the estimate's kind {estimate.kind}, received {truth.kind} ({truth.source})",
-            estimate.source,
+            f"expected ground truth of the estimate's kind {est.kind}, received {ref.kind} ({ref.source})",
+            est.source,
         )
-    est_ids, ref_ids = estimate.ids.cpu().numpy(), truth.ids.cpu().numpy()
-    common, ie, ir = np.intersect1d(est_ids, ref_ids, assume_unique=True, return_indices=True)
-    counts = {"matched": int(common.size), "estimate_only": int(est_ids.size - common.size),
-              "truth_only": int(ref_ids.size - common.size)}
-    if common.size < 2:
+    timed = est.timed or ref.timed
+    if timed:
+        ie, ir = associate(est.keys, ref.keys, max_diff)
+        what = f"poses matched by timestamp (|Δt| ≤ {max_diff:g} s)"
+    else:
+        _, ie, ir = np.intersect1d(est.keys, ref.keys, assume_unique=True, return_indices=True)
+        what = "vertex ids shared"
+    counts = {"matched": int(ie.size), "estimate_only": int(est.keys.size - ie.size),
+              "truth_only": int(ref.keys.size - ie.size)}
+    if ie.size < 2:
         raise PoseGraphError(
-            f"expected at least 2 vertex ids shared with the ground truth {truth.source}, received {common.size}",
-            estimate.source,
+            f"expected at least 2 {what} with the ground truth {ref.source}, received {ie.size}", est.source
         )
     if counts["estimate_only"] or counts["truth_only"]:
+        differ = f"timestamps differ by more than {max_diff:g} s" if timed else "vertex ids differ"
+        unit = "matched poses" if timed else "common ids"
         warnings.warn(
-            f"{estimate.source}: vertex ids differ from the ground truth {truth.source} "
+            f"{est.source}: {differ} from the ground truth {ref.source} "
             f"({counts['estimate_only']} only in the estimate, {counts['truth_only']} only in the ground truth); "
-            f"evaluating the {common.size} common ids",
+            f"evaluating the {ie.size} {unit}",
             stacklevel=3,
         )
-    est = to_homogeneous(estimate.kind, estimate.poses.reshape(-1, *estimate.element_shape))[ie]
-    ref = to_homogeneous(truth.kind, truth.poses.reshape(-1, *truth.element_shape))[ir]
-    return common, est, ref, counts
+    return est.mats[ie], ref.mats[ir], counts, "timestamp" if timed else "id"
 
 
-def evaluate(estimate: PoseGraph, truth: PoseGraph, align_method: str = "se3") -> Dict[str, Any]:
-    """ATE and RPE of ``estimate`` against ``truth`` (see the module doc) as a JSON-ready dict:
-    ``ate`` (meters), ``rpe_translation`` (meters), ``rpe_rotation_rad`` (each evo's
-    statistics), ``alignment``, ``poses`` (matched / estimate_only / truth_only counts)."""
-    ids, est, ref, counts = _matched_poses(estimate, truth)
+def evaluate(estimate: Poses, truth: Poses, align_method: str = "se3", max_diff: float = MAX_TIME_DIFF
+             ) -> Dict[str, Any]:
+    """ATE and RPE of ``estimate`` against ``truth`` (pose graphs or TUM/KITTI trajectories;
+    see the module doc) as a JSON-ready dict: ``ate`` (meters), ``rpe_translation`` (meters),
+    ``rpe_rotation_rad`` (each evo's statistics), ``alignment``, ``poses`` (matched /
+    estimate_only / truth_only counts), ``matched_by`` (``"id"`` or ``"timestamp"``;
+    ``max_diff`` seconds for the latter)."""
+    est, ref, counts, matched_by = _matched_poses(estimate, truth, max_diff)
     aligned, transform = align(est, ref, align_method)
     rpe_t, rpe_r = rpe_errors(aligned, ref)
     return {
         "estimate": estimate.source,
         "ground_truth": truth.source,
-        "kind": estimate.kind,
+        "kind": "SE3" if est.shape[-1] == 4 else "SE2",
         "poses": counts,
+        "matched_by": matched_by,
+        **({"max_diff": max_diff} if matched_by == "timestamp" else {}),
         "alignment": transform,
         "ate": statistics(ate_errors(aligned, ref)),
         "rpe_translation": statistics(rpe_t),
@@ -187,11 +281,13 @@ def evaluate(estimate: PoseGraph, truth: PoseGraph, align_method: str = "se3") -
     }
 
 
-def evaluate_files(estimate_path: str, truth_path: str, align: str = "se3") -> Dict[str, Any]:
-    """:func:`evaluate` of two g2o files (vertex-only files accepted)."""
-    from .io import read_g2o
+def evaluate_files(estimate_path: str, truth_path: str, align: str = "se3", estimate_format: Optional[str] = None,
+                   truth_format: Optional[str] = None, max_diff: float = MAX_TIME_DIFF) -> Dict[str, Any]:
+    """:func:`evaluate` of two files: g2o (vertex-only files accepted), TUM or KITTI, each by
+    its extension or the format given (:func:`posegraph.io.trajectory.file_format`)."""
+    from .io.trajectory import read_poses
 
-    return evaluate(read_g2o(estimate_path), read_g2o(truth_path), align)
+    return evaluate(read_poses(estimate_path, estimate_format), read_poses(truth_path, truth_format), align, max_diff)
 
 
 def format_evaluation(result: Dict[str, Any], digits: int = 6) -> str:
@@ -204,7 +300,8 @@ def format_evaluation(result: Dict[str, Any], digits: int = 6) -> str:
     a, p = result["alignment"], result["poses"]
     lines = [
         f"estimate     {result['estimate']} vs ground truth {result['ground_truth']} ({result['kind']})",
-        f"poses        {p['matched']} matched by id"
+        f"poses        {p['matched']} matched by "
+        + ("id" if result.get("matched_by", "id") == "id" else f"timestamp (|Δt| ≤ {result['max_diff']:g} s)")
         + (f" ({p['estimate_only']} only in the estimate, {p['truth_only']} only in the ground truth)"
            if p["estimate_only"] or p["truth_only"] else ""),
         f"alignment    {a['method']}" + (f" (Umeyama, scale {a['scale']:.{digits}g})" if a["method"] != "none" else ""),

@@ -182,12 +182,14 @@ def plot_files(
     size: Optional[Tuple[int, int]] = None,
     dpi: int = 100,
     overwrite_input: bool = False,
+    file_format: Optional[str] = None,
 ) -> Tuple[int, int]:
-    """``posegraph plot``: read the g2o files (and the trace) and write the figure. An output
-    that is one of the input files is refused (before anything is read) unless
-    ``overwrite_input=True``."""
+    """``posegraph plot``: read the files (and the trace) and write the figure. Inputs are g2o
+    graphs or TUM/KITTI trajectories (drawn as polylines), by extension or ``file_format``
+    (:func:`posegraph.io.trajectory.file_format`). An output that is one of the input files is
+    refused (before anything is read) unless ``overwrite_input=True``."""
     from .inspect_trace import load_trace
-    from .io import read_g2o
+    from .io.trajectory import Trajectory, read_poses
 
     check_outputs([output], [initial, optimized, trace], overwrite_input=overwrite_input)
 
@@ -195,7 +197,8 @@ def plot_files(
     for p, label in ((initial, "before"), (optimized, "after")):
         if p is None:
             continue
-        g, note = _with_poses(read_g2o(p))
+        poses = read_poses(p, file_format)
+        g, note = _with_poses(poses.to_graph() if isinstance(poses, Trajectory) else poses)
         graphs.append(g)
         titles.append(f"{label if optimized else ''}{': ' if optimized else ''}{os.path.basename(p)}{note}")
     data = load_trace(trace) if trace else None

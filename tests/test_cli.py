@@ -11,6 +11,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
@@ -660,3 +661,86 @@ def test_float32_run_refuses_information_beyond_its_range(tmp_path, capsys):
     assert code == EXIT_BAD_INPUT and out == ""
     assert err.startswith(f"error: {path}:3: EDGE_SE2 0 1: information entry (row 0, column 0) is 1e+40; ")
     assert "≤ 1e+15 in float32" in err and len(err.splitlines()) == 1
+
+
+# -- TUM and KITTI trajectories: eval, plot, --export-trajectory -------------------------------------
+
+
+def _eval_json(capsys, *argv):
+    code = main(["eval", *map(str, argv), "--json"])
+    out, err = capsys.readouterr()
+    assert code == 0, err
+    return json.loads(out), err
+
+
+def test_eval_tum_gives_the_same_ate_as_g2o(tmp_path, capsys):
+    """``posegraph eval EST.tum --gt GT.tum`` = the same poses as g2o files."""
+    from posegraph.io import Trajectory, write_g2o, write_trajectory
+    from posegraph.synthetic import sphere_se3
+
+    s = sphere_se3(num_rings=4, poses_per_ring=12, seed=4)
+    for role, graph in (("est", s.graph), ("gt", s.truth)):
+        write_g2o(graph, tmp_path / f"{role}.g2o")
+        traj = Trajectory.from_graph(graph)
+        write_trajectory(Trajectory(traj.poses, 1403636580.0 + 0.05 * traj.timestamps), tmp_path / f"{role}.tum")
+        write_trajectory(traj, tmp_path / f"{role}.dat", "kitti")
+    g2o, err_g = _eval_json(capsys, tmp_path / "est.g2o", "--gt", tmp_path / "gt.g2o")
+    tum, err_t = _eval_json(capsys, tmp_path / "est.tum", "--gt", tmp_path / "gt.tum")
+    assert err_g == err_t == ""
+    assert tum["matched_by"] == "timestamp" and tum["poses"] == g2o["poses"] == {
+        "matched": 48, "estimate_only": 0, "truth_only": 0}
+    assert tum["ate"] == pytest.approx(g2o["ate"], rel=1e-12)
+    assert tum["rpe_rotation_rad"] == pytest.approx(g2o["rpe_rotation_rad"], rel=1e-9)
+    kitti, _ = _eval_json(capsys, tmp_path / "est.dat", "--format", "kitti", "--gt", tmp_path / "gt.dat",
+                          "--gt-format", "kitti")
+    assert kitti["matched_by"] == "id" and kitti["ate"] == pytest.approx(g2o["ate"], rel=1e-12)
+    # the stamps are 50 ms apart: a 0.1 s tolerance would pair neighbours one-to-one, a tiny one still matches
+    tight, _ = _eval_json(capsys, tmp_path / "est.tum", "--gt", tmp_path / "gt.tum", "--t-max-diff", "1e-6")
+    assert tight["max_diff"] == 1e-6 and tight["ate"] == pytest.approx(g2o["ate"], rel=1e-12)
+    assert main(["eval", str(tmp_path / "est.tum"), "--gt", str(tmp_path / "gt.tum")]) == 0
+    assert "48 matched by timestamp (|Δt| ≤ 0.01 s)" in capsys.readouterr().out
+
+
+def test_eval_bad_trajectory_is_one_error_line(tmp_path, capsys):
+    (tmp_path / "gt.tum").write_text("0 0 0 0 0 0 0 1\n1 0 0 0 0 0 0 1\n")
+    (tmp_path / "est.tum").write_text("0 0 0 0 0 0 0 1\n1 0 0 0 0 0 1\n")
+    assert main(["eval", str(tmp_path / "est.tum"), "--gt", str(tmp_path / "gt.tum")]) == EXIT_BAD_INPUT
+    out, err = capsys.readouterr()
+    assert out == "" and err == (f"error: {tmp_path / 'est.tum'}:2: TUM line: expected 8 numbers "
+                                 "(timestamp tx ty tz qx qy qz qw), received 7\n")
+    with pytest.raises(SystemExit) as info:  # a usage error
+        main(["eval", str(tmp_path / "gt.tum"), "--gt", str(tmp_path / "gt.tum"), "--format", "csv"])
+    assert info.value.code == 2 and "invalid choice" in capsys.readouterr().err
+
+
+def test_export_trajectory_tum_and_kitti(tmp_path, capsys, leftovers):
+    from posegraph.io import read_kitti, read_tum, write_g2o
+    from posegraph.synthetic import grid_se2, sphere_se3
+
+    write_g2o(sphere_se3(num_rings=3, poses_per_ring=10, seed=1).graph, tmp_path / "g3.g2o")
+    code, _, err = run_cli(capsys, tmp_path / "g3.g2o", "-o", tmp_path / "o3.g2o", "--export-trajectory",
+                           tmp_path / "o3.tum", "--quiet")
+    assert code == 0, err
+    opt = read_g2o(tmp_path / "o3.g2o")
+    tum = read_tum(tmp_path / "o3.tum")
+    np.testing.assert_array_equal(tum.timestamps, opt.ids.numpy().astype(float))  # timestamp: the vertex id
+    np.testing.assert_allclose(tum.poses, opt.poses.numpy(), atol=1e-12)
+    write_g2o(grid_se2(num_poses=40, seed=2).graph, tmp_path / "g2.g2o")
+    code, _, err = run_cli(capsys, tmp_path / "g2.g2o", "-o", tmp_path / "o2.g2o", "--export-trajectory",
+                           tmp_path / "o2.kitti", "--quiet")
+    assert code == 0, err
+    opt2, kitti = read_g2o(tmp_path / "o2.g2o"), read_kitti(tmp_path / "o2.kitti")
+    p = opt2.poses.numpy()
+    np.testing.assert_allclose(kitti.poses[:, :2, 3], p[:, :2], atol=1e-12)  # planar: z = 0, yaw about z
+    np.testing.assert_allclose(kitti.poses[:, 2], np.tile([0.0, 0.0, 1.0, 0.0], (40, 1)), atol=1e-15)
+    np.testing.assert_allclose(np.arctan2(kitti.poses[:, 1, 0], kitti.poses[:, 0, 0]),
+                               np.arctan2(p[:, 3], p[:, 2]), atol=1e-12)
+    # a name that is not .tum/.kitti is refused before any work: nothing is written
+    code, out, err = run_cli(capsys, tmp_path / "g2.g2o", "-o", tmp_path / "x.g2o", "--export-trajectory",
+                             tmp_path / "x.txt")
+    assert code == EXIT_BAD_INPUT and out == "" and err.count("\n") == 1
+    assert err.startswith(f"error: {tmp_path / 'x.txt'}: expected a trajectory file name ending in .tum or .kitti")
+    assert not (tmp_path / "x.g2o").exists() and not (tmp_path / "x.txt").exists()
+    code, _, err = run_cli(capsys, tmp_path / "g2.g2o", "--export-trajectory", tmp_path / "g2.g2o")
+    assert code == EXIT_BAD_INPUT and "input" in err
+    assert leftovers(tmp_path) == {}

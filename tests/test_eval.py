@@ -241,3 +241,125 @@ def test_cli_eval_warns_on_stderr_for_mismatched_ids(tmp_path, capsys):
     out, err = capsys.readouterr()
     assert json.loads(out)["poses"] == {"matched": 495, "estimate_only": 0, "truth_only": 5}
     assert err.startswith(f"warning: {est}: vertex ids differ") and err.count("\n") == 1
+
+
+# -- TUM and KITTI trajectories ------------------------------------------------------------------
+
+
+def _files(tmp_path, synthetic, t0: float = 0.0, dt: float = 1.0):
+    """The same estimate and truth poses as g2o (write_g2o), TUM (timestamp t0 + dt·id) and
+    KITTI files."""
+    from posegraph.io import Trajectory, write_g2o, write_trajectory
+
+    paths = {}
+    for role, graph in (("est", synthetic.graph), ("gt", synthetic.truth)):
+        write_g2o(graph, tmp_path / f"{role}.g2o")
+        traj = Trajectory.from_graph(graph)
+        write_trajectory(Trajectory(traj.poses, t0 + dt * traj.timestamps), tmp_path / f"{role}.tum")
+        write_trajectory(traj, tmp_path / f"{role}.kitti")
+        paths[role] = {fmt: str(tmp_path / f"{role}.{fmt}") for fmt in ("g2o", "tum", "kitti")}
+    return paths["est"], paths["gt"]
+
+
+@pytest.mark.parametrize("method", ["se3", "sim3", "none"])
+def test_tum_and_kitti_give_the_same_ate_as_g2o(tmp_path, method):
+    from posegraph.synthetic import sphere_se3
+
+    est, gt = _files(tmp_path, sphere_se3(num_rings=4, poses_per_ring=15, seed=2), t0=1305031102.175, dt=0.1)
+    ref = evaluate_files(est["g2o"], gt["g2o"], method)
+    assert ref["matched_by"] == "id" and ref["poses"]["matched"] == 60
+    for e, g in (("tum", "tum"), ("kitti", "kitti"), ("kitti", "g2o"), ("g2o", "kitti")):
+        res = evaluate_files(est[e], gt[g], method)
+        assert res["matched_by"] == ("timestamp" if "tum" in (e, g) else "id")
+        assert res["poses"] == ref["poses"]
+        for key in ("ate", "rpe_translation", "rpe_rotation_rad"):
+            for stat, value in ref[key].items():
+                assert res[key][stat] == pytest.approx(value, rel=1e-10, abs=1e-13), (e, g, key, stat)
+
+
+def test_g2o_estimate_against_tum_truth_uses_ids_as_timestamps(tmp_path):
+    from posegraph.synthetic import grid_se2, sphere_se3
+
+    est, gt = _files(tmp_path, sphere_se3(num_rings=3, poses_per_ring=10, seed=1))  # stamps = ids
+    ref = evaluate_files(est["g2o"], gt["g2o"])
+    mixed = evaluate_files(est["g2o"], gt["tum"])
+    assert mixed["matched_by"] == "timestamp" and mixed["poses"]["matched"] == 30
+    assert mixed["ate"]["rmse"] == pytest.approx(ref["ate"]["rmse"], rel=1e-12)
+    # an SE2 graph against a TUM file: lifted to the plane z = 0, the same numbers as in 2D
+    (tmp_path / "se2").mkdir()
+    est2, gt2 = _files(tmp_path / "se2", grid_se2(num_poses=60, seed=3))
+    planar = evaluate_files(est2["g2o"], gt2["g2o"])
+    lifted = evaluate_files(est2["g2o"], gt2["tum"])
+    assert planar["kind"] == "SE2" and lifted["kind"] == "SE3"
+    for key in ("ate", "rpe_translation", "rpe_rotation_rad"):
+        assert lifted[key]["rmse"] == pytest.approx(planar[key]["rmse"], rel=1e-9), key
+
+
+def _timed(poses: np.ndarray, stamps: np.ndarray, source: str):
+    from posegraph.io import Trajectory
+
+    return Trajectory(poses=poses[:, :3, :], timestamps=stamps, source=source)
+
+
+def test_association_with_jitter_and_missing_stamps():
+    rng = np.random.default_rng(5)
+    n = 80
+    truth = random_poses("SE3", n, rng)
+    t_truth = 100.0 + 0.05 * np.arange(n)
+    noisy = truth.copy()
+    noisy[:, :3, 3] += rng.normal(scale=0.05, size=(n, 3))
+    keep = np.flatnonzero(np.arange(n) % 7 != 3)  # every 7th estimate pose is missing …
+    t_est = t_truth[keep] + rng.uniform(-0.004, 0.004, keep.size)  # … the rest jittered by ≤ 4 ms
+    t_est[5] += 0.02  # one stamp beyond the tolerance
+    est = _timed(noisy[keep], t_est, "est.tum")
+    with pytest.warns(UserWarning, match=r"est\.tum: timestamps differ by more than 0\.01 s .* evaluating the"):
+        res = evaluate(est, _timed(truth, t_truth, "gt.tum"))
+    matched = np.delete(keep, 5)
+    assert res["poses"] == {"matched": matched.size, "estimate_only": 1, "truth_only": n - matched.size}
+    aligned, _ = align(np.delete(noisy[keep], 5, axis=0), truth[matched], "se3")
+    assert res["ate"]["rmse"] == pytest.approx(statistics(ate_errors(aligned, truth[matched]))["rmse"], rel=1e-12)
+    # a tighter tolerance drops the stamps jittered by more than it
+    with pytest.warns(UserWarning, match="more than 0.002 s"):
+        tight = evaluate(est, _timed(truth, t_truth, "gt.tum"), max_diff=0.002)
+    assert tight["poses"]["matched"] == int((np.abs(t_est - t_truth[keep]) <= 0.002).sum())
+
+
+def test_associate_is_one_to_one_nearest_and_order_free():
+    from posegraph.eval import associate
+
+    ie, ir = associate(np.array([1.0, 1.004, 2.0, 5.0]), np.array([0.0, 1.001, 2.009, 3.0, 4.0, 6.0]))
+    # 1.0 and 1.004 both pick 1.001: only the nearer (1.0) keeps it; 5.0 has no partner
+    assert ie.tolist() == [0, 2] and ir.tolist() == [1, 2]
+    ie, ir = associate(np.array([1.005]), np.array([1.0, 1.01]))  # a tie: the earlier stamp
+    assert ie.tolist() == [0] and ir.tolist() == [0]
+    ie, ir = associate(np.array([3.0, 1.0, 2.0]), np.array([2.0, 3.0, 1.0, 4.0, 5.0]))  # unsorted (g2o ids)
+    assert ie.tolist() == [1, 2, 0] and ir.tolist() == [2, 0, 1]
+    ie, ir = associate(np.array([1.0, 2.0, 3.0]), np.array([2.0]))  # the truth is shorter: it leads
+    assert ie.tolist() == [1] and ir.tolist() == [0]
+
+
+def test_too_few_timestamps_in_common_is_an_error():
+    rng = np.random.default_rng(0)
+    poses = random_poses("SE3", 5, rng)
+    with pytest.raises(PoseGraphError, match=r"est\.tum: expected at least 2 poses matched by timestamp .* received 1"):
+        evaluate(_timed(poses, np.arange(5.0), "est.tum"), _timed(poses, np.arange(5.0) + 4.0, "gt.tum"))
+
+
+def test_association_matches_evo_when_installed():
+    """Pairs as evo's ``sync.associate_trajectories`` where no stamp is claimed twice."""
+    pytest.importorskip("evo")
+    from evo.core import sync
+    from evo.core.trajectory import PoseTrajectory3D
+
+    from posegraph.eval import associate
+
+    rng = np.random.default_rng(2)
+    truth = random_poses("SE3", 50, rng)
+    t_truth = 0.1 * np.arange(50)
+    t_est = np.delete(t_truth, [3, 17]) + rng.uniform(-0.008, 0.008, 48)
+    est_poses = np.delete(truth, [3, 17], axis=0)
+    ref, est = sync.associate_trajectories(PoseTrajectory3D(poses_se3=list(truth), timestamps=t_truth),
+                                           PoseTrajectory3D(poses_se3=list(est_poses), timestamps=t_est))
+    ie, ir = associate(t_est, t_truth)
+    np.testing.assert_array_equal(est.timestamps, t_est[ie])
+    np.testing.assert_array_equal(ref.timestamps, t_truth[ir])

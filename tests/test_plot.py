@@ -125,3 +125,20 @@ def test_missing_matplotlib_is_a_clear_error(tmp_path, monkeypatch):
     monkeypatch.setitem(sys.modules, "matplotlib", None)
     with pytest.raises(PoseGraphError, match=r"needs matplotlib.*pip install 'posegraph\[plot\]'"):
         plot_graphs([read_g2o(DATA / "grid_se2.g2o")], str(tmp_path / "x.png"))
+
+
+def test_tum_and_kitti_trajectories_are_drawn(tmp_path, capsys):
+    from posegraph.io import Trajectory, write_trajectory
+
+    traj = Trajectory.from_graph(read_g2o(DATA / "sphere_se3.gt.g2o"))
+    write_trajectory(traj, tmp_path / "gt.tum")
+    write_trajectory(traj, tmp_path / "gt.kitti")
+    (tmp_path / "poses.txt").write_text((tmp_path / "gt.kitti").read_text())  # .txt: KITTI by its 12 columns
+    out = tmp_path / "t.png"
+    assert plot_files(str(tmp_path / "gt.tum"), str(tmp_path / "poses.txt"), str(out), size=(900, 600)) == (900, 600)
+    _assert_drawn(_image(out), ODOMETRY_RGB)
+    (tmp_path / "gt.dat").write_text((tmp_path / "gt.tum").read_text())
+    assert main(["plot", str(tmp_path / "gt.dat"), "--format", "tum", "-o", str(tmp_path / "d.png")]) == 0
+    _assert_drawn(_image(tmp_path / "d.png"), ODOMETRY_RGB)
+    assert main(["plot", str(tmp_path / "gt.dat"), "-o", str(tmp_path / "e.png")]) == EXIT_BAD_INPUT  # read as g2o
+    assert "no pose graph found" in capsys.readouterr().err and not (tmp_path / "e.png").exists()

@@ -408,12 +408,13 @@ def check_information(
     return int(bad.size)
 
 
-def _quaternions(values: np.ndarray, path: str, lines: Sequence[int]) -> None:
-    """Check g2o quaternions (qx qy qz qw): zero is an error, far from unit a warning."""
+def _quaternions(values: np.ndarray, path: str, lines: Sequence[int], error: type = G2oFormatError) -> None:
+    """Check g2o quaternions (qx qy qz qw): zero is an error (``error``), far from unit a
+    warning. The TUM reader applies the same rule."""
     norms = np.linalg.norm(values, axis=1)
     zero = np.flatnonzero(norms < 1e-12)
     if zero.size:
-        raise G2oFormatError(
+        raise error(
             "zero quaternion (qx qy qz qw = 0 0 0 0) is not a rotation", path, lines[zero[0]]
         )
     far = np.flatnonzero(np.abs(norms - 1.0) > QUATERNION_UNIT_TOLERANCE)
