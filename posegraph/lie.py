@@ -98,6 +98,10 @@ __all__ = [
     "unpatch_theseus",
     "is_theseus_patched",
     "theseus_patched",
+    "ROTATION_TOLERANCE",
+    "rotation_tolerance",
+    "rotation_defect",
+    "first_invalid_rotation",
 ]
 
 
@@ -217,6 +221,58 @@ def matrix_to_quaternion(R: Tensor) -> Tensor:
     # Canonical sign: w >= 0.  At w == 0 exactly we keep the branch sign
     # (pivot component positive); this is the w > 0 one-sided limit.
     return torch.where((q[..., :1] < 0), -q, q)
+
+
+# ---------------------------------------------------------------------------
+# Rotation validity: one rule for every rotation handed in as numbers
+# ---------------------------------------------------------------------------
+
+#: Largest accepted :func:`rotation_defect` per dtype: round-off of a rotation computed in that
+#: precision stays well below it, while a matrix that is not a rotation (``2·I``, zero, a
+#: reflection, a shear) lies far beyond it.
+ROTATION_TOLERANCE: Dict[torch.dtype, float] = {torch.float64: 1e-6, torch.float32: 1e-4}
+
+
+def rotation_tolerance(dtype: torch.dtype) -> float:
+    """:data:`ROTATION_TOLERANCE` of ``dtype`` (float16/bfloat16: 1e-2)."""
+    return ROTATION_TOLERANCE.get(dtype, 1e-2)
+
+
+def rotation_defect(x: Tensor) -> Tensor:
+    """How far the rotations in ``x`` are from the rotation group, per element.
+
+    ``x`` is ``(..., 3, 3)`` or ``(..., 2, 2)`` rotation matrices, a Theseus SE3 tensor
+    ``(..., 3, 4) = [R | t]``, or a Theseus SE2 tensor ``(..., 4) = [x, y, cos, sin]``. The
+    defect is ``max(max|RᵀR − I|, |det R − 1|)``: 0 for a rotation, ``7`` for ``2·I`` (``det = 8``), ``1``
+    for the zero matrix, ``2`` for a reflection. For SE2, ``R = [[c, −s], [s, c]]`` gives
+    ``RᵀR = (c² + s²) I`` and ``det R = c² + s²``, so the defect is ``|c² + s² − 1|``.
+
+    The rule, the same wherever posegraph takes rotations as numbers: a rotation is used
+    as given when its defect is at most :func:`rotation_tolerance` of its dtype and refused
+    otherwise (it is not a rotation, and projecting it would silently change the input's
+    meaning). A quaternion is a rotation up to its norm, so the g2o reader normalizes it and
+    refuses only the zero quaternion; the matrix it then stores has a defect of round-off.
+    """
+    if x.shape[-1] == 4 and (x.ndim == 1 or x.shape[-2:] != (3, 4)):  # SE2 [x, y, cos, sin]
+        return (x[..., 2] ** 2 + x[..., 3] ** 2 - 1.0).abs()
+    rot = x[..., :3, :3] if x.shape[-2:] == (3, 4) else x
+    eye = torch.eye(rot.shape[-1], dtype=rot.dtype, device=rot.device)
+    gram = (rot.transpose(-1, -2) @ rot - eye).abs().amax(dim=(-1, -2))
+    return torch.maximum(gram, (torch.linalg.det(rot) - 1.0).abs())
+
+
+def first_invalid_rotation(x: Tensor) -> Tuple[int, float]:
+    """The flat index and defect of the first element of ``x`` (see :func:`rotation_defect`)
+    beyond the rule's tolerance (non-finite defects included), or ``(-1, largest defect)``
+    when every rotation is accepted."""
+    defect = rotation_defect(x.detach()).reshape(-1)
+    if defect.numel() == 0:
+        return -1, 0.0
+    bad = ~(defect <= rotation_tolerance(x.dtype))
+    if bool(bad.any()):
+        k = int(torch.nonzero(bad)[0])
+        return k, float(defect[k])
+    return -1, float(defect.max())
 
 
 # ---------------------------------------------------------------------------
