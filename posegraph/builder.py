@@ -216,7 +216,7 @@ def _check_element_tensor(tensor: torch.Tensor, cls: type, what: str) -> None:
     if not torch.isfinite(tensor).all():
         raise BuilderError(f"{what}: tensor has non-finite values")
     if cls in (th.SE3, th.SE2):
-        k, defect = first_invalid_rotation(tensor)
+        k, defect = first_invalid_rotation(tensor, _KIND_OF_CLASS[cls])
         if k >= 0:
             rot = "rotation (cos, sin)" if cls is th.SE2 else "rotation matrix R"
             at = f" (batch element {k})" if tensor.shape[0] > 1 else ""
@@ -248,6 +248,10 @@ def _check_information(info: torch.Tensor, dof: int, what: str) -> torch.Tensor:
         lam = torch.linalg.eigvalsh(info.detach().double())
     except RuntimeError as err:  # torch.linalg.LinAlgError: no convergence (huge entries)
         raise BuilderError(f"{what}: information has no eigen-decomposition ({err}); its entries reach {float(info.abs().max()):.3g}") from None
+    if not torch.isfinite(lam).all():
+        raise BuilderError(
+            f"{what}: information too large: its eigenvalues overflow (entries reach {float(info.abs().max()):.3g})"
+        )
     if (lam[:, 0] < -1e-9 * lam.abs().max(dim=1).values.clamp_min(1.0)).any():
         raise BuilderError(
             f"{what}: information must be positive semidefinite "

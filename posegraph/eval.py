@@ -30,10 +30,12 @@ import warnings
 from typing import Any, Dict, Optional, Tuple
 
 import numpy as np
+import torch
 
 from .errors import PoseGraphError
 from .graph import PoseGraph
 from .init import to_homogeneous
+from .lie import first_invalid_rotation
 
 ALIGNMENTS = ("se3", "sim3", "none")
 
@@ -142,6 +144,7 @@ def _matched_poses(estimate: PoseGraph, truth: PoseGraph) -> Tuple[np.ndarray, n
             raise PoseGraphError(f"{role}: expected VERTEX lines (poses), the file has only edges", g.source)
         if g.batch_size != 1:
             raise PoseGraphError(f"{role}: expected one graph, received a batch of {g.batch_size}", g.source)
+        _check_poses(g, role)
     if estimate.kind != truth.kind:
         raise PoseGraphError(
             f"expected ground truth of the estimate's kind {estimate.kind}, received {truth.kind} ({truth.source})",
@@ -168,12 +171,40 @@ def _matched_poses(estimate: PoseGraph, truth: PoseGraph) -> Tuple[np.ndarray, n
     return common, est, ref, counts
 
 
+def _check_poses(graph: PoseGraph, role: str) -> None:
+    """Finite poses whose rotations pass posegraph's rotation rule
+    (:func:`posegraph.lie.rotation_defect`), else a PoseGraphError naming the vertex."""
+    poses = graph.poses.reshape(-1, *graph.element_shape)
+    finite = torch.isfinite(poses.reshape(poses.shape[0], -1)).all(dim=1)
+    if not bool(finite.all()):
+        k = int(torch.nonzero(~finite)[0])
+        raise PoseGraphError(f"{role}: vertex {int(graph.ids[k])} has a non-finite pose", graph.source)
+    k, defect = first_invalid_rotation(poses, graph.kind)
+    if k >= 0:
+        raise PoseGraphError(
+            f"{role}: vertex {int(graph.ids[k])}: expected a rotation, received one with "
+            f"max(|RᵀR − I|, |det R − 1|) = {defect:.3g}",
+            graph.source,
+        )
+
+
 def evaluate(estimate: PoseGraph, truth: PoseGraph, align_method: str = "se3") -> Dict[str, Any]:
     """ATE and RPE of ``estimate`` against ``truth`` (see the module doc) as a JSON-ready dict:
     ``ate`` (meters), ``rpe_translation`` (meters), ``rpe_rotation_rad`` (each evo's
-    statistics), ``alignment``, ``poses`` (matched / estimate_only / truth_only counts)."""
+    statistics), ``alignment``, ``poses`` (matched / estimate_only / truth_only counts).
+
+    Raises:
+        PoseGraphError: naming the estimate's file, for an unknown ``align_method``, graphs
+            that cannot be compared, non-finite poses, rotations that are not rotations, or an
+            alignment that is undefined (a Sim(3) scale of coinciding positions).
+    """
+    if not isinstance(align_method, str) or align_method not in ALIGNMENTS:
+        raise PoseGraphError(f"align: expected one of {', '.join(ALIGNMENTS)}, received {align_method!r}", estimate.source)
     ids, est, ref, counts = _matched_poses(estimate, truth)
-    aligned, transform = align(est, ref, align_method)
+    try:
+        aligned, transform = align(est, ref, align_method)
+    except (ValueError, np.linalg.LinAlgError) as err:
+        raise PoseGraphError(f"cannot align the estimate onto the ground truth {truth.source}: {err}", estimate.source) from None
     rpe_t, rpe_r = rpe_errors(aligned, ref)
     return {
         "estimate": estimate.source,

@@ -238,14 +238,16 @@ def rotation_tolerance(dtype: torch.dtype) -> float:
     return ROTATION_TOLERANCE.get(dtype, 1e-2)
 
 
-def rotation_defect(x: Tensor) -> Tensor:
+def rotation_defect(x: Tensor, kind: str = "matrix") -> Tensor:
     """How far the rotations in ``x`` are from the rotation group, per element.
 
-    ``x`` is ``(..., 3, 3)`` or ``(..., 2, 2)`` rotation matrices, a Theseus SE3 tensor
-    ``(..., 3, 4) = [R | t]``, or a Theseus SE2 tensor ``(..., 4) = [x, y, cos, sin]``. The
-    defect is ``max(max|RᵀR − I|, |det R − 1|)``: 0 for a rotation, ``7`` for ``2·I`` (``det = 8``), ``1``
-    for the zero matrix, ``2`` for a reflection. For SE2, ``R = [[c, −s], [s, c]]`` gives
-    ``RᵀR = (c² + s²) I`` and ``det R = c² + s²``, so the defect is ``|c² + s² − 1|``.
+    ``kind``: ``"matrix"`` for rotation matrices ``(..., 3, 3)`` or ``(..., 2, 2)``, ``"SE3"`` for
+    Theseus SE3 tensors ``(..., 3, 4) = [R | t]``, ``"SE2"`` for Theseus SE2 tensors
+    ``(..., 4) = [x, y, cos, sin]`` (a batch of three SE2 poses has the shape of one SE3
+    pose: the kind is never guessed). The defect is ``max(max|RᵀR − I|, |det R − 1|)``: 0 for a
+    rotation, ``7`` for ``2·I`` (``det = 8``), ``1`` for the zero matrix, ``2`` for a
+    reflection. For SE2, ``R = [[c, −s], [s, c]]`` gives ``RᵀR = (c² + s²) I`` and
+    ``det R = c² + s²``, so the defect is ``|c² + s² − 1|``.
 
     The rule, the same wherever posegraph takes rotations as numbers: a rotation is used
     as given when its defect is at most :func:`rotation_tolerance` of its dtype and refused
@@ -253,19 +255,21 @@ def rotation_defect(x: Tensor) -> Tensor:
     meaning). A quaternion is a rotation up to its norm, so the g2o reader normalizes it and
     refuses only the zero quaternion; the matrix it then stores has a defect of round-off.
     """
-    if x.shape[-1] == 4 and (x.ndim == 1 or x.shape[-2:] != (3, 4)):  # SE2 [x, y, cos, sin]
+    if kind == "SE2":
         return (x[..., 2] ** 2 + x[..., 3] ** 2 - 1.0).abs()
-    rot = x[..., :3, :3] if x.shape[-2:] == (3, 4) else x
+    if kind not in ("SE3", "matrix"):
+        raise ValueError(f"rotation_defect: expected kind 'matrix', 'SE3' or 'SE2', received {kind!r}")
+    rot = x[..., :3, :3] if kind == "SE3" else x
     eye = torch.eye(rot.shape[-1], dtype=rot.dtype, device=rot.device)
     gram = (rot.transpose(-1, -2) @ rot - eye).abs().amax(dim=(-1, -2))
     return torch.maximum(gram, (torch.linalg.det(rot) - 1.0).abs())
 
 
-def first_invalid_rotation(x: Tensor) -> Tuple[int, float]:
+def first_invalid_rotation(x: Tensor, kind: str = "matrix") -> Tuple[int, float]:
     """The flat index and defect of the first element of ``x`` (see :func:`rotation_defect`)
     beyond the rule's tolerance (non-finite defects included), or ``(-1, largest defect)``
     when every rotation is accepted."""
-    defect = rotation_defect(x.detach()).reshape(-1)
+    defect = rotation_defect(x.detach(), kind).reshape(-1)
     if defect.numel() == 0:
         return -1, 0.0
     bad = ~(defect <= rotation_tolerance(x.dtype))
