@@ -4,10 +4,13 @@ variables users hand in.
 Two entrances, one product (:class:`PoseGraphProblem`):
 
 * :class:`PoseGraphBuilder` — research scripts add their own ``th.SE3``/``th.SE2`` poses,
-  ``th.Point3`` points, relative-pose measurements with full information matrices, and their own
-  ``th.CostFunction`` terms. Every input is checked before anything is built (class, tensor
-  shape as Theseus defines it, batch size, dtype, device, unique names, known endpoints, no
-  self-loops); each error names the variable, what was expected and what was received.
+  ``th.Point3`` points, relative-pose measurements with full information matrices, priors, and
+  their own ``th.CostFunction`` terms, over the builder's poses and points or their own
+  variables (:mod:`posegraph.user_costs`). Every input is checked before anything is built
+  (class, tensor shape as Theseus defines it, batch size, dtype, device, unique names, known
+  endpoints, no self-loops, rotations by :func:`posegraph.lie.rotation_defect`'s rule); NumPy
+  arrays, lists and NumPy integers are converted, bools refused; each error is a
+  :class:`BuilderError` that names the argument, what was expected and what was received.
 * :func:`build_problem` — a :class:`~posegraph.graph.PoseGraph` read from a file, built
   without creating one Python object per pose or edge.
 
@@ -61,6 +64,9 @@ class PoseGraphProblem:
             landmarks), else None; ``observations`` is their pose → point cost and
             ``mesh_cost`` the Laplacian regularizer over them, when built with a mesh.
         point_variables: the user's own ``th.Point3`` variables (builder path).
+        user_costs: the user's own cost functions, as given (those over packed poses and
+            points enter the objective wrapped in a :class:`~posegraph.user_costs.PackedCost`
+            of the same name).
     """
 
     objective: th.Objective
