@@ -308,6 +308,13 @@ def _lookup(ref: object, items: Sequence[th.Variable], index: Dict[str, int], no
     return index[name]
 
 
+def _optional_name(name: object, what: str) -> Optional[str]:
+    """``name`` when it is None or a non-empty str, else a BuilderError."""
+    if name is not None and (not isinstance(name, str) or not name):
+        raise BuilderError(f"{what} name: expected a non-empty str, received {_type_name(name)} {repr(name)[:40]}")
+    return name
+
+
 class _PackedObjective(th.Objective):
     """A ``th.Objective`` that refuses a cost over a variable the builder packed: Theseus would
     take it for a new variable, apart from the packed one, and the cost would have no effect
@@ -501,6 +508,7 @@ class PoseGraphBuilder:
         ``information``: ``(d, d)`` or ``(B|1, d, d)``. Returns the edge index.
         """
         k = len(self._edges)
+        name = _optional_name(name, f"edge #{k}")
         what = f"edge {name!r}" if name else f"edge #{k}"
         i = self._pose_index(pose_i, what)
         j = self._pose_index(pose_j, what)
@@ -535,6 +543,7 @@ class PoseGraphBuilder:
         """Add a prior ``Z`` on a pose: residual ``Log(Z⁻¹ X)`` (Theseus' ``th.Difference``,
         GTSAM's ``PriorFactor``), weighted by the full information matrix (identity if None,
         translation then rotation as for edges). Returns the cost (a ``th.Difference``)."""
+        name = _optional_name(name, "prior")
         i = self._pose_index(pose, f"prior {name!r}" if name else "prior")
         cost_name, what = self._prior_name(name, i, "prior")
         assert self._kind is not None
@@ -557,6 +566,7 @@ class PoseGraphBuilder:
         ``(3,)``/``(B|1, 3)`` for SE3 poses and ``(2,)``/``(B|1, 2)`` for SE2, weighted by
         ``information`` (3×3 or 2×2, identity if None). The orientation stays free. Returns the
         cost (a :class:`~posegraph.user_costs.PositionPrior`)."""
+        name = _optional_name(name, "position prior")
         i = self._pose_index(pose, f"position prior {name!r}" if name else "position prior")
         cost_name, what = self._prior_name(name, i, "position prior")
         dim = 3 if self._kind == "SE3" else 2
@@ -612,11 +622,13 @@ class PoseGraphBuilder:
         if pos.ndim == 2:
             pos = pos.unsqueeze(0)
         n = pos.shape[1]
-        if names is not None and (isinstance(names, str) or len(names) != n):
-            raise BuilderError(f"add_points names: expected {n} names, received {names!r:.80}")
+        if names is not None and (isinstance(names, str) or not hasattr(names, "__len__") or len(names) != n):
+            raise BuilderError(f"add_points names: expected {n} names, received {repr(names)[:80]}")
+        for k in range(n if names is not None else 0):
+            _optional_name(names[k], f"add_points point {k}")
         first = len(self._points)
         points = [
-            th.Point3(tensor=pos[:, k].clone(), name=str(names[k]) if names is not None else f"point{first + k}")
+            th.Point3(tensor=pos[:, k].clone(), name=names[k] if names is not None else f"point{first + k}")
             for k in range(n)
         ]
         for p in points:
@@ -643,6 +655,7 @@ class PoseGraphBuilder:
         Returns the observation index.
         """
         k = len(self._obs)
+        name = _optional_name(name, f"observation #{k}")
         what = f"observation {name!r}" if name else f"observation #{k}"
         if self._kind != "SE3":
             got = f"th.{self._kind} poses" if self._kind else "no poses yet"

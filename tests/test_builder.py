@@ -887,3 +887,30 @@ def test_huge_information_is_a_builder_error():
     b, x0, x1 = two_pose_builder()
     with raises_builder_error("edge #0 information", "too large", "1e+308"):
         b.add_between(x0, x1, measurement=se3("z"), information=torch.full((6, 6), 1e308, dtype=F64))
+
+
+@pytest.mark.parametrize("name", [["e"], np.array(["e"]), torch.zeros(2), 3, ""], ids=["list", "array", "tensor", "int", "empty"])
+def test_names_must_be_strings(name):
+    b, x0, x1 = two_pose_builder()
+    with raises_builder_error("edge #0 name", "non-empty str"):
+        b.add_between(x0, x1, measurement=se3("z"), name=name)
+    with raises_builder_error("prior name", "non-empty str"):
+        b.add_prior(x1, se3("z"), name=name)
+    with raises_builder_error("add_points point 0 name", "non-empty str"):
+        b.add_points(torch.zeros(1, 3, dtype=F64), names=[name])
+
+
+def test_debug_callback_names_user_costs():
+    from posegraph import DebugCallback
+
+    b, x0, x1 = two_pose_builder()
+    b.add_between(x0, x1, measurement=se3("z", seed=4))
+    own = se3("own", seed=6)
+    b.add_cost(th.Between(x1, own, se3("m", seed=7), th.ScaleCostWeight(torch.ones(1, 1, dtype=F64)), name="mine"))
+    b.add_prior(x1, se3("zp", seed=8), name="gps")
+    problem = b.build()
+    cb = DebugCallback.for_problem(problem, per_cost=True)
+    optimize(problem, SolverOptions(solver="lm", max_iterations=3), end_iter_callback=cb)
+    costs = cb.records[0]["cost_functions"]
+    assert len(costs["mine"]["jacobian_norms"]) == 2 and len(costs["gps"]["jacobian_norms"]) == 1
+    assert costs["gps"]["error_norm"] > 0 and "between x0 x1" in costs
