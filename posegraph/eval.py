@@ -66,9 +66,9 @@ def umeyama(src: np.ndarray, dst: np.ndarray, with_scale: bool = False) -> Tuple
     sign[-1] = 1.0 if np.linalg.det(u) * np.linalg.det(vt) >= 0 else -1.0
     rot = (u * sign) @ vt
     var_s = (xs * xs).sum() / n
-    scale = float((dvals * sign).sum() / var_s) if with_scale else 1.0
     if with_scale and not var_s > 0:
         raise ValueError("umeyama: all source points coincide, the scale is undefined")
+    scale = float((dvals * sign).sum() / var_s) if with_scale else 1.0
     trans = mu_d - scale * rot @ mu_s
     return scale, rot, trans
 
