@@ -162,6 +162,13 @@ class _Consensus:
         self.fixed, self.batch, self.batch_from, self.advice = True, int(batch), origin, advice
 
     def check(self, what: str, tensor: torch.Tensor, batched: bool = True, received: str = "", hint: str = "") -> None:
+        if batched and self.fixed and tensor.ndim and tensor.shape[0] not in (1, self.batch):
+            # first: a batch explosion matters more than a dtype
+            expected = "1" if self.batch == 1 else f"{self.batch} or 1"
+            raise BuilderError(
+                f"{what}: expected batch size {expected} ({self.batch_from}{self.advice}), received "
+                f"{received or 'a tensor'} of shape {_shape_str(tensor.shape)}{hint}"
+            )
         if not tensor.is_floating_point():
             raise BuilderError(f"{what}: expected a floating-point tensor, received {tensor.dtype}")
         if self.dtype is None:
@@ -176,12 +183,6 @@ class _Consensus:
             return
         b = tensor.shape[0]
         if self.fixed:
-            if b not in (1, self.batch):
-                expected = "1" if self.batch == 1 else f"{self.batch} or 1"
-                raise BuilderError(
-                    f"{what}: expected batch size {expected} ({self.batch_from}{self.advice}), received "
-                    f"{received or 'a tensor'} of shape {_shape_str(tensor.shape)}{hint}"
-                )
             return
         if b != 1 and self.batch != 1 and b != self.batch:
             raise BuilderError(

@@ -719,6 +719,18 @@ def test_point_of_n_rows_on_one_problem_is_refused():
         b.add_point(th.Point3(tensor=torch.randn(5, 3, dtype=F64), name="p"))
 
 
+def test_issue_reproducers_in_default_dtype_name_the_batch():
+    """The reproducers as a user types them (torch.randn: float32 on a float64 graph): the
+    batch size is named first."""
+    b, x0, x1 = two_pose_builder()
+    with raises_builder_error("point", "5 problems", "add_points"):
+        b.add_point(th.Point3(tensor=torch.randn(5, 3)))
+    p = point("p", [0.0, 0.0, 0.0])
+    b.add_point(p)
+    with raises_builder_error("observation #0 measurement", "5 problems"):
+        b.add_point_observation(x1, p, measurement=torch.randn(5, 3))
+
+
 def test_observation_of_n_rows_on_one_problem_is_refused():
     b, x0, x1 = two_pose_builder()
     p = point("p", [0.0, 0.0, 0.0])
