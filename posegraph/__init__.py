@@ -116,7 +116,7 @@ from . import geometry, synthetic
 from .builder import MeshTerm, PoseGraphBuilder, PoseGraphProblem, build_problem, mesh_term
 from .builder import BuilderError
 from .costs import BetweenEdges, BlockSparseCostFunction, JacobianBlocks, PointObservations
-from .user_costs import PackedCost, PositionPrior
+from .user_costs import PackedCost, PosePriors, PositionPrior, PositionPriors
 from .chordal import chordal_initialization
 from .config import ConfigError, load_config
 from .debug import DebugCallback, NonFiniteError, normal_matrix, normal_rhs
@@ -150,6 +150,8 @@ __all__ = [
     "BuilderError",
     "PackedCost",
     "PositionPrior",
+    "PosePriors",
+    "PositionPriors",
     "PoseGraphProblem",
     "build_problem",
     "MeshTerm",

@@ -29,13 +29,13 @@ import numpy as np
 import theseus as th
 import torch
 
-from .costs import BetweenEdges, PointObservations
+from .costs import BetweenEdges, BlockSparseCostFunction, PointObservations
 from .errors import PoseGraphError
 from .graph import POSE_KINDS, Landmarks, PoseGraph, connected_components
 from .lie import first_invalid_rotation, rotation_tolerance
 from .mesh import LaplacianSmoothingCost
 from .robust import RobustKernel, robustify
-from .user_costs import PackedCost, PackedSlot, PositionPrior
+from .user_costs import PackedCost, PackedSlot, PosePriors, PositionPriors, PriorTerms
 from .variables import ManifoldArray, element_layout
 from .weights import FullInformationWeight, cholesky_sqrt_information, symmetric_part
 
@@ -395,6 +395,10 @@ class PoseGraphBuilder:
         self._information: List[torch.Tensor] = []
         self._edge_names: List[str] = []
         self._costs: List[Tuple[th.CostFunction, List[Optional[PackedSlot]]]] = []
+        #: (pose index, value, information, name) of each add_prior / add_position_prior
+        self._priors: Dict[str, List[Tuple[int, torch.Tensor, torch.Tensor, str]]] = {"pose": [], "position": []}
+        for own in _BUILT_COST_NAMES:
+            self._names[own] = "a cost the builder makes"
         self._points: List[th.Point3] = []
         self._point_fixed: List[bool] = []
         self._point_index: Dict[str, int] = {}
@@ -528,11 +532,11 @@ class PoseGraphBuilder:
         return k
 
     # -- priors -----------------------------------------------------------------------------------
-    def _prior_name(self, name: Optional[str], pose: int, noun: str) -> Tuple[str, str]:
-        """The cost's name and the ``what`` of its messages."""
-        k = len(self._costs)
-        cost_name = name or f"{noun} #{k} {self._poses[pose].name}"
-        return cost_name, f"{noun} {cost_name!r}"
+    def _prior_what(self, name: object, noun: str) -> Tuple[Optional[str], str]:
+        """The checked name and the ``what`` of a prior's messages."""
+        name = _optional_name(name, noun)
+        k = len(self._priors["pose" if noun == "prior" else "position"])
+        return name, f"{noun} {name!r}" if name else f"{noun} #{k}"
 
     def add_prior(
         self,
@@ -540,21 +544,22 @@ class PoseGraphBuilder:
         measurement: object,
         information: object = None,
         name: Optional[str] = None,
-    ) -> th.CostFunction:
+    ) -> int:
         """Add a prior ``Z`` on a pose: residual ``Log(Z⁻¹ X)`` (Theseus' ``th.Difference``,
         GTSAM's ``PriorFactor``), weighted by the full information matrix (identity if None,
-        translation then rotation as for edges). Returns the cost (a ``th.Difference``)."""
-        name = _optional_name(name, "prior")
-        i = self._pose_index(pose, f"prior {name!r}" if name else "prior")
-        cost_name, what = self._prior_name(name, i, "prior")
+        translation then rotation as for edges). All priors are one vectorized cost
+        (:class:`~posegraph.user_costs.PosePriors`, named ``"priors"``; each block named
+        ``name`` or ``"prior <pose name>"``). A prior anchors its pose's component: no pose of
+        it is held automatically. Returns the prior's index."""
+        name, what = self._prior_what(name, "prior")
+        i = self._pose_index(pose, what)
         assert self._kind is not None
         cls, _, dof = POSE_KINDS[self._kind]
         meas, info = self._measurement_and_information(measurement, information, cls, dof, what)
-        target = cls(tensor=meas, name=f"{cost_name}__measurement", disable_checks=True)
-        weight = FullInformationWeight(cholesky_sqrt_information(symmetric_part(info)).unsqueeze(1), name=f"{cost_name}__information")
-        cost = th.Difference(self._poses[i], target, weight, name=cost_name)
-        self.add_cost(cost)
-        return cost
+        if name:
+            self._claim_name(name, what)
+        self._priors["pose"].append((i, meas, info, name or f"prior {self._poses[i].name}"))
+        return len(self._priors["pose"]) - 1
 
     def add_position_prior(
         self,
@@ -562,22 +567,24 @@ class PoseGraphBuilder:
         xyz: object,
         information: object = None,
         name: Optional[str] = None,
-    ) -> th.CostFunction:
+    ) -> int:
         """Add a prior on a pose's position (GPS): residual ``t(X) − xyz``, ``xyz`` of shape
         ``(3,)``/``(B|1, 3)`` for SE3 poses and ``(2,)``/``(B|1, 2)`` for SE2, weighted by
-        ``information`` (3×3 or 2×2, identity if None). The orientation stays free. Returns the
-        cost (a :class:`~posegraph.user_costs.PositionPrior`)."""
-        name = _optional_name(name, "position prior")
-        i = self._pose_index(pose, f"position prior {name!r}" if name else "position prior")
-        cost_name, what = self._prior_name(name, i, "position prior")
+        ``information`` (3×3 or 2×2, identity if None). The orientation stays free: a
+        component anchored by position priors alone needs them on three poses not on a line
+        (SE3; two distinct ones for SE2). All are one vectorized cost
+        (:class:`~posegraph.user_costs.PositionPriors`, named ``"position_priors"``). Returns
+        the prior's index."""
+        name, what = self._prior_what(name, "position prior")
+        i = self._pose_index(pose, what)
         dim = 3 if self._kind == "SE3" else 2
         pos = self._tensor(xyz, f"{what} xyz")
         pos = pos.unsqueeze(0) if pos.ndim == 1 else pos
         if pos.ndim != 2 or pos.shape[1] != dim:
             raise BuilderError(f"{what} xyz: expected shape ({dim},) or (batch, {dim}), received {_shape_str(pos.shape)}")
+        self._consensus.check(f"{what} xyz", pos, received=f"a {_type_name(xyz)}")
         if not torch.isfinite(pos).all():
             raise BuilderError(f"{what} xyz: non-finite values")
-        self._consensus.check(f"{what} xyz", pos, received=f"a {_type_name(xyz)}")
         if information is None:
             info = torch.eye(dim, dtype=pos.dtype, device=pos.device).unsqueeze(0)
         else:
@@ -585,11 +592,20 @@ class PoseGraphBuilder:
             if not bool(info.any()):
                 raise BuilderError(f"{what} information: received all zeros, which would give the prior no effect")
             self._consensus.check(f"{what} information", info, received=f"a {_type_name(information)}")
-        weight = FullInformationWeight(cholesky_sqrt_information(symmetric_part(info)).unsqueeze(1), name=f"{cost_name}__information")
-        position = th.Variable(pos, name=f"{cost_name}__xyz")
-        cost = PositionPrior(self._poses[i], position, weight, name=cost_name)
-        self.add_cost(cost)
-        return cost
+        if name:
+            self._claim_name(name, what)
+        self._priors["position"].append((i, pos, info, name or f"position prior {self._poses[i].name}"))
+        return len(self._priors["position"]) - 1
+
+    def _prior_terms(self, batch: int) -> List[PriorTerms]:
+        terms = []
+        for kind, items in self._priors.items():
+            if items:
+                elements = torch.tensor([i for i, _, _, _ in items], dtype=torch.long)
+                values = _stack_batch([v for _, v, _, _ in items], batch)
+                info = _stack_batch([w for _, _, w, _ in items], batch)
+                terms.append(PriorTerms(kind, elements, values, info, [n for _, _, _, n in items]))
+        return terms
 
     # -- points ---------------------------------------------------------------------------------
     def add_point(self, point: th.Point3, fixed: bool = False) -> int:
@@ -775,7 +791,7 @@ class PoseGraphBuilder:
         packed = [(c, slots) for c, slots in self._costs if any(s is not None for s in slots)]
         problem = build_problem(
             graph, edge_names=self._edge_names, extra_costs=own, robust=robust,
-            robust_edges=robust_edges, packed_costs=packed,
+            robust_edges=robust_edges, packed_costs=packed, priors=self._prior_terms(batch),
         )
         problem.pose_variables = list(self._poses)
         problem.point_variables = list(self._points)
@@ -799,13 +815,35 @@ def _stack_batch(
     return torch.stack([t.expand(batch, *t.shape[1:]) for t in tensors], 1)
 
 
+#: Names of the costs the builder makes (users' costs may not take them).
+_BUILT_COST_NAMES = ("between", "point_observations", "mesh_laplacian", "priors", "position_priors")
+
+
+def _prior_cost(pose_var: ManifoldArray, terms: PriorTerms, consensus: _Consensus) -> BlockSparseCostFunction:
+    """The vectorized cost of one kind of prior (``"priors"`` or ``"position_priors"``)."""
+    name = "priors" if terms.kind == "pose" else "position_priors"
+    for what, t in ((f"{name} values", terms.values), (f"{name} information", terms.information)):
+        consensus.check(what, t)
+    weight = FullInformationWeight(
+        th.Variable(cholesky_sqrt_information(symmetric_part(terms.information)), name=f"{name}_sqrt_information"),
+        name=f"{name}_information",
+    )
+    cls = PosePriors if terms.kind == "pose" else PositionPriors
+    values = th.Variable(terms.values, name=f"{name}_values")
+    return cls(pose_var, terms.elements, values, weight, name=name, prior_names=terms.names)
+
+
 def _gauge_with_costs(
-    g: PoseGraph, labels: np.ndarray, packed_costs: Sequence[Tuple[th.CostFunction, Sequence[Optional[PackedSlot]]]]
+    g: PoseGraph,
+    labels: np.ndarray,
+    packed_costs: Sequence[Tuple[th.CostFunction, Sequence[Optional[PackedSlot]]]],
+    anchors: Sequence[int] = (),
 ) -> Tuple[np.ndarray, torch.Tensor]:
-    """Components and gauge with users' costs over packed poses: a cost over several poses
-    joins their components; one over exactly one pose (a prior) anchors its component, which
-    then keeps only its FIX'ed poses fixed (none: the priors hold it, as in stock Theseus)."""
-    links, anchored = [], []
+    """Components and gauge with users' costs over packed poses and priors: a cost over
+    several poses joins their components; one over exactly one pose (a prior), and each of
+    ``anchors`` (priors' poses), anchors its component, which then keeps only its FIX'ed poses
+    fixed (none: the priors hold it, as in stock Theseus)."""
+    links, anchored = [], list(anchors)
     for _, slots in packed_costs:
         poses = sorted({s.element for s in slots if s is not None and s.packed == "poses"})
         links += [(labels[a], labels[b]) for a, b in zip(poses[:-1], poses[1:])]
@@ -853,6 +891,7 @@ def build_problem(
     robust: Union[RobustKernel, str, None] = None,
     robust_edges: str = "all",
     packed_costs: Sequence[Tuple[th.CostFunction, Sequence[Optional[PackedSlot]]]] = (),
+    priors: Sequence[PriorTerms] = (),
 ) -> PoseGraphProblem:
     """Build the Theseus objective of a PoseGraph (vectorized: no per-edge objects).
 
@@ -869,7 +908,10 @@ def build_problem(
     graph (``slots`` as :class:`~posegraph.user_costs.PackedCost`'s, element indices in
     storage order), added as PackedCosts. They join the components they touch; a component
     that one of them touches at exactly one pose (a prior) is anchored by it and gets no
-    automatic gauge; the points they touch are optimized.
+    automatic gauge; the points they touch are optimized. ``priors``: pose and position
+    priors (:class:`~posegraph.user_costs.PriorTerms`, element indices in storage order), one
+    vectorized cost per kind (``"priors"``, ``"position_priors"``); they anchor their
+    components as well.
     """
     kernel = RobustKernel.parse(robust)
     if graph.poses is None:
@@ -905,8 +947,9 @@ def build_problem(
         raise PoseGraphError(f"edge {k}: self-loop", g.source)
     edges = g.edges.to(poses.device)
     labels = g.components()
-    if packed_costs:
-        labels, gauge = _gauge_with_costs(g, labels, packed_costs)
+    if packed_costs or priors:
+        anchors = [int(k) for terms in priors for k in terms.elements.tolist()]
+        labels, gauge = _gauge_with_costs(g, labels, packed_costs, anchors)
     else:
         gauge = g.gauge_fixed(labels)
     _warn_disconnected(g, labels, gauge)
@@ -924,7 +967,8 @@ def build_problem(
     points, observations, mesh_cost = _landmark_costs(g, pose_var, consensus, mesh, touched)
     packed = {"poses": pose_var, "points": points}
     wrapped = [PackedCost(cost, slots, packed) for cost, slots in packed_costs]
-    for cost in (observations, mesh_cost, *extra_costs, *wrapped):
+    prior_costs = [_prior_cost(pose_var, terms, consensus) for terms in priors]
+    for cost in (observations, mesh_cost, *prior_costs, *extra_costs, *wrapped):
         if cost is not None:
             objective.add(cost)
     objective.to(device=poses.device)

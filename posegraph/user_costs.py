@@ -19,7 +19,9 @@ objective as it is: Theseus would see ``x3`` as a new variable, apart from the p
 The tangent conventions agree: a ManifoldArray retracts each element with the element class's
 own ``X ⊕ δ = X · Exp(δ)`` (points: ``x + δ``), the convention of the user cost's Jacobians.
 
-:class:`PositionPrior` is the cost behind ``PoseGraphBuilder.add_position_prior``.
+:class:`PosePriors` and :class:`PositionPriors` are the builder's own priors
+(``add_prior``, ``add_position_prior``), vectorized like the edges: one cost for all of them.
+:class:`PositionPrior` is the same position residual as an ordinary Theseus cost.
 """
 
 from __future__ import annotations
@@ -30,8 +32,23 @@ from typing import List, Mapping, Optional, Sequence, Tuple
 import theseus as th
 import torch
 
-from .costs import BlockSparseCostFunction, JacobianBlocks
+from .costs import _BETWEEN_KERNELS, BlockSparseCostFunction, JacobianBlocks
 from .variables import ManifoldArray
+from .weights import BlockCostWeight
+
+
+@dataclass
+class PriorTerms:
+    """The builder's priors of one kind, handed to ``build_problem``: ``kind`` ``"pose"``
+    (:class:`PosePriors`) or ``"position"`` (:class:`PositionPriors`), the pose of each
+    ``elements`` ``(K,)``, ``values`` ``(B, K, …)``, ``information`` ``(B, K, d, d)`` and
+    ``names``."""
+
+    kind: str
+    elements: torch.Tensor
+    values: torch.Tensor
+    information: torch.Tensor
+    names: List[str]
 
 
 @dataclass(frozen=True)
@@ -165,12 +182,7 @@ class PositionPrior(th.CostFunction):
         self.register_aux_vars(["position"])
 
     def _rotation_translation(self) -> Tuple[torch.Tensor, torch.Tensor]:
-        x = self.pose.tensor
-        if isinstance(self.pose, th.SE2):  # [x, y, cos, sin]
-            c, s = x[:, 2], x[:, 3]
-            rot = torch.stack([torch.stack([c, -s], -1), torch.stack([s, c], -1)], -2)
-            return rot, x[:, :2]
-        return x[:, :, :3], x[:, :, 3]
+        return _rotation_translation(self.pose.tensor, type(self.pose))
 
     def error(self) -> torch.Tensor:
         return self._rotation_translation()[1] - self.position.tensor
@@ -186,3 +198,121 @@ class PositionPrior(th.CostFunction):
 
     def _copy_impl(self, new_name: Optional[str] = None) -> "PositionPrior":
         return PositionPrior(self.pose.copy(), self.position.copy(), self.weight.copy(), name=new_name)
+
+
+def _rotation_translation(x: torch.Tensor, element_cls: type) -> Tuple[torch.Tensor, torch.Tensor]:
+    """``R`` ``(..., d, d)`` and ``t`` ``(..., d)`` of SE3 ``(..., 3, 4)`` or SE2 ``(..., 4)``
+    tensors (SE2: ``R = [[c, −s], [s, c]]``)."""
+    if element_cls is th.SE2:
+        c, s = x[..., 2], x[..., 3]
+        return torch.stack([torch.stack([c, -s], -1), torch.stack([s, c], -1)], -2), x[..., :2]
+    return x[..., :3], x[..., 3]
+
+
+class PosePriors(BlockSparseCostFunction):
+    """Priors ``Zₖ`` on poses ``X_{e(k)}``: ``eₖ = Log(Zₖ⁻¹ X_{e(k)})`` (Theseus'
+    ``th.Difference``, GTSAM's ``PriorFactor``), all in one cost.
+
+    It is the between residual ``Log(Z⁻¹ Xᵢ⁻¹ Xⱼ)`` with ``Xᵢ = I``, so the edges' kernels give
+    it and its Jacobian ``∂e/∂δ = J_r⁻¹(e)`` (see :class:`~posegraph.costs.BetweenEdges`).
+
+    Args:
+        poses: the packed poses (``th.SE3`` or ``th.SE2`` elements).
+        elements: ``(K,)`` the pose of each prior.
+        measurements: ``th.Variable`` ``(B|1, K, *element_shape)``.
+        weight: a block weight with ``block_dim`` = pose dof.
+    """
+
+    def __init__(
+        self,
+        poses: ManifoldArray,
+        elements: torch.Tensor,
+        measurements: th.Variable,
+        weight: BlockCostWeight,
+        name: Optional[str] = None,
+        prior_names: Optional[Sequence[str]] = None,
+    ):
+        super().__init__(weight, poses.element_dof, int(elements.shape[0]), name, prior_names)
+        self.poses = poses
+        self.measurements = measurements
+        self.elements = elements.to(device=poses.tensor.device, dtype=torch.long)
+        self._rows = torch.arange(self.num_blocks, device=self.elements.device)
+        self._kernels = _BETWEEN_KERNELS[poses.element_cls]
+        identity = torch.eye(3, 4) if poses.element_cls is th.SE3 else torch.tensor([0.0, 0.0, 1.0, 0.0])
+        self._identity = identity.to(poses.tensor)
+        self.register_optim_vars(["poses"])
+        self.register_aux_vars(["measurements"])
+
+    def block_layout(self) -> List[JacobianBlocks]:
+        return [JacobianBlocks(self.poses, self._rows, self.elements)]
+
+    def _parts(self):
+        x = self.poses.tensor.index_select(1, self.elements)
+        z = self.measurements.tensor
+        size = (max(x.shape[0], z.shape[0]), self.num_blocks, *self.poses.element_shape)
+        return self._kernels.log_parts(self._identity.to(x).expand(size), x.expand(size), z.expand(size))
+
+    def block_error(self) -> torch.Tensor:
+        return self._parts().err
+
+    def block_jacobians(self) -> Tuple[List[torch.Tensor], torch.Tensor]:
+        parts = self._parts()
+        return [self._kernels.jacobian(parts)], parts.err
+
+    def _copy_impl(self, new_name: Optional[str] = None) -> "PosePriors":
+        return PosePriors(
+            self.poses.copy(), self.elements.clone(), self.measurements.copy(), self.weight.copy(),
+            name=new_name, prior_names=self.block_names,
+        )
+
+
+class PositionPriors(BlockSparseCostFunction):
+    """Priors on pose positions (GPS): ``eₖ = t(X_{e(k)}) − pₖ``, all in one cost, with
+    ``∂e/∂δ = [R | 0]`` (see :class:`PositionPrior`).
+
+    Args:
+        poses: the packed poses (``th.SE3``: ``p`` in 3D; ``th.SE2``: in 2D).
+        elements: ``(K,)`` the pose of each prior.
+        positions: ``th.Variable`` ``(B|1, K, 3)`` (SE2: ``(B|1, K, 2)``).
+        weight: a block weight with ``block_dim`` = 3 (SE2: 2).
+    """
+
+    def __init__(
+        self,
+        poses: ManifoldArray,
+        elements: torch.Tensor,
+        positions: th.Variable,
+        weight: BlockCostWeight,
+        name: Optional[str] = None,
+        prior_names: Optional[Sequence[str]] = None,
+    ):
+        super().__init__(weight, positions.tensor.shape[-1], int(elements.shape[0]), name, prior_names)
+        self.poses = poses
+        self.positions = positions
+        self.elements = elements.to(device=poses.tensor.device, dtype=torch.long)
+        self._rows = torch.arange(self.num_blocks, device=self.elements.device)
+        self.register_optim_vars(["poses"])
+        self.register_aux_vars(["positions"])
+
+    def block_layout(self) -> List[JacobianBlocks]:
+        return [JacobianBlocks(self.poses, self._rows, self.elements)]
+
+    def _terms(self) -> Tuple[torch.Tensor, torch.Tensor]:
+        x = self.poses.tensor.index_select(1, self.elements)
+        rot, t = _rotation_translation(x, self.poses.element_cls)
+        return rot, t - self.positions.tensor
+
+    def block_error(self) -> torch.Tensor:
+        return self._terms()[1]
+
+    def block_jacobians(self) -> Tuple[List[torch.Tensor], torch.Tensor]:
+        rot, err = self._terms()
+        zeros = rot.new_zeros(*rot.shape[:-1], self.poses.element_dof - rot.shape[-1])
+        jac = torch.cat([rot, zeros], dim=-1).expand(err.shape[0], -1, -1, -1)
+        return [jac], err
+
+    def _copy_impl(self, new_name: Optional[str] = None) -> "PositionPriors":
+        return PositionPriors(
+            self.poses.copy(), self.elements.clone(), self.positions.copy(), self.weight.copy(),
+            name=new_name, prior_names=self.block_names,
+        )

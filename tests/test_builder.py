@@ -926,3 +926,35 @@ def test_debug_callback_names_user_costs():
     costs = cb.records[0]["cost_functions"]
     assert len(costs["mine"]["jacobian_norms"]) == 2 and len(costs["gps"]["jacobian_norms"]) == 1
     assert costs["gps"]["error_norm"] > 0 and "between x0 x1" in costs
+
+
+def test_builtin_prior_anchors_like_a_user_prior():
+    """With no fixed pose, add_prior anchors the graph (no pose held), and gives the optimum of
+    the same prior added as a th.Difference through add_cost."""
+    cls, edges, meas, infos, make = _user_cost_graph("SE3", False)
+    z = cls.rand(1, generator=torch.Generator().manual_seed(3), dtype=F64)
+    info = _diag_info("SE3", 9)
+    results = []
+    for builtin in (True, False):
+        poses, _, _ = make()
+        b = PoseGraphBuilder()
+        for p in poses:
+            b.add_pose(p)
+        for e, (i, j) in enumerate(edges):
+            b.add_between(poses[i], poses[j], measurement=meas[e], information=infos[e])
+        if builtin:
+            assert b.add_prior("x2", z, info, name="gps") == 0
+        else:
+            w = th.DiagonalCostWeight(torch.sqrt(torch.diag(info))[None])
+            b.add_cost(th.Difference(poses[2], z.copy(new_name="zz"), w, name="gps"))
+        before = poses[0].tensor.clone()
+        optimize(b.build(), SolverOptions(solver="gn", max_iterations=10, rel_tolerance=0.0, abs_tolerance=0.0))
+        assert not torch.allclose(poses[0].tensor, before)  # not held: the prior anchors
+        results.append(torch.stack([p.tensor for p in poses]))
+    torch.testing.assert_close(results[0], results[1], atol=1e-9, rtol=0)
+
+
+def test_builder_cost_names_are_reserved():
+    b, x0, x1 = two_pose_builder()
+    with raises_builder_error("'priors'", "already used"):
+        b.add_cost(th.Difference(x1, se3("t"), th.ScaleCostWeight(torch.ones(1, 1, dtype=F64)), name="priors"))
