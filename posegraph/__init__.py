@@ -22,9 +22,19 @@ Files and graphs
 Building
     ``PoseGraphBuilder`` — add your own ``th.SE3``/``th.SE2`` poses, relative-pose
     measurements with full information, and your own ``th.CostFunction`` terms; every input
-    is validated (class, shape, batch, dtype, device, names, endpoints) before building.
-    ``PoseGraphBuilder.add_point(th.Point3)`` / ``add_point_observation`` — landmarks and
-    pose → point observations in the same objective (anything but a ``th.Point3`` is refused).
+    is validated (class, shape, batch, dtype, device, names, endpoints, rotations) before
+    building; NumPy arrays, lists and NumPy integers are converted, bools refused
+    (``BuilderError``). ``PoseGraphBuilder(batch_size=B)`` solves ``B`` problems at once
+    (default: the first pose's batch size).
+    ``add_cost(cost)`` — any Theseus cost over the builder's poses and points (and your own
+    variables), optimized jointly through the sparse path (``PackedCost``);
+    ``add_prior(pose, measurement, information)`` / ``add_position_prior(pose, xyz,
+    information)`` — built-in priors. A prior over one pose anchors its component (no pose of
+    it is held automatically). ``problem.objective.add`` refuses costs over the builder's
+    poses and points (they are packed: use ``add_cost`` before ``build()``).
+    ``PoseGraphBuilder.add_point(th.Point3)`` / ``add_points((N, 3))`` /
+    ``add_point_observation`` — landmarks and pose → point observations in the same objective
+    (anything but a ``th.Point3`` is refused).
     ``build_problem(graph, mesh=None, robust=None, robust_edges="all") -> PoseGraphProblem``
     — the same objective from a PoseGraph; ``robust="huber:1.0"`` / ``"cauchy:0.5"`` or a
     ``RobustKernel`` on all edges or on loop closures (ids not consecutive; ``"dcs:1"``:
@@ -132,7 +142,9 @@ prefer_passive_waiting()  # before torch loads (see posegraph._openmp)
 
 from . import geometry, synthetic
 from .builder import MeshTerm, PoseGraphBuilder, PoseGraphProblem, build_problem, mesh_term
+from .builder import BuilderError
 from .costs import BetweenEdges, BlockSparseCostFunction, JacobianBlocks, PointObservations
+from .user_costs import PackedCost, PosePriors, PositionPrior, PositionPriors
 from .chordal import chordal_initialization
 from .config import ConfigError, load_config
 from .debug import DebugCallback, NonFiniteError, normal_matrix, normal_rhs
@@ -166,6 +178,11 @@ __all__ = [
     "initialize",
     "chordal_initialization",
     "PoseGraphBuilder",
+    "BuilderError",
+    "PackedCost",
+    "PositionPrior",
+    "PosePriors",
+    "PositionPriors",
     "PoseGraphProblem",
     "build_problem",
     "MeshTerm",

@@ -4,10 +4,13 @@ variables users hand in.
 Two entrances, one product (:class:`PoseGraphProblem`):
 
 * :class:`PoseGraphBuilder` — research scripts add their own ``th.SE3``/``th.SE2`` poses,
-  ``th.Point3`` points, relative-pose measurements with full information matrices, and their own
-  ``th.CostFunction`` terms. Every input is checked before anything is built (class, tensor
-  shape as Theseus defines it, batch size, dtype, device, unique names, known endpoints, no
-  self-loops); each error names the variable, what was expected and what was received.
+  ``th.Point3`` points, relative-pose measurements with full information matrices, priors, and
+  their own ``th.CostFunction`` terms, over the builder's poses and points or their own
+  variables (:mod:`posegraph.user_costs`). Every input is checked before anything is built
+  (class, tensor shape as Theseus defines it, batch size, dtype, device, unique names, known
+  endpoints, no self-loops, rotations by :func:`posegraph.lie.rotation_defect`'s rule); NumPy
+  arrays, lists and NumPy integers are converted, bools refused; each error is a
+  :class:`BuilderError` that names the argument, what was expected and what was received.
 * :func:`build_problem` — a :class:`~posegraph.graph.PoseGraph` read from a file, built
   without creating one Python object per pose or edge.
 
@@ -22,16 +25,18 @@ import warnings
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Dict, List, Optional, Sequence, Tuple, Type, Union
 
+import numpy as np
 import theseus as th
 import torch
 
-from .costs import BetweenEdges, PointObservations
+from .costs import BetweenEdges, BlockSparseCostFunction, PointObservations
 from .errors import PoseGraphError, check_device
-from .graph import POSE_KINDS, Landmarks, PoseGraph
+from .graph import POSE_KINDS, Landmarks, PoseGraph, connected_components
 from .information import first_oversized, information_bound
+from .lie import first_invalid_rotation, rotation_tolerance
 from .mesh import LaplacianSmoothingCost
-from .graph import POSE_KINDS, PoseGraph
 from .robust import RobustKernel, robustify
+from .user_costs import PackedCost, PackedSlot, PosePriors, PositionPriors, PriorTerms
 from .variables import ManifoldArray, element_layout
 from .weights import FullInformationWeight, cholesky_sqrt_information, symmetric_part
 
@@ -63,6 +68,9 @@ class PoseGraphProblem:
             landmarks), else None; ``observations`` is their pose → point cost and
             ``mesh_cost`` the Laplacian regularizer over them, when built with a mesh.
         point_variables: the user's own ``th.Point3`` variables (builder path).
+        user_costs: the user's own cost functions, as given (those over packed poses and
+            points enter the objective wrapped in a :class:`~posegraph.user_costs.PackedCost`
+            of the same name).
     """
 
     objective: th.Objective
@@ -137,16 +145,43 @@ def _shape_str(shape: Sequence[int]) -> str:
     return "(" + ", ".join(str(s) for s in shape) + ")"
 
 
-class _Consensus:
-    """dtype, device and batch size every tensor of one graph must agree on."""
+def _type_name(value: object) -> str:
+    """``th.SE3``, ``torch.Tensor``, ``numpy.ndarray``, ``list``… for messages."""
+    cls = type(value)
+    module = cls.__module__.split(".")[0]
+    if module == "theseus":
+        return f"th.{cls.__name__}"
+    return cls.__name__ if module == "builtins" else f"{module}.{cls.__name__}"
 
-    def __init__(self, dtype: Optional[torch.dtype], device: Optional[torch.device]):
+
+class _Consensus:
+    """dtype, device and batch size every tensor of one graph must agree on.
+
+    With ``batch`` given the batch size is fixed (:meth:`fix` may set it once more, from the
+    first pose): every batched tensor has that batch size or 1. Without it, the first batch
+    size other than 1 sets it (``build_problem`` and the layer, whose tensors are explicit).
+    """
+
+    def __init__(self, dtype: Optional[torch.dtype], device: Optional[torch.device], batch: Optional[int] = None):
         self.dtype = dtype
         self.device = torch.device(device) if device is not None else None
-        self.batch = 1
+        self.fixed = batch is not None
+        self.batch = 1 if batch is None else int(batch)
         self.batch_from: Optional[str] = None
+        self.advice = ""
 
-    def check(self, what: str, tensor: torch.Tensor, batched: bool = True) -> None:
+    def fix(self, batch: int, origin: str, advice: str = "") -> None:
+        """Fix the batch size to ``batch``, set by ``origin`` (for messages)."""
+        self.fixed, self.batch, self.batch_from, self.advice = True, int(batch), origin, advice
+
+    def check(self, what: str, tensor: torch.Tensor, batched: bool = True, received: str = "", hint: str = "") -> None:
+        if batched and self.fixed and tensor.ndim and tensor.shape[0] not in (1, self.batch):
+            # first: a batch explosion matters more than a dtype
+            expected = "1" if self.batch == 1 else f"{self.batch} or 1"
+            raise BuilderError(
+                f"{what}: expected batch size {expected} ({self.batch_from}{self.advice}), received "
+                f"{received or 'a tensor'} of shape {_shape_str(tensor.shape)}{hint}"
+            )
         if not tensor.is_floating_point():
             raise BuilderError(f"{what}: expected a floating-point tensor, received {tensor.dtype}")
         if self.dtype is None:
@@ -160,6 +195,8 @@ class _Consensus:
         if not batched:
             return
         b = tensor.shape[0]
+        if self.fixed:
+            return
         if b != 1 and self.batch != 1 and b != self.batch:
             raise BuilderError(
                 f"{what}: expected batch size {self.batch} (as {self.batch_from}) or 1, "
@@ -186,14 +223,28 @@ def _check_class(var: object, expected: Sequence[type], what: str) -> None:
 
 
 def _check_element_tensor(tensor: torch.Tensor, cls: type, what: str) -> None:
+    """Shape ``(batch, *element shape)``, finite values, and for poses rotations that pass
+    the rotation rule (:func:`posegraph.lie.rotation_defect`)."""
     shape, _ = element_layout(cls)
     if tensor.ndim != 1 + len(shape) or tuple(tensor.shape[1:]) != shape:
         raise BuilderError(
             f"{what}: expected a th.{cls.__name__} tensor of shape (batch, "
             f"{', '.join(map(str, shape))}), received {_shape_str(tensor.shape)}"
         )
+    if not tensor.is_floating_point():
+        raise BuilderError(f"{what}: expected a floating-point tensor, received {tensor.dtype}")
     if not torch.isfinite(tensor).all():
         raise BuilderError(f"{what}: tensor has non-finite values")
+    if cls in (th.SE3, th.SE2):
+        k, defect = first_invalid_rotation(tensor, _KIND_OF_CLASS[cls])
+        if k >= 0:
+            rot = "rotation (cos, sin)" if cls is th.SE2 else "rotation matrix R"
+            at = f" (batch element {k})" if tensor.shape[0] > 1 else ""
+            raise BuilderError(
+                f"{what}: expected a rotation, received a {rot}{at} that is not one: "
+                f"max(|RᵀR − I|, |det R − 1|) = {defect:.3g}, beyond the tolerance "
+                f"{rotation_tolerance(tensor.dtype):g} of {tensor.dtype}"
+            )
 
 
 def _check_information(info: torch.Tensor, dof: int, what: str) -> torch.Tensor:
@@ -206,6 +257,8 @@ def _check_information(info: torch.Tensor, dof: int, what: str) -> torch.Tensor:
             f"{what}: expected information of shape ({dof}, {dof}) or (batch, {dof}, {dof}), "
             f"received {_shape_str(received)}"
         )
+    if not info.is_floating_point():
+        raise BuilderError(f"{what}: expected a floating-point tensor, received {info.dtype}")
     if not torch.isfinite(info).all():
         raise BuilderError(f"{what}: information has non-finite values")
     over = first_oversized(info.detach(), information_bound(info.dtype))
@@ -214,7 +267,7 @@ def _check_information(info: torch.Tensor, dof: int, what: str) -> torch.Tensor:
     sym_err = (info - info.transpose(-1, -2)).abs().max()
     if sym_err > 1e-9 * max(1.0, float(info.abs().max())):
         raise BuilderError(f"{what}: information must be symmetric (asymmetry {float(sym_err):.3g})")
-    lam = torch.linalg.eigvalsh(info.detach().double())
+    lam = torch.linalg.eigvalsh(info.detach().double())  # (finite: entries are within the bound)
     if (lam[:, 0] < -1e-9 * lam.abs().max(dim=1).values.clamp_min(1.0)).any():
         raise BuilderError(
             f"{what}: information must be positive semidefinite "
@@ -247,20 +300,80 @@ def _check_graph_information(
         )
 
 
-def _as_tensor(value: TensorOrVar) -> torch.Tensor:
-    return value.tensor if isinstance(value, th.Variable) else value
+def _as_tensor(value: object, what: str, dtype: Optional[torch.dtype] = None, device=None) -> torch.Tensor:
+    """The tensor of a tensor or ``th.Variable``; NumPy arrays and scalars, (nested) lists and
+    tuples of numbers are converted (to ``dtype``/``device`` when given; float64 otherwise).
+    Anything else — bools, strings, ragged lists — is a BuilderError naming ``what``."""
+    if isinstance(value, th.Variable):
+        return value.tensor
+    if isinstance(value, torch.Tensor):
+        return value
+    if not isinstance(value, (np.ndarray, np.generic, list, tuple, int, float)) or isinstance(value, (bool, np.bool_)):
+        raise BuilderError(f"{what}: expected a tensor, a th.Variable, a NumPy array or a list of numbers, received {_type_name(value)}")
+    try:
+        array = np.asarray(value)
+    except (ValueError, TypeError):
+        array = None
+    if array is None or array.dtype.kind not in "fiu":
+        raise BuilderError(
+            f"{what}: expected numbers, received a {_type_name(value)} that is not a rectangular array of numbers"
+            + ("" if array is None else f" ({array.dtype})")
+        )
+    if dtype is None:
+        dtype = torch.float32 if array.dtype == np.float32 else torch.float64
+    return torch.as_tensor(array.astype(np.float64), device=device).to(dtype)
 
 
-def _lookup(ref: Union[th.Variable, str, int], items: Sequence[th.Variable], index: Dict[str, int], noun: str, what: str) -> int:
-    """Position of a variable given by object, name or position among ``items``."""
-    if isinstance(ref, int):
+def _lookup(ref: object, items: Sequence[th.Variable], index: Dict[str, int], noun: str, what: str) -> int:
+    """Position of a variable given by object, name or position (a Python or NumPy integer)
+    among ``items``; a bool is not a position."""
+    if isinstance(ref, (bool, np.bool_)):
+        raise BuilderError(f"{what}: expected a {noun} (variable, name or index), received the bool {ref!r}")
+    if isinstance(ref, (int, np.integer)):
+        ref = int(ref)
         if not 0 <= ref < len(items):
             raise BuilderError(f"{what}: expected a {noun} index in [0, {len(items)}), received {ref}")
         return ref
+    if not isinstance(ref, (str, th.Variable)):
+        raise BuilderError(f"{what}: expected a {noun} (variable, name or index), received {_type_name(ref)}")
     name = ref if isinstance(ref, str) else getattr(ref, "name", None)
     if name not in index or (not isinstance(ref, str) and items[index[name]] is not ref):
         raise BuilderError(f"{what}: refers to {name!r}, which is not a {noun} added to this builder")
     return index[name]
+
+
+def _optional_name(name: object, what: str) -> Optional[str]:
+    """``name`` when it is None or a non-empty str, else a BuilderError."""
+    if name is not None and (not isinstance(name, str) or not name):
+        raise BuilderError(f"{what} name: expected a non-empty str, received {_type_name(name)} {repr(name)[:40]}")
+    return name
+
+
+class _PackedObjective(th.Objective):
+    """A ``th.Objective`` that refuses a cost over a variable the builder packed: Theseus would
+    take it for a new variable, apart from the packed one, and the cost would have no effect
+    on the solution (:meth:`PoseGraphBuilder.add_cost` is the way in)."""
+
+    def __init__(self, dtype: Optional[torch.dtype] = None):
+        super().__init__(dtype=dtype)
+        #: ``id(user variable) → (variable, description)`` of every packed user variable.
+        self.packed_variables: Dict[int, Tuple[th.Variable, str]] = {}
+
+    def add(self, cost_function: th.CostFunction) -> None:
+        """Theseus' ``add``, after checking that no variable of the cost is packed."""
+        weight = getattr(cost_function, "weight", None)
+        variables = list(cost_function.optim_vars) + list(cost_function.aux_vars)
+        if weight is not None:
+            variables += list(weight.optim_vars) + list(weight.aux_vars)
+        for var in variables:
+            hit = self.packed_variables.get(id(var))
+            if hit is not None and hit[0] is var:
+                raise BuilderError(
+                    f"cost {cost_function.name!r}: uses {hit[1]}, which the builder packed into the "
+                    "problem's variables; objective.add would treat it as a new variable, apart from "
+                    "the optimized one: add the cost with PoseGraphBuilder.add_cost before build()"
+                )
+        super().add(cost_function)
 
 
 # -- the builder -----------------------------------------------------------------------------------
@@ -275,18 +388,40 @@ class PoseGraphBuilder:
         x0 = th.SE3(name="x0"); x1 = th.SE3(name="x1")
         b.add_pose(x0, fixed=True); b.add_pose(x1)
         b.add_between(x0, x1, measurement=th.SE3(...), information=torch.eye(6))
+        b.add_prior(x1, measurement=th.SE3(...), information=torch.eye(6))
         problem = b.build()          # problem.objective is a th.Objective
+
+    Inputs: tensors, ``th.Variable``s, NumPy arrays and lists of numbers (converted to the
+    builder's dtype); indices as Python or NumPy integers (not bools).
+
+    Batch size: ``batch_size`` problems are solved at once; every tensor has that batch size
+    or 1 (one value shared by every problem). Without ``batch_size``, the first pose added
+    sets it (its tensor's first dimension) — so a ``th.Point3`` of shape ``(N, 3)`` or a
+    measurement of ``N`` rows on a single problem is refused rather than read as ``N``
+    problems (use :meth:`add_points` for ``N`` points).
+
+    Rotations of poses and measurements must be rotations to within
+    :func:`posegraph.lie.rotation_tolerance` (1e-6 in float64, 1e-4 in float32); others (``2·I``,
+    zero) are refused, never projected (:func:`posegraph.lie.rotation_defect`).
 
     Args:
         dtype, device: required of every tensor; by default taken from the first one added.
             An absent device (``cuda`` without CUDA, a CUDA index beyond the devices
             present) is refused here (:class:`~posegraph.errors.DeviceError`).
+        batch_size: number of problems (default: that of the first pose).
     """
 
-    def __init__(self, dtype: Optional[torch.dtype] = None, device=None):
+    def __init__(self, dtype: Optional[torch.dtype] = None, device=None, batch_size: Optional[int] = None):
+        if batch_size is not None and (isinstance(batch_size, (bool, np.bool_)) or not isinstance(batch_size, (int, np.integer)) or batch_size < 1):
+            raise BuilderError(f"batch_size: expected a positive integer, received {batch_size!r}")
         if device is not None:
             device = check_device("PoseGraphBuilder: device", device, solve=False)
-        self._consensus = _Consensus(dtype, device)
+        self._consensus = _Consensus(dtype, device, batch=1 if batch_size is None else int(batch_size))
+        if batch_size is None:
+            self._consensus.batch_from = "one problem until the first pose sets the batch size"
+        else:
+            self._consensus.batch_from = f"PoseGraphBuilder(batch_size={int(batch_size)})"
+        self._batch_declared = batch_size is not None
         self._kind: Optional[str] = None
         self._poses: List[th.Manifold] = []
         self._fixed: List[bool] = []
@@ -296,7 +431,11 @@ class PoseGraphBuilder:
         self._measurements: List[torch.Tensor] = []
         self._information: List[torch.Tensor] = []
         self._edge_names: List[str] = []
-        self._costs: List[th.CostFunction] = []
+        self._costs: List[Tuple[th.CostFunction, List[Optional[PackedSlot]]]] = []
+        #: (pose index, value, information, name) of each add_prior / add_position_prior
+        self._priors: Dict[str, List[Tuple[int, torch.Tensor, torch.Tensor, str]]] = {"pose": [], "position": []}
+        for own in _BUILT_COST_NAMES:
+            self._names[own] = "a cost the builder makes"
         self._points: List[th.Point3] = []
         self._point_fixed: List[bool] = []
         self._point_index: Dict[str, int] = {}
@@ -311,18 +450,30 @@ class PoseGraphBuilder:
             raise BuilderError(f"{what}: name {name!r} is already used by {self._names[name]}")
         self._names[name] = what
 
+    def _tensor(self, value: object, what: str) -> torch.Tensor:
+        """:func:`_as_tensor` in the builder's dtype and device (when known)."""
+        return _as_tensor(value, what, self._consensus.dtype, self._consensus.device)
+
     # -- poses ----------------------------------------------------------------------------------
     def add_pose(self, pose: th.Manifold, fixed: bool = False) -> int:
         """Add a ``th.SE3`` or ``th.SE2`` pose (one kind per graph); returns its index.
 
-        ``fixed`` poses are held constant (the gauge); when none is fixed, the first pose
-        of every connected component is.
+        ``fixed`` poses are held constant (the gauge). When none of a connected component
+        is fixed, its first pose is — unless a prior (:meth:`add_prior`,
+        :meth:`add_position_prior`, or an :meth:`add_cost` cost over exactly one pose)
+        anchors it: then none is, as in stock Theseus.
         """
         _check_class(pose, (th.SE3, th.SE2), "pose")
         kind = _KIND_OF_CLASS[type(pose)]
         what = f"pose {pose.name!r}"
         if self._kind is not None and kind != self._kind:
             raise BuilderError(f"{what}: expected th.{self._kind} like the other poses, received th.{kind}")
+        if not self._poses and not self._batch_declared and pose.tensor.ndim >= 1:
+            self._consensus.fix(
+                pose.tensor.shape[0],
+                f"the batch size of the first pose {pose.name!r}",
+                "; declare PoseGraphBuilder(batch_size=B) to solve B problems",
+            )
         index = self._register(pose, self._poses, self._index, self._fixed, fixed, what)
         self._kind = kind
         return index
@@ -335,10 +486,15 @@ class PoseGraphBuilder:
         fixed_flags: List[bool],
         fixed: bool,
         what: str,
+        hint: str = "",
     ) -> int:
         """Check a pose/point variable's tensor and name, then add it; returns its position."""
+        if isinstance(fixed, (np.bool_, np.integer)):
+            fixed = bool(fixed)
+        if not isinstance(fixed, (bool, int)):
+            raise BuilderError(f"{what} fixed: expected a bool, received {_type_name(fixed)}")
         _check_element_tensor(var.tensor, type(var), what)
-        self._consensus.check(what, var.tensor)
+        self._consensus.check(what, var.tensor, received=f"a {_type_name(var)}", hint=hint)
         self._claim_name(var.name, what)
         index[var.name] = len(items)
         items.append(var)
@@ -350,34 +506,41 @@ class PoseGraphBuilder:
 
     def _measurement_and_information(
         self,
-        measurement: TensorOrVar,
-        information: Optional[TensorOrVar],
+        measurement: object,
+        information: object,
         cls: type,
         dof: int,
         what: str,
+        hint: str = "",
     ) -> Tuple[torch.Tensor, torch.Tensor]:
         """Checked ``(B|1, *shape)`` measurement of class ``cls`` and ``(B|1, dof, dof)``
-        information (identity if None)."""
+        information (identity if None; all-zero information is refused: the measurement
+        would have no effect)."""
         if isinstance(measurement, th.Variable):
             _check_class(measurement, (cls,), f"{what} measurement")
-        meas = _as_tensor(measurement)
+        meas = self._tensor(measurement, f"{what} measurement")
         if meas.ndim == len(element_layout(cls)[0]):
             meas = meas.unsqueeze(0)
         _check_element_tensor(meas, cls, f"{what} measurement")
-        self._consensus.check(f"{what} measurement", meas)
+        self._consensus.check(f"{what} measurement", meas, received=f"a {_type_name(measurement)}", hint=hint)
         if information is None:
             info = torch.eye(dof, dtype=meas.dtype, device=meas.device).unsqueeze(0)
         else:
-            info = _check_information(_as_tensor(information), dof, f"{what} information")
-        self._consensus.check(f"{what} information", info)
+            info = _check_information(self._tensor(information, f"{what} information"), dof, f"{what} information")
+            if not bool(info.any()):
+                raise BuilderError(
+                    f"{what} information: received all zeros, which would give the measurement no "
+                    "effect; leave it out, or give a positive semidefinite matrix that is not zero"
+                )
+        self._consensus.check(f"{what} information", info, received=f"a {_type_name(information)}")
         return meas, info
 
     def add_between(
         self,
         pose_i: Union[th.Manifold, str, int],
         pose_j: Union[th.Manifold, str, int],
-        measurement: TensorOrVar,
-        information: Optional[TensorOrVar] = None,
+        measurement: object,
+        information: object = None,
         name: Optional[str] = None,
     ) -> int:
         """Add a relative-pose measurement ``Zᵢⱼ`` (Xⱼ seen from Xᵢ), residual
@@ -387,6 +550,7 @@ class PoseGraphBuilder:
         ``information``: ``(d, d)`` or ``(B|1, d, d)``. Returns the edge index.
         """
         k = len(self._edges)
+        name = _optional_name(name, f"edge #{k}")
         what = f"edge {name!r}" if name else f"edge #{k}"
         i = self._pose_index(pose_i, what)
         j = self._pose_index(pose_j, what)
@@ -404,16 +568,126 @@ class PoseGraphBuilder:
         self._edge_names.append(edge_name)
         return k
 
+    # -- priors -----------------------------------------------------------------------------------
+    def _prior_what(self, name: object, noun: str) -> Tuple[Optional[str], str]:
+        """The checked name and the ``what`` of a prior's messages."""
+        name = _optional_name(name, noun)
+        k = len(self._priors["pose" if noun == "prior" else "position"])
+        return name, f"{noun} {name!r}" if name else f"{noun} #{k}"
+
+    def add_prior(
+        self,
+        pose: Union[th.Manifold, str, int],
+        measurement: object,
+        information: object = None,
+        name: Optional[str] = None,
+    ) -> int:
+        """Add a prior ``Z`` on a pose: residual ``Log(Z⁻¹ X)`` (Theseus' ``th.Difference``,
+        GTSAM's ``PriorFactor``), weighted by the full information matrix (identity if None,
+        translation then rotation as for edges). All priors are one vectorized cost
+        (:class:`~posegraph.user_costs.PosePriors`, named ``"priors"``; each block named
+        ``name`` or ``"prior <pose name>"``). A prior anchors its pose's component: no pose of
+        it is held automatically. Returns the prior's index."""
+        name, what = self._prior_what(name, "prior")
+        i = self._pose_index(pose, what)
+        assert self._kind is not None
+        cls, _, dof = POSE_KINDS[self._kind]
+        meas, info = self._measurement_and_information(measurement, information, cls, dof, what)
+        if name:
+            self._claim_name(name, what)
+        self._priors["pose"].append((i, meas, info, name or f"prior {self._poses[i].name}"))
+        return len(self._priors["pose"]) - 1
+
+    def add_position_prior(
+        self,
+        pose: Union[th.Manifold, str, int],
+        xyz: object,
+        information: object = None,
+        name: Optional[str] = None,
+    ) -> int:
+        """Add a prior on a pose's position (GPS): residual ``t(X) − xyz``, ``xyz`` of shape
+        ``(3,)``/``(B|1, 3)`` for SE3 poses and ``(2,)``/``(B|1, 2)`` for SE2, weighted by
+        ``information`` (3×3 or 2×2, identity if None). The orientation stays free: a
+        component anchored by position priors alone needs them on three poses not on a line
+        (SE3; two distinct ones for SE2). All are one vectorized cost
+        (:class:`~posegraph.user_costs.PositionPriors`, named ``"position_priors"``). Returns
+        the prior's index."""
+        name, what = self._prior_what(name, "position prior")
+        i = self._pose_index(pose, what)
+        dim = 3 if self._kind == "SE3" else 2
+        pos = self._tensor(xyz, f"{what} xyz")
+        pos = pos.unsqueeze(0) if pos.ndim == 1 else pos
+        if pos.ndim != 2 or pos.shape[1] != dim:
+            raise BuilderError(f"{what} xyz: expected shape ({dim},) or (batch, {dim}), received {_shape_str(pos.shape)}")
+        self._consensus.check(f"{what} xyz", pos, received=f"a {_type_name(xyz)}")
+        if not torch.isfinite(pos).all():
+            raise BuilderError(f"{what} xyz: non-finite values")
+        if information is None:
+            info = torch.eye(dim, dtype=pos.dtype, device=pos.device).unsqueeze(0)
+        else:
+            info = _check_information(self._tensor(information, f"{what} information"), dim, f"{what} information")
+            if not bool(info.any()):
+                raise BuilderError(f"{what} information: received all zeros, which would give the prior no effect")
+            self._consensus.check(f"{what} information", info, received=f"a {_type_name(information)}")
+        if name:
+            self._claim_name(name, what)
+        self._priors["position"].append((i, pos, info, name or f"position prior {self._poses[i].name}"))
+        return len(self._priors["position"]) - 1
+
+    def _prior_terms(self, batch: int) -> List[PriorTerms]:
+        terms = []
+        for kind, items in self._priors.items():
+            if items:
+                elements = torch.tensor([i for i, _, _, _ in items], dtype=torch.long)
+                values = _stack_batch([v for _, v, _, _ in items], batch)
+                info = _stack_batch([w for _, _, w, _ in items], batch)
+                terms.append(PriorTerms(kind, elements, values, info, [n for _, _, _, n in items]))
+        return terms
+
     # -- points ---------------------------------------------------------------------------------
     def add_point(self, point: th.Point3, fixed: bool = False) -> int:
         """Add a ``th.Point3`` landmark (e.g. a mesh vertex); returns its index.
 
         Anything else — a ``th.Vector``/``th.Variable`` of shape ``(V, 3)`` in particular,
-        whose vertex count Theseus would read as the batch size — is refused.
+        whose vertex count Theseus would read as the batch size — is refused, and so is a
+        ``th.Point3`` of shape ``(N, 3)`` on a problem of another batch size (use
+        :meth:`add_points` for ``N`` points).
         """
         _check_class(point, (th.Point3,), "point")
         what = f"point {point.name!r}"
-        return self._register(point, self._points, self._point_index, self._point_fixed, fixed, what)
+        n = point.tensor.shape[0] if point.tensor.ndim == 2 else 1
+        hint = ""
+        if self._consensus.batch == 1 and n > 1:
+            hint = (
+                f": it would be read as {n} problems; to add {n} points, use "
+                f"add_points(positions of shape ({n}, 3))"
+            )
+        return self._register(point, self._points, self._point_index, self._point_fixed, fixed, what, hint)
+
+    def add_points(
+        self, positions: object, fixed: bool = False, names: Optional[Sequence[str]] = None
+    ) -> List[th.Point3]:
+        """Add ``N`` points at once from positions of shape ``(N, 3)`` (or ``(B, N, 3)`` for
+        ``B`` problems); returns the new ``th.Point3`` variables (named ``names``, by default
+        ``"point<k>"`` with ``k`` the point's index), which the solve writes back into."""
+        pos = self._tensor(positions, "add_points positions")
+        if pos.ndim not in (2, 3) or pos.shape[-1] != 3:
+            raise BuilderError(f"add_points positions: expected shape (N, 3) or (batch, N, 3), received {_shape_str(pos.shape)}")
+        if pos.ndim == 2:
+            pos = pos.unsqueeze(0)
+        n = pos.shape[1]
+        if names is not None and (isinstance(names, str) or not hasattr(names, "__len__") or len(names) != n):
+            raise BuilderError(f"add_points names: expected {n} names, received {repr(names)[:80]}")
+        for k in range(n if names is not None else 0):
+            _optional_name(names[k], f"add_points point {k}")
+        first = len(self._points)
+        points = [
+            th.Point3(tensor=pos[:, k].clone(), name=names[k] if names is not None else f"point{first + k}")
+            for k in range(n)
+        ]
+        for p in points:
+            self.add_point(p, fixed=fixed)
+        return points
 
     def _point_ref(self, ref: Union[th.Point3, str, int], what: str) -> int:
         return _lookup(ref, self._points, self._point_index, "point", what)
@@ -422,9 +696,9 @@ class PoseGraphBuilder:
         self,
         pose: Union[th.Manifold, str, int],
         point: Union[th.Point3, str, int],
-        measurement: TensorOrVar,
-        information: Optional[TensorOrVar] = None,
-        offset: Optional[TensorOrVar] = None,
+        measurement: object,
+        information: object = None,
+        offset: object = None,
         name: Optional[str] = None,
     ) -> int:
         """Add an observation of ``point`` from SE3 ``pose``: ``z ≈ (X·O)⁻¹ p``, residual
@@ -435,19 +709,24 @@ class PoseGraphBuilder:
         Returns the observation index.
         """
         k = len(self._obs)
+        name = _optional_name(name, f"observation #{k}")
         what = f"observation {name!r}" if name else f"observation #{k}"
         if self._kind != "SE3":
             got = f"th.{self._kind} poses" if self._kind else "no poses yet"
             raise BuilderError(f"{what}: points are observed from th.SE3 poses, the builder has {got}")
         i = self._pose_index(pose, what)
         j = self._point_ref(point, what)
-        meas, info = self._measurement_and_information(measurement, information, th.Point3, 3, what)
+        rows = tuple(_as_tensor(measurement, f"{what} measurement").shape)
+        hint = ""
+        if self._consensus.batch == 1 and len(rows) == 2 and rows[0] > 1:
+            hint = f": it would be read as {rows[0]} problems; one observation takes one measurement of shape (3,)"
+        meas, info = self._measurement_and_information(measurement, information, th.Point3, 3, what, hint)
         if offset is None:
             off = torch.eye(3, 4, dtype=meas.dtype, device=meas.device)
         else:
             if isinstance(offset, th.Variable):
                 _check_class(offset, (th.SE3,), f"{what} offset")
-            off = _as_tensor(offset)
+            off = self._tensor(offset, f"{what} offset")
             off = off.unsqueeze(0) if off.ndim == 2 else off
             _check_element_tensor(off, th.SE3, f"{what} offset")
             if off.shape[0] != 1:
@@ -478,22 +757,47 @@ class PoseGraphBuilder:
             fixed=torch.tensor(self._point_fixed, dtype=torch.bool),
         )
 
+    # -- users' own costs --------------------------------------------------------------------------
+    def _packed_slot(self, var: th.Variable) -> Optional[PackedSlot]:
+        """Where ``var`` lives when it is a pose or point added here (the same object)."""
+        k = self._index.get(var.name)
+        if k is not None and self._poses[k] is var:
+            return PackedSlot("poses", k)
+        k = self._point_index.get(var.name)
+        if k is not None and self._points[k] is var:
+            return PackedSlot("points", k)
+        return None
+
     def add_cost(self, cost: th.CostFunction) -> None:
-        """Add a user's own Theseus cost function over its own variables (not the poses
-        added here, which are packed: use ``add_between`` for pose–pose terms)."""
+        """Add any Theseus cost function — ``th.Difference``, ``th.Between``, ``th.eb.*``, a
+        ``th.AutoDiffCostFunction``, a ``th.RobustCostFunction``… — over the poses and points
+        added here and/or the user's own variables. Everything is optimized jointly: the cost
+        is evaluated on the current packed poses and points, with its own weight and
+        Jacobians, and its Jacobian blocks enter the sparse system beside the edges'
+        (:class:`~posegraph.user_costs.PackedCost`).
+
+        Poses and points added here must be among the cost's optimization variables (not its
+        auxiliary, constant, ones: they are optimized).
+        """
         if not isinstance(cost, th.CostFunction):
-            raise BuilderError(f"cost: expected a th.CostFunction, received {type(cost).__name__}")
-        self._claim_name(cost.name, f"cost {cost.name!r}")
-        for var in list(cost.optim_vars) + list(cost.aux_vars):
-            if (var.name in self._index and self._poses[self._index[var.name]] is var) or (
-                var.name in self._point_index and self._points[self._point_index[var.name]] is var
-            ):
+            raise BuilderError(f"cost: expected a th.CostFunction, received {_type_name(cost)}")
+        what = f"cost {cost.name!r}"
+        slots = [self._packed_slot(var) for var in cost.optim_vars]
+        for var, slot in zip(cost.optim_vars, slots):
+            if slot is None:
+                self._consensus.check(f"{what} variable {var.name!r}", var.tensor, received=f"a {_type_name(var)}")
+        weight_vars = list(cost.weight.aux_vars) if isinstance(cost.weight, th.CostWeight) else []
+        for var in list(cost.aux_vars) + weight_vars:
+            slot = self._packed_slot(var)
+            if slot is not None:
+                noun = "pose" if slot.packed == "poses" else "point"
                 raise BuilderError(
-                    f"cost {cost.name!r}: uses {var.name!r}, which the builder packs with the other "
-                    "poses/points; expected costs over other variables"
+                    f"{what}: uses {noun} {var.name!r} as an auxiliary (constant) variable, but the "
+                    f"builder optimizes it; expected it among the cost's optimization variables"
                 )
-            self._consensus.check(f"cost {cost.name!r} variable {var.name!r}", var.tensor)
-        self._costs.append(cost)
+            self._consensus.check(f"{what} variable {var.name!r}", var.tensor, received=f"a {_type_name(var)}")
+        self._claim_name(cost.name, what)
+        self._costs.append((cost, slots))
 
     # -- build -----------------------------------------------------------------------------------
     def build(
@@ -520,13 +824,22 @@ class PoseGraphBuilder:
             fixed=torch.tensor(self._fixed, dtype=torch.bool),
             landmarks=self._landmarks(batch),
         )
+        own = [c for c, slots in self._costs if all(s is None for s in slots)]
+        packed = [(c, slots) for c, slots in self._costs if any(s is not None for s in slots)]
         problem = build_problem(
-            graph, edge_names=self._edge_names, extra_costs=self._costs, robust=robust,
-            robust_edges=robust_edges,
+            graph, edge_names=self._edge_names, extra_costs=own, robust=robust,
+            robust_edges=robust_edges, packed_costs=packed, priors=self._prior_terms(batch),
         )
         problem.pose_variables = list(self._poses)
         problem.point_variables = list(self._points)
+        problem.user_costs = [c for c, _ in self._costs]
         problem.graph = None
+        guard = problem.objective
+        if isinstance(guard, _PackedObjective):
+            for var in self._poses:
+                guard.packed_variables[id(var)] = (var, f"pose {var.name!r}")
+            for var in self._points:
+                guard.packed_variables[id(var)] = (var, f"point {var.name!r}")
         return problem
 
 
@@ -537,6 +850,51 @@ def _stack_batch(
     if not tensors:
         return torch.zeros(batch, 0, *tail, dtype=dtype, device=device)
     return torch.stack([t.expand(batch, *t.shape[1:]) for t in tensors], 1)
+
+
+#: Names of the costs the builder makes (users' costs may not take them).
+_BUILT_COST_NAMES = ("between", "point_observations", "mesh_laplacian", "priors", "position_priors")
+
+
+def _prior_cost(pose_var: ManifoldArray, terms: PriorTerms, consensus: _Consensus) -> BlockSparseCostFunction:
+    """The vectorized cost of one kind of prior (``"priors"`` or ``"position_priors"``)."""
+    name = "priors" if terms.kind == "pose" else "position_priors"
+    for what, t in ((f"{name} values", terms.values), (f"{name} information", terms.information)):
+        consensus.check(what, t)
+    weight = FullInformationWeight(
+        th.Variable(cholesky_sqrt_information(symmetric_part(terms.information)), name=f"{name}_sqrt_information"),
+        name=f"{name}_information",
+    )
+    cls = PosePriors if terms.kind == "pose" else PositionPriors
+    values = th.Variable(terms.values, name=f"{name}_values")
+    return cls(pose_var, terms.elements, values, weight, name=name, prior_names=terms.names)
+
+
+def _gauge_with_costs(
+    g: PoseGraph,
+    labels: np.ndarray,
+    packed_costs: Sequence[Tuple[th.CostFunction, Sequence[Optional[PackedSlot]]]],
+    anchors: Sequence[int] = (),
+) -> Tuple[np.ndarray, torch.Tensor]:
+    """Components and gauge with users' costs over packed poses and priors: a cost over
+    several poses joins their components; one over exactly one pose (a prior), and each of
+    ``anchors`` (priors' poses), anchors its component, which then keeps only its FIX'ed poses
+    fixed (none: the priors hold it, as in stock Theseus)."""
+    links, anchored = [], list(anchors)
+    for _, slots in packed_costs:
+        poses = sorted({s.element for s in slots if s is not None and s.packed == "poses"})
+        links += [(labels[a], labels[b]) for a, b in zip(poses[:-1], poses[1:])]
+        if len(poses) == 1:
+            anchored.append(poses[0])
+    count = int(labels.max(initial=-1)) + 1
+    if links:
+        merged = connected_components(count, np.asarray(links, dtype=np.int64).reshape(-1, 2))
+        labels = merged[labels]
+    gauge = g.gauge_fixed(labels)
+    auto = gauge & ~g.fixed.cpu()
+    held = np.isin(labels, labels[anchored]) if anchored else np.zeros(len(labels), dtype=bool)
+    gauge[torch.as_tensor(held) & auto] = False
+    return labels, gauge
 
 
 def _warn_disconnected(graph: PoseGraph, labels, gauge: torch.Tensor) -> None:
@@ -569,6 +927,8 @@ def build_problem(
     mesh: Optional["MeshTerm"] = None,
     robust: Union[RobustKernel, str, None] = None,
     robust_edges: str = "all",
+    packed_costs: Sequence[Tuple[th.CostFunction, Sequence[Optional[PackedSlot]]]] = (),
+    priors: Sequence[PriorTerms] = (),
 ) -> PoseGraphProblem:
     """Build the Theseus objective of a PoseGraph (vectorized: no per-edge objects).
 
@@ -580,6 +940,15 @@ def build_problem(
     :class:`~posegraph.costs.PointObservations` cost over a packed ``th.Point3`` variable;
     points that nothing observes (and no mesh ties) are held constant. ``mesh`` (see
     :func:`mesh_term`) adds a Laplacian regularizer over those points.
+
+    ``packed_costs``: ``(cost, slots)`` pairs of Theseus costs over poses and points of the
+    graph (``slots`` as :class:`~posegraph.user_costs.PackedCost`'s, element indices in
+    storage order), added as PackedCosts. They join the components they touch; a component
+    that one of them touches at exactly one pose (a prior) is anchored by it and gets no
+    automatic gauge; the points they touch are optimized. ``priors``: pose and position
+    priors (:class:`~posegraph.user_costs.PriorTerms`, element indices in storage order), one
+    vectorized cost per kind (``"priors"``, ``"position_priors"``); they anchor their
+    components as well.
     """
     kernel = RobustKernel.parse(robust)
     if graph.poses is None:
@@ -621,7 +990,11 @@ def build_problem(
     )
     edges = g.edges.to(poses.device)
     labels = g.components()
-    gauge = g.gauge_fixed(labels)
+    if packed_costs or priors:
+        anchors = [int(k) for terms in priors for k in terms.elements.tolist()]
+        labels, gauge = _gauge_with_costs(g, labels, packed_costs, anchors)
+    else:
+        gauge = g.gauge_fixed(labels)
     _warn_disconnected(g, labels, gauge)
     pose_var = ManifoldArray(poses, cls, gauge, name="poses")
     meas_var = th.Variable(meas, name="measurements")
@@ -631,10 +1004,14 @@ def build_problem(
     weight = robustify(weight, kernel, robust_edges, g.ids, g.edges)
     names = list(edge_names) if edge_names is not None else g.edge_names  # named when first asked
     between = BetweenEdges(pose_var, edges, meas_var, weight, name="between", edge_names=names)
-    objective = th.Objective(dtype=poses.dtype)
+    objective = _PackedObjective(dtype=poses.dtype)
     objective.add(between)
-    points, observations, mesh_cost = _landmark_costs(g, pose_var, consensus, mesh)
-    for cost in (observations, mesh_cost, *extra_costs):
+    touched = [s.element for _, slots in packed_costs for s in slots if s is not None and s.packed == "points"]
+    points, observations, mesh_cost = _landmark_costs(g, pose_var, consensus, mesh, touched)
+    packed = {"poses": pose_var, "points": points}
+    wrapped = [PackedCost(cost, slots, packed) for cost, slots in packed_costs]
+    prior_costs = [_prior_cost(pose_var, terms, consensus) for terms in priors]
+    for cost in (observations, mesh_cost, *prior_costs, *extra_costs, *wrapped):
         if cost is not None:
             objective.add(cost)
     objective.to(device=poses.device)
@@ -646,7 +1023,7 @@ def build_problem(
         kind=g.kind,
         ids=g.ids,
         graph=graph,
-        user_costs=list(extra_costs),
+        user_costs=list(extra_costs) + [cost for cost, _ in packed_costs],
         points=points,
         observations=observations,
         mesh_cost=mesh_cost,
@@ -730,9 +1107,14 @@ def _in(graph: PoseGraph) -> str:
 
 
 def _landmark_costs(
-    g: PoseGraph, pose_var: ManifoldArray, consensus: _Consensus, mesh: Optional[MeshTerm]
+    g: PoseGraph,
+    pose_var: ManifoldArray,
+    consensus: _Consensus,
+    mesh: Optional[MeshTerm],
+    touched: Sequence[int] = (),
 ) -> Tuple[Optional[ManifoldArray], Optional[PointObservations], Optional[LaplacianSmoothingCost]]:
-    """The points variable, their observation cost and the mesh regularizer (each or None)."""
+    """The points variable, their observation cost and the mesh regularizer (each or None);
+    ``touched`` points (of users' costs) are optimized even where nothing observes them."""
     lm = g.landmarks
     if lm is None:
         if mesh is not None:
@@ -780,6 +1162,7 @@ def _landmark_costs(
     held[obs[:, 1].cpu()] = False
     if mesh is not None:
         held[mesh.points.cpu()] = False
+    held[torch.as_tensor(list(touched), dtype=torch.long)] = False
     points = ManifoldArray(pos, th.Point3, fixed | held, name="points")
     observations = PointObservations(
         pose_var,

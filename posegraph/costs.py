@@ -20,16 +20,17 @@ import theseus as th
 import torch
 
 from . import geometry, native
-from .variables import ManifoldArray
+from .variables import ManifoldArray, element_columns, element_dof
 from .weights import BlockCostWeight, FullInformationWeight, LinearBlockWeight
 
 
 @dataclass(frozen=True)
 class JacobianBlocks:
     """Where ``K`` Jacobian blocks of a cost sit: block ``k`` is d(residual ``rows[k]``) /
-    d(element ``elements[k]`` of ``variable``)."""
+    d(element ``elements[k]`` of ``variable``). ``variable`` is a ManifoldArray, or any other
+    optimization variable as one element (index 0; see :func:`~posegraph.variables.element_columns`)."""
 
-    variable: ManifoldArray
+    variable: th.Manifold
     rows: torch.Tensor
     elements: torch.Tensor
 
@@ -50,7 +51,7 @@ class BlockSparseCostFunction(th.CostFunction, abc.ABC):
         block_names: Optional[Union[Sequence[str], Callable[[], Sequence[str]]]] = None,
     ):
         super().__init__(weight, name=name)
-        if weight.block_dim != block_dim:
+        if isinstance(weight, BlockCostWeight) and weight.block_dim != block_dim:
             raise ValueError(
                 f"cost {self.name!r}: weight block size {weight.block_dim} does not match "
                 f"residual block size {block_dim}"
@@ -115,20 +116,24 @@ class BlockSparseCostFunction(th.CostFunction, abc.ABC):
         Size grows as residuals × variable dof: meant for small problems and inspection; the
         sparse solve path uses :meth:`block_jacobians` and never calls this.
         """
-        jacs, err = self.block_jacobians()
+        return self._dense_jacobians(*self.block_jacobians())
+
+    def _dense_jacobians(self, jacs: Sequence[torch.Tensor], err: torch.Tensor) -> Tuple[List[torch.Tensor], torch.Tensor]:
+        """Dense ``(B, dim, var.dof())`` per optimization variable from Jacobian blocks in
+        layout order and the block error ``(B, num_blocks, block_dim)``."""
         batch = err.shape[0]
         dense = {
             id(v): err.new_zeros(batch, self.num_blocks, self.block_dim, v.dof())
             for v in self.optim_vars
         }
         for jac, lay in zip(jacs, self.block_layout()):
-            var = lay.variable
-            col = var.column_of_element().to(jac.device)[lay.elements]
+            var, e = lay.variable, element_dof(lay.variable)
+            col = element_columns(var).to(jac.device)[lay.elements]
             keep = col >= 0
-            out = dense[id(var)].view(batch, self.num_blocks, self.block_dim, -1, var.element_dof)
+            out = dense[id(var)].view(batch, self.num_blocks, self.block_dim, -1, e)
             blk = jac.expand(batch, *jac.shape[1:])[:, keep]
             out.permute(1, 3, 0, 2, 4).index_put_(  # (R, N, B, d, e) view of out
-                (lay.rows[keep], col[keep] // var.element_dof),
+                (lay.rows[keep], col[keep] // e),
                 blk.permute(1, 0, 2, 3),  # (K, B, d, e)
                 accumulate=True,
             )

@@ -41,11 +41,13 @@ from dataclasses import dataclass
 from typing import Any, Dict, Optional, Tuple, Union
 
 import numpy as np
+import torch
 
 from .errors import PoseGraphError
 from .graph import PoseGraph
 from .init import to_homogeneous
 from .io.trajectory import Trajectory
+from .lie import first_invalid_rotation
 
 ALIGNMENTS = ("se3", "sim3", "none")
 #: default ``max_diff`` of the association by timestamp, in seconds (evo's ``--t_max_diff``)
@@ -80,9 +82,9 @@ def umeyama(src: np.ndarray, dst: np.ndarray, with_scale: bool = False) -> Tuple
     sign[-1] = 1.0 if np.linalg.det(u) * np.linalg.det(vt) >= 0 else -1.0
     rot = (u * sign) @ vt
     var_s = (xs * xs).sum() / n
-    scale = float((dvals * sign).sum() / var_s) if with_scale else 1.0
     if with_scale and not var_s > 0:
         raise ValueError("umeyama: all source points coincide, the scale is undefined")
+    scale = float((dvals * sign).sum() / var_s) if with_scale else 1.0
     trans = mu_d - scale * rot @ mu_s
     return scale, rot, trans
 
@@ -171,6 +173,7 @@ def _side(x: Poses, role: str) -> _Side:
         raise PoseGraphError(f"{role}: expected VERTEX lines (poses), the file has only edges", x.source)
     if x.batch_size != 1:
         raise PoseGraphError(f"{role}: expected one graph, received a batch of {x.batch_size}", x.source)
+    _check_poses(x, role)
     mats = to_homogeneous(x.kind, x.poses.reshape(-1, *x.element_shape))
     return _Side(x.source, x.kind, mats, x.ids.cpu().numpy(), False)
 
@@ -257,15 +260,43 @@ def _matched_poses(estimate: Poses, truth: Poses, max_diff: float = MAX_TIME_DIF
     return est.mats[ie], ref.mats[ir], counts, "timestamp" if timed else "id"
 
 
+def _check_poses(graph: PoseGraph, role: str) -> None:
+    """Finite poses whose rotations pass posegraph's rotation rule
+    (:func:`posegraph.lie.rotation_defect`), else a PoseGraphError naming the vertex."""
+    poses = graph.poses.reshape(-1, *graph.element_shape)
+    finite = torch.isfinite(poses.reshape(poses.shape[0], -1)).all(dim=1)
+    if not bool(finite.all()):
+        k = int(torch.nonzero(~finite)[0])
+        raise PoseGraphError(f"{role}: vertex {int(graph.ids[k])} has a non-finite pose", graph.source)
+    k, defect = first_invalid_rotation(poses, graph.kind)
+    if k >= 0:
+        raise PoseGraphError(
+            f"{role}: vertex {int(graph.ids[k])}: expected a rotation, received one with "
+            f"max(|RᵀR − I|, |det R − 1|) = {defect:.3g}",
+            graph.source,
+        )
+
+
 def evaluate(estimate: Poses, truth: Poses, align_method: str = "se3", max_diff: float = MAX_TIME_DIFF
              ) -> Dict[str, Any]:
     """ATE and RPE of ``estimate`` against ``truth`` (pose graphs or TUM/KITTI trajectories;
     see the module doc) as a JSON-ready dict: ``ate`` (meters), ``rpe_translation`` (meters),
     ``rpe_rotation_rad`` (each evo's statistics), ``alignment``, ``poses`` (matched /
     estimate_only / truth_only counts), ``matched_by`` (``"id"`` or ``"timestamp"``;
-    ``max_diff`` seconds for the latter)."""
+    ``max_diff`` seconds for the latter).
+
+    Raises:
+        PoseGraphError: naming the estimate's file, for an unknown ``align_method``, poses
+            that cannot be compared, non-finite poses, rotations that are not rotations, or an
+            alignment that is undefined (a Sim(3) scale of coinciding positions).
+    """
+    if not isinstance(align_method, str) or align_method not in ALIGNMENTS:
+        raise PoseGraphError(f"align: expected one of {', '.join(ALIGNMENTS)}, received {align_method!r}", estimate.source)
     est, ref, counts, matched_by = _matched_poses(estimate, truth, max_diff)
-    aligned, transform = align(est, ref, align_method)
+    try:
+        aligned, transform = align(est, ref, align_method)
+    except (ValueError, np.linalg.LinAlgError) as err:
+        raise PoseGraphError(f"cannot align the estimate onto the ground truth {truth.source}: {err}", estimate.source) from None
     rpe_t, rpe_r = rpe_errors(aligned, ref)
     return {
         "estimate": estimate.source,

@@ -192,3 +192,18 @@ class ManifoldArray(th.Manifold):
         super().to(*args, **kwargs)
         self.free_index = self.free_index.to(self.tensor.device)
         return self
+
+
+def element_columns(var: th.Manifold) -> torch.Tensor:
+    """First tangent column of each element of ``var`` within it, ``-1`` for fixed elements:
+    :meth:`ManifoldArray.column_of_element`, or ``[0]`` for any other variable (one element
+    owning all its columns)."""
+    if isinstance(var, ManifoldArray):
+        return var.column_of_element()
+    return torch.zeros(1, dtype=torch.long)
+
+
+def element_dof(var: th.Manifold) -> int:
+    """Tangent columns of one element of ``var``: ``var.element_dof`` for a ManifoldArray, the
+    whole ``var.dof()`` for any other variable (one element)."""
+    return var.element_dof if isinstance(var, ManifoldArray) else var.dof()

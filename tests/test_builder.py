@@ -154,11 +154,11 @@ def test_batch_size_mismatch():
     b = PoseGraphBuilder()
     b.add_pose(se3("a", batch=2))
     b.add_pose(se3("one", batch=1))  # batch 1 broadcasts
-    with raises_builder_error("'c'", "batch size 2", "received 3"):
+    with raises_builder_error("pose 'c'", "th.SE3", "batch size 2", "shape (3, 3, 4)"):
         b.add_pose(se3("c", batch=3))
-    with raises_builder_error("measurement", "batch size 2", "received 3"):
+    with raises_builder_error("measurement", "th.SE3", "batch size 2", "shape (3, 3, 4)"):
         b.add_between("a", "one", measurement=se3("z", batch=3))
-    with raises_builder_error("information", "batch size 2", "received 4"):
+    with raises_builder_error("information", "batch size 2", "torch.Tensor", "shape (4, 6, 6)"):
         b.add_between("a", "one", measurement=se3("z", batch=2), information=torch.eye(6, dtype=F64).expand(4, 6, 6))
     b.add_between("a", "one", measurement=se3("z", batch=2), information=torch.eye(6, dtype=F64).expand(2, 6, 6))
     problem = b.build()
@@ -252,9 +252,9 @@ def test_add_cost_checks():
     b, x0, x1 = two_pose_builder()
     with raises_builder_error("th.CostFunction", "str"):
         b.add_cost("not a cost")
-    cost = th.Difference(x1, se3("target"), th.ScaleCostWeight(torch.ones(1, 1, dtype=F64)), name="prior")
-    with raises_builder_error("'prior'", "'x1'", "packs"):
-        b.add_cost(cost)
+    target_is_packed = th.Difference(se3("free"), x1, th.ScaleCostWeight(torch.ones(1, 1, dtype=F64)), name="aux")
+    with raises_builder_error("'aux'", "pose 'x1'", "auxiliary", "optimizes"):
+        b.add_cost(target_is_packed)
     v = th.Vector(tensor=torch.zeros(1, 2, dtype=torch.float32), name="v")  # float32
     own = th.Difference(v, th.Vector(tensor=torch.ones(1, 2, dtype=torch.float32), name="t"), th.ScaleCostWeight(torch.ones(1, 1, dtype=torch.float32)), name="own")
     with raises_builder_error("'own'", "'v'", "torch.float64", "torch.float32"):
@@ -269,7 +269,7 @@ def _chain_builder(s, init_noise_seed: int = 3, batch_meas=None, kind_cls=th.SE3
     rng = np.random.default_rng(init_noise_seed)
     init = s.truth @ random_perturbation(s.kind, len(s.ids), 0.2, rng)
     init[0] = s.truth[0]
-    b = PoseGraphBuilder()
+    b = PoseGraphBuilder(batch_size=None if batch_meas is None else batch_meas.shape[0])
     poses = [
         kind_cls(tensor=homogeneous_to_theseus(s.kind, init[k : k + 1]), name=f"x{vid}")
         for k, vid in enumerate(s.ids)
@@ -501,9 +501,10 @@ def test_point_observation_checks():
         b.add_point_observation(x0, p, torch.zeros(3, dtype=F64), offset=se2("o"))
     with raises_builder_error("observation #0 measurement", "dtype torch.float64", "torch.float32"):
         b.add_point_observation(x0, p, torch.zeros(3, dtype=torch.float32))
-    b.add_pose(se3("xb", batch=2))
-    with raises_builder_error("point 'p2'", "expected batch size 2", "received 3"):
-        b.add_point(th.Point3(tensor=torch.zeros(3, 3, dtype=F64), name="p2"))
+    b2 = PoseGraphBuilder()
+    b2.add_pose(se3("xb", batch=2))
+    with raises_builder_error("point 'p2'", "expected batch size 2", "th.Point3", "shape (3, 3)"):
+        b2.add_point(th.Point3(tensor=torch.zeros(3, 3, dtype=F64), name="p2"))
 
 
 def test_point_observation_needs_se3_poses():
@@ -518,7 +519,7 @@ def test_batched_points_equal_separate_builds():
     truths = torch.tensor([[[1.0, 2.0, 3.0]], [[0.0, -1.0, 4.0]]], dtype=F64)
 
     def build(batch_index=None):
-        b, x0, x1 = two_pose_builder()
+        b, x0, x1 = two_pose_builder(batch_size=2 if batch_index is None else None)
         b.add_between(x0, x1, measurement=x0.between(x1))
         p = point("p", [0.0, 0.0, 0.0])
         b.add_point(p)
@@ -533,3 +534,455 @@ def test_batched_points_equal_separate_builds():
         single = build(k)
         optimize(single, SolverOptions(solver="gn"))
         torch.testing.assert_close(batched.points.tensor[k], single.points.tensor[0], atol=1e-12, rtol=0)
+
+
+# -- users' own costs over the builder's poses and points ------------------------------------------
+
+
+def _diag_info(kind: str, seed: int) -> torch.Tensor:
+    g = torch.Generator().manual_seed(seed)
+    d = 6 if kind == "SE3" else 3
+    return torch.diag(0.5 + 4.0 * torch.rand(d, generator=g, dtype=F64))
+
+
+def _user_cost_graph(kind: str, fix_first: bool):
+    """Poses, edges and user costs of a small loop, the same for posegraph and stock Theseus:
+    ``make(cls)`` returns fresh user variables and costs over them."""
+    cls = th.SE3 if kind == "SE3" else th.SE2
+    n = 6
+    edges = [(k, k + 1) for k in range(n - 1)] + [(0, 3), (5, 1)]
+    gen = torch.Generator().manual_seed(10)
+    dof = 6 if kind == "SE3" else 3
+
+    def near(x, scale):  # x · Exp(δ), δ ~ scale · N(0, I)
+        return x.compose(cls.exp_map(scale * torch.randn(1, dof, generator=gen, dtype=F64)))
+
+    truth = [cls.rand(1, generator=gen, dtype=F64) for _ in range(n)]
+    init = [near(x, 0.2).tensor for x in truth]
+    meas = [near(truth[i].between(truth[j]), 0.05) for i, j in edges]
+    infos = [_diag_info(kind, 70 + e) for e in range(len(edges))]
+    prior_z = near(truth[3], 0.05)
+    between_z = near(truth[1].between(truth[4]), 0.05)
+    own_z = near(truth[5].between(truth[2]), 0.05)
+
+    def make():
+        poses = [cls(tensor=t.clone(), name=f"x{k}") for k, t in enumerate(init)]
+        own = cls(tensor=init[1].clone(), name="own")
+        dof = poses[0].dof()
+        w = th.DiagonalCostWeight(torch.sqrt(torch.diag(_diag_info(kind, 3)))[None])
+        costs = [
+            th.Difference(poses[3], cls(tensor=prior_z.tensor.clone(), name="z_prior"), w, name="prior3"),
+            th.Between(poses[1], poses[4], cls(tensor=between_z.tensor.clone(), name="z_b14"),
+                       th.ScaleCostWeight(torch.tensor([[2.0]], dtype=F64)), name="b14"),
+            # a cost over a packed pose and the user's own variable, and one over that alone
+            th.Between(poses[5], own, cls(tensor=own_z.tensor.clone(), name="z_own"),
+                       th.ScaleCostWeight(torch.tensor([[1.5]], dtype=F64)), name="b5own"),
+            th.Difference(own, cls(tensor=init[2].clone(), name="z_own_prior"),
+                          th.ScaleCostWeight(torch.tensor([[0.7]], dtype=F64)), name="own_prior"),
+        ]
+        assert all(c.dim() == dof for c in costs)
+        return poses, own, costs
+
+    return cls, edges, meas, infos, make
+
+
+def _stock_edges(obj, poses, edges, meas, infos, fix_first):
+    """Edges in plain Theseus: th.Between with the (diagonal) information's square root; an
+    edge from the fixed pose x0 is th.Difference(xⱼ, x0·Z), the same residual
+    Log(Z⁻¹ x0⁻¹ xⱼ) with x0 a constant."""
+    for e, (i, j) in enumerate(edges):
+        w = th.DiagonalCostWeight(torch.sqrt(torch.diag(infos[e]))[None])
+        if fix_first and i == 0:
+            target = poses[0].compose(meas[e])
+            target.name = f"t{e}"
+            obj.add(th.Difference(poses[j], target, w, name=f"e{e}"))
+        else:
+            assert j != 0 or not fix_first
+            obj.add(th.Between(poses[i], poses[j], meas[e].copy(new_name=f"m{e}"), w, name=f"e{e}"))
+
+
+def _stock_solve(kind, fix_first, edges, meas, infos, make):
+    """The same objective in plain Theseus, Gauss–Newton with the dense Cholesky solver."""
+    poses, own, costs = make()
+    obj = th.Objective(dtype=F64)
+    _stock_edges(obj, poses, edges, meas, infos, fix_first)
+    for c in costs:
+        obj.add(c)
+    obj.update()
+    opt = th.GaussNewton(obj, th.CholeskyDenseSolver, max_iterations=10, abs_err_tolerance=0.0, rel_err_tolerance=0.0)
+    opt.optimize()
+    return poses, own
+
+
+@pytest.mark.parametrize(
+    "kind,fix_first,linear_solver",
+    [("SE3", True, "auto"), ("SE3", False, "auto"), ("SE2", True, "auto"), ("SE2", False, "auto"), ("SE3", True, "dense")],
+    ids=["SE3-fixed", "SE3-anchored-by-prior", "SE2-fixed", "SE2-anchored-by-prior", "SE3-fixed-dense"],
+)
+def test_user_costs_over_packed_poses_equal_stock_theseus(kind, fix_first, linear_solver):
+    """th.Difference / th.Between over builder poses (alone, and with the user's own
+    variable) are optimized jointly; the optimum is stock Theseus' on the same objective.
+    Without a fixed pose, the prior anchors the graph (no automatic gauge), as in Theseus."""
+    cls, edges, meas, infos, make = _user_cost_graph(kind, fix_first)
+    poses, own, costs = make()
+    b = PoseGraphBuilder()
+    for k, p in enumerate(poses):
+        b.add_pose(p, fixed=fix_first and k == 0)
+    for e, (i, j) in enumerate(edges):
+        b.add_between(poses[i], poses[j], measurement=meas[e], information=infos[e])
+    for c in costs:
+        b.add_cost(c)
+    problem = b.build()
+    assert sorted(problem.objective.optim_vars) == ["own", "poses"]
+    opts = SolverOptions(solver="gn", max_iterations=10, rel_tolerance=0.0, abs_tolerance=0.0, linear_solver=linear_solver)
+    result = optimize(problem, opts)
+    assert result.status[0] in ("converged", "max-iterations")
+    stock_poses, stock_own = _stock_solve(kind, fix_first, edges, meas, infos, make)
+    for k in range(len(poses)):
+        torch.testing.assert_close(poses[k].tensor, stock_poses[k].tensor, atol=1e-8, rtol=0)
+    torch.testing.assert_close(own.tensor, stock_own.tensor, atol=1e-8, rtol=0)
+    # the prior moved x3 (it is not ignored): without it the optimum differs
+    b2 = PoseGraphBuilder()
+    poses2, _, costs2 = make()
+    for k, p in enumerate(poses2):
+        b2.add_pose(p, fixed=k == 0)
+    for e, (i, j) in enumerate(edges):
+        b2.add_between(poses2[i], poses2[j], measurement=meas[e], information=infos[e])
+    optimize(b2.build(), opts)
+    assert not torch.allclose(poses2[3].tensor, poses[3].tensor, atol=1e-4)
+
+
+def test_builtin_priors_equal_stock_theseus():
+    """add_prior is th.Difference with the full information; add_position_prior's Jacobian is
+    checked against Theseus' own (SE3.transform_from at the origin) through the optimum."""
+    cls, edges, meas, infos, make = _user_cost_graph("SE3", True)
+    info = torch.tensor([[4.0, 0.5, 0, 0, 0, 0], [0.5, 3.0, 0, 0, 0, 0], [0, 0, 2.0, 0, 0, 0.3],
+                         [0, 0, 0, 1.0, 0, 0], [0, 0, 0, 0, 1.5, 0], [0, 0, 0.3, 0, 0, 2.5]], dtype=F64)
+    z = cls.rand(1, generator=torch.Generator().manual_seed(3), dtype=F64)
+    xyz = torch.tensor([1.0, -2.0, 0.5], dtype=F64)
+    pos_info = torch.tensor([[2.0, 0.3, 0.0], [0.3, 1.0, 0.0], [0.0, 0.0, 5.0]], dtype=F64)
+
+    poses, _, _ = make()
+    b = PoseGraphBuilder()
+    for k, p in enumerate(poses):
+        b.add_pose(p, fixed=k == 0)
+    for e, (i, j) in enumerate(edges):
+        b.add_between(poses[i], poses[j], measurement=meas[e], information=infos[e])
+    b.add_prior(poses[2], z, info)
+    b.add_position_prior("x4", xyz, pos_info)
+    opts = SolverOptions(solver="gn", max_iterations=10, rel_tolerance=0.0, abs_tolerance=0.0)
+    optimize(b.build(), opts)
+
+    class StockPosition(th.CostFunction):
+        def __init__(self, pose, weight):
+            super().__init__(weight, name="stock_position")
+            self.pose = pose
+            self.register_optim_vars(["pose"])
+
+        def error(self):
+            return self.pose.transform_from(th.Point3(tensor=torch.zeros(1, 3, dtype=F64))).tensor - xyz
+
+        def jacobians(self):
+            jac = []
+            out = self.pose.transform_from(th.Point3(tensor=torch.zeros(1, 3, dtype=F64)), jacobians=jac)
+            return [jac[0]], out.tensor - xyz
+
+        def dim(self):
+            return 3
+
+        def _copy_impl(self, new_name=None):
+            raise NotImplementedError
+
+    sp, _, _ = make()
+    obj = th.Objective(dtype=F64)
+    _stock_edges(obj, sp, edges, meas, infos, True)
+    chol = lambda m: torch.linalg.cholesky(m).T[None]  # W with WᵀW = Ω
+    from posegraph.weights import FullInformationWeight
+
+    obj.add(th.Difference(sp[2], z.copy(new_name="zp"), FullInformationWeight(chol(info)), name="p"))
+    obj.add(StockPosition(sp[4], FullInformationWeight(chol(pos_info))))
+    obj.update()
+    th.GaussNewton(obj, th.CholeskyDenseSolver, max_iterations=10, abs_err_tolerance=0.0, rel_err_tolerance=0.0).optimize()
+    for k in range(len(poses)):
+        torch.testing.assert_close(poses[k].tensor, sp[k].tensor, atol=1e-8, rtol=0)
+
+
+def test_cost_over_unobserved_point_optimizes_it():
+    b, x0, x1 = two_pose_builder()
+    b.add_between(x0, x1, measurement=x0.between(x1))
+    seen, lone = point("seen", [1.0, 2.0, 3.0]), point("lone", [0.0, 0.0, 0.0])
+    b.add_point(seen)
+    b.add_point(lone)
+    b.add_point_observation(x0, seen, measurement=_observed(x0, seen.tensor[0]))
+    target = th.Point3(tensor=torch.tensor([[4.0, -1.0, 2.0]], dtype=F64), name="target")
+    b.add_cost(th.Difference(lone, target, th.ScaleCostWeight(torch.ones(1, 1, dtype=F64)), name="lone_prior"))
+    optimize(b.build(), SolverOptions(solver="gn"))
+    torch.testing.assert_close(lone.tensor, target.tensor, atol=1e-10, rtol=0)
+
+
+def test_objective_add_with_packed_variable_is_refused():
+    b, x0, x1 = two_pose_builder()
+    b.add_between(x0, x1, measurement=se3("z", seed=4))
+    p = point("p", [0.0, 0.0, 0.0])
+    b.add_point(p)
+    problem = b.build()
+    cost = th.Difference(x1, se3("target"), th.ScaleCostWeight(torch.ones(1, 1, dtype=F64)), name="late")
+    with raises_builder_error("'late'", "pose 'x1'", "add_cost"):
+        problem.objective.add(cost)
+    assert "x1" not in problem.objective.optim_vars and "late" not in problem.objective.cost_functions
+    with raises_builder_error("point 'p'", "add_cost"):
+        problem.objective.add(th.Difference(p, point("t", [1.0, 1.0, 1.0]), th.ScaleCostWeight(1.0), name="pp"))
+    # costs over other variables are still welcome
+    v = th.Vector(tensor=torch.zeros(1, 2, dtype=F64), name="v")
+    problem.objective.add(th.Difference(v, th.Vector(tensor=torch.ones(1, 2, dtype=F64), name="t"), th.ScaleCostWeight(torch.ones(1, 1, dtype=F64)), name="ok"))
+
+
+# -- batch sizes: no silent batch explosion ----------------------------------------------------------
+
+
+def test_point_of_n_rows_on_one_problem_is_refused():
+    b, x0, x1 = two_pose_builder()
+    with raises_builder_error("point 'p'", "th.Point3", "expected batch size 1", "shape (5, 3)",
+                              "5 problems", "add_points(positions of shape (5, 3))"):
+        b.add_point(th.Point3(tensor=torch.randn(5, 3, dtype=F64), name="p"))
+
+
+def test_issue_reproducers_in_default_dtype_name_the_batch():
+    """The reproducers as a user types them (torch.randn: float32 on a float64 graph): the
+    batch size is named first."""
+    b, x0, x1 = two_pose_builder()
+    with raises_builder_error("point", "5 problems", "add_points"):
+        b.add_point(th.Point3(tensor=torch.randn(5, 3)))
+    p = point("p", [0.0, 0.0, 0.0])
+    b.add_point(p)
+    with raises_builder_error("observation #0 measurement", "5 problems"):
+        b.add_point_observation(x1, p, measurement=torch.randn(5, 3))
+
+
+def test_observation_of_n_rows_on_one_problem_is_refused():
+    b, x0, x1 = two_pose_builder()
+    p = point("p", [0.0, 0.0, 0.0])
+    b.add_point(p)
+    with raises_builder_error("observation #0 measurement", "torch.Tensor", "expected batch size 1", "shape (5, 3)", "5 problems"):
+        b.add_point_observation(x1, p, measurement=torch.randn(5, 3, dtype=F64))
+
+
+def test_batched_inputs_on_one_problem_are_refused():
+    b, x0, x1 = two_pose_builder()
+    with raises_builder_error("pose 'x2'", "th.SE3", "expected batch size 1", "shape (3, 3, 4)", "batch_size"):
+        b.add_pose(se3("x2", batch=3))
+    with raises_builder_error("edge #0 measurement", "expected batch size 1", "shape (4, 3, 4)"):
+        b.add_between(x0, x1, measurement=se3("z", batch=4))
+    with raises_builder_error("edge #0 information", "expected batch size 1", "shape (2, 6, 6)"):
+        b.add_between(x0, x1, measurement=se3("z"), information=torch.eye(6, dtype=F64).expand(2, 6, 6))
+    # declared: accepted
+    d = PoseGraphBuilder(batch_size=4)
+    d.add_pose(se3("a"), fixed=True)
+    d.add_pose(se3("b"))
+    d.add_between("a", "b", measurement=se3("z", batch=4))
+    assert d.build().pose_tensor().shape == (4, 2, 3, 4)
+    with raises_builder_error("batch_size", "positive integer"):
+        PoseGraphBuilder(batch_size=0)
+
+
+def test_add_points():
+    b, x0, x1 = two_pose_builder()
+    b.add_between(x0, x1, measurement=x0.between(x1))
+    truth = torch.tensor([[1.0, 2.0, 3.0], [-1.0, 0.5, 2.0], [0.0, 1.0, 4.0]], dtype=F64)
+    pts = b.add_points(np.zeros((3, 3)))
+    assert [p.name for p in pts] == ["point0", "point1", "point2"] and pts[0].tensor.shape == (1, 3)
+    for k, p in enumerate(pts):
+        b.add_point_observation(x0, p, measurement=_observed(x0, truth[k]))
+        b.add_point_observation(x1, k, measurement=_observed(x1, truth[k]))
+    optimize(b.build(), SolverOptions(solver="gn"))
+    for k, p in enumerate(pts):
+        torch.testing.assert_close(p.tensor[0], truth[k], atol=1e-8, rtol=0)
+    with raises_builder_error("add_points positions", "(N, 3)", "received (3, 2)"):
+        b.add_points(torch.zeros(3, 2, dtype=F64))
+    with raises_builder_error("add_points names", "expected 2 names"):
+        b.add_points(torch.zeros(2, 3, dtype=F64), names=["a"])
+
+
+# -- rotations: one rule ---------------------------------------------------------------------------
+
+
+def _with_rotation(rot: torch.Tensor, name: str = "bad", dtype=F64) -> th.SE3:
+    x = th.SE3(name=name, dtype=dtype)
+    t = torch.zeros(1, 3, 4, dtype=dtype)
+    t[0, :, :3] = rot
+    x.tensor = t  # Theseus accepts these: th.SE3(tensor=2·I) raises nothing
+    return x
+
+
+@pytest.mark.parametrize(
+    "rot,defect",
+    [(2 * torch.eye(3, dtype=F64), "= 7"), (torch.zeros(3, 3, dtype=F64), "= 1"), (torch.diag(torch.tensor([1.0, 1, -1], dtype=F64)), "= 2")],
+    ids=["2I", "zero", "reflection"],
+)
+def test_rotations_that_are_not_rotations_are_refused(rot, defect):
+    with raises_builder_error("pose 'bad'", "not one", defect, "tolerance 1e-06"):
+        PoseGraphBuilder().add_pose(_with_rotation(rot))
+    b, x0, x1 = two_pose_builder()
+    with raises_builder_error("edge #0 measurement", "not one", defect):
+        b.add_between(x0, x1, measurement=_with_rotation(rot, "z"))
+    with raises_builder_error("prior", "measurement", "not one"):
+        b.add_prior(x1, _with_rotation(rot, "z").tensor)
+    b.add_point(point("p", [0.0, 0.0, 0.0]))
+    with raises_builder_error("observation #0 offset", "not one"):
+        b.add_point_observation(x0, "p", torch.zeros(3, dtype=F64), offset=_with_rotation(rot, "o"))
+
+
+def test_rotation_tolerance_per_dtype_and_se2():
+    from posegraph.lie import rotation_defect
+
+    near = torch.eye(3, dtype=F64) + 1e-8  # round-off scale: accepted as given
+    PoseGraphBuilder().add_pose(_with_rotation(near, "ok"))
+    with raises_builder_error("'far'", "not one", "1e-06"):
+        PoseGraphBuilder().add_pose(_with_rotation(torch.eye(3, dtype=F64) + 1e-5, "far"))
+    f32 = torch.float32
+    PoseGraphBuilder().add_pose(_with_rotation(torch.eye(3, dtype=f32) + 1e-5, "ok32", f32))
+    with raises_builder_error("'far32'", "0.0001", "torch.float32"):
+        PoseGraphBuilder().add_pose(_with_rotation(torch.eye(3, dtype=f32) + 1e-3, "far32", f32))
+    b = PoseGraphBuilder()
+    b.add_pose(se2("a"))
+    b.add_pose(se2("b"))
+    with raises_builder_error("measurement", "rotation (cos, sin)", "not one"):
+        b.add_between("a", "b", measurement=torch.tensor([[0.0, 0.0, 2.0, 0.0]], dtype=F64))
+    assert float(rotation_defect(torch.tensor([0.0, 0.0, 2.0, 0.0]), "SE2")) == pytest.approx(3.0)
+    # three SE2 poses have the shape of one SE3 pose: the kind decides
+    three = torch.tensor([[0.0, 0.0, 1.0, 0.0]] * 3, dtype=F64)
+    assert rotation_defect(three, "SE2").tolist() == [0.0, 0.0, 0.0]
+    assert float(rotation_defect(three, "SE3")) > 0.5
+
+
+def test_zero_rotation_pose_is_refused_not_failed():
+    b = PoseGraphBuilder()
+    b.add_pose(se3("a"), fixed=True)
+    x = th.SE3(tensor=torch.zeros(1, 3, 4, dtype=F64), name="zero")  # accepted by Theseus
+    with raises_builder_error("pose 'zero'", "not one"):
+        b.add_pose(x)
+
+
+# -- Python types ------------------------------------------------------------------------------------
+
+
+def test_numpy_and_list_inputs_are_converted():
+    def solve(meas, info, ref):
+        b, x0, x1 = two_pose_builder()
+        b.add_between(x0, ref(b), measurement=meas, information=info)
+        optimize(b.build(), SolverOptions(solver="gn"))
+        return x1.tensor
+
+    z = se3("z", seed=5)
+    info = _diag_info("SE3", 1)
+    expected = solve(z, info, lambda b: "x1")
+    got = solve(z.tensor[0].tolist(), info.numpy(), lambda b: np.int64(1))
+    torch.testing.assert_close(got, expected, atol=1e-12, rtol=0)
+    got = solve(z.tensor.numpy(), info.tolist(), lambda b: np.int32(1))
+    torch.testing.assert_close(got, expected, atol=1e-12, rtol=0)
+
+
+def test_numpy_inputs_take_the_builder_dtype():
+    b = PoseGraphBuilder(dtype=torch.float32)
+    b.add_pose(se3("a", dtype=torch.float32), fixed=True)
+    b.add_pose(se3("b", dtype=torch.float32))
+    b.add_between("a", "b", measurement=np.eye(3, 4), information=np.eye(6))
+    assert b.build().pose_tensor().dtype == torch.float32
+
+
+@pytest.mark.parametrize(
+    "kwargs,words",
+    [
+        (dict(measurement="z"), ["edge #0 measurement", "received str"]),
+        (dict(measurement=[[1.0, 0.0], [0.0]]), ["edge #0 measurement", "not a rectangular array of numbers"]),
+        (dict(measurement=np.array([["a"] * 4] * 3)), ["edge #0 measurement", "not a rectangular array"]),
+        (dict(measurement=np.eye(3, 4), information=np.ones((5, 5))), ["edge #0 information", "(6, 6)", "received (5, 5)"]),
+        (dict(measurement=np.eye(3, 4), information=np.zeros((6, 6))), ["edge #0 information", "all zeros"]),
+        (dict(measurement=np.eye(3, 4), information=torch.zeros(6, 6, dtype=F64)), ["edge #0 information", "all zeros"]),
+        (dict(measurement=np.eye(3, 4), information=True), ["edge #0 information", "received bool"]),
+    ],
+    ids=["str", "ragged", "strings", "info-shape", "numpy-zero-info", "zero-info", "bool-info"],
+)
+def test_bad_python_values_are_builder_errors(kwargs, words):
+    b, x0, x1 = two_pose_builder()
+    with raises_builder_error(*words):
+        b.add_between(x0, x1, **kwargs)
+
+
+@pytest.mark.parametrize("ref", [True, False, np.bool_(True), 1.0, None], ids=["True", "False", "np.bool_", "float", "None"])
+def test_bools_and_other_objects_are_not_indices(ref):
+    b, x0, x1 = two_pose_builder()
+    with raises_builder_error("edge #0", "expected a pose (variable, name or index)"):
+        b.add_between(ref, x1, measurement=se3("z"))
+
+
+def test_numpy_integer_indices_and_out_of_range():
+    b, x0, x1 = two_pose_builder()
+    assert b.add_between(np.int64(0), np.uint8(1), measurement=se3("z")) == 0
+    with raises_builder_error("pose index in [0, 2)", "received 7"):
+        b.add_between(np.int64(7), 1, measurement=se3("z"))
+
+
+def test_huge_information_is_a_builder_error():
+    b, x0, x1 = two_pose_builder()
+    with raises_builder_error("edge #0 information", "is 1e+308", "expected a finite magnitude ≤ 1e+150"):
+        b.add_between(x0, x1, measurement=se3("z"), information=torch.full((6, 6), 1e308, dtype=F64))
+
+
+@pytest.mark.parametrize("name", [["e"], np.array(["e"]), torch.zeros(2), 3, ""], ids=["list", "array", "tensor", "int", "empty"])
+def test_names_must_be_strings(name):
+    b, x0, x1 = two_pose_builder()
+    with raises_builder_error("edge #0 name", "non-empty str"):
+        b.add_between(x0, x1, measurement=se3("z"), name=name)
+    with raises_builder_error("prior name", "non-empty str"):
+        b.add_prior(x1, se3("z"), name=name)
+    with raises_builder_error("add_points point 0 name", "non-empty str"):
+        b.add_points(torch.zeros(1, 3, dtype=F64), names=[name])
+
+
+def test_debug_callback_names_user_costs():
+    from posegraph import DebugCallback
+
+    b, x0, x1 = two_pose_builder()
+    b.add_between(x0, x1, measurement=se3("z", seed=4))
+    own = se3("own", seed=6)
+    b.add_cost(th.Between(x1, own, se3("m", seed=7), th.ScaleCostWeight(torch.ones(1, 1, dtype=F64)), name="mine"))
+    b.add_prior(x1, se3("zp", seed=8), name="gps")
+    problem = b.build()
+    cb = DebugCallback.for_problem(problem, per_cost=True)
+    optimize(problem, SolverOptions(solver="lm", max_iterations=3), end_iter_callback=cb)
+    costs = cb.records[0]["cost_functions"]
+    assert len(costs["mine"]["jacobian_norms"]) == 2 and len(costs["gps"]["jacobian_norms"]) == 1
+    assert costs["gps"]["error_norm"] > 0 and "between x0 x1" in costs
+
+
+def test_builtin_prior_anchors_like_a_user_prior():
+    """With no fixed pose, add_prior anchors the graph (no pose held), and gives the optimum of
+    the same prior added as a th.Difference through add_cost."""
+    cls, edges, meas, infos, make = _user_cost_graph("SE3", False)
+    z = cls.rand(1, generator=torch.Generator().manual_seed(3), dtype=F64)
+    info = _diag_info("SE3", 9)
+    results = []
+    for builtin in (True, False):
+        poses, _, _ = make()
+        b = PoseGraphBuilder()
+        for p in poses:
+            b.add_pose(p)
+        for e, (i, j) in enumerate(edges):
+            b.add_between(poses[i], poses[j], measurement=meas[e], information=infos[e])
+        if builtin:
+            assert b.add_prior("x2", z, info, name="gps") == 0
+        else:
+            w = th.DiagonalCostWeight(torch.sqrt(torch.diag(info))[None])
+            b.add_cost(th.Difference(poses[2], z.copy(new_name="zz"), w, name="gps"))
+        before = poses[0].tensor.clone()
+        optimize(b.build(), SolverOptions(solver="gn", max_iterations=10, rel_tolerance=0.0, abs_tolerance=0.0))
+        assert not torch.allclose(poses[0].tensor, before)  # not held: the prior anchors
+        results.append(torch.stack([p.tensor for p in poses]))
+    torch.testing.assert_close(results[0], results[1], atol=1e-9, rtol=0)
+
+
+def test_builder_cost_names_are_reserved():
+    b, x0, x1 = two_pose_builder()
+    with raises_builder_error("'priors'", "already used"):
+        b.add_cost(th.Difference(x1, se3("t"), th.ScaleCostWeight(torch.ones(1, 1, dtype=F64)), name="priors"))

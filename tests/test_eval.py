@@ -363,3 +363,44 @@ def test_association_matches_evo_when_installed():
     ie, ir = associate(t_est, t_truth)
     np.testing.assert_array_equal(est.timestamps, t_est[ie])
     np.testing.assert_array_equal(ref.timestamps, t_truth[ir])
+
+
+def _corrupt(graph: PoseGraph, how: str) -> PoseGraph:
+    poses = graph.poses.clone()
+    if how == "nan":
+        poses[2, 0, 3] = float("nan")
+    elif how == "inf":
+        poses[2, 1, 3] = float("inf")
+    elif how == "zero-rotation":
+        poses[2, :, :3] = 0.0
+    elif how == "2I":
+        poses[2, :, :3] *= 2.0
+    return graph.with_poses(poses)
+
+
+@pytest.mark.parametrize(
+    "how,words",
+    [("nan", "vertex 2 has a non-finite pose"), ("inf", "vertex 2 has a non-finite pose"),
+     ("zero-rotation", "vertex 2: expected a rotation"), ("2I", "vertex 2: expected a rotation")],
+)
+@pytest.mark.parametrize("side", ["estimate", "ground truth"])
+def test_bad_pose_values_are_pose_graph_errors(how, words, side):
+    """Never a raw NumPy error (SVD did not converge, singular matrix): the file and vertex."""
+    rng = np.random.default_rng(3)
+    good = _trajectory("SE3", random_poses("SE3", 5, rng), source="good.g2o")
+    bad = _corrupt(good, how)
+    bad.source = "bad.g2o"
+    est, ref = (bad, good) if side == "estimate" else (good, bad)
+    with pytest.raises(PoseGraphError, match=f"bad.g2o: {side}: {words}"):
+        evaluate(est, ref, "se3")
+
+
+def test_undefined_alignment_and_unknown_method_are_pose_graph_errors():
+    rng = np.random.default_rng(4)
+    poses = random_poses("SE2", 4, rng)
+    poses[:, :2, 2] = 1.0  # every position the same: no Sim(3) scale
+    same = _trajectory("SE2", poses, source="same.g2o")
+    with pytest.raises(PoseGraphError, match="same.g2o: cannot align .* coincide"):
+        evaluate(same, same, "sim3")
+    with pytest.raises(PoseGraphError, match="same.g2o: align: expected one of se3, sim3, none, received 3"):
+        evaluate(same, same, 3)

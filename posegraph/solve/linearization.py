@@ -36,6 +36,7 @@ from theseus.optimizer.linear_system import SparseStructure
 
 from .. import native
 from ..costs import BlockSlots, BlockSparseCostFunction, EvaluationCache
+from ..variables import element_columns, element_dof
 
 
 def records_gradient(*tensors: torch.Tensor) -> bool:
@@ -157,10 +158,10 @@ class BlockSparseLinearization(Linearization):
         pieces = []
         for lay in cost.block_layout():
             var = lay.variable
-            ecol = var.column_of_element().numpy()[lay.elements.cpu().numpy()]
+            ecol = element_columns(var).numpy()[lay.elements.cpu().numpy()]
             first_row = row_offset + lay.rows.cpu().numpy().astype(np.int64) * d
             col = np.where(ecol >= 0, self._var_start(var) + ecol, -1)
-            pieces.append(_Piece(first_row, d, col.astype(np.int64), var.element_dof))
+            pieces.append(_Piece(first_row, d, col.astype(np.int64), element_dof(var)))
         return pieces
 
     def _dense_pieces(self, cost: th.CostFunction, row_offset: int) -> List[_Piece]:
