@@ -125,7 +125,7 @@ class BlockSparseCostFunction(th.CostFunction, abc.ABC):
             var = lay.variable
             col = var.column_of_element().to(jac.device)[lay.elements]
             keep = col >= 0
-            out = dense[id(var)].view(batch, self.num_blocks, self.block_dim, -1, var.element_dof)
+            out = dense[id(var)].view(batch, self.num_blocks, self.block_dim, var.num_free, var.element_dof)
             blk = jac.expand(batch, *jac.shape[1:])[:, keep]
             out.permute(1, 3, 0, 2, 4).index_put_(  # (R, N, B, d, e) view of out
                 (lay.rows[keep], col[keep] // var.element_dof),

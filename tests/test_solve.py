@@ -716,3 +716,44 @@ def test_lm_bookkeeping_same_on_numpy_torch_and_scalars():
         on_scalars = run(ScalarOps, lambda t: t[k].numpy()[()])  # a row, or a scalar
         for s, t in zip(on_scalars, on_torch):
             assert s.dtype == t.dtype and torch.equal(s.reshape(()), t[k]), k
+
+
+# -- degenerate problems: nothing (or part of nothing) to optimize -----------------------------
+
+def _linear_solvers():
+    from posegraph.solve.pardiso import pardiso_available
+
+    no_mkl = pytest.mark.skipif(not pardiso_available(), reason="MKL PARDISO not installed")
+    names = ["cholmod", "pardiso", "dense", "batched_dense", "cg"]
+    return [pytest.param(n, marks=no_mkl) if n == "pardiso" else n for n in names]
+
+
+@pytest.mark.parametrize("solver", ["gn", "lm"])
+@pytest.mark.parametrize("linear", _linear_solvers())
+@pytest.mark.parametrize("kind", ["SE2", "SE3"])
+def test_all_poses_fixed_every_linear_solver_agrees(kind, linear, solver):
+    """Every pose FIX'ed: no tangent columns. Every linear solver ends as CHOLMOD does
+    (converged after one iteration, poses untouched) instead of a reshape or PARDISO error."""
+    g = dataclasses.replace(near_graph(kind, n=5), fixed=torch.ones(5, dtype=torch.bool))
+    problem = pg.build_problem(g)
+    before = problem.poses.tensor.clone()
+    res = pg.optimize(problem, pg.SolverOptions(solver=solver, linear_solver=linear))
+    assert (res.status, res.iterations) == (["converged"], 1)
+    assert torch.equal(problem.poses.tensor, before)
+    assert torch.equal(res.final_error, res.initial_error)
+
+
+@pytest.mark.parametrize("linear", _linear_solvers())
+def test_unobserved_point_with_every_linear_solver(tmp_path, linear):
+    """A VERTEX_TRACKXYZ that nothing observes (held constant: no columns, no rows) next to
+    free poses: the dense Jacobians of the empty observation cost have zero columns."""
+    g = near_graph("SE3", n=4, seed=3)
+    path = tmp_path / "points.g2o"
+    path.write_text(pg.io.format_g2o(g) + "VERTEX_TRACKXYZ 1000 1 2 3\n")
+    problem = pg.build_problem(pg.read_g2o(path))
+    res = pg.optimize(problem, pg.SolverOptions(linear_solver=linear))
+    assert res.status == ["converged"]
+    ref = pg.build_problem(g)
+    pg.optimize(ref, pg.SolverOptions(linear_solver="cholmod"))
+    torch.testing.assert_close(res.final_error, ref.error(), rtol=1e-7, atol=1e-9)
+    assert problem.points.tensor[0, 0].tolist() == [1.0, 2.0, 3.0]
