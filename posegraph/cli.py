@@ -6,12 +6,14 @@ option names, :mod:`posegraph.config`); flags given on the command line win over
 
 Bad input never gives a traceback: one line ``error: FILE:LINE: what is wrong`` on stderr and
 exit status 2 (1 when the optimization itself fails); no output file is written then.
+Warnings (``warning: …`` lines) are held back while a command runs and printed only when it
+succeeds, so that a refusal is exactly one line. ``--json`` output is always valid JSON: a
+non-finite number is printed as ``null`` with a note in the object's ``"notes"`` list.
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import time
 import warnings
@@ -160,14 +162,40 @@ def _image_size(text: str):
     return w, h
 
 
-def _setup_warnings(quiet: bool) -> None:
+class WarningBuffer:
+    """The warnings of one command as ``warning: …`` lines, held until :meth:`flush` (the CLI
+    flushes only when the command succeeds: a refusal is one ``error:`` line). Installed as
+    ``warnings.showwarning``; with ``quiet`` nothing is kept."""
+
+    def __init__(self, quiet: bool):
+        self.quiet = quiet
+        self.lines: List[str] = []
+
+    def show(self, message, category=None, filename=None, lineno=None, file=None, line=None) -> None:
+        """``warnings.showwarning``'s signature: keep ``warning: {message}``."""
+        if not self.quiet:
+            self.lines.append(f"warning: {message}")
+
+    def flush(self) -> None:
+        """Print the kept lines on stderr and forget them."""
+        for text in self.lines:
+            sys.stderr.write(text + "\n")
+        self.lines.clear()
+
+
+def _setup_warnings(quiet: bool) -> WarningBuffer:
+    """Route warnings to a new :class:`WarningBuffer` (returned)."""
     warnings.filterwarnings("ignore", message="Vectorization is off by default")
+    buffer = WarningBuffer(quiet)
+    warnings.showwarning = buffer.show
+    return buffer
 
-    def show(message, category, filename, lineno, file=None, line=None):
-        if not quiet:
-            sys.stderr.write(f"warning: {message}\n")
 
-    warnings.showwarning = show
+def _json(obj, reasons=None) -> str:
+    """The one JSON line of ``--json`` (:func:`posegraph.report.json_text`: never NaN or Infinity)."""
+    from .report import json_text
+
+    return json_text(obj, reasons) + "\n"
 
 
 def cmd_optimize(args: argparse.Namespace) -> int:
@@ -223,7 +251,7 @@ def cmd_optimize(args: argparse.Namespace) -> int:
         if debug is not None:
             debug.save(args.debug)  # the trace is written even when the run stopped
     if debug is not None and debug.first_nonfinite is not None:
-        sys.stderr.write(f"warning: {args.input}: {debug.first_nonfinite}\n")
+        warnings.warn(f"{args.input}: {debug.first_nonfinite}")
     t3 = time.perf_counter()
     if "failed" in result.status:
         sys.stderr.write(
@@ -246,7 +274,7 @@ def cmd_optimize(args: argparse.Namespace) -> int:
     if args.robust is not None:
         s["robust"] = {"kernel": str(args.robust), "edges": args.robust_edges}
     if args.json:
-        sys.stdout.write(json.dumps(s) + "\n")
+        sys.stdout.write(_json(s))
     else:
         sys.stdout.write(format_summary(s) + "\n")
     return EXIT_OK
@@ -296,7 +324,7 @@ def cmd_info(args: argparse.Namespace) -> int:
     from .io import read_g2o
 
     info = graph_info(read_g2o(args.input))
-    sys.stdout.write((json.dumps(info) if args.json else format_info(info)) + "\n")
+    sys.stdout.write(_json(info) if args.json else format_info(info) + "\n")
     return EXIT_OK
 
 
@@ -304,7 +332,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
     from .eval import evaluate_files, format_evaluation
 
     result = evaluate_files(args.estimate, args.gt, align=args.align)
-    sys.stdout.write((json.dumps(result) if args.json else format_evaluation(result)) + "\n")
+    sys.stdout.write(_json(result) if args.json else format_evaluation(result) + "\n")
     return EXIT_OK
 
 
@@ -332,14 +360,26 @@ def _parse_args(argv: Optional[List[str]]) -> argparse.Namespace:
 
 def main(argv: Optional[List[str]] = None) -> int:
     """Entry point of the ``posegraph`` console script."""
-    from .errors import OptimizationError
-
     try:
         args = _parse_args(argv)
     except PoseGraphError as err:  # a bad --config file
         sys.stderr.write(f"error: {err}\n")
         return EXIT_BAD_INPUT
-    _setup_warnings(getattr(args, "quiet", False))
+    previous = warnings.showwarning
+    held = _setup_warnings(getattr(args, "quiet", False))
+    try:
+        code = _run(args)
+        if code == EXIT_OK:
+            held.flush()
+        return code
+    finally:
+        warnings.showwarning = previous
+
+
+def _run(args: argparse.Namespace) -> int:
+    """Run the command; every failure becomes one ``error:`` line and an exit status."""
+    from .errors import OptimizationError
+
     try:
         return COMMANDS[args.command](args)
     except PoseGraphError as err:
