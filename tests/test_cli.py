@@ -583,3 +583,14 @@ def test_main_restores_the_warning_hook(tmp_path, capsys):
     main(["info", str(path)])
     capsys.readouterr()
     assert warnings.showwarning is before
+
+
+def test_chordal_init_with_information_near_the_float64_limit(tmp_path, capsys, synthetic):
+    """Was 'internal error (LinAlgError): SVD did not converge' without the file's name."""
+    s = synthetic(kind="SE3", n=8, loops=((0, 4), (7, 2)), seed=5, noise=0.01)
+    s.information = s.information / abs(s.information).max() * 1.7e308
+    path = tmp_path / "huge.g2o"
+    path.write_text(s.text())
+    code, out, err = run_cli(capsys, path, "--init", "chordal", "--json", "--quiet")
+    assert "internal error" not in err and len(err.splitlines()) <= 1
+    assert code == 0 or err.startswith(f"error: {path}: ")
