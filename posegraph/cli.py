@@ -81,6 +81,9 @@ def _parser() -> argparse.ArgumentParser:
                    default="auto",
                    help="auto: sparse Cholesky with MKL PARDISO for dense-enough factors (3D graphs) when "
                         "the mkl package is installed, CHOLMOD otherwise")
+    o.add_argument("--force-dense", action="store_true",
+                   help="let --linear-solver dense / batched_dense run beyond their size limits "
+                        "(2000 / 3000 tangent columns; slow: time grows as columns³)")
     o.add_argument("--cholmod-mode", choices=["auto", "supernodal", "simplicial"], default="auto",
                    help="CHOLMOD factorization (auto: from the estimated fill of the factor); setting it "
                         "makes --linear-solver auto use CHOLMOD")
@@ -229,6 +232,7 @@ def cmd_optimize(args: argparse.Namespace) -> int:
         cholmod_mode=args.cholmod_mode,
         reuse_factor=args.reuse_factor,
         cg_max_iterations=args.cg_max_iters,
+        force_dense=args.force_dense,
     )
     progress = _progress(args)
     debug = None

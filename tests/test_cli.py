@@ -594,3 +594,22 @@ def test_chordal_init_with_information_near_the_float64_limit(tmp_path, capsys, 
     code, out, err = run_cli(capsys, path, "--init", "chordal", "--json", "--quiet")
     assert "internal error" not in err and len(err.splitlines()) <= 1
     assert code == 0 or err.startswith(f"error: {path}: ")
+
+
+def test_dense_solver_size_guard_and_force_dense(tmp_path, capsys, monkeypatch):
+    """--linear-solver dense beyond its limit: one error line with the size and the
+    alternative (intel, 5,184 columns, ran 5.5 minutes); --force-dense runs it."""
+    path = tmp_path / "g.g2o"
+    path.write_text(SE2_TEXT)
+    columns = optimize_mod.tangent_columns(build_problem(initialize(read_g2o(path))))
+    monkeypatch.setitem(optimize_mod.DENSE_SOLVER_MAX_COLUMNS, "dense", columns - 1)
+    code, out, err = run_cli(capsys, path, "--linear-solver", "dense", "-o", tmp_path / "o.g2o")
+    assert code == EXIT_BAD_INPUT and out == "" and not (tmp_path / "o.g2o").exists()
+    assert err == (
+        f"error: {path}: linear solver 'dense': {columns} tangent columns exceed its limit of "
+        f"{columns - 1} (dense Cholesky time grows as the cube of the columns); use a sparse solver "
+        "(--linear-solver auto, cholmod or pardiso), or force it with --force-dense "
+        "(SolverOptions.force_dense)\n"
+    )
+    code, out, err = run_cli(capsys, path, "--linear-solver", "dense", "--force-dense", "--json", "--quiet")
+    assert code == 0 and json.loads(out)["linear_solver"] == "dense"

@@ -757,3 +757,32 @@ def test_unobserved_point_with_every_linear_solver(tmp_path, linear):
     pg.optimize(ref, pg.SolverOptions(linear_solver="cholmod"))
     torch.testing.assert_close(res.final_error, ref.error(), rtol=1e-7, atol=1e-9)
     assert problem.points.tensor[0, 0].tolist() == [1.0, 2.0, 3.0]
+
+
+# -- size guard of the dense solvers -----------------------------------------------------------
+
+@pytest.mark.parametrize("linear", ["dense", "batched_dense"])
+def test_dense_solvers_refuse_problems_beyond_their_limit_unless_forced(monkeypatch, linear):
+    import posegraph.solve.optimize as optimize_mod
+
+    problem = pg.build_problem(near_graph("SE3", n=8))  # 7 free poses: 42 columns
+    assert optimize_mod.tangent_columns(problem) == 42
+    monkeypatch.setitem(optimize_mod.DENSE_SOLVER_MAX_COLUMNS, linear, 41)
+    with pytest.raises(pg.PoseGraphError) as exc:
+        pg.optimize(problem, pg.SolverOptions(linear_solver=linear))
+    message = str(exc.value)
+    assert f"'{linear}': 42 tangent columns exceed its limit of 41" in message
+    assert "--linear-solver auto" in message and "--force-dense" in message
+    res = pg.optimize(problem, pg.SolverOptions(linear_solver=linear, force_dense=True))
+    assert res.status == ["converged"]
+    monkeypatch.setitem(optimize_mod.DENSE_SOLVER_MAX_COLUMNS, linear, 42)  # at the limit: runs
+    assert pg.optimize(pg.build_problem(near_graph("SE3", n=8)), pg.SolverOptions(linear_solver=linear)).converged
+    # the sparse solvers have no such limit
+    pg.optimize(pg.build_problem(near_graph("SE3", n=8)), pg.SolverOptions(linear_solver="cholmod"))
+
+
+def test_dense_limits_are_documented_sizes():
+    import posegraph.solve.optimize as optimize_mod
+
+    assert optimize_mod.DENSE_SOLVER_MAX_COLUMNS == {"dense": 2000, "batched_dense": 3000}
+    assert "force_dense" in pg.SolverOptions.__doc__
