@@ -82,7 +82,10 @@ def _solve_anchored(
     a_known = sp.csr_matrix(
         (vals[~is_free], (rows[~is_free], cols[~is_free])), shape=(rhs.shape[0], num_unknowns)
     )
-    b = rhs - a_known @ np.where(known[:, None], known_values, 0.0)
+    # (values near the float64 limit may overflow here: chordal_initialization refuses a
+    # non-finite result with the file's name, so NumPy's overflow warnings are not shown)
+    with np.errstate(over="ignore", invalid="ignore"):
+        b = rhs - a_known @ np.where(known[:, None], known_values, 0.0)
     x = np.array(known_values, dtype=np.float64, copy=True)
     num_free = int(free.sum())
     if num_free == 0:
@@ -93,7 +96,8 @@ def _solve_anchored(
     a_free = sp.csr_matrix((v * scale[c], (r, c)), shape=(rhs.shape[0], num_free))
     at = a_free.T.tocsc()
     factor = cholesky_AAt(at, beta=regularization)
-    x[free] = factor(at @ b) * scale[:, None]
+    with np.errstate(over="ignore", invalid="ignore"):
+        x[free] = factor(at @ b) * scale[:, None]
     return x
 
 

@@ -254,15 +254,17 @@ def cmd_optimize(args: argparse.Namespace) -> int:
             progress.close()
         if debug is not None:
             debug.save(args.debug)  # the trace is written even when the run stopped
-    if debug is not None and debug.first_nonfinite is not None:
-        warnings.warn(f"{args.input}: {debug.first_nonfinite}")
+    nonfinite = None if debug is None else debug.first_nonfinite
     t3 = time.perf_counter()
     if "failed" in result.status:
+        where = "" if nonfinite is None else f"; {nonfinite}"  # (one line: the trace's finding)
         sys.stderr.write(
             f"error: {args.input}: optimization failed after {result.iterations} iterations "
-            f"(final error {float(result.final_error.mean()):.6g}); no output written\n"
+            f"(final error {float(result.final_error.mean()):.6g}); no output written{where}\n"
         )
         return EXIT_FAILED
+    if nonfinite is not None:
+        warnings.warn(f"{args.input}: {nonfinite}")
     if args.output:
         write_g2o(problem.to_graph().to(dtype=torch.float64), args.output)
     if mesh is not None and args.mesh_output:
