@@ -28,8 +28,8 @@ from __future__ import annotations
 import math
 import os
 import re
-import unicodedata
 import tempfile
+import unicodedata
 import warnings
 from collections import Counter
 from dataclasses import dataclass
