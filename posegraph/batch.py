@@ -243,7 +243,7 @@ def run(
     }
     from .io.g2o import write_text_atomic  # the file starts with the lines still true
 
-    write_text_atomic(results_path, "".join(json.dumps(r) + "\n" for r in done.values()))
+    write_text_atomic(results_path, "".join(_json_line(r) for r in done.values()))
     todo = [f for f in files if f not in done]
     records: Dict[str, Dict[str, Any]] = {}
     n_workers = 0
@@ -337,7 +337,7 @@ def _run_tasks(c, todo, outputs, opts, results_path, progress, stream) -> Dict[s
                            "error": f"{f}: worker failed: {type(err).__name__}: {err}".splitlines()[0],
                            "worker": None, "wall_s": None}
                 records[f] = rec
-                results.write(json.dumps(rec) + "\n")  # one write per line
+                results.write(_json_line(rec))  # one write per line
                 results.flush()
                 bar.update(1)
                 if rec["result"] == "failed":
@@ -375,6 +375,13 @@ def format_table(report: BatchReport) -> str:
 
 def _num(value: Any) -> str:
     return f"{value:.3f}" if isinstance(value, (int, float)) else ""
+
+
+def _json_line(record: Mapping[str, Any]) -> str:
+    """One results.jsonl line: valid JSON, never NaN or Infinity (:func:`posegraph.report.json_text`)."""
+    from .report import json_text
+
+    return json_text(dict(record)) + "\n"
 
 
 def cmd_batch(args: argparse.Namespace) -> int:

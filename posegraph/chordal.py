@@ -32,6 +32,14 @@ Regularization: the columns of each system are scaled to unit norm (Jacobi scali
 (Tikhonov, relative to each unknown's own scale), so that graphs whose weights span many
 orders of magnitude, or vertices whose edges carry no rotation information, still factor;
 the relative bias this adds is of order ``ε`` times the condition number of the graph.
+
+Scale: both problems are unchanged when every information matrix is multiplied by one
+constant (their objectives scale, their minimizers do not; the Jacobi scaling cancels it too),
+so the information matrices are first divided by an even power of two near their largest
+entry (:func:`unit_scale`: exact, and bit-identical results). Entries near the float64 limit
+(1e308) then no longer overflow in ``tr(Ω_RR)``, the Cholesky factors or the normal matrices.
+Where the solution is still not finite (positions or measurements near the float64 limit), a
+:class:`~posegraph.errors.PoseGraphError` names the file.
 """
 
 from __future__ import annotations
@@ -43,6 +51,7 @@ import scipy.sparse as sp
 import torch
 from sksparse.cholmod import cholesky_AAt
 
+from .errors import PoseGraphError
 from .graph import PoseGraph
 from .init import from_homogeneous, require_connected, to_homogeneous
 from .weights import cholesky_sqrt_information
@@ -73,7 +82,10 @@ def _solve_anchored(
     a_known = sp.csr_matrix(
         (vals[~is_free], (rows[~is_free], cols[~is_free])), shape=(rhs.shape[0], num_unknowns)
     )
-    b = rhs - a_known @ np.where(known[:, None], known_values, 0.0)
+    # (values near the float64 limit may overflow here: chordal_initialization refuses a
+    # non-finite result with the file's name, so NumPy's overflow warnings are not shown)
+    with np.errstate(over="ignore", invalid="ignore"):
+        b = rhs - a_known @ np.where(known[:, None], known_values, 0.0)
     x = np.array(known_values, dtype=np.float64, copy=True)
     num_free = int(free.sum())
     if num_free == 0:
@@ -84,7 +96,8 @@ def _solve_anchored(
     a_free = sp.csr_matrix((v * scale[c], (r, c)), shape=(rhs.shape[0], num_free))
     at = a_free.T.tocsc()
     factor = cholesky_AAt(at, beta=regularization)
-    x[free] = factor(at @ b) * scale[:, None]
+    with np.errstate(over="ignore", invalid="ignore"):
+        x[free] = factor(at @ b) * scale[:, None]
     return x
 
 
@@ -191,6 +204,17 @@ def chordal_translations(
     return x.reshape(n, k)
 
 
+def unit_scale(information: np.ndarray) -> np.ndarray:
+    """``information`` divided by ``4^k``, the even power of two nearest above its largest
+    absolute entry (unchanged when that is 0 or not finite): exact, and the chordal solution
+    does not change (see the module doc), while every entry is at most 1."""
+    top = float(np.abs(information).max()) if information.size else 0.0
+    if not (0.0 < top < np.inf):
+        return information
+    exponent = int(np.frexp(top)[1])  # top < 2**exponent
+    return np.ldexp(information, -(exponent + exponent % 2))
+
+
 def _anchors(graph: PoseGraph, labels: np.ndarray, batch_index: int) -> Tuple[np.ndarray, np.ndarray]:
     """Anchored vertices (bool ``(N,)``) and all poses as homogeneous matrices (the anchors'
     rows are meaningful): the gauge with its file poses, or the lowest id at the identity."""
@@ -201,6 +225,18 @@ def _anchors(graph: PoseGraph, labels: np.ndarray, batch_index: int) -> Tuple[np
     known = np.zeros(graph.num_poses, dtype=bool)
     known[int(torch.argmin(graph.ids))] = True
     return known, np.broadcast_to(np.eye(k), (graph.num_poses, k, k)).copy()
+
+
+def _require_finite(graph: PoseGraph, poses: np.ndarray) -> None:
+    """PoseGraphError naming the file (and the first vertex) where a chordal pose is not finite."""
+    bad = np.flatnonzero(~np.isfinite(poses.reshape(poses.shape[0], -1)).all(axis=1))
+    if bad.size:
+        raise PoseGraphError(
+            f"chordal initialization: the pose of vertex {int(graph.ids[bad[0]])} is not finite "
+            f"({bad.size} of {poses.shape[0]} vertices): positions or measurements overflow "
+            "float64; use values of a smaller scale",
+            graph.source,
+        )
 
 
 def chordal_initialization(
@@ -228,17 +264,25 @@ def chordal_initialization(
         meas = graph.measurements if graph.measurements.ndim == len(shape) + 1 else graph.measurements[b]
         info = graph.information if graph.information.ndim == 3 else graph.information[b]
         z = to_homogeneous(graph.kind, meas)
-        info_np = info.detach().cpu().double().numpy()
+        info_np = unit_scale(info.detach().cpu().double().numpy())
         k = z.shape[-1] - 1
         known, anchor = _anchors(graph, labels, b)
-        rot = chordal_rotations(
-            edges, z[:, :k, :k], rotation_weights(info_np, graph.kind, weighting), known,
-            anchor[:, :k, :k], regularization,
-        )
+        try:
+            rot = chordal_rotations(
+                edges, z[:, :k, :k], rotation_weights(info_np, graph.kind, weighting), known,
+                anchor[:, :k, :k], regularization,
+            )
+        except np.linalg.LinAlgError as err:  # (an SVD of non-finite estimates)
+            raise PoseGraphError(
+                f"chordal initialization: the rotation estimates are not finite ({err}); "
+                "use --init spanning-tree",
+                graph.source,
+            ) from None
         w_tt = cholesky_sqrt_information(torch.as_tensor(info_np[:, :k, :k])).numpy()
         trans = chordal_translations(edges, z, w_tt, rot, known, anchor[:, :k, k], regularization)
         poses = anchor.copy()
         poses[:, :k, :k], poses[:, :k, k] = rot, trans
+        _require_finite(graph, poses)
         out.append(from_homogeneous(graph.kind, poses))
         if not batched:
             return out[0]

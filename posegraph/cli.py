@@ -6,12 +6,14 @@ option names, :mod:`posegraph.config`); flags given on the command line win over
 
 Bad input never gives a traceback: one line ``error: FILE:LINE: what is wrong`` on stderr and
 exit status 2 (1 when the optimization itself fails); no output file is written then.
+Warnings (``warning: …`` lines) are held back while a command runs and printed only when it
+succeeds, so that a refusal is exactly one line. ``--json`` output is always valid JSON: a
+non-finite number is printed as ``null`` with a note in the object's ``"notes"`` list.
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import time
 import warnings
@@ -91,6 +93,9 @@ def add_solve_options(o: argparse.ArgumentParser) -> None:
                    default="auto",
                    help="auto: sparse Cholesky with MKL PARDISO for dense-enough factors (3D graphs) when "
                         "the mkl package is installed, CHOLMOD otherwise")
+    o.add_argument("--force-dense", action="store_true",
+                   help="let --linear-solver dense / batched_dense run beyond their size limits "
+                        "(2000 / 3000 tangent columns; slow: time grows as columns³)")
     o.add_argument("--cholmod-mode", choices=["auto", "supernodal", "simplicial"], default="auto",
                    help="CHOLMOD factorization (auto: from the estimated fill of the factor); setting it "
                         "makes --linear-solver auto use CHOLMOD")
@@ -236,14 +241,40 @@ def _image_size(text: str):
     return w, h
 
 
-def _setup_warnings(quiet: bool) -> None:
+class WarningBuffer:
+    """The warnings of one command as ``warning: …`` lines, held until :meth:`flush` (the CLI
+    flushes only when the command succeeds: a refusal is one ``error:`` line). Installed as
+    ``warnings.showwarning``; with ``quiet`` nothing is kept."""
+
+    def __init__(self, quiet: bool):
+        self.quiet = quiet
+        self.lines: List[str] = []
+
+    def show(self, message, category=None, filename=None, lineno=None, file=None, line=None) -> None:
+        """``warnings.showwarning``'s signature: keep ``warning: {message}``."""
+        if not self.quiet:
+            self.lines.append(f"warning: {message}")
+
+    def flush(self) -> None:
+        """Print the kept lines on stderr and forget them."""
+        for text in self.lines:
+            sys.stderr.write(text + "\n")
+        self.lines.clear()
+
+
+def _setup_warnings(quiet: bool) -> WarningBuffer:
+    """Route warnings to a new :class:`WarningBuffer` (returned)."""
     warnings.filterwarnings("ignore", message="Vectorization is off by default")
+    buffer = WarningBuffer(quiet)
+    warnings.showwarning = buffer.show
+    return buffer
 
-    def show(message, category, filename, lineno, file=None, line=None):
-        if not quiet:
-            sys.stderr.write(f"warning: {message}\n")
 
-    warnings.showwarning = show
+def _json(obj, reasons=None) -> str:
+    """The one JSON line of ``--json`` (:func:`posegraph.report.json_text`: never NaN or Infinity)."""
+    from .report import json_text
+
+    return json_text(obj, reasons) + "\n"
 
 
 class OptimizationFailed(RuntimeError):
@@ -261,7 +292,7 @@ def cmd_optimize(args: argparse.Namespace) -> int:
         sys.stderr.write(f"error: {err}\n")
         return EXIT_FAILED
     if args.json:
-        sys.stdout.write(json.dumps(s) + "\n")
+        sys.stdout.write(_json(s))
     else:
         sys.stdout.write(format_summary(s) + "\n")
     return EXIT_OK
@@ -315,6 +346,7 @@ def optimize_file(args: argparse.Namespace) -> dict:
         cholmod_mode=args.cholmod_mode,
         reuse_factor=args.reuse_factor,
         cg_max_iterations=args.cg_max_iters,
+        force_dense=args.force_dense,
     )
     progress = _progress(args, gnc)
     debug = None
@@ -340,8 +372,7 @@ def optimize_file(args: argparse.Namespace) -> dict:
             progress.close()
         if debug is not None:
             debug.save(args.debug)  # the trace is written even when the run stopped
-    if debug is not None and debug.first_nonfinite is not None:
-        sys.stderr.write(f"warning: {args.input}: {debug.first_nonfinite}\n")
+    nonfinite = None if debug is None else debug.first_nonfinite
     t3 = time.perf_counter()
     if "failed" in result.status:
         from .report import STOP_REASONS
@@ -351,12 +382,15 @@ def optimize_file(args: argparse.Namespace) -> dict:
         raise OptimizationFailed(
             f"{args.input}: optimization failed after {result.iterations} iterations ({why}; "
             f"final error {float(result.final_error.mean()):.6g}); no output written"
+            + ("" if nonfinite is None else f"; {nonfinite}")  # (one line: the trace's finding)
         )
     covariances = None
     if args.covariances:  # computed before anything is written: a failure leaves no output
         from .solve.covariance import marginal_covariances
 
         covariances = marginal_covariances(problem)
+    if nonfinite is not None:
+        warnings.warn(f"{args.input}: {nonfinite}")
     if args.output:
         write_g2o(problem.to_graph().to(dtype=torch.float64), args.output, overwrite_input=args.overwrite_input)
     if gnc is not None and args.outliers:
@@ -505,7 +539,7 @@ def cmd_info(args: argparse.Namespace) -> int:
     from .io import read_g2o
 
     info = graph_info(read_g2o(args.input, repair_information=args.repair_information))
-    sys.stdout.write((json.dumps(info) if args.json else format_info(info)) + "\n")
+    sys.stdout.write(_json(info) if args.json else format_info(info) + "\n")
     return EXIT_OK
 
 
@@ -514,7 +548,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
 
     result = evaluate_files(args.estimate, args.gt, align=args.align, estimate_format=args.format,
                             truth_format=args.gt_format, max_diff=args.t_max_diff)
-    sys.stdout.write((json.dumps(result) if args.json else format_evaluation(result)) + "\n")
+    sys.stdout.write(_json(result) if args.json else format_evaluation(result) + "\n")
     return EXIT_OK
 
 
@@ -573,7 +607,21 @@ def main(argv: Optional[List[str]] = None) -> int:
     except PoseGraphError as err:  # a bad --config file
         sys.stderr.write(f"error: {err}\n")
         return EXIT_BAD_INPUT
-    _setup_warnings(getattr(args, "quiet", False))
+    previous = warnings.showwarning
+    held = _setup_warnings(getattr(args, "quiet", False))
+    try:
+        code = _run(args)
+        if code == EXIT_OK:
+            held.flush()
+        return code
+    finally:
+        warnings.showwarning = previous
+
+
+def _run(args: argparse.Namespace) -> int:
+    """Run the command; every failure becomes one ``error:`` line and an exit status."""
+    from .errors import OptimizationError
+
     try:
         return COMMANDS[args.command](args)
     except KeyboardInterrupt:

@@ -130,7 +130,7 @@ class BlockSparseCostFunction(th.CostFunction, abc.ABC):
             var, e = lay.variable, element_dof(lay.variable)
             col = element_columns(var).to(jac.device)[lay.elements]
             keep = col >= 0
-            out = dense[id(var)].view(batch, self.num_blocks, self.block_dim, -1, e)
+            out = dense[id(var)].view(batch, self.num_blocks, self.block_dim, var.dof() // e, e)  # (not -1: may be empty)
             blk = jac.expand(batch, *jac.shape[1:])[:, keep]
             out.permute(1, 3, 0, 2, 4).index_put_(  # (R, N, B, d, e) view of out
                 (lay.rows[keep], col[keep] // e),

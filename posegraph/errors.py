@@ -6,6 +6,23 @@ from __future__ import annotations
 from typing import Any, Optional
 
 
+#: tokens echoed in error messages are cut to this many characters (:func:`shown`)
+SHOWN_TOKEN_CHARS = 80
+
+
+def shown(token: object, limit: int = SHOWN_TOKEN_CHARS) -> str:
+    """``repr(token)`` for an error message, cut to about ``limit`` characters: a longer token
+    shows its first ``limit`` characters, an ellipsis and its length, e.g.
+    ``'1111…' (5000 characters)``, so that one bad token cannot make a one-line error
+    megabytes long."""
+    if isinstance(token, str) and len(token) > limit:
+        return f"{token[:limit]!r}"[:-1] + f"…{repr(token)[-1]} ({len(token)} characters)"
+    text = repr(token)
+    if len(text) > limit + 2:  # lists, bytes: cut their representation
+        return f"{text[:limit]}… ({len(text)} characters)"
+    return text
+
+
 class PoseGraphError(ValueError):
     """Bad input: a file, a graph, or variables handed to the builder.
 

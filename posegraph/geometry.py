@@ -369,6 +369,8 @@ def small_matmul(a: Tensor, b: Tensor) -> Tensor:
     """
     if min(a.dim(), b.dim()) < 2 or a.shape[-1] != b.shape[-2]:
         return a @ b  # (torch's error or vector semantics)
+    if a.numel() == 0 or b.numel() == 0:
+        return a @ b  # empty stacks or matrices (e.g. Jacobians of a variable with no free columns)
     try:
         if _native.applies([a, b]):
             return _native.block_matmul(a, b)

@@ -37,6 +37,7 @@ import theseus as th
 import torch
 
 from .costs import BlockSparseCostFunction, JacobianBlocks
+from .errors import shown
 from .variables import ManifoldArray
 from .weights import BlockCostWeight, BlockScaleWeight
 
@@ -684,10 +685,10 @@ def _parse_vertex(tokens: List[str], where: str) -> Tuple[float, float, float]:
         x, y, z = (float(t) for t in tokens[1:4])
     except ValueError:
         raise ValueError(
-            f"{where}: vertex coordinates must be numbers, received {tokens[1:4]}"
+            f"{where}: vertex coordinates must be numbers, received {', '.join(map(shown, tokens[1:4]))}"
         ) from None
     if not all(math.isfinite(c) for c in (x, y, z)):
-        raise ValueError(f"{where}: vertex coordinates must be finite, received {tokens[1:4]}")
+        raise ValueError(f"{where}: vertex coordinates must be finite, received {', '.join(map(shown, tokens[1:4]))}")
     return x, y, z
 
 
@@ -701,9 +702,9 @@ def _parse_face_index(token: str, num_verts: int, where: str) -> int:
     try:
         ref = int(head)
     except ValueError:
-        raise ValueError(f"{where}: face entry {token!r} has no integer vertex index") from None
+        raise ValueError(f"{where}: face entry {shown(token)} has no integer vertex index") from None
     if ref == 0:
-        raise ValueError(f"{where}: face entry {token!r}: OBJ indices start at 1, received 0")
+        raise ValueError(f"{where}: face entry {shown(token)}: OBJ indices start at 1, received 0")
     if ref < 0:
         index = num_verts + ref
         if index < 0:

@@ -1,4 +1,5 @@
-"""What people read: per-iteration progress, the run summary (text and JSON).
+"""What people read: per-iteration progress, the run summary (text and JSON), and the JSON
+text every ``--json`` prints (:func:`json_text`: never NaN or Infinity).
 
 Progress goes to stderr only, never to stdout (which carries the summary or the one JSON
 object of ``--json``): :class:`ProgressBar` (a tqdm bar that appears only when a run lasts
@@ -9,9 +10,11 @@ per iteration, ``posegraph optimize --verbose``).
 from __future__ import annotations
 
 import dataclasses
+import json
+import math
 import sys
 import time
-from typing import IO, Any, Dict, Optional
+from typing import IO, Any, Dict, List, Optional
 
 from .graph import PoseGraph
 from .solve.optimize import IterationRecord, SolveResult
@@ -126,6 +129,47 @@ def summary(
         out["initial_error_per_batch"] = init.tolist()
         out["final_error_per_batch"] = final.tolist()
     return out
+
+
+#: why a value can be non-finite, by key (:func:`json_text`'s default reasons)
+NONFINITE_REASONS = {
+    "initial_chi2": "the initial error overflows float64 (information or pose values too large)",
+    "initial_error": "the initial error overflows float64 (information or pose values too large)",
+    "final_chi2": "the final error overflows float64",
+    "final_error": "the final error overflows float64",
+    "min_eigenvalue": "the information matrices' eigenvalues overflow float64 (entries too large)",
+    "max_eigenvalue": "the information matrices' eigenvalues overflow float64 (entries too large)",
+}
+
+
+def json_ready(obj: Any, notes: List[str], where: str = "", reasons: Optional[Dict[str, str]] = None) -> Any:
+    """``obj`` (dicts, lists, numbers, strings) with every non-finite float — NaN and ±Infinity,
+    which JSON cannot hold — replaced by ``None``; each replacement appends a note
+    ``"KEY is VALUE, not a JSON number (null here): REASON"`` to ``notes`` (the reason from
+    ``reasons`` or :data:`NONFINITE_REASONS` by the innermost key)."""
+    if isinstance(obj, dict):
+        return {k: json_ready(v, notes, f"{where}.{k}" if where else str(k), reasons) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [json_ready(v, notes, f"{where}[{i}]", reasons) for i, v in enumerate(obj)]
+    if isinstance(obj, float) and not math.isfinite(obj):
+        key = where.rsplit(".", 1)[-1].split("[", 1)[0]
+        reason = {**NONFINITE_REASONS, **(reasons or {})}.get(key, "not finite in float64")
+        name = "NaN" if math.isnan(obj) else ("Infinity" if obj > 0 else "-Infinity")
+        notes.append(f"{where} is {name}, not a JSON number (null here): {reason}")
+        return None
+    return obj
+
+
+def json_text(obj: Dict[str, Any], reasons: Optional[Dict[str, str]] = None) -> str:
+    """One JSON object as one line of text (no newline). Non-finite numbers become ``null``
+    with a note each in the object's ``"notes"`` list (:func:`json_ready`), and
+    ``json.dumps(..., allow_nan=False)`` refuses any that remain, so the output is always
+    valid JSON (RFC 8259 has no NaN or Infinity)."""
+    notes: List[str] = []
+    out = json_ready(obj, notes, reasons=reasons)
+    if notes:
+        out["notes"] = list(out.get("notes") or []) + notes
+    return json.dumps(out, allow_nan=False)
 
 
 def _count(n: int, noun: str) -> str:

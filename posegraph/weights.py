@@ -71,7 +71,9 @@ class BlockCostWeight(th.CostWeight, abc.ABC):
 
     # -- th.CostWeight interface on flat (B, R·d) errors ------------------------------------
     def _as_blocks(self, flat: torch.Tensor) -> torch.Tensor:
-        return flat.reshape(flat.shape[0], -1, self.block_dim, *flat.shape[2:])
+        # explicit block count: ``-1`` is ambiguous for empty tensors (no columns)
+        rows = flat.shape[1] // self.block_dim
+        return flat.reshape(flat.shape[0], rows, self.block_dim, *flat.shape[2:])
 
     def weight_error(self, error: torch.Tensor) -> torch.Tensor:
         return self.weight_block_error(self._as_blocks(error)).reshape(error.shape[0], -1)

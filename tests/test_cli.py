@@ -744,3 +744,127 @@ def test_export_trajectory_tum_and_kitti(tmp_path, capsys, leftovers):
     code, _, err = run_cli(capsys, tmp_path / "g2.g2o", "--export-trajectory", tmp_path / "g2.g2o")
     assert code == EXIT_BAD_INPUT and "input" in err
     assert leftovers(tmp_path) == {}
+
+
+# -- one line per refusal, valid JSON ------------------------------------------------------------
+
+def _strict_json(text: str):
+    """json.loads that refuses NaN and Infinity (Python's json accepts them by default)."""
+    def refuse(constant):
+        raise AssertionError(f"not JSON: {constant}")
+
+    return json.loads(text, parse_constant=refuse)
+
+
+def test_info_json_has_no_nan_or_infinity(tmp_path, capsys):
+    """Information values near the float64 limit: the initial χ² overflows (NaN). The JSON
+    holds null with a note saying why."""
+    path = tmp_path / "huge.g2o"
+    path.write_text(V2 + "VERTEX_SE2 2 2 0 0\n" + "".join(
+        f"EDGE_SE2 {a} {b} 1 0 0 1e308 0 0 1e308 0 1e308\n" for a, b in ((0, 1), (1, 2), (0, 2))
+    ).replace("EDGE_SE2 0 2 1", "EDGE_SE2 0 2 2"))
+    code = main(["info", str(path), "--json"])
+    out, err = capsys.readouterr()
+    assert code == 0 and err == ""
+    data = _strict_json(out)
+    assert data["initial_chi2"] is None and data["initial_error"] is None
+    assert any(n.startswith("initial_chi2 is NaN") and "overflows" in n for n in data["notes"])
+
+
+@pytest.mark.parametrize("command", ["optimize", "eval"])
+def test_every_json_output_is_guarded(tmp_path, capsys, monkeypatch, command):
+    """Whatever a command's dict holds, --json prints valid JSON (json_text with
+    allow_nan=False): a non-finite value in the summary becomes null with a note."""
+    import posegraph.eval as eval_mod
+    import posegraph.report as report_mod
+
+    path = tmp_path / "g.g2o"
+    path.write_text(SE2_TEXT)
+    if command == "optimize":
+        summary = report_mod.summary
+        monkeypatch.setattr(report_mod, "summary", lambda *a, **k: {**summary(*a, **k), "initial_chi2": float("inf")})
+        argv = ["optimize", str(path), "--json", "--quiet"]
+    else:
+        evaluate = eval_mod.evaluate_files
+        monkeypatch.setattr(eval_mod, "evaluate_files", lambda *a, **k: {**evaluate(*a, **k), "ate_rmse": float("nan")})
+        argv = ["eval", str(path), "--gt", str(path), "--json"]
+    code = main(argv)
+    out, err = capsys.readouterr()
+    assert code == 0, err
+    data = _strict_json(out)
+    key = "initial_chi2" if command == "optimize" else "ate_rmse"
+    assert data[key] is None and any(n.startswith(key) for n in data["notes"])
+
+
+BAD_AFTER_WARNING = "VERTEX_XY 5 1 1\n" + V2 + "EDGE_SE2 0 1 x 0 0 1 0 0 1 0 1\n"
+
+
+@pytest.mark.parametrize("argv", [["info"], ["info", "--json"], ["optimize"], ["optimize", "--verbose"]])
+def test_refusal_is_one_line_even_after_warnings(tmp_path, capsys, argv):
+    """A warning (an unsupported tag) comes before the error: only the error is printed."""
+    path = tmp_path / "w.g2o"
+    path.write_text(BAD_AFTER_WARNING)
+    code = main([argv[0], str(path), *argv[1:]])
+    out, err = capsys.readouterr()
+    assert code == EXIT_BAD_INPUT and out == ""
+    assert err == f"error: {path}:4: EDGE_SE2: expected a number, received 'x'\n"
+
+
+def test_failed_optimization_is_one_line_even_after_warnings(tmp_path, capsys, monkeypatch):
+    path = tmp_path / "w.g2o"
+    path.write_text("VERTEX_XY 5 1 1\n" + SE2_TEXT)
+    monkeypatch.setattr(optimize_mod, "mark_failed", lambda status, final: ["failed"] * len(status))
+    code, out, err = run_cli(capsys, path)
+    assert code == EXIT_FAILED and out == ""
+    assert len(err.splitlines()) == 1 and err.startswith(f"error: {path}: optimization failed")
+
+
+def test_warnings_are_printed_when_the_command_succeeds(tmp_path, capsys):
+    path = tmp_path / "w.g2o"
+    path.write_text("VERTEX_XY 5 1 1\n" + SE2_TEXT)
+    for argv in (["info", str(path)], ["optimize", str(path), "--quiet"], ["optimize", str(path)]):
+        code = main(argv)
+        err = capsys.readouterr().err
+        expected = [] if "--quiet" in argv else [f"warning: {path}: skipped 1 line(s) with unsupported tag VERTEX_XY"]
+        assert code == 0 and [l for l in err.splitlines() if l.startswith(("warning", "error"))] == expected
+
+
+def test_main_restores_the_warning_hook(tmp_path, capsys):
+    import warnings
+
+    before = warnings.showwarning
+    path = tmp_path / "w.g2o"
+    path.write_text(BAD_AFTER_WARNING)
+    main(["info", str(path)])
+    capsys.readouterr()
+    assert warnings.showwarning is before
+
+
+def test_chordal_init_with_information_near_the_float64_limit(tmp_path, capsys, synthetic):
+    """Was 'internal error (LinAlgError): SVD did not converge' without the file's name."""
+    s = synthetic(kind="SE3", n=8, loops=((0, 4), (7, 2)), seed=5, noise=0.01)
+    s.information = s.information / abs(s.information).max() * 1.7e308
+    path = tmp_path / "huge.g2o"
+    path.write_text(s.text())
+    code, out, err = run_cli(capsys, path, "--init", "chordal", "--json", "--quiet")
+    assert "internal error" not in err and len(err.splitlines()) <= 1
+    assert code == 0 or err.startswith(f"error: {path}: ")
+
+
+def test_dense_solver_size_guard_and_force_dense(tmp_path, capsys, monkeypatch):
+    """--linear-solver dense beyond its limit: one error line with the size and the
+    alternative (intel, 5,184 columns, ran 5.5 minutes); --force-dense runs it."""
+    path = tmp_path / "g.g2o"
+    path.write_text(SE2_TEXT)
+    columns = optimize_mod.tangent_columns(build_problem(initialize(read_g2o(path))))
+    monkeypatch.setitem(optimize_mod.DENSE_SOLVER_MAX_COLUMNS, "dense", columns - 1)
+    code, out, err = run_cli(capsys, path, "--linear-solver", "dense", "-o", tmp_path / "o.g2o")
+    assert code == EXIT_BAD_INPUT and out == "" and not (tmp_path / "o.g2o").exists()
+    assert err == (
+        f"error: {path}: linear solver 'dense': {columns} tangent columns exceed its limit of "
+        f"{columns - 1} (dense Cholesky time grows as the cube of the columns); use a sparse solver "
+        "(--linear-solver auto, cholmod or pardiso), or force it with --force-dense "
+        "(SolverOptions.force_dense)\n"
+    )
+    code, out, err = run_cli(capsys, path, "--linear-solver", "dense", "--force-dense", "--json", "--quiet")
+    assert code == 0 and json.loads(out)["linear_solver"] == "dense"

@@ -498,6 +498,7 @@ def test_cli_debug_names_overflowing_edge_and_inspect_renders(tmp_path, capsys):
     err = capsys.readouterr().err
     assert rc != 0
     assert "EDGE_SE3:QUAT 3 4" in err and "Traceback" not in err
+    assert len(err.splitlines()) == 1 and err.startswith(f"error: {path}: optimization failed")  # one line
     assert not out.exists()
     data = json.loads(trace.read_text())
     assert data["first_nonfinite"]["cost_function"] == "EDGE_SE3:QUAT 3 4"

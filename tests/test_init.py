@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import torch
 
-from posegraph import GraphStructureError, build_problem, initialize, optimize, read_g2o
+from posegraph import GraphStructureError, PoseGraphError, build_problem, initialize, optimize, read_g2o
 from posegraph.chordal import chordal_initialization as chordal
 from posegraph.init import spanning_tree, spanning_tree_edges
 from posegraph.synthetic import sphere_se3
@@ -268,3 +268,57 @@ def test_pose_graph_error_is_the_solver_error(write_file, synthetic):
         s = synthetic(kind=kind, n=8, loops=((0, 5),), seed=3, noise=0.2)
         g = _read(write_file(f"{kind}.g2o", s.text()))
         assert float(pose_graph_error(g)) == pytest.approx(float(build_problem(g).error()), rel=1e-12)
+
+
+# -- information and positions near the float64 limit -----------------------------------------------
+
+
+def test_chordal_unchanged_by_a_common_scale_of_the_information(synthetic):
+    """The solution does not depend on a common factor of all Ω: a power of 4 gives the very
+    same bits (unit_scale), and values near 1e308 — whose traces and normal matrices used to
+    overflow into 'SVD did not converge' — give the same poses."""
+    import dataclasses
+
+    s = synthetic(kind="SE3", n=10, loops=((0, 5), (9, 3), (2, 7)), seed=3, noise=0.05)
+    g = read_g2o_text(s.text())
+    ref = chordal(g)
+    huge = dataclasses.replace(g, information=g.information * 4.0**400)
+    assert torch.equal(chordal(huge), ref)
+    top = float(g.information.abs().max())
+    near_limit = dataclasses.replace(g, information=g.information * (1.7e308 / top))
+    torch.testing.assert_close(chordal(near_limit), ref, rtol=0, atol=1e-9)
+
+
+@pytest.mark.parametrize("kind", ["SE2", "SE3"])
+def test_chordal_one_edge_near_the_float64_limit(write_file, synthetic, kind):
+    """Noise-free edges with Ω entries of 1e306 and one of 1.7e308: chordal is still exact (the
+    trace of Ω_RR overflowed: an internal LinAlgError without the file's name). Far larger
+    spreads (one edge 1e308, the others 1) stay finite but lose the small edges to rounding."""
+    s = synthetic(kind=kind, n=8, loops=((0, 4), (7, 2)), seed=5)
+    s.information = s.information / np.abs(s.information).max(axis=(1, 2))[:, None, None] * 1e306
+    s.information[2] *= 170
+    g = _read(write_file("huge.g2o", s.text(with_vertices=False)))
+    poses = chordal(g)
+    np.testing.assert_allclose(theseus_to_homogeneous(kind, poses), s.truth_relative_to_lowest(), atol=1e-8)
+    s.information = s.information / np.abs(s.information).max(axis=(1, 2))[:, None, None]
+    s.information[2] *= 1e308
+    g = _read(write_file("spread.g2o", s.text(with_vertices=False)))
+    assert torch.isfinite(chordal(g)).all()
+
+
+def test_chordal_overflowing_poses_name_the_file(write_file):
+    path = write_file("far.g2o", "VERTEX_SE2 0 1.7e308 0 0\nVERTEX_SE2 1 0 0 0\nEDGE_SE2 0 1 1.7e308 0 0 1 0 0 1 0 1\n")
+    with pytest.raises(PoseGraphError) as exc:
+        initialize(_read(path), "chordal")
+    assert str(exc.value).startswith(f"{path}: chordal initialization: the pose of vertex 1 is not finite")
+
+
+def read_g2o_text(text: str):
+    import os
+    import tempfile
+
+    with tempfile.TemporaryDirectory() as folder:
+        path = os.path.join(folder, "g.g2o")
+        with open(path, "w") as fh:
+            fh.write(text)
+        return _read(path)

@@ -801,3 +801,87 @@ def test_information_beyond_the_bound_is_a_format_error(write_file, name, text, 
 def test_information_at_the_bound_is_accepted(write_file):
     path = write_file("edge.g2o", V2 + "EDGE_SE2 0 1 1 0 0 1e150 0 0 1e150 0 1e150\n")
     assert float(read_quietly(path).information.max()) == 1e150
+
+
+# -- lines, byte order mark, huge ids, long tokens ---------------------------------------------
+
+#: characters Python's str.splitlines breaks at besides "\n": whitespace inside a g2o line
+NOT_LINE_BREAKS = ["\x0b", "\x0c", "\x1c", "\x1d", "\x1e", "\x85", "\u2028", "\u2029", "\r"]
+HUGE = "1" * 5000  # more digits than int() converts (4300)
+ODD_LINE_CASES = [
+    # a comment runs to "\n": the vertex after the character stays commented out, and the
+    # bad edge is on line 5 (not 6)
+    *[(f"comment-{ord(c):x}", V2 + f"# note{c}VERTEX_SE2 9 0 0 0\n" + E2 + "EDGE_SE2 0 1 x\n", 5, False)
+      for c in NOT_LINE_BREAKS],
+    # inside a data line the character separates tokens: one line of 8 values
+    *[(f"data-{ord(c):x}", V2 + f"VERTEX_SE2 2 0 0 0{c}VERTEX_SE2 3 0 0 0\n" + E2, 3, False)
+      for c in NOT_LINE_BREAKS],
+    ("bom", "\ufeff" + V2 + E2, None, True),
+    ("bom-crlf", "\ufeff" + (V2 + E2).replace("\n", "\r\n"), None, True),
+    ("bom-then-bad-edge", "\ufeff" + V2 + "EDGE_SE2 0 1 x 0 0 1 0 0 1 0 1\n", 3, False),
+    ("bom-not-at-start", V2 + "\ufeff" + E2, None, True),  # an unknown tag there (a warning)
+    ("huge-vertex-id", V2 + E2 + f"VERTEX_SE2 {HUGE} 0 0 0\n", 4, False),
+    ("huge-negative-edge-id", V2 + f"EDGE_SE2 0 -{HUGE} 1 0 0 1 0 0 1 0 1\n", 3, False),
+    ("huge-fix-id", V2 + E2 + f"FIX {HUGE}\n", 4, False),
+    ("huge-point-id", V3 + f"VERTEX_TRACKXYZ {HUGE} 1 2 3\n" + E3, 3, False),
+    ("huge-id-leading-zeros", V2.replace("VERTEX_SE2 1 ", f"VERTEX_SE2 {'0' * 5000}1 ") + E2, None, True),
+    ("huge-value", V2 + f"EDGE_SE2 0 1 {'9' * 400} 0 0 1 0 0 1 0 1\n", 3, False),
+]
+
+
+@pytest.mark.parametrize("name,content,line,bulk", ODD_LINE_CASES, ids=[c[0] for c in ODD_LINE_CASES])
+def test_lines_bom_and_huge_ids_same_in_both_parsers(write_file, name, content, line, bulk):
+    """Both parsers split lines at "\\n" only, skip a leading BOM and refuse ids of thousands of
+    digits as out of range, naming the same line."""
+    test_bulk_parser_matches_reference_on_odd_files(write_file, name, content, line, bulk)
+
+
+def test_comment_ends_only_at_newline(write_file):
+    path = write_file("c.g2o", V2 + "# a\x0cVERTEX_SE2 9 0 0 0\u2028VERTEX_SE2 10 0 0 0\n" + E2)
+    assert read_g2o(path).ids.tolist() == [0, 1]
+
+
+def test_bom_is_skipped_without_a_warning(write_file):
+    path = write_file("bom.g2o", "\ufeff" + V2 + E2)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        g = read_g2o(path)
+    assert g.ids.tolist() == [0, 1] and g.vertex_lines == [1, 2]
+
+
+@pytest.mark.parametrize("sign", ["", "-", "+"])
+def test_huge_id_is_an_out_of_range_format_error(write_file, sign):
+    path = write_file("h.g2o", V2 + f"EDGE_SE2 0 {sign}{HUGE} 1 0 0 1 0 0 1 0 1\n")
+    with pytest.raises(G2oFormatError) as exc:
+        read_g2o(path)
+    assert exc.value.line == 3 and str(path) in str(exc.value)
+    assert "expected a vertex id in" in exc.value.message and "int64" in exc.value.message
+    assert "(5001 characters)" in exc.value.message if sign else "(5000 characters)" in exc.value.message
+
+
+@pytest.mark.parametrize(
+    "line,what",
+    [
+        (f"VERTEX_SE2 1 {'x' * 10**6} 0 0", "expected a number"),
+        (f"VERTEX_SE2 {'y' * 10**6} 0 0 0", "expected an integer vertex id"),
+        (f"VERTEX_SE2 1 {'1' * 10**6} 0 0", "expected a finite number"),
+        (f"FIX {'z' * 10**6}", "expected an integer vertex id"),
+    ],
+    ids=["value", "id", "overflow", "fix"],
+)
+def test_long_tokens_are_cut_in_errors(write_file, line, what):
+    path = write_file("long.g2o", "VERTEX_SE2 0 0 0 0\n" + line + "\n" + E2)
+    with pytest.raises(G2oFormatError) as exc:
+        read_g2o(path)
+    message = str(exc.value)
+    assert exc.value.line == 2 and what in message
+    assert len(message) < len(str(path)) + 250, len(message)
+    assert "…" in message and "(1000000 characters)" in message
+
+
+def test_long_unknown_tag_is_cut_in_its_warning(write_file):
+    path = write_file("tag.g2o", "T" * 10**5 + " 1\n" + V2 + E2)
+    with pytest.warns(UserWarning) as record:
+        read_g2o(path)
+    (message,) = [str(w.message) for w in record if "unsupported tag" in str(w.message)]
+    assert len(message) < len(str(path)) + 200 and "(100000 characters)" in message

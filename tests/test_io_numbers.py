@@ -235,3 +235,12 @@ def test_random_malformed_rows_agree_with_int_and_float():
             assert got[0].tolist() == [want[0]], row
             assert_bits_equal(got[1], row.split()[1:])
     assert accepted > 100
+
+
+def test_ids_of_thousands_of_digits_are_refused_not_raised():
+    """int() refuses more than 4300 digits with a ValueError: the table is refused instead
+    (the reference parser then names the line), unless only leading zeros make it long."""
+    assert numbers.parse_table([f"{'1' * 5000} 1 2"], 1, 2) is None
+    assert numbers.parse_table([f"3 1 2\n-{'9' * 20} 1 2"][0].split("\n"), 1, 2) is None
+    ids, values = numbers.parse_table([f"{'0' * 5000}7 1 2", "-0008 3 4"], 1, 2)
+    assert ids.tolist() == [[7], [-8]] and values.tolist() == [[1.0, 2.0], [3.0, 4.0]]

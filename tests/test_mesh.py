@@ -609,6 +609,8 @@ def test_obj_polygons_index_forms_comments(tmp_path):
         ("v 0 0 0\nf -1 -2 -3\nv 1 0 0\n", 2, "relative index -2 points before the first vertex"),
         ("v 0 0 0\nv 1 0 0\nv 0 1 0\nf 1 a/2 3\n", 4, "entry 'a/2' has no integer vertex index"),
         ("v 0 0 nan\n", 1, "must be finite"),
+        ("v 0 0 " + "x" * 10**5 + "\n", 1, "'xxx…' (100000 characters)".replace("xxx", "x" * 80)),
+        ("v 0 0 0\nv 1 0 0\nv 0 1 0\nf 1 2 " + "y" * 10**5 + "\n", 4, "(100000 characters) has no integer"),
     ],
 )
 def test_obj_errors_name_file_and_line(tmp_path, text, line, message):
@@ -618,6 +620,7 @@ def test_obj_errors_name_file_and_line(tmp_path, text, line, message):
         read_obj(path)
     assert str(info.value).startswith(f"{path}:{line}: ")
     assert message in str(info.value)
+    assert len(str(info.value)) < len(str(path)) + 200  # long tokens are cut
 
 
 def test_write_obj_validates(tmp_path):

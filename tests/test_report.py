@@ -57,3 +57,21 @@ def test_summary_counts_in_singular_and_plural():
     two = dict(backend="cholmod", mode="simplicial", factorizations=2, reused=0, cg_iterations=3)
     text = format_summary({**base, "factorization": two})
     assert "factorized   cholmod simplicial: 2 factorizations, 0 solves by the last factor (3 CG iterations)" in text
+
+
+def test_json_text_never_prints_nan_or_infinity():
+    """NaN and ±Infinity are not JSON: they become null, with one note each naming the key,
+    the value and a reason; everything else is unchanged."""
+    obj = {"a": 1.5, "initial_chi2": float("nan"), "nested": {"max_eigenvalue": float("inf")},
+           "per": [1.0, float("-inf")], "notes": ["kept"], "s": "NaN"}
+    text = report.json_text(obj)
+    data = json.loads(text, parse_constant=lambda c: (_ for _ in ()).throw(ValueError(c)))
+    assert data["a"] == 1.5 and data["s"] == "NaN"
+    assert data["initial_chi2"] is None and data["nested"]["max_eigenvalue"] is None and data["per"] == [1.0, None]
+    assert data["notes"][0] == "kept" and len(data["notes"]) == 4
+    assert data["notes"][1].startswith("initial_chi2 is NaN, not a JSON number (null here): ")
+    assert "overflows" in data["notes"][1]
+    assert data["notes"][2].startswith("nested.max_eigenvalue is Infinity")
+    assert data["notes"][3].startswith("per[1] is -Infinity")
+    assert "notes" not in json.loads(report.json_text({"x": 1.0}))
+    assert obj["initial_chi2"] != obj["initial_chi2"]  # the input is not modified

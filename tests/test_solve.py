@@ -711,3 +711,73 @@ def test_lm_bookkeeping_same_on_numpy_torch_and_scalars():
         on_scalars = run(ScalarOps, lambda t: t[k].numpy()[()])  # a row, or a scalar
         for s, t in zip(on_scalars, on_torch):
             assert torch.equal(s.reshape(()).to(t.dtype), t[k]), k
+
+
+# -- degenerate problems: nothing (or part of nothing) to optimize -----------------------------
+
+def _linear_solvers():
+    from posegraph.solve.pardiso import pardiso_available
+
+    no_mkl = pytest.mark.skipif(not pardiso_available(), reason="MKL PARDISO not installed")
+    names = ["cholmod", "pardiso", "dense", "batched_dense", "cg"]
+    return [pytest.param(n, marks=no_mkl) if n == "pardiso" else n for n in names]
+
+
+@pytest.mark.parametrize("solver", ["gn", "lm"])
+@pytest.mark.parametrize("linear", _linear_solvers())
+@pytest.mark.parametrize("kind", ["SE2", "SE3"])
+def test_all_poses_fixed_every_linear_solver_agrees(kind, linear, solver):
+    """Every pose FIX'ed: no tangent columns. Every linear solver ends as CHOLMOD does
+    (converged after one iteration, poses untouched) instead of a reshape or PARDISO error."""
+    g = dataclasses.replace(near_graph(kind, n=5), fixed=torch.ones(5, dtype=torch.bool))
+    problem = pg.build_problem(g)
+    before = problem.poses.tensor.clone()
+    res = pg.optimize(problem, pg.SolverOptions(solver=solver, linear_solver=linear))
+    assert (res.status, res.iterations) == (["converged"], 1)
+    assert torch.equal(problem.poses.tensor, before)
+    assert torch.equal(res.final_error, res.initial_error)
+
+
+@pytest.mark.parametrize("linear", _linear_solvers())
+def test_unobserved_point_with_every_linear_solver(tmp_path, linear):
+    """A VERTEX_TRACKXYZ that nothing observes (held constant: no columns, no rows) next to
+    free poses: the dense Jacobians of the empty observation cost have zero columns."""
+    g = near_graph("SE3", n=4, seed=3)
+    path = tmp_path / "points.g2o"
+    path.write_text(pg.io.format_g2o(g) + "VERTEX_TRACKXYZ 1000 1 2 3\n")
+    problem = pg.build_problem(pg.read_g2o(path))
+    res = pg.optimize(problem, pg.SolverOptions(linear_solver=linear))
+    assert res.status == ["converged"]
+    ref = pg.build_problem(g)
+    pg.optimize(ref, pg.SolverOptions(linear_solver="cholmod"))
+    torch.testing.assert_close(res.final_error, ref.error(), rtol=1e-7, atol=1e-9)
+    assert problem.points.tensor[0, 0].tolist() == [1.0, 2.0, 3.0]
+
+
+# -- size guard of the dense solvers -----------------------------------------------------------
+
+@pytest.mark.parametrize("linear", ["dense", "batched_dense"])
+def test_dense_solvers_refuse_problems_beyond_their_limit_unless_forced(monkeypatch, linear):
+    import posegraph.solve.optimize as optimize_mod
+
+    problem = pg.build_problem(near_graph("SE3", n=8))  # 7 free poses: 42 columns
+    assert optimize_mod.tangent_columns(problem) == 42
+    monkeypatch.setitem(optimize_mod.DENSE_SOLVER_MAX_COLUMNS, linear, 41)
+    with pytest.raises(pg.PoseGraphError) as exc:
+        pg.optimize(problem, pg.SolverOptions(linear_solver=linear))
+    message = str(exc.value)
+    assert f"'{linear}': 42 tangent columns exceed its limit of 41" in message
+    assert "--linear-solver auto" in message and "--force-dense" in message
+    res = pg.optimize(problem, pg.SolverOptions(linear_solver=linear, force_dense=True))
+    assert res.status == ["converged"]
+    monkeypatch.setitem(optimize_mod.DENSE_SOLVER_MAX_COLUMNS, linear, 42)  # at the limit: runs
+    assert pg.optimize(pg.build_problem(near_graph("SE3", n=8)), pg.SolverOptions(linear_solver=linear)).converged
+    # the sparse solvers have no such limit
+    pg.optimize(pg.build_problem(near_graph("SE3", n=8)), pg.SolverOptions(linear_solver="cholmod"))
+
+
+def test_dense_limits_are_documented_sizes():
+    import posegraph.solve.optimize as optimize_mod
+
+    assert optimize_mod.DENSE_SOLVER_MAX_COLUMNS == {"dense": 2000, "batched_dense": 3000}
+    assert "force_dense" in pg.SolverOptions.__doc__

@@ -16,6 +16,11 @@ Information matrices must be positive semidefinite, with entries of magnitude �
 counting them all, unless ``read_g2o(path, repair_information=True)`` is asked to replace each
 by its nearest PSD matrix; larger entries are refused on their line, naming the edge.
 
+Lines end at ``\n`` only (``\r\n`` too: the ``\r`` is whitespace); other characters that
+Python's ``str.splitlines`` breaks at (``\v \f \x1c–\x1e \x85 \u2028 \u2029``, a lone
+``\r``) are whitespace inside a line, so line numbers are those of ``grep -n`` and a comment
+runs to the ``\n``. A UTF-8 byte order mark at the start of the file is skipped.
+
 Every problem is reported as :class:`~posegraph.errors.G2oFormatError` naming file and line.
 Pose lines are converted in bulk (one vectorized conversion per tag, bit-identical to ``float``,
 :mod:`posegraph.io.numbers`); on anything unusual the
@@ -27,6 +32,8 @@ from __future__ import annotations
 
 import math
 import os
+import re
+import unicodedata
 import warnings
 from collections import Counter
 from dataclasses import dataclass
@@ -36,7 +43,7 @@ import numpy as np
 import torch
 
 from .. import lie
-from ..errors import G2oFormatError
+from ..errors import SHOWN_TOKEN_CHARS, G2oFormatError, shown
 from ..graph import Landmarks, PoseGraph
 from ..information import PSD_TOLERANCE  # noqa: F401  (re-exported: the reader's tolerance)
 from ..information import first_oversized, information_bound, nearest_psd, psd_smallest_eigenvalues
@@ -67,8 +74,22 @@ QUATERNION_UNIT_TOLERANCE = 1e-3
 _ID_MIN, _ID_MAX = -(2**63), 2**63 - 1
 
 
+#: UTF-8 encoding of the byte order mark U+FEFF, skipped at the start of a file
+_BOM = b"\xef\xbb\xbf"
+
+
+def split_lines(text: str) -> List[str]:
+    """The lines of ``text``, split at ``\n`` only (see the module doc): unlike
+    ``str.splitlines``, no other character starts a line, so line numbers match ``grep -n``
+    and editors, and a comment ends only at ``\n``."""
+    return text.split("\n")
+
+
 def _decode(path: str, raw: bytes) -> str:
-    """Bytes → text, refusing binary data with the line where it starts."""
+    """Bytes → text, refusing binary data with the line where it starts; a leading UTF-8
+    byte order mark is dropped."""
+    if raw.startswith(_BOM):
+        raw = raw[len(_BOM):]
     nul = raw.find(b"\x00")
     try:
         text = raw.decode("utf-8")
@@ -87,22 +108,41 @@ def _number(tok: str, path: str, line: int, what: str) -> float:
     try:
         value = float(tok)
     except ValueError:
-        raise G2oFormatError(f"{what}: expected a number, received {tok!r}", path, line) from None
+        raise G2oFormatError(f"{what}: expected a number, received {shown(tok)}", path, line) from None
     if not math.isfinite(value):
-        raise G2oFormatError(f"{what}: expected a finite number, received {tok!r}", path, line)
+        raise G2oFormatError(f"{what}: expected a finite number, received {shown(tok)}", path, line)
     return value
 
 
+#: what ``int`` accepts (a token has no whitespace): sign, digits (any script), underscores
+_INTEGER = re.compile(r"[+-]?\d+(?:_\d+)*")
+
+
+def _long_integer(tok: str) -> Optional[int]:
+    """The value of an integer token that ``int`` refuses for its length (more digits than
+    ``sys.get_int_max_str_digits()``): its significant digits when at most 19 remain after
+    leading zeros, else None (far outside int64)."""
+    digits = [unicodedata.decimal(c) for c in tok.lstrip("+-") if c != "_"]
+    first = next((k for k, d in enumerate(digits) if d), len(digits))
+    if len(digits) - first > 19:
+        return None
+    value = int("".join(map(str, digits[first:])) or "0")
+    return -value if tok.startswith("-") else value
+
+
 def _vertex_id(tok: str, path: str, line: int, what: str) -> int:
+    value: Optional[int]
     try:
         value = int(tok)
     except ValueError:
+        if not _INTEGER.fullmatch(tok):
+            raise G2oFormatError(
+                f"{what}: expected an integer vertex id, received {shown(tok)}", path, line
+            ) from None
+        value = _long_integer(tok)  # more digits than int() converts
+    if value is None or not _ID_MIN <= value <= _ID_MAX:
         raise G2oFormatError(
-            f"{what}: expected an integer vertex id, received {tok!r}", path, line
-        ) from None
-    if not _ID_MIN <= value <= _ID_MAX:
-        raise G2oFormatError(
-            f"{what}: expected a vertex id in [{_ID_MIN}, {_ID_MAX}] (int64), received {tok!r}",
+            f"{what}: expected a vertex id in [{_ID_MIN}, {_ID_MAX}] (int64), received {shown(tok)}",
             path,
             line,
         )
@@ -217,7 +257,7 @@ def _parse_lines(path: str, text: str) -> _Records:
     edge_lines: List[int] = []
     vertex_values: List[List[str]] = []
     edge_values: List[List[str]] = []
-    for lineno, raw_line in enumerate(text.splitlines(), start=1):
+    for lineno, raw_line in enumerate(split_lines(text), start=1):
         toks = (raw_line.split("#", 1)[0] if "#" in raw_line else raw_line).split()
         if not toks:
             continue
@@ -278,7 +318,7 @@ def _parse_bulk(path: str, text: str) -> Optional[_Records]:
     rec = _Records()
     groups: Dict[str, Tuple[List[str], List[int]]] = {name: ([], []) for name in _TAGS}
     try:
-        for lineno, line in enumerate(text.splitlines(), start=1):
+        for lineno, line in enumerate(split_lines(text), start=1):
             if "#" in line:
                 line = line.split("#", 1)[0]
             head = line.split(None, 1)
@@ -463,7 +503,7 @@ def read_g2o(path: PathLike, repair_information: bool = False) -> PoseGraph:
     if rec is None:  # something unusual: the reference parser names the first problem
         rec = _parse_lines(path, text)
     for tag_name, count in sorted(rec.unknown.items()):
-        warnings.warn(f"{path}: skipped {count} line(s) with unsupported tag {tag_name}")
+        warnings.warn(f"{path}: skipped {count} line(s) with unsupported tag {_tag_shown(tag_name)}")
     if rec.kind is None:
         if rec.points:
             raise G2oFormatError("3D points (TRACKXYZ) but no SE3 poses", path, rec.points.first_line)
@@ -514,6 +554,11 @@ class _IdIndex:
         if not found[0]:
             raise KeyError(vid)
         return int(index[0])
+
+
+def _tag_shown(tag: str) -> str:
+    """An unsupported tag as a warning shows it: as written, or cut (:func:`shown`) when long."""
+    return tag if len(tag) <= SHOWN_TOKEN_CHARS else shown(tag)
 
 
 def _unknown_pose(path: str, vid: int, line: int, point_ids: List[int]) -> G2oFormatError:

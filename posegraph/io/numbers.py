@@ -421,7 +421,12 @@ def parse_ints(tok: Tokens, scan: _Scan, which: np.ndarray) -> Optional[np.ndarr
     np.negative(values, out=values, where=scan.negative[which])
     big = np.flatnonzero(~scan.exact_significand[which])
     if big.size:
-        exact = [int(s) for s in tok.strings(which[big])]
+        strings = tok.strings(which[big])
+        # more than 19 significant digits is beyond int64 (and, past 4300 digits, beyond
+        # what int() converts at all)
+        if any(len(s.lstrip("+-").lstrip("0")) > 19 for s in strings):
+            return None
+        exact = [int(s) for s in strings]
         if not all(_INT64_MIN <= v <= _INT64_MAX for v in exact):
             return None
         values[big] = exact

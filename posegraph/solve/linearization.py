@@ -471,5 +471,5 @@ class BlockSparseLinearization(Linearization):
         p, q, slot = self._row_pairs()
         prod = a[:, p] * a[:, q]
         out = prod.new_zeros(prod.shape[0], self.num_cols * self.num_cols)
-        return out.index_add(1, slot, prod).view(-1, self.num_cols, self.num_cols)
+        return out.index_add(1, slot, prod).view(prod.shape[0], self.num_cols, self.num_cols)
 

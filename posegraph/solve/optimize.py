@@ -47,6 +47,15 @@ SPARSE_CHOLESKY = "sparse_cholesky"
 _SPARSE_CHOLESKY_SOLVERS = {SPARSE_CHOLESKY: SparseCholeskySolver, "cholmod": CholmodSolver, "pardiso": PardisoSolver}
 #: ``auto`` on an accelerator: dense Cholesky up to this many tangent columns, CG beyond.
 DENSE_MAX_COLUMNS = 3000
+#: On CPU the dense linear solvers refuse problems of more tangent columns than this (per
+#: problem of a batch) unless ``SolverOptions.force_dense`` (``--force-dense``): their time
+#: grows as the cube of the columns and their memory as the square, where sparse Cholesky
+#: stays near linear on pose graphs. (On accelerators ``auto`` picks ``batched_dense`` only up
+#: to :data:`DENSE_MAX_COLUMNS`, and an explicit choice is not limited.) Measured per LM iteration on a grid_se2 graph, one torch thread on the shared
+#: 2-core CPU (load ~7, so noisy), ``dense`` / ``batched_dense``: 1497 columns 1.2 / 0.36 s,
+#: 2097 columns 3.1 / 0.70 s, 2997 columns 8.3 / 1.7 s; a run of ~5–10 iterations at these
+#: limits lasts about 10–20 s (intel, 5,184 columns, took 5.5 minutes with ``dense``).
+DENSE_SOLVER_MAX_COLUMNS = {"dense": 2000, "batched_dense": 3000}
 #: ``auto`` with Theseus' CUDA extension: its LU solver (dense per-cost Jacobians) up to this
 #: many Jacobian entries per problem (rows × columns).
 LU_CUDA_MAX_DENSE_ENTRIES = 2**24
@@ -88,6 +97,9 @@ class SolverOptions:
         cg_max_iterations: CG iterations an attempt with the last factor may take; ``None``
             (default): as many as cost one factorization, measured while solving (at most
             10; see the solver). An integer makes every run take the same path on any machine.
+        force_dense: let ``"dense"`` and ``"batched_dense"`` run on problems beyond
+            :data:`DENSE_SOLVER_MAX_COLUMNS` tangent columns (refused otherwise, with the size
+            and the alternative; ``posegraph optimize --force-dense``).
         threads: torch intra-op threads while optimizing, setup included (restored
             afterwards). ``None``: the setup — and with it PARDISO's analysis, whose thread
             count its factorizations keep — runs on torch's setting, and the iterations run
@@ -108,6 +120,7 @@ class SolverOptions:
     reuse_factor: bool = True
     cg_max_iterations: Optional[int] = None
     threads: Optional[int] = None
+    force_dense: bool = False
 
     def validate(self) -> None:
         """Raise ``ValueError`` (a :class:`~posegraph.errors.PoseGraphError` for a linear solver
@@ -237,10 +250,42 @@ def used_linear_solver(optimizer: th.NonlinearOptimizer, resolved: str) -> str:
     return solver.backend if isinstance(solver, SparseCholeskySolver) else resolved
 
 
+def tangent_columns(problem: PoseGraphProblem) -> int:
+    """Tangent columns of ``problem`` (free poses and points): the unknowns of its linear solves."""
+    return sum(var.dof() for var in problem.objective.optim_vars.values())
+
+
+def check_dense_size(problem: PoseGraphProblem, linear: str, force: bool = False) -> None:
+    """Refuse a dense linear solver (``linear``, resolved) on a CPU problem beyond
+    :data:`DENSE_SOLVER_MAX_COLUMNS` tangent columns, unless ``force``.
+
+    Raises:
+        PoseGraphError: naming the problem's file, its size, the limit and the alternatives.
+    """
+    limit = DENSE_SOLVER_MAX_COLUMNS.get(linear)
+    columns = tangent_columns(problem)
+    if force or limit is None or problem.poses.tensor.device.type != "cpu" or columns <= limit:
+        return
+    graph = getattr(problem, "graph", None)
+    raise PoseGraphError(
+        f"linear solver {linear!r}: {columns} tangent columns exceed its limit of {limit} "
+        "(dense Cholesky time grows as the cube of the columns); use a sparse solver "
+        "(--linear-solver auto, cholmod or pardiso), or force it with --force-dense "
+        "(SolverOptions.force_dense)",
+        getattr(graph, "source", None),
+    )
+
+
 def make_optimizer(problem: PoseGraphProblem, options: SolverOptions) -> th.NonlinearOptimizer:
-    """Build the Theseus optimizer for ``problem``."""
+    """Build the Theseus optimizer for ``problem``.
+
+    Raises:
+        PoseGraphError: a dense linear solver on a problem beyond its size limit
+            (:func:`check_dense_size`).
+    """
     options.validate()
     linear = problem_linear_solver(problem, options)
+    check_dense_size(problem, linear, options.force_dense)
     kwargs: Dict = dict(
         max_iterations=max(options.max_iterations, 1),
         rel_err_tolerance=options.rel_tolerance,
@@ -390,5 +435,8 @@ __all__ = [
     "predicted_decrease",
     "ScalarOps",
     "resolve_linear_solver",
+    "check_dense_size",
+    "tangent_columns",
+    "DENSE_SOLVER_MAX_COLUMNS",
     "OptimizationError",
 ]

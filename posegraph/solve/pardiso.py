@@ -313,9 +313,17 @@ class PardisoFactorization:
             blocks, columns = np.arange(len(sizes)), None
         self.order = OrderedTranspose(lin, columns)
         self.normal = NormalMatrix(lin, sizes, blocks)
-        self.analysis = PardisoAnalysis(self.normal.num_cols, self.normal.indptr, self.normal.indices, plan.order is not None)
+        # no analysis of an empty matrix (every variable fixed: PARDISO refuses n = 0, and the
+        # solver has nothing to solve, see SparseCholeskySolver._solve)
+        self.analysis: Optional[PardisoAnalysis] = None
+        if self.normal.num_cols > 0:
+            self.analysis = PardisoAnalysis(
+                self.normal.num_cols, self.normal.indptr, self.normal.indices, plan.order is not None
+            )
 
     def factorize(self, a_values: np.ndarray, beta: float) -> PardisoFactor:
         """PARDISO's numeric factorization of ``AᵀA + βI`` for A's values ``a_values`` (CSR
         order); a matrix that is not positive definite raises ``RuntimeError``."""
+        if self.analysis is None:
+            raise ValueError("PARDISO: nothing to factorize (the normal matrix has no columns)")
         return self.analysis.factorize(self.normal.values(a_values, beta))

@@ -400,6 +400,8 @@ class SparseCholeskySolver(BlockSparseSolver):
     def _solve(self, lam: torch.Tensor) -> torch.Tensor:
         lin = self.linearization
         a_val, b = lin.A_val, lin.b
+        if lin.num_cols == 0:  # every variable held fixed: nothing to factor (PARDISO refuses n = 0)
+            return a_val.new_zeros(a_val.shape[0], 0)
         dampings = lam.detach().reshape(-1).tolist()  # (B|1, 1) → B
         if len(dampings) == 1:
             dampings = dampings * a_val.shape[0]
