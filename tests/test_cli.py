@@ -757,18 +757,18 @@ def _strict_json(text: str):
 
 
 def test_info_json_has_no_nan_or_infinity(tmp_path, capsys):
-    """Information values near the float64 limit: the initial χ² overflows (NaN). The JSON
-    holds null with a note saying why."""
+    """Information at its bound (1e150) and a residual of 1e100: the initial χ² overflows
+    (Infinity). The JSON holds null with a note saying why."""
     path = tmp_path / "huge.g2o"
     path.write_text(V2 + "VERTEX_SE2 2 2 0 0\n" + "".join(
-        f"EDGE_SE2 {a} {b} 1 0 0 1e308 0 0 1e308 0 1e308\n" for a, b in ((0, 1), (1, 2), (0, 2))
-    ).replace("EDGE_SE2 0 2 1", "EDGE_SE2 0 2 2"))
+        f"EDGE_SE2 {a} {b} 1 0 0 1e150 0 0 1e150 0 1e150\n" for a, b in ((0, 1), (1, 2), (0, 2))
+    ).replace("EDGE_SE2 0 2 1", "EDGE_SE2 0 2 1e100"))
     code = main(["info", str(path), "--json"])
     out, err = capsys.readouterr()
     assert code == 0 and err == ""
     data = _strict_json(out)
     assert data["initial_chi2"] is None and data["initial_error"] is None
-    assert any(n.startswith("initial_chi2 is NaN") and "overflows" in n for n in data["notes"])
+    assert any(n.startswith("initial_chi2 is Infinity") and "overflows" in n for n in data["notes"])
 
 
 @pytest.mark.parametrize("command", ["optimize", "eval"])
@@ -813,7 +813,14 @@ def test_refusal_is_one_line_even_after_warnings(tmp_path, capsys, argv):
 def test_failed_optimization_is_one_line_even_after_warnings(tmp_path, capsys, monkeypatch):
     path = tmp_path / "w.g2o"
     path.write_text("VERTEX_XY 5 1 1\n" + SE2_TEXT)
-    monkeypatch.setattr(optimize_mod, "mark_failed", lambda status, final: ["failed"] * len(status))
+    real = optimize_mod.optimize
+
+    def failing(*args, **kwargs):
+        result = real(*args, **kwargs)
+        result.status, result.stop_reason = ["failed"], ["non-finite-error"]
+        return result
+
+    monkeypatch.setattr(optimize_mod, "optimize", failing)
     code, out, err = run_cli(capsys, path)
     assert code == EXIT_FAILED and out == ""
     assert len(err.splitlines()) == 1 and err.startswith(f"error: {path}: optimization failed")
@@ -841,14 +848,15 @@ def test_main_restores_the_warning_hook(tmp_path, capsys):
 
 
 def test_chordal_init_with_information_near_the_float64_limit(tmp_path, capsys, synthetic):
-    """Was 'internal error (LinAlgError): SVD did not converge' without the file's name."""
+    """Was 'internal error (LinAlgError): SVD did not converge' without the file's name; such
+    information is now refused on its line, before chordal."""
     s = synthetic(kind="SE3", n=8, loops=((0, 4), (7, 2)), seed=5, noise=0.01)
     s.information = s.information / abs(s.information).max() * 1.7e308
     path = tmp_path / "huge.g2o"
     path.write_text(s.text())
     code, out, err = run_cli(capsys, path, "--init", "chordal", "--json", "--quiet")
-    assert "internal error" not in err and len(err.splitlines()) <= 1
-    assert code == 0 or err.startswith(f"error: {path}: ")
+    assert "internal error" not in err and len(err.splitlines()) == 1
+    assert code == EXIT_BAD_INPUT and err.startswith(f"error: {path}:9: EDGE_SE3:QUAT 0 1: information entry")
 
 
 def test_dense_solver_size_guard_and_force_dense(tmp_path, capsys, monkeypatch):
