@@ -80,10 +80,12 @@ class PoseGraphProblem:
 
     @property
     def num_poses(self) -> int:
+        """Number of poses, fixed ones included."""
         return self.poses.num_elements
 
     @property
     def num_edges(self) -> int:
+        """Number of between edges."""
         return self.between.num_blocks
 
     def error(self) -> torch.Tensor:
@@ -278,7 +280,8 @@ class PoseGraphBuilder:
         problem = b.build()          # problem.objective is a th.Objective
 
     Args:
-        dtype, device: required of every tensor; by default taken from the first one added.
+        dtype: required of every tensor; by default taken from the first one added.
+        device: required of every tensor; by default taken from the first one added.
             An absent device (``cuda`` without CUDA, a CUDA index beyond the devices
             present) is refused here (:class:`~posegraph.errors.DeviceError`).
     """

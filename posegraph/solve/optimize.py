@@ -179,6 +179,7 @@ class SolveResult:
 
     @property
     def converged(self) -> bool:
+        """Whether every problem of the batch converged."""
         return all(s == "converged" for s in self.status)
 
 
