@@ -1,12 +1,14 @@
 # Two entry points (see README): `make demo` and `make test`. Both set everything up first
-# and are idempotent.
+# and are idempotent. `make docs` builds the documentation (docs/, mkdocs.yml) into site/.
 PY ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.posegraph-installed
 TORCH := torch==2.13.0
+DOCS_STAMP := $(VENV)/.posegraph-docs-installed
+DOCS_PACKAGES := mkdocs==1.6.1 mkdocs-material==9.8.2 mkdocstrings-python==2.0.11
 
-.PHONY: setup demo test clean-venv
+.PHONY: setup demo test docs clean-venv
 setup: $(STAMP)
 
 # System libraries: SuiteSparse (CHOLMOD) headers to build scikit-sparse, OpenBLAS for speed.
@@ -33,6 +35,17 @@ demo: setup
 
 test: setup
 	$(BIN)/python -m pytest -q
+
+# The API reference is rendered from the docstrings: first tests/test_docs.py's quick checks
+# (public names without a docstring fail them), then the build, where --strict fails on any
+# warning (a broken link, anchor or reference, a docstring that does not parse).
+$(DOCS_STAMP): $(STAMP) Makefile
+	$(BIN)/pip install -q $(DOCS_PACKAGES)
+	@touch $(DOCS_STAMP)
+
+docs: setup $(DOCS_STAMP)
+	$(BIN)/python -m pytest -q -m "not slow" tests/test_docs.py
+	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs build --strict
 
 clean-venv:
 	rm -rf $(VENV)

@@ -88,10 +88,12 @@ class PoseGraphProblem:
 
     @property
     def num_poses(self) -> int:
+        """Number of poses, fixed ones included."""
         return self.poses.num_elements
 
     @property
     def num_edges(self) -> int:
+        """Number of between edges."""
         return self.between.num_blocks
 
     def error(self) -> torch.Tensor:
@@ -405,7 +407,8 @@ class PoseGraphBuilder:
     zero) are refused, never projected (:func:`posegraph.lie.rotation_defect`).
 
     Args:
-        dtype, device: required of every tensor; by default taken from the first one added.
+        dtype: required of every tensor; by default taken from the first one added.
+        device: required of every tensor; by default taken from the first one added.
             An absent device (``cuda`` without CUDA, a CUDA index beyond the devices
             present) is refused here (:class:`~posegraph.errors.DeviceError`).
         batch_size: number of problems (default: that of the first pose).

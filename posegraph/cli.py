@@ -1,5 +1,5 @@
 """``posegraph`` command line: ``optimize``, ``inspect``, ``info``, ``eval``, ``plot``
-(see README.md, "Command line").
+(see docs/cli.md).
 
 ``posegraph optimize --config FILE.yaml`` reads options from a YAML file (keys are the
 option names, :mod:`posegraph.config`); flags given on the command line win over the file.

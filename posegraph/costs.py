@@ -77,9 +77,11 @@ class BlockSparseCostFunction(th.CostFunction, abc.ABC):
 
     # -- derived -----------------------------------------------------------------------------
     def dim(self) -> int:
+        """Length of the flat error: ``block_dim · num_blocks``."""
         return self.block_dim * self.num_blocks
 
     def error(self) -> torch.Tensor:
+        """Unweighted error, flattened to ``(B, num_blocks · block_dim)``."""
         err = self.block_error()
         return err.reshape(err.shape[0], -1)
 
@@ -88,6 +90,7 @@ class BlockSparseCostFunction(th.CostFunction, abc.ABC):
         return self.weight.weight_block_error(self.block_error())
 
     def weighted_error(self) -> torch.Tensor:
+        """Weighted error, flattened to ``(B, num_blocks · block_dim)``."""
         err = self.weighted_block_error()
         return err.reshape(err.shape[0], -1)
 

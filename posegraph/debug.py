@@ -97,6 +97,7 @@ class NonFiniteReport:
     cost_type: str = ""
 
     def to_dict(self) -> Dict[str, Any]:
+        """The report as a JSON-ready dict (a trace file's ``first_nonfinite``)."""
         return {
             "iteration": self.iteration,
             "cost_function": self.cost_function,
@@ -108,6 +109,7 @@ class NonFiniteReport:
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> "NonFiniteReport":
+        """The report stored by :meth:`to_dict` (as read back from a trace file)."""
         return cls(
             iteration=int(data["iteration"]),
             cost_function=str(data["cost_function"]),
@@ -199,6 +201,7 @@ class NameFilter:
 
     @property
     def selects_all(self) -> bool:
+        """Whether the filter selects every name (no pattern given)."""
         return not self._tests
 
     def __call__(self, *names: str) -> bool:
@@ -207,6 +210,7 @@ class NameFilter:
         return any(t(n) for t in self._tests for n in names)
 
     def describe(self) -> Optional[Union[str, List[str]]]:
+        """The pattern as given, for a trace file: ``None`` (all), one string or a list (regular expressions as ``re:PATTERN``)."""
         if self.pattern is None:
             return None
         items = [self.pattern] if isinstance(self.pattern, (str, re.Pattern)) else self.pattern

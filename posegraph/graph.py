@@ -59,30 +59,37 @@ class PoseGraph:
     # -- sizes and kinds ----------------------------------------------------------------------
     @property
     def element_cls(self) -> type:
+        """Theseus class of one pose: ``th.SE3`` or ``th.SE2``."""
         return POSE_KINDS[self.kind][0]
 
     @property
     def element_shape(self) -> Tuple[int, ...]:
+        """Tensor shape of one pose: ``(3, 4)`` for SE3, ``(4,)`` for SE2 (Theseus' layouts)."""
         return POSE_KINDS[self.kind][1]
 
     @property
     def dof(self) -> int:
+        """Degrees of freedom of one pose: 6 for SE3, 3 for SE2."""
         return POSE_KINDS[self.kind][2]
 
     @property
     def num_poses(self) -> int:
+        """Number of poses (vertices)."""
         return int(self.ids.numel())
 
     @property
     def num_edges(self) -> int:
+        """Number of edges."""
         return int(self.edges.shape[0])
 
     @property
     def has_poses(self) -> bool:
+        """Whether the graph has pose estimates (edge-only files have none until initialized)."""
         return self.poses is not None
 
     @property
     def num_points(self) -> int:
+        """Number of landmark points (0 without landmarks)."""
         return 0 if self.landmarks is None else self.landmarks.num_points
 
     @property
@@ -96,14 +103,17 @@ class PoseGraph:
 
     @property
     def dtype(self) -> torch.dtype:
+        """dtype of the graph's tensors (that of ``measurements``)."""
         return self.measurements.dtype
 
     @property
     def device(self) -> torch.device:
+        """Device of the graph's tensors (that of ``measurements``)."""
         return self.measurements.device
 
     # -- naming ---------------------------------------------------------------------------------
     def edge_tag(self) -> str:
+        """The g2o tag of the graph's edges: ``EDGE_SE3:QUAT`` or ``EDGE_SE2``."""
         return "EDGE_SE3:QUAT" if self.kind == "SE3" else "EDGE_SE2"
 
     def edge_names(self) -> List[str]:
@@ -216,10 +226,12 @@ class Landmarks:
 
     @property
     def num_points(self) -> int:
+        """Number of points."""
         return int(self.ids.numel())
 
     @property
     def num_observations(self) -> int:
+        """Number of pose → point observations."""
         return int(self.observations.shape[0])
 
     def to(self, device=None, dtype=None) -> "Landmarks":

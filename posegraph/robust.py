@@ -125,6 +125,7 @@ class RobustKernel:
 
     @property
     def loss_cls(self) -> Type[th.RobustLoss]:
+        """The Theseus ``RobustLoss`` class of the kernel."""
         return KERNELS[self.name]
 
     def log_radius(self) -> float:
@@ -233,6 +234,7 @@ class RobustBlockWeight(BlockCostWeight):
         return scaled, werr * g.unsqueeze(-1)
 
     def is_zero(self) -> torch.Tensor:
+        """Per problem: whether the wrapped weight is zero."""
         return self.base.is_zero()
 
     def _copy_impl(self, new_name: Optional[str] = None) -> "RobustBlockWeight":

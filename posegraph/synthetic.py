@@ -205,7 +205,8 @@ def sphere_se3(
     the default ``(0,)`` is the same index on the next ring).
 
     Args:
-        translation_sigma, rotation_sigma: noise σ (meters, radians), a number or one per axis.
+        translation_sigma: translation noise σ (meters), a number or one per axis.
+        rotation_sigma: rotation noise σ (radians), a number or one per axis.
         seed: seed of the noise.
         initial: ``"odometry"`` (composed noisy odometry, the default), ``"truth"``, or
             ``None`` for an edge-only graph (``poses=None``).
@@ -376,8 +377,8 @@ def grid_se2(
     the integer cell grid, so exactly), with any relative heading.
 
     Args:
-        translation_sigma, rotation_sigma: noise σ of (x, y) (meters; number or two) and θ
-            (radians).
+        translation_sigma: noise σ of (x, y) (meters; a number or two).
+        rotation_sigma: noise σ of θ (radians).
         seed: seeds the walk, the loop-closure choice and the noise.
         initial: ``"odometry"`` (default), ``"truth"`` or ``None`` (edge-only graph).
 

@@ -131,6 +131,7 @@ class ManifoldArray(th.Manifold):
 
     @staticmethod
     def normalize(tensor: torch.Tensor) -> torch.Tensor:
+        """Returns ``tensor`` unchanged: packed poses are kept on the manifold by the retraction (Theseus' ``Manifold.normalize``)."""
         return tensor
 
     def _free_flat(self, batch: int) -> torch.Tensor:
@@ -189,6 +190,7 @@ class ManifoldArray(th.Manifold):
         return ManifoldArray(self.tensor.clone(), self.element_cls, self.fixed, name=new_name)
 
     def to(self, *args, **kwargs):
+        """Moves the poses (Theseus' ``Variable.to``) and the index of free poses with them."""
         super().to(*args, **kwargs)
         self.free_index = self.free_index.to(self.tensor.device)
         return self

@@ -76,11 +76,13 @@ class BlockCostWeight(th.CostWeight, abc.ABC):
         return flat.reshape(flat.shape[0], rows, self.block_dim, *flat.shape[2:])
 
     def weight_error(self, error: torch.Tensor) -> torch.Tensor:
+        """Weighted flat error ``(B, R·d)``: Theseus' ``CostWeight.weight_error`` through :meth:`weight_block_error`."""
         return self.weight_block_error(self._as_blocks(error)).reshape(error.shape[0], -1)
 
     def weight_jacobians_and_error(
         self, jacobians: List[torch.Tensor], error: torch.Tensor
     ) -> Tuple[List[torch.Tensor], torch.Tensor]:
+        """Weighted flat Jacobians and error: Theseus' ``CostWeight.weight_jacobians_and_error`` through :meth:`weight_block_jacobians_and_error`."""
         blocks = [self._as_blocks(jac) for jac in jacobians]  # (B, R, d, n) each
         rows = [torch.arange(b.shape[1], device=b.device) for b in blocks]
         wjacs, werr = self.weight_block_jacobians_and_error(blocks, rows, self._as_blocks(error))
@@ -150,6 +152,7 @@ class FullInformationWeight(LinearBlockWeight):
         return w.transpose(-1, -2) @ w
 
     def is_zero(self) -> torch.Tensor:
+        """Per problem: whether every entry of the square-root information is zero (Theseus' ``CostWeight.is_zero``)."""
         w = self.sqrt_information.tensor
         return (w == 0).reshape(w.shape[0], -1).all(dim=1)
 
@@ -204,6 +207,7 @@ class BlockScaleWeight(LinearBlockWeight):
         self.register_aux_vars(["scale"])
 
     def is_zero(self) -> torch.Tensor:
+        """Per problem: whether every edge's scale is zero (Theseus' ``CostWeight.is_zero``)."""
         s = self.scale.tensor
         return (s == 0).all(dim=1)
 

@@ -65,3 +65,12 @@ def test_marked_cli_examples_run(in_readme_folder, capsys):
         assert code == 0, (line, err)
         assert "error" not in err, (line, err)
     assert (in_readme_folder / "out" / "sphere.png").stat().st_size > 10_000
+
+
+def test_readme_is_short_and_its_links_resolve():
+    assert len(README.splitlines()) <= 450
+    links = re.findall(r"\]\(([^)#\s]+)(?:#[^)]*)?\)", README)
+    local = [link for link in links if "://" not in link]
+    assert any(link.startswith("docs/") for link in local)
+    missing = [link for link in local if not (REPO / link).exists()]
+    assert not missing, f"README links to missing files: {missing}"

@@ -123,6 +123,7 @@ class LayerInfo:
 
     @property
     def converged(self) -> bool:
+        """Whether every problem of the batch converged."""
         return all(s == "converged" for s in self.status)
 
 
@@ -279,14 +280,17 @@ class PoseGraphLayer(nn.Module):
     # -- sizes ------------------------------------------------------------------------------------
     @property
     def kind(self) -> str:
+        """``"SE3"`` or ``"SE2"``."""
         return self.graph.kind
 
     @property
     def num_poses(self) -> int:
+        """Number of poses of the layer's topology."""
         return self.graph.num_poses
 
     @property
     def num_edges(self) -> int:
+        """Number of edges of the layer's topology."""
         return self.graph.num_edges
 
     def weight_scale(self) -> Optional[torch.Tensor]:
@@ -474,7 +478,9 @@ class PoseGraphLayer(nn.Module):
                 (``WᵀW = Ω``); default: the graph's information.
             edges: ``(E, 2)`` pose indices the measurements belong to: compared with the
                 layer's edges (bare tensors cannot be told apart from the layer's otherwise).
-            backward_mode, backward_num_iterations, end_iter_callback: override the layer's.
+            backward_mode: overrides the layer's.
+            backward_num_iterations: overrides the layer's.
+            end_iter_callback: overrides the layer's.
 
         Raises:
             BuilderError: an input of the wrong shape, dtype, device, topology, or with

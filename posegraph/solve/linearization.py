@@ -370,6 +370,7 @@ class BlockSparseLinearization(Linearization):
         return self._AtA_diag
 
     def diagonal_scaling(self, v: torch.Tensor) -> torch.Tensor:
+        """``diag(AᵀA) · v`` (Theseus' ``Linearization.diagonal_scaling``, used by LM's ellipsoidal damping)."""
         return self.ata_diagonal() * v
 
     def Av(self, v: torch.Tensor, a_val: Optional[torch.Tensor] = None) -> torch.Tensor:

@@ -72,6 +72,7 @@ class ScalarOps:
 
     @staticmethod
     def where(condition: Any, a: Any, b: Any) -> Any:
+        """``a if condition else b`` on scalars (``torch.where``'s role)."""
         return a if condition else b
 
     @staticmethod
@@ -83,14 +84,17 @@ class ScalarOps:
 
     @staticmethod
     def logical_not(a: Any) -> bool:
+        """``not a`` on a scalar (``torch.logical_not``'s role)."""
         return not a
 
     @staticmethod
     def logical_and(a: Any, b: Any) -> bool:
+        """``a and b`` on scalars (``torch.logical_and``'s role)."""
         return bool(a) and bool(b)
 
     @staticmethod
     def logical_or(a: Any, b: Any) -> bool:
+        """``a or b`` on scalars (``torch.logical_or``'s role)."""
         return bool(a) or bool(b)
 
 
@@ -194,6 +198,7 @@ class Outcome:
 
     @property
     def running(self) -> np.ndarray:
+        """Per problem: whether it has no status yet (still iterating)."""
         return self.status == ""
 
     def stop(self, mask: np.ndarray, status: str, reason: Any) -> None:
@@ -236,6 +241,7 @@ class TruthfulLoop:
     _loops_run = 0
 
     def reset(self, **kwargs) -> None:
+        """Resets the optimizer for a new solve, with a fresh per-problem :class:`Outcome`."""
         super().reset(**kwargs)  # type: ignore[misc]
         self.outcome = Outcome(self.objective.batch_size)  # type: ignore[attr-defined]
         self._backward_mode = kwargs.get("backward_mode")
@@ -427,6 +433,7 @@ class LevenbergMarquardt(TruthfulLoop, th.LevenbergMarquardt):
             self._allows_adaptive = True
 
     def reset(self, damping: float = 1e-5, adaptive_damping: bool = True, **kwargs) -> None:
+        """Resets the optimizer for a new solve and remembers the initial damping and whether it adapts."""
         super().reset(damping=damping, adaptive_damping=adaptive_damping, **kwargs)
         self._adaptive = adaptive_damping
         self._initial_damping = damping

@@ -192,6 +192,7 @@ class SolveResult:
 
     @property
     def converged(self) -> bool:
+        """Whether every problem of the batch converged."""
         return all(s == "converged" for s in self.status)
 
 
