@@ -263,6 +263,7 @@ class GncResult:
 
     @property
     def num_outliers(self) -> int:
+        """How many edges GNC rejected."""
         return int(self.outliers.sum())
 
 

@@ -139,6 +139,7 @@ class PackedCost(BlockSparseCostFunction):
         return self._as_blocks(*self.cost.jacobians())
 
     def weighted_error(self) -> torch.Tensor:
+        """The user's cost's weighted error, at the packed variable's current values."""
         self._sync()
         return self.cost.weighted_error()
 
@@ -185,15 +186,19 @@ class PositionPrior(th.CostFunction):
         return _rotation_translation(self.pose.tensor, type(self.pose))
 
     def error(self) -> torch.Tensor:
+        """``t(X) − xyz``, ``(B, 3)`` (SE2: ``(B, 2)``)."""
         return self._rotation_translation()[1] - self.position.tensor
 
     def jacobians(self) -> Tuple[List[torch.Tensor], torch.Tensor]:
+        """``∂(t(X) − xyz)/∂δ = [R | 0]`` for the right perturbation ``X·Exp(δ)`` (translation
+        first), and the error."""
         rot, t = self._rotation_translation()
         jac = torch.cat([rot, torch.zeros_like(rot[:, :, : self.pose.dof() - rot.shape[-1]])], dim=-1)
         err = t - self.position.tensor
         return [jac.expand(err.shape[0], -1, -1)], err
 
     def dim(self) -> int:
+        """The residual's dimension: 3 (SE3) or 2 (SE2)."""
         return self.position.tensor.shape[-1]
 
     def _copy_impl(self, new_name: Optional[str] = None) -> "PositionPrior":
