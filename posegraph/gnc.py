@@ -425,7 +425,10 @@ def _run(
     last = solves[-1]
     solve_result = SolveResult(
         status=last.status,
+        stop_reason=last.stop_reason,
+        detail=last.detail,
         iterations=sum(s.iterations for s in solves),
+        problem_iterations=[sum(s.iterations for s in solves)],
         initial_error=initial_error,
         final_error=problem.error().detach().clone(),
         solver=last.solver,

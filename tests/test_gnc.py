@@ -225,3 +225,12 @@ def test_outer_iteration_cap_and_nothing_to_judge():
                     information=chain.information[~chain.loop_closures()], edge_lines=None)
     result = optimize_gnc(build_problem(chain), GncOptions(edges="loop-closures"))
     assert result.stop_reason == "nothing-to-judge" and not result.judged.any() and not result.outliers.any()
+
+
+def test_gnc_result_says_how_its_last_solve_stopped():
+    from posegraph.solve.nonlinear import CRITERIA
+
+    graph = with_false_loop_closures(sphere_se3(num_rings=4, poses_per_ring=12, seed=1).graph, 0.3, seed=1)
+    result = optimize_gnc(build_problem(graph), "gnc")
+    assert result.solve.status == ["converged"] and result.solve.stop_reason[0] in CRITERIA
+    assert result.solve.problem_iterations == [result.solve.iterations]
