@@ -246,18 +246,22 @@ def test_auto_starts_from_the_lower_cost_of_file_and_chordal(write_file, synthet
     good = problem.to_graph()  # at its optimum: no start costs less
     bad = perturb_vertices(good, 2.0, 1.5, seed=0)
     chordal = initialize(good, "chordal")
-    for graph, chosen in ((good, "file"), (bad, "chordal")):
-        out = initialize(graph)
-        choice = out.extras["init"]
-        file_cost, chordal_cost = float(pose_graph_error(graph)), float(pose_graph_error(chordal))
-        assert choice.chosen == [chosen]
-        assert choice.costs == pytest.approx({"file": file_cost, "chordal": chordal_cost}, rel=1e-12)
-        assert (file_cost < chordal_cost) == (chosen == "file")
-        expected = graph.poses if chosen == "file" else chordal.poses
-        torch.testing.assert_close(out.poses, expected, rtol=0, atol=1e-12)
-    # the cost is the caller's to choose: here one that prefers the file's poses
-    out = initialize(bad, cost=lambda g: -pose_graph_error(g))
-    assert out.extras["init"].chosen == ["file"]
+    # poses that fit their measurements (χ² ≤ d·E) are kept without computing the guess
+    out = initialize(good)
+    assert out.extras["init"].chosen == ["file"] and "fit their measurements" in out.extras["init"].note
+    assert out.extras["init"].costs == pytest.approx({"file": float(pose_graph_error(good))}, rel=1e-12)
+    assert 2 * float(pose_graph_error(good)) <= 6 * good.num_edges
+    assert out.poses is good.poses
+    # a start that does not: the lower cost of the two wins
+    out = initialize(bad)
+    file_cost, chordal_cost = float(pose_graph_error(bad)), float(pose_graph_error(chordal))
+    assert out.extras["init"].chosen == ["chordal"] and chordal_cost < file_cost
+    assert out.extras["init"].costs == pytest.approx({"file": file_cost, "chordal": chordal_cost}, rel=1e-12)
+    torch.testing.assert_close(out.poses, chordal.poses, rtol=0, atol=1e-12)
+    # the cost is the caller's to choose: here one under which the file's poses cost less
+    out = initialize(bad, cost=lambda g: 1e12 - pose_graph_error(g))
+    assert out.extras["init"].chosen == ["file"] and set(out.extras["init"].costs) == {"file", "chordal"}
+    torch.testing.assert_close(out.poses, bad.poses, rtol=0, atol=0)
 
 
 def test_pose_graph_error_is_the_solver_error(write_file, synthetic):
