@@ -83,14 +83,21 @@ _LIBRARY: Optional[ctypes.CDLL] = None
 _LOAD_TRIED = False
 
 
-def _candidates() -> List[str]:
-    """Where ``libmkl_rt`` may be: ``POSEGRAPH_MKL_RT``, the ``lib`` folders of this
-    environment's prefixes (where the ``mkl`` wheel puts it), then the loader's search."""
+def _local_candidates() -> List[str]:
+    """Where ``libmkl_rt`` may be without asking the loader: ``POSEGRAPH_MKL_RT``, then the
+    ``lib`` folders of this environment's prefixes (where the ``mkl`` wheel puts it)."""
     found = [os.environ["POSEGRAPH_MKL_RT"]] if os.environ.get("POSEGRAPH_MKL_RT") else []
     prefixes = dict.fromkeys([sys.prefix, sys.base_prefix, site.USER_BASE or ""])
     for prefix in filter(None, prefixes):
         found += sorted(glob.glob(os.path.join(prefix, "lib", "libmkl_rt.so*")), reverse=True)
         found += sorted(glob.glob(os.path.join(prefix, "Library", "bin", "mkl_rt*.dll")), reverse=True)
+    return found
+
+
+def _candidates() -> List[str]:
+    """:func:`_local_candidates`, then the loader's search (``ctypes.util.find_library``,
+    ~17 ms: it runs ``ldconfig``)."""
+    found = _local_candidates()
     try:
         system = ctypes.util.find_library("mkl_rt")
     except OSError:  # it runs compilers in a temporary folder, which may be unusable (ulimit -f 0)
@@ -106,7 +113,11 @@ def _load() -> Optional[ctypes.CDLL]:
     if _LOAD_TRIED:
         return _LIBRARY
     _LOAD_TRIED = True
-    for path in _candidates():
+    for path in _local_candidates() + [None]:
+        if path is None:  # only when no local one loads: the loader's search is slow
+            path = next(iter(_candidates()[len(_local_candidates()):]), None)
+            if path is None:
+                break
         try:
             lib = ctypes.CDLL(path)
             fn = lib.pardiso_64
@@ -126,6 +137,15 @@ def _load() -> Optional[ctypes.CDLL]:
 def pardiso_available() -> bool:
     """Whether MKL PARDISO can be loaded (the ``mkl`` package, or ``POSEGRAPH_MKL_RT``)."""
     return _load() is not None
+
+
+def pardiso_installed() -> bool:
+    """Whether MKL PARDISO is there, without loading it (~20 ms) where its library file is
+    found in this environment: the automatic backend choice asks before it knows whether it
+    will use PARDISO (2D graphs take CHOLMOD); :func:`pardiso_available` otherwise."""
+    if _LOAD_TRIED or not _local_candidates():
+        return pardiso_available()
+    return True
 
 
 def _ptr(a: np.ndarray) -> ctypes.c_void_p:

@@ -264,10 +264,10 @@ def plan_factorization(lin: BlockSparseLinearization, mode: str = "auto", backen
             "backend 'pardiso' factors the assembled AᵀA, which needs A's block structure; this "
             "linearization's blocks overlap: use the 'cholmod' backend"
         )
-    from .pardiso import pardiso_available  # (pardiso imports this module)
+    from .pardiso import pardiso_installed  # (pardiso imports this module)
 
     pardiso = backend == "pardiso" or (
-        backend == "auto" and mode == "auto" and lin.column_spans is not None and pardiso_available()
+        backend == "auto" and mode == "auto" and lin.column_spans is not None and pardiso_installed()
     )
     sizes = column_block_sizes(lin)
     if len(sizes) > MAX_ESTIMATED_BLOCKS and (pardiso or mode != "simplicial"):
