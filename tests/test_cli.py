@@ -439,6 +439,24 @@ def test_reference_final_error(datasets_dir, capsys, name):
     assert data["final_chi2"] == pytest.approx(2 * expected, rel=1e-5)
 
 
+#: GTSAM 4.3.0 LM iterations from the file's vertices (odometry chain for manhattan), README
+GTSAM_ITERATIONS = {"tinyGrid3D": 8, "smallGrid3D": 9, "sphere2500": 7, "parking-garage": 8, "intel": 4, "manhattan": 6}
+
+
+@pytest.mark.parametrize("name", list(REFERENCE))
+def test_reference_iterations_from_gtsams_start(datasets_dir, capsys, name):
+    """From GTSAM's own start the run takes GTSAM's iterations to GTSAM's final error."""
+    path = datasets_dir / f"{name}.g2o"
+    if not path.exists():
+        pytest.skip(f"{path} not found")
+    init = "spanning-tree" if name == "manhattan" else "file"
+    code, out, _ = run_cli(capsys, path, "--json", "--quiet", "--init", init)
+    data = json.loads(out)
+    assert code == 0 and data["status"] == "converged"
+    assert data["iterations"] == GTSAM_ITERATIONS[name]
+    assert data["final_error"] == pytest.approx(REFERENCE[name][0], rel=2e-9)
+
+
 # -- --mesh: Laplacian regularizer over TRACKXYZ points ---------------------------------------------
 
 
