@@ -161,35 +161,6 @@ def selected_inverse_blocks(
     def block_of(buffer: np.ndarray, k: int) -> np.ndarray:
         return buffer[flat_off[k] : flat_off[k + 1]].reshape(height[k], width[k])
 
-    # Every supernode's scalar rows (own columns, then the rows of the blocks below) and its
-    # columns of L, dense on those rows, in one flat buffer (CHOLMOD's own supernodes may hold
-    # explicit zeros off the block pattern: dropped).
-    members = [np.concatenate([np.arange(first[k], first[k + 1]), below[first[k + 1] - 1]]) for k in range(num_super)]
-    member_blocks = np.concatenate(members) if members else np.zeros(0, dtype=np.int64)
-    member_super = np.repeat(np.arange(num_super), [len(m) for m in members])
-    d = order_sizes[member_blocks]
-    all_rows = np.repeat(order_starts[member_blocks] - np.cumsum(d) + d, d) + np.arange(int(d.sum()))
-    row_super = np.repeat(member_super, d)
-    row_off = np.searchsorted(row_super, np.arange(num_super + 1))
-    height = np.diff(row_off)
-    width = col_start[first[1:]] - col_start[first[:-1]]
-    flat_off = np.concatenate([[0], np.cumsum(height * width)])
-    n = int(col_start[-1])
-    key_rows = row_super * (n + 1) + all_rows  # sorted: by supernode, then row
-    entry_col = np.repeat(np.arange(n), np.diff(lower.indptr))
-    entry_super = super_of[np.repeat(np.arange(nb), order_sizes)][entry_col]
-    keys = entry_super * (n + 1) + lower.indices
-    at = np.minimum(np.searchsorted(key_rows, keys), len(key_rows) - 1)
-    keep = key_rows[at] == keys
-    local = at - row_off[entry_super]
-    c0_of = col_start[first[:-1]]
-    factor_values = np.zeros(int(flat_off[-1]))
-    factor_values[(flat_off[entry_super] + local * width[entry_super] + entry_col - c0_of[entry_super])[keep]] = lower.data[keep]
-    sigma_values = np.zeros_like(factor_values)
-
-    def block_of(buffer: np.ndarray, k: int) -> np.ndarray:
-        return buffer[flat_off[k] : flat_off[k + 1]].reshape(height[k], width[k])
-
     # The wanted supernodes and their ancestors in the supernodal elimination tree.
     needed = np.zeros(num_super, dtype=bool)
     targets = np.arange(nb) if wanted is None else np.asarray(wanted, dtype=np.int64)
