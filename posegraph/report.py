@@ -187,6 +187,7 @@ STOP_REASONS = {
     "max-iterations": "iteration cap reached",
     "damping-limit": "no step lowers the cost, even at LM's largest damping",
     "non-finite-error": "the error is not finite",
+    "overflowing-error": "the initial error is beyond √(largest float): the normal equations would overflow",
     "non-finite-step": "the step is not finite",
     "linear-solver-error": "the linear solver failed",
 }

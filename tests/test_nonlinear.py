@@ -190,19 +190,51 @@ def test_layer_never_returns_worse_than_its_input_with_lm(mode):
 
 
 @pytest.mark.parametrize("linear_solver", ["auto", "cholmod", "dense"])
-def test_failed_factorization_is_a_status_not_an_exception(linear_solver):
-    """A finite start whose normal matrix overflows: the solve ends 'failed' with the linear
-    solver's message in the result, with autograd on or off, never with the raw error."""
+def test_overflowing_start_fails_at_once(linear_solver):
+    """A finite start whose normal equations would overflow (½eᵀΩe ≈ 4.5e306): 'failed' before
+    any linear solve, with autograd on or off, never a raw error; the poses untouched."""
     graph = sphere_se3(num_rings=2, poses_per_ring=6, seed=0).graph
-    graph.poses[4, :, 3] = 1e152  # ½eᵀΩe ≈ 4.5e306 is finite; AᵀA is not
+    graph.poses[4, :, 3] = 1e152
     for grad in (True, False):
         problem = pg.build_problem(graph)
         start = problem.pose_tensor().clone()
         with torch.set_grad_enabled(grad):
             result = pg.optimize(problem, pg.SolverOptions(linear_solver=linear_solver))
-        assert result.status == ["failed"] and result.stop_reason == ["linear-solver-error"]
-        assert result.detail and result.iterations == 0
+        assert result.status == ["failed"] and result.stop_reason == ["overflowing-error"]
+        assert result.iterations == 0
         torch.testing.assert_close(problem.pose_tensor(), start, rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("grad", [True, False])
+def test_failed_factorization_is_a_status_not_an_exception(grad, monkeypatch):
+    """A factorization that fails (CHOLMOD: 'not positive definite') ends the solve 'failed'
+    with the solver's message in the result, never with the raw error."""
+    from posegraph.solve.sparse_cholesky import SparseCholeskySolver
+
+    def refuse(self, *args, **kwargs):
+        raise RuntimeError("CHOLMOD factorization failed: not positive definite")
+
+    monkeypatch.setattr(SparseCholeskySolver, "solve_one", refuse)
+    problem = pg.build_problem(hard_start())
+    start = problem.pose_tensor().clone()
+    with torch.set_grad_enabled(grad):
+        result = pg.optimize(problem)
+    assert result.status == ["failed"] and result.stop_reason == ["linear-solver-error"]
+    assert "not positive definite" in result.detail and result.iterations == 0
+    torch.testing.assert_close(problem.pose_tensor(), start, rtol=0, atol=0)
+
+
+def test_nonfinite_system_fails_its_problem_alone():
+    """In a batch, a problem whose linear system is not finite gets a NaN step and fails alone
+    (the sparse solver does not factor it); the other problem is solved as alone."""
+    good = sphere_se3(num_rings=3, poses_per_ring=8, seed=6).graph
+    layer = pg.PoseGraphLayer(good, options=pg.SolverOptions(max_iterations=30))
+    poses = torch.stack([good.poses, good.poses])
+    poses[1, 5, :, 3] = 1e200  # its error is not finite
+    out, info = layer(poses, backward_mode="unroll")
+    alone, alone_info = layer(good.poses, backward_mode="unroll")
+    assert info.status == ["converged", "failed"] and info.stop_reason[1] == "non-finite-error"
+    torch.testing.assert_close(out[:1], alone, rtol=0, atol=1e-8)
 
 
 def test_cli_failed_solve_names_the_reason(tmp_path, capsys):
@@ -216,6 +248,6 @@ def test_cli_failed_solve_names_the_reason(tmp_path, capsys):
     argv = ["optimize", str(path), "--init", "file", "--quiet", "-o", str(out), "--linear-solver", "dense"]
     assert main(argv) == 1
     err = capsys.readouterr().err.strip().splitlines()
-    assert len(err) == 1 and "(the linear solver failed: linalg.cholesky" in err[0]
+    assert len(err) == 1 and "(the initial error is beyond √(largest float)" in err[0]
     assert err[0].startswith(f"error: {path}: optimization failed after 0 iterations")
     assert not out.exists()

@@ -21,8 +21,9 @@ differentiation), ``"truncated"`` (the last k iterations differentiated) or ``"u
 Inputs are checked before solving, each error naming the input (:class:`~posegraph.errors.PoseGraphError`):
 shapes, dtype and device agree; the device is one the solvers run on
 (:func:`~posegraph.errors.check_device`); values are finite, problem by problem; and each
-problem's initial error stays below the overflow limit (:func:`overflow_limit`), so one
-overflowing graph of a batch is named by its index instead of failing the batch inside Theseus.
+problem that starts beyond the overflow limit
+(:func:`~posegraph.solve.nonlinear.overflow_limit`) fails alone — status ``failed``,
+``stop_reason`` ``overflowing-error`` at its index — while the others are solved.
 
 *Topology.* The layer solves over its own edges. Bare tensors carry no edges: measurements of
 another graph with the same number of edges (and poses) cannot be told apart from the layer's
@@ -54,6 +55,7 @@ from ..builder import BuilderError, PoseGraphProblem, _Consensus, _check_informa
 from ..errors import DeviceError, check_device
 from ..graph import POSE_KINDS, PoseGraph
 from ..weights import cholesky_sqrt_information
+from .nonlinear import overflow_limit
 from .optimize import (
     SolverOptions,
     make_optimizer,
@@ -61,18 +63,6 @@ from .optimize import (
     run_kwargs,
     used_linear_solver,
 )
-
-
-def overflow_limit(dtype: torch.dtype) -> float:
-    """The largest initial error ½ Σ eᵀΩe a problem may start from: √(largest ``dtype``
-    value), ≈ 1.3e154 in float64 and 1.8e19 in float32. The normal equations multiply
-    residuals, Jacobians and steps, each of up to the error's square-root scale (translations
-    enter SE(3) Jacobians as well as residuals), so LM's predicted decrease ``δᵀAᵀb`` is cubic
-    in that scale. Measured on a 6-pose SE(3) loop in float64 with one pose moved away: at
-    1e76 (error 3.5e153, accepted) LM runs without an overflow; at 1e100 (error 3.5e201) its
-    predicted decrease overflows and the solve returns garbage as "converged"; at 1e160 the
-    error itself overflows and Theseus fails the whole batch."""
-    return float(torch.finfo(dtype).max) ** 0.5
 
 
 def _check_finite(what: str, tensor: torch.Tensor, batch: int) -> None:
@@ -430,29 +420,6 @@ class PoseGraphLayer(nn.Module):
             self._held_mask = self.graph.gauge_fixed()
         return self._held_mask
 
-    def _check_initial_error(self, problem: PoseGraphProblem, initial: torch.Tensor) -> None:
-        """Refuse, naming the problem's index and its largest edge, a problem whose initial
-        error is not finite or above :func:`overflow_limit`: Theseus would fail the whole
-        batch with an anonymous error (or return a meaningless "converged")."""
-        limit = overflow_limit(initial.dtype)
-        within = initial <= limit  # NaN compares False: caught too
-        if bool(within.all()):
-            return
-        bad = torch.nonzero(~within).flatten()
-        b = int(bad[0])
-        with torch.no_grad():
-            per_edge = problem.between.weighted_block_error()[b].double().pow(2).sum(-1) / 2
-        worst = per_edge.nan_to_num(nan=float("inf"))
-        k = int(torch.argmax(worst))
-        i, j = (int(v) for v in self.graph.edges[k])
-        others = f" (problems {bad.tolist()} of {initial.shape[0]})" if bad.numel() > 1 else ""
-        raise BuilderError(
-            f"problem {b} of the batch{others}: initial error ½ Σ eᵀΩe = {float(initial[b]):.3g}, expected a "
-            f"finite value ≤ {limit:.3g} ({initial.dtype}; beyond it the normal equations overflow); "
-            f"its largest edge is {k} ({i} → {j}), ½ eᵀΩe = {float(per_edge[k]):.3g}: check problem {b}'s "
-            "poses, measurements and information"
-        )
-
     # -- forward ------------------------------------------------------------------------------------
     def forward(
         self,
@@ -512,7 +479,6 @@ class PoseGraphLayer(nn.Module):
         with torch.no_grad():
             objective.update({k: v.detach() for k, v in inputs.items()})
             initial = objective.error_metric().detach().clone()
-        self._check_initial_error(compiled.problem, initial)
         kwargs = run_kwargs(self.options, backward_mode=mode)
         if mode == "truncated":
             kwargs["backward_num_iterations"] = k

@@ -73,7 +73,7 @@ class NormalSolve(torch.autograd.Function):
         A_val, b = ctx.saved_tensors
         g = grad_x.detach().cpu().double().numpy()
         order = ctx.order
-        h = np.stack([order.solve(factor, g[i]) for i, factor in enumerate(ctx.factors)])
+        h = np.stack([order.solve(f, g[i]) if f is not None else np.zeros_like(g[i]) for i, f in enumerate(ctx.factors)])
         grad_a, grad_b = normal_solve_gradients(
             ctx.lin,
             torch.as_tensor(ctx.b_np),
@@ -321,7 +321,9 @@ class SparseCholeskySolver(BlockSparseSolver):
         """:meth:`solve_one` for each batch element of A's values ``a_val`` ``(B, nnz)`` and
         ``b`` ``(B, rows)`` (right-hand sides ``Aᵀb``: ``atb`` ``(B, cols)``, or formed here):
         A's and b's values as float64 arrays, the solutions ``(B, cols)`` and the factors used.
-        A non-finite solution raises ``RuntimeError``."""
+        A problem whose system is not finite is not factored: its solution is NaN (and its
+        factor None), so it fails alone in the solve loop (``non-finite-step``) while the others
+        of its batch go on."""
         lin = self.linearization
         a_np, b_np = _float64_array(a_val), _float64_array(b)
         atb_np = None if atb is None else _float64_array(atb)
@@ -329,10 +331,11 @@ class SparseCholeskySolver(BlockSparseSolver):
         factors: List[Factor] = []
         for i in range(a_np.shape[0]):
             rhs = lin.product_matrices(a_np[i])[1] @ b_np[i] if atb_np is None else atb_np[i]
-            x_np[i], factor = self.solve_one(i, a_np[i], b_np[i], rhs, dampings[i], exact)
+            if not (np.isfinite(a_np[i]).all() and np.isfinite(rhs).all() and math.isfinite(dampings[i])):
+                x_np[i], factor = np.nan, None
+            else:
+                x_np[i], factor = self.solve_one(i, a_np[i], b_np[i], rhs, dampings[i], exact)
             factors.append(factor)
-        if not np.isfinite(x_np).all():
-            raise RuntimeError(f"{self.backend.upper()} solve produced non-finite values")
         return a_np, b_np, x_np, factors
 
     def solve_one(
