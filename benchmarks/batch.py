@@ -49,7 +49,7 @@ def datasets_dir() -> Optional[Path]:
 
 def make_inputs(folder: Path, files: int, graphs: List[str], sigma_t: float, sigma_r: float) -> List[Path]:
     """``files`` noisy copies of ``graphs`` (cycled) written to ``folder``."""
-    from posegraph import read_g2o, write_g2o
+    from posegraph import initialize, read_g2o, write_g2o
     from posegraph.hard_cases import perturb_vertices
     from posegraph.synthetic import grid_se2
 
@@ -57,7 +57,10 @@ def make_inputs(folder: Path, files: int, graphs: List[str], sigma_t: float, sig
     sources = []
     for name in graphs:
         if shared is not None and (shared / f"{name}.g2o").is_file():
-            sources.append((name, read_g2o(shared / f"{name}.g2o")))
+            graph = read_g2o(shared / f"{name}.g2o")
+            if graph.poses is None:  # an edge-only file (manhattan): its odometry guess
+                graph = initialize(graph, "spanning-tree")
+            sources.append((name, graph))
     if not sources:  # no public graphs: generated Manhattan worlds
         sources = [(f"grid{k}", grid_se2(num_poses=500, seed=k).graph) for k in range(3)]
     paths = []
