@@ -104,13 +104,15 @@ def _decode(path: str, raw: bytes) -> str:
     return text
 
 
-def _number(tok: str, path: str, line: int, what: str) -> float:
+def _number(tok: str, path: str, line: int, what: str, error: type = G2oFormatError) -> float:
+    """``tok`` as a finite float, else ``error`` naming ``what``, the file and the line (the
+    token cut to :data:`~posegraph.errors.SHOWN_TOKEN_CHARS`)."""
     try:
         value = float(tok)
     except ValueError:
-        raise G2oFormatError(f"{what}: expected a number, received {shown(tok)}", path, line) from None
+        raise error(f"{what}: expected a number, received {shown(tok)}", path, line) from None
     if not math.isfinite(value):
-        raise G2oFormatError(f"{what}: expected a finite number, received {shown(tok)}", path, line)
+        raise error(f"{what}: expected a finite number, received {shown(tok)}", path, line)
     return value
 
 

@@ -16,7 +16,6 @@ lines, the bulk number conversion of :mod:`posegraph.io.numbers`, errors naming 
 
 from __future__ import annotations
 
-import math
 import os
 import warnings
 from dataclasses import dataclass
@@ -27,6 +26,7 @@ import torch
 
 from ..errors import TrajectoryFormatError, read_text_input
 from ..graph import PoseGraph
+from .g2o import _number
 from .numbers import parse_table
 
 PathLike = Union[str, "os.PathLike[str]"]
@@ -139,13 +139,7 @@ def read_rows(path: PathLike, width: int, columns: Sequence[str], what: str) -> 
                 f"{what}: expected {width} numbers ({' '.join(columns)}), received {len(toks)}", path, lineno
             )
         for j, (tok, name) in enumerate(zip(toks, columns)):
-            try:
-                value = float(tok)
-            except ValueError:
-                raise TrajectoryFormatError(f"{name}: expected a number, received {tok!r}", path, lineno) from None
-            if not math.isfinite(value):
-                raise TrajectoryFormatError(f"{name}: expected a finite number, received {tok!r}", path, lineno)
-            out[k, j] = value
+            out[k, j] = _number(tok, path, lineno, name, error=TrajectoryFormatError)
     return out, lines
 
 
