@@ -317,3 +317,22 @@ def check_normal_solve_against_dense(solver, beta: float = 0.2) -> None:
     (expected * w[0]).sum().backward()
     torch.testing.assert_close(a_val.grad, dense_a.grad, rtol=1e-8, atol=1e-10)
     torch.testing.assert_close(b.grad, dense_b.grad, rtol=1e-8, atol=1e-10)
+
+
+# -- documentation pages: their python blocks, run where data/ and configs/ are the repository's --
+
+
+def python_blocks(text: str) -> List[str]:
+    """The fenced ```python blocks of a Markdown text, in order (```py blocks are not run)."""
+    import re
+
+    return re.findall(r"^```python\n(.*?)^```", text, flags=re.S | re.M)
+
+
+@pytest.fixture
+def in_repo_data_folder(tmp_path, monkeypatch):
+    """A temporary working folder where ``data/`` and ``configs/`` are the repository's."""
+    for name in ("data", "configs"):
+        (tmp_path / name).symlink_to(REPO / name, target_is_directory=True)
+    monkeypatch.chdir(tmp_path)
+    return tmp_path

@@ -17,15 +17,11 @@ from typing import Iterator, List, Tuple
 import pytest
 
 import posegraph
+from conftest import python_blocks
 
 REPO = Path(__file__).resolve().parents[1]
 DOCS = REPO / "docs"
 PAGES = sorted(p for p in DOCS.glob("*.md"))
-
-
-def python_blocks(text: str) -> List[str]:
-    """The fenced ```python blocks of a page, in order (```py blocks are not run)."""
-    return re.findall(r"^```python\n(.*?)^```", text, flags=re.S | re.M)
 
 
 def documented_modules() -> List[str]:
@@ -129,14 +125,6 @@ def test_the_check_finds_a_missing_docstring():
     assert list(undocumented("Documented", Documented)) == ["Documented.method", "Documented.value"]
 
 
-@pytest.fixture
-def in_docs_folder(tmp_path, monkeypatch):
-    for name in ("data", "configs"):
-        (tmp_path / name).symlink_to(REPO / name, target_is_directory=True)
-    monkeypatch.chdir(tmp_path)
-    return tmp_path
-
-
 def test_pages_have_python_examples():
     pages = {p.name for p in PAGES if python_blocks(p.read_text(encoding="utf-8"))}
     assert {"index.md", "python.md", "layer.md", "debugging.md", "meshes.md", "robust.md"} <= pages
@@ -144,7 +132,7 @@ def test_pages_have_python_examples():
 
 @pytest.mark.slow
 @pytest.mark.parametrize("page", PAGES, ids=[p.name for p in PAGES])
-def test_python_blocks_run_in_order(page, in_docs_folder, capsys):
+def test_python_blocks_run_in_order(page, in_repo_data_folder, capsys):
     namespace: dict = {"__name__": f"__docs_{page.stem}__"}
     for k, block in enumerate(python_blocks(page.read_text(encoding="utf-8"))):
         code = compile(block, f"docs/{page.name} python block {k + 1}", "exec")

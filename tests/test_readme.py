@@ -13,27 +13,16 @@ from pathlib import Path
 import pytest
 
 from posegraph.cli import main
+from conftest import python_blocks
 
 REPO = Path(__file__).resolve().parents[1]
 README = (REPO / "README.md").read_text(encoding="utf-8")
 MARK = "<!-- readme-test: run -->"
 
 
-def python_blocks(text: str):
-    return re.findall(r"^```python\n(.*?)^```", text, flags=re.S | re.M)
-
-
 def marked_commands(text: str):
     blocks = re.findall(re.escape(MARK) + r"\s*\n```(?:sh|bash|console)\n(.*?)^```", text, flags=re.S | re.M)
     return [line.strip() for block in blocks for line in block.splitlines() if line.strip() and not line.startswith("#")]
-
-
-@pytest.fixture
-def in_readme_folder(tmp_path, monkeypatch):
-    for name in ("data", "configs"):
-        (tmp_path / name).symlink_to(REPO / name, target_is_directory=True)
-    monkeypatch.chdir(tmp_path)
-    return tmp_path
 
 
 def test_readme_has_the_tour_and_examples():
@@ -43,16 +32,16 @@ def test_readme_has_the_tour_and_examples():
 
 
 @pytest.mark.slow
-def test_python_blocks_run_in_order(in_readme_folder, capsys):
+def test_python_blocks_run_in_order(in_repo_data_folder, capsys):
     namespace: dict = {"__name__": "__readme__"}
     for k, block in enumerate(python_blocks(README)):
         code = compile(block, f"README.md python block {k + 1}", "exec")
         exec(code, namespace)  # noqa: S102 - the README is ours
-    assert (in_readme_folder / "grid_se2.optimized.g2o").is_file()
+    assert (in_repo_data_folder / "grid_se2.optimized.g2o").is_file()
 
 
 @pytest.mark.slow
-def test_marked_cli_examples_run(in_readme_folder, capsys):
+def test_marked_cli_examples_run(in_repo_data_folder, capsys):
     for line in marked_commands(README):
         argv = shlex.split(line)
         if argv[:2] == ["mkdir", "-p"]:
@@ -64,7 +53,7 @@ def test_marked_cli_examples_run(in_readme_folder, capsys):
         out, err = capsys.readouterr()
         assert code == 0, (line, err)
         assert "error" not in err, (line, err)
-    assert (in_readme_folder / "out" / "sphere.png").stat().st_size > 10_000
+    assert (in_repo_data_folder / "out" / "sphere.png").stat().st_size > 10_000
 
 
 def test_readme_is_short_and_its_links_resolve():
