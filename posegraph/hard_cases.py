@@ -27,14 +27,14 @@ from .graph import PoseGraph
 
 F64 = torch.float64
 
-__all__ = ["perturb_vertices", "with_false_loop_closures", "with_indefinite_information"]
+__all__ = ["perturb_vertices", "with_false_loop_closures", "with_indefinite_information", "random_rotations"]
 
 
 def _rng(seed: int) -> np.random.Generator:
     return np.random.Generator(np.random.PCG64(seed))
 
 
-def _random_rotations(kind: str, rng: np.random.Generator, count: int) -> torch.Tensor:
+def random_rotations(kind: str, rng: np.random.Generator, count: int) -> torch.Tensor:
     """``count`` uniformly random rotations: SE3 ``(count, 3, 3)`` from normalized 4-D
     Gaussians (Shoemake 1992, "Uniform random rotations"), SE2 ``(count, 2)`` ``(cos, sin)``."""
     if kind == "SE3":
@@ -92,7 +92,7 @@ def with_false_loop_closures(
         draw = rng.integers(0, n, size=(2 * (count - len(pairs)) + 8, 2))
         draw = draw[np.abs(draw[:, 0] - draw[:, 1]) > 1]
         pairs = np.concatenate([pairs, draw])[:count]
-    rot = _random_rotations(graph.kind, rng, count)
+    rot = random_rotations(graph.kind, rng, count)
     dim = 3 if graph.kind == "SE3" else 2
     t = torch.as_tensor(rng.uniform(-translation_range, translation_range, (count, dim)), dtype=F64)
     wrong = torch.cat([rot, t.unsqueeze(2)], dim=2) if graph.kind == "SE3" else torch.cat([t, rot], dim=1)

@@ -573,16 +573,15 @@ def with_wrong_loop_closures(
     loops = np.flatnonzero(graph.loop_closures().cpu().numpy())
     picked = np.sort(rng.choice(loops, size=int(round(fraction * len(loops))), replace=False))
     m = len(picked)
+    from .hard_cases import random_rotations  # (hard_cases builds on graph only)
+
+    rot = random_rotations(graph.kind, rng, m)
     if graph.kind == "SE3":
-        q = rng.standard_normal((m, 4))
-        q /= np.linalg.norm(q, axis=1, keepdims=True)
-        rot = th.SO3.unit_quaternion_to_SO3(torch.as_tensor(q, dtype=F64)).tensor
         t = torch.as_tensor(rng.uniform(-translation_range, translation_range, (m, 3, 1)), dtype=F64)
         wrong = torch.cat([rot, t], dim=2)
     else:
-        a = rng.uniform(-math.pi, math.pi, m)
-        t = rng.uniform(-translation_range, translation_range, (m, 2))
-        wrong = torch.as_tensor(np.column_stack([t, np.cos(a), np.sin(a)]), dtype=F64)
+        t = torch.as_tensor(rng.uniform(-translation_range, translation_range, (m, 2)), dtype=F64)
+        wrong = torch.cat([t, rot], dim=1)
     meas = graph.measurements.clone()
     meas[torch.as_tensor(picked, dtype=torch.long)] = wrong.to(meas.dtype)
     outlier = torch.zeros(graph.num_edges, dtype=torch.bool)

@@ -340,7 +340,7 @@ class TruthfulLoop:
                 delta * scale, info.last_err, frozen, stepping & running, _last_implicit_diff_step, **kwargs
             )
             outcome.iterations[stepping & running] += 1
-            self._judge(err, info.last_err, delta, accepted & running, stepping & running)
+            self._judge(err, info.last_err, accepted & running, stepping & running)
             self._converged_now = torch.as_tensor(outcome.status == "converged", device=device)
             with torch.no_grad():
                 self._update_info(info, it, err, frozen)  # type: ignore[attr-defined]
@@ -395,9 +395,7 @@ class TruthfulLoop:
         self._last_delta = delta
         return err, applied
 
-    def _judge(
-        self, err: torch.Tensor, last_err: torch.Tensor, delta: torch.Tensor, accepted: np.ndarray, judged: np.ndarray
-    ) -> None:
+    def _judge(self, err: torch.Tensor, last_err: torch.Tensor, accepted: np.ndarray, judged: np.ndarray) -> None:
         """After a step: non-finite errors fail; accepted steps meet the convergence tests."""
         outcome = self.outcome
         assert outcome is not None
