@@ -28,7 +28,6 @@ import argparse
 import contextlib
 import io
 import json
-import math
 import os
 import random
 import sys

@@ -35,7 +35,6 @@ import warnings
 from pathlib import Path
 from typing import Dict, List
 
-import numpy as np
 import theseus as th
 import torch
 

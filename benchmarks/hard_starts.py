@@ -23,7 +23,6 @@ from the file's vertices with the dataset README's settings.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 import tempfile

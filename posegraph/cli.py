@@ -620,8 +620,6 @@ def main(argv: Optional[List[str]] = None) -> int:
 
 def _run(args: argparse.Namespace) -> int:
     """Run the command; every failure becomes one ``error:`` line and an exit status."""
-    from .errors import OptimizationError
-
     try:
         return COMMANDS[args.command](args)
     except KeyboardInterrupt:
