@@ -149,7 +149,8 @@ def train(
         epoch += 1
     params = torch.cat([p.detach().reshape(-1).cpu() for p in layer.parameters()]).tolist()
     if dist.is_initialized():
-        dist.destroy_process_group()
+        dist.barrier()  # every rank done communicating before any tears its group down (a rank
+        dist.destroy_process_group()  # destroyed early can abort a peer's gloo thread at exit)
     return params if rank == 0 else []
 
 
