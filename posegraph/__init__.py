@@ -123,7 +123,9 @@ Scaling out
     ``posegraph.threads`` — per-process thread budgets (torch, MKL, OpenBLAS) for processes
     that share cores. ``examples/train_ddp.py`` — PoseGraphLayer under DistributedDataParallel.
 Numerics
-    ``posegraph.lie`` — stable rotation ↔ quaternion conversions; ``patch_theseus()`` /
+    ``posegraph.lie`` — stable rotation ↔ quaternion conversions; the rotation rule every
+    input follows (``check_rotations``: refused, made a rotation with a warning, or used as
+    given, by the precision of the numbers); ``patch_theseus()`` /
     ``unpatch_theseus()`` (also at the top level) make Theseus' own SO3/SE3 → quaternion
     conversions stable.
     ``posegraph.geometry`` — vectorized SE(3)/SE(2) kernels on plain tensors (exp, log,

@@ -8,7 +8,7 @@ Two entrances, one product (:class:`PoseGraphProblem`):
   their own ``th.CostFunction`` terms, over the builder's poses and points or their own
   variables (:mod:`posegraph.user_costs`). Every input is checked before anything is built
   (class, tensor shape as Theseus defines it, batch size, dtype, device, unique names, known
-  endpoints, no self-loops, rotations by :func:`posegraph.lie.rotation_defect`'s rule); NumPy
+  endpoints, no self-loops, rotations by :func:`posegraph.lie.check_rotations`' rule); NumPy
   arrays, lists and NumPy integers are converted, bools refused; each error is a
   :class:`BuilderError` that names the argument, what was expected and what was received.
 * :func:`build_problem` — a :class:`~posegraph.graph.PoseGraph` read from a file, built
@@ -33,7 +33,7 @@ from .costs import BetweenEdges, BlockSparseCostFunction, PointObservations
 from .errors import PoseGraphError, check_device
 from .graph import POSE_KINDS, Landmarks, PoseGraph, connected_components
 from .information import first_oversized, information_bound
-from .lie import first_invalid_rotation, rotation_tolerance
+from .lie import check_rotations
 from .mesh import LaplacianSmoothingCost
 from .robust import RobustKernel, robustify
 from .user_costs import PackedCost, PackedSlot, PosePriors, PositionPriors, PriorTerms
@@ -224,9 +224,11 @@ def _check_class(var: object, expected: Sequence[type], what: str) -> None:
         )
 
 
-def _check_element_tensor(tensor: torch.Tensor, cls: type, what: str) -> None:
-    """Shape ``(batch, *element shape)``, finite values, and for poses rotations that pass
-    the rotation rule (:func:`posegraph.lie.rotation_defect`)."""
+def _check_element_tensor(tensor: torch.Tensor, cls: type, what: str, stacklevel: int = 1) -> torch.Tensor:
+    """Shape ``(batch, *element shape)`` and finite values; for poses, the rotation rule
+    (:func:`posegraph.lie.check_rotations`): returns ``tensor``, or a copy with the rotations
+    beyond their precision made rotations (one warning; ``stacklevel``: frames above the
+    caller it points at). Rotations that cannot be made ones are refused."""
     shape, _ = element_layout(cls)
     if tensor.ndim != 1 + len(shape) or tuple(tensor.shape[1:]) != shape:
         raise BuilderError(
@@ -237,16 +239,13 @@ def _check_element_tensor(tensor: torch.Tensor, cls: type, what: str) -> None:
         raise BuilderError(f"{what}: expected a floating-point tensor, received {tensor.dtype}")
     if not torch.isfinite(tensor).all():
         raise BuilderError(f"{what}: tensor has non-finite values")
-    if cls in (th.SE3, th.SE2):
-        k, defect = first_invalid_rotation(tensor, _KIND_OF_CLASS[cls])
-        if k >= 0:
-            rot = "rotation (cos, sin)" if cls is th.SE2 else "rotation matrix R"
-            at = f" (batch element {k})" if tensor.shape[0] > 1 else ""
-            raise BuilderError(
-                f"{what}: expected a rotation, received a {rot}{at} that is not one: "
-                f"max(|RᵀR − I|, |det R − 1|) = {defect:.3g}, beyond the tolerance "
-                f"{rotation_tolerance(tensor.dtype):g} of {tensor.dtype}"
-            )
+    if cls not in (th.SE3, th.SE2):
+        return tensor
+    batched = tensor.shape[0] > 1
+    return check_rotations(
+        tensor, _KIND_OF_CLASS[cls], lambda k: f"{what} (batch element {k})" if batched else what,
+        error=BuilderError, stacklevel=stacklevel + 1,
+    )
 
 
 def _check_information(info: torch.Tensor, dof: int, what: str) -> torch.Tensor:
@@ -402,9 +401,12 @@ class PoseGraphBuilder:
     measurement of ``N`` rows on a single problem is refused rather than read as ``N``
     problems (use :meth:`add_points` for ``N`` points).
 
-    Rotations of poses and measurements must be rotations to within
-    :func:`posegraph.lie.rotation_tolerance` (1e-6 in float64, 1e-4 in float32); others (``2·I``,
-    zero) are refused, never projected (:func:`posegraph.lie.rotation_defect`).
+    Rotations of poses, measurements and sensor offsets follow :mod:`posegraph.lie`'s rotation
+    rule (:func:`~posegraph.lie.check_rotations`): within :func:`~posegraph.lie.rotation_tolerance`
+    (1e-6 in float64, 1e-4 in float32) they are used as given; beyond it they are made rotations
+    in the packed copy (``2·I`` becomes ``I``; the user's variable is left as it is), with one
+    warning per call naming the argument; a zero matrix, a reflection (``det R ≤ 0``) or a zero
+    ``(cos, sin)`` is refused.
 
     Args:
         dtype: required of every tensor; by default taken from the first one added.
@@ -446,6 +448,9 @@ class PoseGraphBuilder:
         self._obs_meas: List[torch.Tensor] = []
         self._obs_info: List[torch.Tensor] = []
         self._obs_offsets: List[torch.Tensor] = []
+        #: ``id(pose variable) → (its tensor when added, that tensor with its rotations made
+        #: rotations)``: the packed copy uses the latter while the variable still holds the former
+        self._made_rotations: Dict[int, Tuple[torch.Tensor, torch.Tensor]] = {}
 
     # -- names ----------------------------------------------------------------------------------
     def _claim_name(self, name: str, what: str) -> None:
@@ -496,9 +501,11 @@ class PoseGraphBuilder:
             fixed = bool(fixed)
         if not isinstance(fixed, (bool, int)):
             raise BuilderError(f"{what} fixed: expected a bool, received {_type_name(fixed)}")
-        _check_element_tensor(var.tensor, type(var), what)
+        packed = _check_element_tensor(var.tensor, type(var), what, stacklevel=3)
         self._consensus.check(what, var.tensor, received=f"a {_type_name(var)}", hint=hint)
         self._claim_name(var.name, what)
+        if packed is not var.tensor:  # rotations made rotations: the packed copy, not the user's
+            self._made_rotations[id(var)] = (var.tensor, packed)
         index[var.name] = len(items)
         items.append(var)
         fixed_flags.append(bool(fixed))
@@ -524,7 +531,7 @@ class PoseGraphBuilder:
         meas = self._tensor(measurement, f"{what} measurement")
         if meas.ndim == len(element_layout(cls)[0]):
             meas = meas.unsqueeze(0)
-        _check_element_tensor(meas, cls, f"{what} measurement")
+        meas = _check_element_tensor(meas, cls, f"{what} measurement", stacklevel=3)
         self._consensus.check(f"{what} measurement", meas, received=f"a {_type_name(measurement)}", hint=hint)
         if information is None:
             info = torch.eye(dof, dtype=meas.dtype, device=meas.device).unsqueeze(0)
@@ -731,7 +738,7 @@ class PoseGraphBuilder:
                 _check_class(offset, (th.SE3,), f"{what} offset")
             off = self._tensor(offset, f"{what} offset")
             off = off.unsqueeze(0) if off.ndim == 2 else off
-            _check_element_tensor(off, th.SE3, f"{what} offset")
+            off = _check_element_tensor(off, th.SE3, f"{what} offset", stacklevel=2)
             if off.shape[0] != 1:
                 raise BuilderError(f"{what} offset: expected one sensor offset (1, 3, 4), received {_shape_str(off.shape)}")
             self._consensus.check(f"{what} offset", off)
@@ -803,6 +810,12 @@ class PoseGraphBuilder:
         self._costs.append((cost, slots))
 
     # -- build -----------------------------------------------------------------------------------
+    def _packed_tensor(self, var: th.Manifold) -> torch.Tensor:
+        """The tensor a pose enters the packed poses with: its rotations made rotations when
+        :meth:`add_pose` made them so (and the variable was not updated since)."""
+        made = self._made_rotations.get(id(var))
+        return made[1] if made is not None and made[0] is var.tensor else var.tensor
+
     def build(
         self, robust: Union[RobustKernel, str, None] = None, robust_edges: str = "all"
     ) -> PoseGraphProblem:
@@ -813,7 +826,7 @@ class PoseGraphBuilder:
         if not self._edges:
             raise BuilderError("graph: expected at least one edge, received none")
         batch = self._consensus.batch
-        poses = _stack_batch([p.tensor for p in self._poses], batch)
+        poses = _stack_batch([self._packed_tensor(p) for p in self._poses], batch)
         meas = _stack_batch(self._measurements, batch)
         info = _stack_batch(self._information, batch)
         assert self._kind is not None

@@ -54,6 +54,7 @@ from sksparse.cholmod import cholesky_AAt
 from .errors import PoseGraphError
 from .graph import PoseGraph
 from .init import from_homogeneous, require_connected, to_homogeneous
+from .lie import nearest_rotation
 from .weights import cholesky_sqrt_information
 
 WEIGHTINGS = ("information", "isotropic")
@@ -129,12 +130,9 @@ def _linear_system(
 
 def project_to_rotations(mats: np.ndarray) -> np.ndarray:
     """Nearest rotations (Frobenius norm) to ``(n, k, k)`` matrices, via the SVD with the
-    determinant fixed to +1 (see the module doc)."""
-    u, _, vt = np.linalg.svd(mats)
-    d = np.sign(np.linalg.det(u @ vt))
-    d[d == 0] = 1.0
-    u[:, :, -1] *= d[:, None]
-    return u @ vt
+    determinant fixed to +1 (see the module doc): :func:`posegraph.lie.nearest_rotation`, the
+    projection of the rotation rule too."""
+    return nearest_rotation(mats)
 
 
 def rotation_weights(information: np.ndarray, kind: str, weighting: str) -> np.ndarray:

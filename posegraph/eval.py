@@ -47,7 +47,7 @@ from .errors import PoseGraphError
 from .graph import PoseGraph
 from .init import to_homogeneous
 from .io.trajectory import Trajectory
-from .lie import first_invalid_rotation
+from .lie import check_rotations
 
 ALIGNMENTS = ("se3", "sim3", "none")
 #: default ``max_diff`` of the association by timestamp, in seconds (evo's ``--t_max_diff``)
@@ -168,13 +168,17 @@ def _side(x: Poses, role: str) -> _Side:
     if isinstance(x, Trajectory):
         timed = x.timestamps is not None
         keys = np.asarray(x.timestamps) if timed else np.arange(len(x))
-        return _Side(x.source, "SE3", x.homogeneous(), keys, timed)
+        poses = check_rotations(
+            np.asarray(x.poses, dtype=np.float64), "SE3", lambda k: f"{role}: pose {k}",
+            path=x.source, lines=x.lines, stacklevel=4,
+        )
+        traj = x if poses is x.poses else Trajectory(poses, x.timestamps, x.source, x.lines)
+        return _Side(x.source, "SE3", traj.homogeneous(), keys, timed)
     if x.poses is None:
         raise PoseGraphError(f"{role}: expected VERTEX lines (poses), the file has only edges", x.source)
     if x.batch_size != 1:
         raise PoseGraphError(f"{role}: expected one graph, received a batch of {x.batch_size}", x.source)
-    _check_poses(x, role)
-    mats = to_homogeneous(x.kind, x.poses.reshape(-1, *x.element_shape))
+    mats = to_homogeneous(x.kind, _checked_poses(x, role))
     return _Side(x.source, x.kind, mats, x.ids.cpu().numpy(), False)
 
 
@@ -260,21 +264,20 @@ def _matched_poses(estimate: Poses, truth: Poses, max_diff: float = MAX_TIME_DIF
     return est.mats[ie], ref.mats[ir], counts, "timestamp" if timed else "id"
 
 
-def _check_poses(graph: PoseGraph, role: str) -> None:
-    """Finite poses whose rotations pass posegraph's rotation rule
-    (:func:`posegraph.lie.rotation_defect`), else a PoseGraphError naming the vertex."""
+def _checked_poses(graph: PoseGraph, role: str) -> torch.Tensor:
+    """The graph's poses ``(N, *element shape)``: finite, else a PoseGraphError naming the
+    vertex; rotations by posegraph's rotation rule (:func:`posegraph.lie.check_rotations`:
+    refused, or made rotations with a warning, naming the input and the vertex)."""
     poses = graph.poses.reshape(-1, *graph.element_shape)
     finite = torch.isfinite(poses.reshape(poses.shape[0], -1)).all(dim=1)
     if not bool(finite.all()):
         k = int(torch.nonzero(~finite)[0])
         raise PoseGraphError(f"{role}: vertex {int(graph.ids[k])} has a non-finite pose", graph.source)
-    k, defect = first_invalid_rotation(poses, graph.kind)
-    if k >= 0:
-        raise PoseGraphError(
-            f"{role}: vertex {int(graph.ids[k])}: expected a rotation, received one with "
-            f"max(|RᵀR − I|, |det R − 1|) = {defect:.3g}",
-            graph.source,
-        )
+    ids = graph.ids.tolist()
+    return check_rotations(
+        poses, graph.kind, lambda k: f"{role}: vertex {ids[k]}", path=graph.source,
+        lines=graph.vertex_lines, stacklevel=5,
+    )
 
 
 def evaluate(estimate: Poses, truth: Poses, align_method: str = "se3", max_diff: float = MAX_TIME_DIFF
@@ -287,8 +290,10 @@ def evaluate(estimate: Poses, truth: Poses, align_method: str = "se3", max_diff:
 
     Raises:
         PoseGraphError: naming the estimate's file, for an unknown ``align_method``, poses
-            that cannot be compared, non-finite poses, rotations that are not rotations, or an
-            alignment that is undefined (a Sim(3) scale of coinciding positions).
+            that cannot be compared, non-finite poses, rotations that cannot be made rotations
+            (``det R ≤ 0``, a zero ``(cos, sin)``), or an alignment that is undefined (a Sim(3)
+            scale of coinciding positions). Rotations beyond their precision are made
+            rotations with a warning (:func:`posegraph.lie.check_rotations`).
     """
     if not isinstance(align_method, str) or align_method not in ALIGNMENTS:
         raise PoseGraphError(f"align: expected one of {', '.join(ALIGNMENTS)}, received {align_method!r}", estimate.source)

@@ -803,51 +803,127 @@ def test_add_points():
         b.add_points(torch.zeros(2, 3, dtype=F64), names=["a"])
 
 
-# -- rotations: one rule ---------------------------------------------------------------------------
+# -- rotations: one rule (posegraph.lie.check_rotations) ------------------------------------------
 
 
-def _with_rotation(rot: torch.Tensor, name: str = "bad", dtype=F64) -> th.SE3:
+def _with_rotation(rot: torch.Tensor, name: str = "bad", dtype=F64, t=(0.0, 0.0, 0.0)) -> th.SE3:
     x = th.SE3(name=name, dtype=dtype)
-    t = torch.zeros(1, 3, 4, dtype=dtype)
-    t[0, :, :3] = rot
-    x.tensor = t  # Theseus accepts these: th.SE3(tensor=2·I) raises nothing
+    tensor = torch.zeros(1, 3, 4, dtype=dtype)
+    tensor[0, :, :3] = rot
+    tensor[0, :, 3] = torch.tensor(t, dtype=dtype)
+    x.tensor = tensor  # Theseus accepts these: th.SE3(tensor=2·I) raises nothing
     return x
 
 
+def _one_warning(*words: str):
+    """pytest.warns for a UserWarning whose message contains every word (literally)."""
+    return pytest.warns(UserWarning, match="(?s)" + "".join(f"(?=.*{re.escape(w)})" for w in words))
+
+
 @pytest.mark.parametrize(
-    "rot,defect",
-    [(2 * torch.eye(3, dtype=F64), "= 7"), (torch.zeros(3, 3, dtype=F64), "= 1"), (torch.diag(torch.tensor([1.0, 1, -1], dtype=F64)), "= 2")],
-    ids=["2I", "zero", "reflection"],
+    "rot,words",
+    [(torch.zeros(3, 3, dtype=F64), ["det R = 0", "singular"]),
+     (torch.diag(torch.tensor([1.0, 1, -1], dtype=F64)), ["det R = -1", "a reflection"])],
+    ids=["zero", "reflection"],
 )
-def test_rotations_that_are_not_rotations_are_refused(rot, defect):
-    with raises_builder_error("pose 'bad'", "not one", defect, "tolerance 1e-06"):
+def test_rotations_that_cannot_be_made_rotations_are_refused(rot, words):
+    with raises_builder_error("pose 'bad'", "expected a rotation matrix (det R > 0)", *words):
         PoseGraphBuilder().add_pose(_with_rotation(rot))
     b, x0, x1 = two_pose_builder()
-    with raises_builder_error("edge #0 measurement", "not one", defect):
+    with raises_builder_error("edge #0 measurement", "expected a rotation matrix", *words):
         b.add_between(x0, x1, measurement=_with_rotation(rot, "z"))
-    with raises_builder_error("prior", "measurement", "not one"):
+    with raises_builder_error("prior #0 measurement", *words):
         b.add_prior(x1, _with_rotation(rot, "z").tensor)
     b.add_point(point("p", [0.0, 0.0, 0.0]))
-    with raises_builder_error("observation #0 offset", "not one"):
+    with raises_builder_error("observation #0 offset", *words):
         b.add_point_observation(x0, "p", torch.zeros(3, dtype=F64), offset=_with_rotation(rot, "o"))
+    batch = torch.cat([_with_rotation(torch.eye(3, dtype=F64)).tensor, _with_rotation(rot).tensor])
+    with raises_builder_error("pose 'two' (batch element 1)", *words):
+        PoseGraphBuilder().add_pose(th.SE3(tensor=batch, name="two"))
 
 
-def test_rotation_tolerance_per_dtype_and_se2():
+def _square_problem(rotation_of_x1: torch.Tensor, measurement_scale: float = 1.0):
+    """Three poses, x0 fixed; x1 starts at [rotation_of_x1 | (1, 0, 0)]; the edge x0 → x1
+    measures a rotation scaled by ``measurement_scale``."""
+    b = PoseGraphBuilder()
+    x0 = _with_rotation(torch.eye(3, dtype=F64), "x0")
+    x1 = _with_rotation(rotation_of_x1, "x1", t=(1.0, 0.0, 0.0))
+    x2 = se3("x2", seed=4)
+    b.add_pose(x0, fixed=True)
+    b.add_pose(x1)
+    b.add_pose(x2)
+    z01 = th.SE3.exp_map(torch.tensor([[1.0, 0.1, 0.0, 0.0, 0.0, 0.3]], dtype=F64)).tensor
+    z01[:, :, :3] *= measurement_scale
+    b.add_between(x0, x1, measurement=z01)
+    b.add_between(x1, x2, measurement=th.SE3.exp_map(torch.tensor([[0.5, 0.0, 0.2, 0.1, 0.0, 0.0]], dtype=F64)))
+    b.add_between(x0, x2, measurement=th.SE3.exp_map(torch.tensor([[1.4, 0.2, 0.2, 0.1, 0.0, 0.3]], dtype=F64)))
+    return b, x1
+
+
+def test_two_identity_pose_is_made_the_identity_with_one_warning_and_solves_as_the_identity():
+    """The issue's finding: a pose whose rotation is 2·I was taken and "converged" with error 0."""
+    eye = torch.eye(3, dtype=F64)
+    ref, _ = _square_problem(eye)
+    ref_problem = ref.build()
+    expected = optimize(ref_problem, SolverOptions(solver="lm"))
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        b, x1 = _square_problem(2 * eye)
+    assert len(caught) == 1, [str(w.message) for w in caught]
+    message = str(caught[0].message)
+    for word in ("pose 'x1'", "max(|RᵀR − I|, |det R − 1|) = 7", "precision 1e-06 of float64", "polar"):
+        assert word in message, message
+    assert caught[0].filename == __file__  # points at the user's add_pose line (in _square_problem)
+    assert torch.equal(x1.tensor[0, :, :3], 2 * eye)  # the user's tensor is not modified
+    problem = b.build()
+    torch.testing.assert_close(problem.pose_tensor()[0, 1, :, :3], eye, atol=1e-15, rtol=0)
+    result = optimize(problem, SolverOptions(solver="lm"))
+    assert float(result.final_error) > 1e-3  # not "converged with error 0"
+    assert float(result.initial_error) == pytest.approx(float(expected.initial_error), rel=1e-12)
+    assert float(result.final_error) == pytest.approx(float(expected.final_error), rel=1e-9)
+    torch.testing.assert_close(problem.pose_tensor(), ref_problem.pose_tensor(), atol=1e-9, rtol=0)
+    torch.testing.assert_close(x1.tensor[0, :, :3] @ x1.tensor[0, :, :3].T, eye, atol=1e-12, rtol=0)
+
+
+def test_scaled_measurement_is_its_rotation_with_one_warning():
+    """Polar decomposition: 2·R becomes R (a positive scale never changes the rotation)."""
+    ref, _ = _square_problem(torch.eye(3, dtype=F64))
+    expected = optimize(ref.build(), SolverOptions(solver="lm"))
+    with _one_warning("edge #0 measurement", "= 7", "made a rotation"):
+        b, _ = _square_problem(torch.eye(3, dtype=F64), measurement_scale=2.0)
+    result = optimize(b.build(), SolverOptions(solver="lm"))
+    assert float(result.final_error) == pytest.approx(float(expected.final_error), rel=1e-9)
+
+
+def test_one_warning_per_call_names_the_first_and_the_count():
+    rot = torch.stack([torch.eye(3, dtype=F64), 3 * torch.eye(3, dtype=F64), 2 * torch.eye(3, dtype=F64)])
+    tensor = torch.cat([rot, torch.zeros(3, 3, 1, dtype=F64)], dim=-1)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        PoseGraphBuilder().add_pose(th.SE3(tensor=tensor, name="b3"))
+    assert len(caught) == 1
+    message = str(caught[0].message)
+    assert "pose 'b3' (batch element 1)" in message and "= 26" in message and "2 rotations in all" in message
+
+
+def test_rotation_precision_per_dtype():
     from posegraph.lie import rotation_defect
 
-    near = torch.eye(3, dtype=F64) + 1e-8  # round-off scale: accepted as given
-    PoseGraphBuilder().add_pose(_with_rotation(near, "ok"))
-    with raises_builder_error("'far'", "not one", "1e-06"):
-        PoseGraphBuilder().add_pose(_with_rotation(torch.eye(3, dtype=F64) + 1e-5, "far"))
-    f32 = torch.float32
-    PoseGraphBuilder().add_pose(_with_rotation(torch.eye(3, dtype=f32) + 1e-5, "ok32", f32))
-    with raises_builder_error("'far32'", "0.0001", "torch.float32"):
+    eye, f32 = torch.eye(3, dtype=F64), torch.float32
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # round-off scale: used as given, silently
+        PoseGraphBuilder().add_pose(_with_rotation(eye + 1e-8, "ok"))
+        PoseGraphBuilder().add_pose(_with_rotation(torch.eye(3, dtype=f32) + 1e-5, "ok32", f32))
+    with _one_warning("pose 'far'", "precision 1e-06 of float64"):
+        PoseGraphBuilder().add_pose(_with_rotation(eye + 1e-5, "far"))
+    with _one_warning("pose 'far32'", "precision 0.0001 of float32"):
         PoseGraphBuilder().add_pose(_with_rotation(torch.eye(3, dtype=f32) + 1e-3, "far32", f32))
     b = PoseGraphBuilder()
-    b.add_pose(se2("a"))
-    b.add_pose(se2("b"))
-    with raises_builder_error("measurement", "rotation (cos, sin)", "not one"):
-        b.add_between("a", "b", measurement=torch.tensor([[0.0, 0.0, 2.0, 0.0]], dtype=F64))
+    x = _with_rotation(eye + 1e-8, "given")
+    b.add_pose(x, fixed=True)
+    b.add_pose(se3("y"))
+    b.add_between("given", "y", measurement=se3("z", seed=3))
+    assert torch.equal(b.build().pose_tensor()[0, 0], x.tensor[0])  # within precision: as given
     assert float(rotation_defect(torch.tensor([0.0, 0.0, 2.0, 0.0]), "SE2")) == pytest.approx(3.0)
     # three SE2 poses have the shape of one SE3 pose: the kind decides
     three = torch.tensor([[0.0, 0.0, 1.0, 0.0]] * 3, dtype=F64)
@@ -855,12 +931,31 @@ def test_rotation_tolerance_per_dtype_and_se2():
     assert float(rotation_defect(three, "SE3")) > 0.5
 
 
-def test_zero_rotation_pose_is_refused_not_failed():
+def test_se2_cos_sin_is_normalized_or_refused():
+    b = PoseGraphBuilder()
+    b.add_pose(se2("a"), fixed=True)
+    b.add_pose(se2("b"))
+    with _one_warning("edge #0 measurement", "|cos² + sin² − 1| = 3", "(cos, sin) normalized"):
+        b.add_between("a", "b", measurement=torch.tensor([[1.0, 0.0, 0.0, 2.0]], dtype=F64))
+    packed = b.build().between.measurements.tensor
+    assert torch.equal(packed, torch.tensor([[[1.0, 0.0, 0.0, 1.0]]], dtype=F64))
+    with raises_builder_error("edge #1 measurement", "expected a rotation (cos, sin)", "received (0, 0)"):
+        b.add_between("a", "b", measurement=torch.tensor([[1.0, 0.0, 0.0, 0.0]], dtype=F64))
+
+
+def test_a_pose_updated_after_add_pose_is_packed_as_updated():
+    """The packed copy of a made-rotation pose is used only while the variable holds the tensor
+    that was added."""
     b = PoseGraphBuilder()
     b.add_pose(se3("a"), fixed=True)
-    x = th.SE3(tensor=torch.zeros(1, 3, 4, dtype=F64), name="zero")  # accepted by Theseus
-    with raises_builder_error("pose 'zero'", "not one"):
+    x = _with_rotation(2 * torch.eye(3, dtype=F64), "x")
+    with _one_warning("pose 'x'"):
         b.add_pose(x)
+    b.add_between("a", "x", measurement=se3("z", seed=3))
+    assert torch.equal(b.build().pose_tensor()[0, 1, :, :3], torch.eye(3, dtype=F64))
+    later = se3("later", seed=9).tensor
+    x.update(later)
+    assert torch.equal(b.build().pose_tensor()[0, 1], later[0])
 
 
 # -- Python types ------------------------------------------------------------------------------------

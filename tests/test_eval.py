@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -13,6 +14,7 @@ import torch
 from posegraph import read_g2o
 from posegraph.cli import EXIT_BAD_INPUT, main
 from posegraph.errors import PoseGraphError
+from posegraph.io.trajectory import Trajectory
 from posegraph.eval import align, ate_errors, evaluate, evaluate_files, rpe_errors, statistics, umeyama
 from posegraph.graph import PoseGraph
 from posegraph.init import from_homogeneous
@@ -375,13 +377,16 @@ def _corrupt(graph: PoseGraph, how: str) -> PoseGraph:
         poses[2, :, :3] = 0.0
     elif how == "2I":
         poses[2, :, :3] *= 2.0
+    elif how == "reflection":
+        poses[2, :, 2] *= -1.0
     return graph.with_poses(poses)
 
 
 @pytest.mark.parametrize(
     "how,words",
     [("nan", "vertex 2 has a non-finite pose"), ("inf", "vertex 2 has a non-finite pose"),
-     ("zero-rotation", "vertex 2: expected a rotation"), ("2I", "vertex 2: expected a rotation")],
+     ("zero-rotation", r"vertex 2: expected a rotation matrix \(det R > 0\), received one with det R = 0"),
+     ("reflection", r"vertex 2: expected a rotation matrix \(det R > 0\), received one with det R = -1")],
 )
 @pytest.mark.parametrize("side", ["estimate", "ground truth"])
 def test_bad_pose_values_are_pose_graph_errors(how, words, side):
@@ -404,3 +409,31 @@ def test_undefined_alignment_and_unknown_method_are_pose_graph_errors():
         evaluate(same, same, "sim3")
     with pytest.raises(PoseGraphError, match="same.g2o: align: expected one of se3, sim3, none, received 3"):
         evaluate(same, same, 3)
+
+
+@pytest.mark.parametrize("side", ["estimate", "ground truth"])
+def test_scaled_rotation_is_made_a_rotation_with_one_warning(side):
+    """The rotation rule (posegraph.lie.check_rotations): 2·R evaluates as R, with a warning
+    naming the input and the vertex; a trajectory's pose likewise."""
+    rng = np.random.default_rng(3)
+    good = _trajectory("SE3", random_poses("SE3", 5, rng), source="good.g2o")
+    truth = _trajectory("SE3", random_poses("SE3", 5, rng), source="truth.g2o")
+    expected = evaluate(good, truth, "se3")
+    bad = _corrupt(good, "2I")
+    bad.source = "bad.g2o"
+    est, ref = (bad, truth) if side == "estimate" else (truth, bad)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        result = evaluate(est, ref, "se3")
+    assert len(caught) == 1 and caught[0].filename == __file__
+    assert f"bad.g2o: {side}: vertex 2: max(|RᵀR − I|, |det R − 1|) = 7" in str(caught[0].message)
+    base = expected if side == "estimate" else evaluate(truth, good, "se3")
+    for key in ("ate", "rpe_translation", "rpe_rotation_rad"):
+        for stat, value in base[key].items():
+            assert result[key][stat] == pytest.approx(value, rel=1e-12, abs=1e-12), (key, stat)
+    traj = Trajectory.from_graph(bad)  # (N, 3, 4) with pose 2 at 2·R
+    with pytest.warns(UserWarning, match=rf"{side}: pose 2: .* = 7, beyond the precision 1e-06 of float64"):
+        again = evaluate(traj, Trajectory.from_graph(truth), "se3") if side == "estimate" else \
+            evaluate(Trajectory.from_graph(truth), traj, "se3")
+    assert again["ate"]["rmse"] == pytest.approx(base["ate"]["rmse"], rel=1e-12)
+

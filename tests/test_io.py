@@ -6,6 +6,7 @@ from __future__ import annotations
 import dataclasses
 import math
 import os
+import re
 import warnings
 from pathlib import Path
 
@@ -150,15 +151,16 @@ def test_fix_unknown_vertex_is_an_error(write_file):
 def test_quaternion_far_from_unit_warns_and_is_normalized(write_file):
     text = (
         "VERTEX_SE3:QUAT 0 0 0 0 0 0 0 2\n"  # ‖q‖ = 2
-        "VERTEX_SE3:QUAT 1 1 0 0 0 0 0 1.0000001\n"  # within tolerance: silent
+        "VERTEX_SE3:QUAT 1 1 0 0 0 0 0 1.0000001\n"  # within float64's precision: silent
         f"EDGE_SE3:QUAT 0 1 1 0 0 0 0 3 4 {IDENTITY21}\n"  # ‖q‖ = 5
     )
     path = write_file("q.g2o", text)
     with pytest.warns(UserWarning) as record:
         g = read_g2o(path)
     msgs = [str(w.message) for w in record]
-    assert any(f"{path}:1:" in m and "unit" in m for m in msgs), msgs
-    assert any(f"{path}:3:" in m and "unit" in m for m in msgs), msgs
+    assert len(msgs) == 2, msgs  # one for the vertices, one for the edges
+    assert any(f"{path}:1: VERTEX_SE3:QUAT 0: |‖q‖ − 1| = 1, beyond the precision 0.001" in m for m in msgs), msgs
+    assert any(f"{path}:3: EDGE_SE3:QUAT 0 1: |‖q‖ − 1| = 4" in m and "normalized" in m for m in msgs), msgs
     assert not any(f"{path}:2:" in m for m in msgs)
     eye = torch.eye(3, dtype=torch.float64)
     torch.testing.assert_close(g.poses[0, :, :3], eye, atol=1e-15, rtol=0)
@@ -168,6 +170,48 @@ def test_quaternion_far_from_unit_warns_and_is_normalized(write_file):
     # qz/qw = 3/4 → angle about z = 2·atan2(3, 4)
     a = 2 * math.atan2(3, 4)
     torch.testing.assert_close(R[0, 0], torch.tensor(math.cos(a), dtype=torch.float64), atol=1e-14, rtol=0)
+
+
+def test_norm_two_quaternion_reads_as_the_normalized_one_with_a_warning(write_file):
+    q = np.array([0.1, -0.2, 0.3, 0.9])
+    unit, double = q / np.linalg.norm(q), 2 * q / np.linalg.norm(q)
+    line = "EDGE_SE3:QUAT 0 1 1 2 3 {} {}\n"
+    v0 = "VERTEX_SE3:QUAT 0 0 0 0 0 0 0 1\nVERTEX_SE3:QUAT 1 1 0 0 0 0 0 1\n"
+    normalized = read_quietly(write_file("unit.g2o", v0 + line.format(" ".join(repr(float(v)) for v in unit), IDENTITY21)))
+    path = write_file("double.g2o", v0 + line.format(" ".join(repr(float(v)) for v in double), IDENTITY21))
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        g = read_g2o(path)
+    assert len(caught) == 1 and caught[0].filename == __file__, [str(w.message) for w in caught]
+    assert str(caught[0].message).startswith(f"{path}:3: EDGE_SE3:QUAT 0 1: |‖q‖ − 1| = 1, beyond the precision 1e-06")
+    torch.testing.assert_close(g.measurements, normalized.measurements, atol=1e-15, rtol=0)
+
+
+def test_printed_precision_of_quaternions(write_file):
+    """4 decimals: within their precision (1e-4), silent; a sensor offset's quaternion follows
+    the same rule, naming its line."""
+    rng = np.random.default_rng(11)
+    q = rng.normal(size=(300, 4))
+    q /= np.linalg.norm(q, axis=1, keepdims=True)
+    lines = [f"EDGE_SE3:QUAT {k} {k + 1} 1 0 0 " + " ".join(f"{v:.4f}" for v in q[k]) + f" {IDENTITY21}" for k in range(300)]
+    assert np.abs(np.linalg.norm(np.round(q, 4), axis=1) - 1).max() > 1e-5
+    g = read_quietly(write_file("four.g2o", "\n".join(lines) + "\n"))
+    assert g.num_edges == 300
+    text = (
+        "VERTEX_SE3:QUAT 0 0 0 0 0 0 0 1\nVERTEX_SE3:QUAT 1 1 0 0 0 0 0 1\n"
+        f"EDGE_SE3:QUAT 0 1 1 0 0 0 0 0 1 {IDENTITY21}\n"
+        "VERTEX_TRACKXYZ 5 1 2 3\nPARAMS_SE3OFFSET 0 0 0 0 0 0 0 1.01\n"
+        "EDGE_SE3_TRACKXYZ 0 5 0 1 2 3 1 0 0 1 0 1\n"
+    )
+    path = write_file("offset.g2o", text)
+    with pytest.warns(UserWarning, match=rf"{re.escape(str(path))}:5: PARAMS_SE3OFFSET 0: \|‖q‖ − 1\| = 0.01"):
+        read_g2o(path)
+
+
+def test_repository_datasets_read_without_a_warning():
+    root = Path(__file__).resolve().parent.parent / "data"
+    for path in sorted(root.glob("*.g2o")):
+        read_quietly(path)
 
 
 def test_psd_singular_information_is_accepted(write_file):

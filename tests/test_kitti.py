@@ -43,12 +43,58 @@ def test_kitti_precision_files_are_made_orthonormal_without_a_warning(tmp_path):
     np.testing.assert_allclose(back.poses, traj.poses, atol=2e-6)
 
 
-def test_far_from_orthonormal_is_a_warning(tmp_path):
+@pytest.mark.parametrize("fmt", ["{:.5e}", "{:g}", "{:.6f}"], ids=["6-significant-e", "6-significant-g", "6-decimals"])
+def test_six_digit_files_read_without_a_warning(tmp_path, fmt):
+    """Rotations printed with 6 significant digits (or 6 decimals) are off by up to ~1e-5 from
+    orthonormal, within their printed precision (posegraph.lie.printed_precision)."""
+    traj = _trajectory(200, seed=4)
+    poses = traj.poses.copy()
+    poses[0] = np.eye(3, 4)  # whole numbers as %g prints them: "1", "0"
+    path = tmp_path / "six.kitti"
+    path.write_text("".join(" ".join(fmt.format(v) for v in pose.ravel()) + "\n" for pose in poses))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        back = read_kitti(path)
+    np.testing.assert_allclose(back.poses, poses, atol=2e-5)
+    rot = back.poses[:, :, :3]
+    np.testing.assert_allclose(np.swapaxes(rot, 1, 2) @ rot, np.broadcast_to(np.eye(3), rot.shape), atol=3e-15)
+
+
+def test_sheared_and_scaled_blocks_are_made_rotations_with_one_warning(tmp_path):
     path = tmp_path / "t.kitti"
-    path.write_text("1 0 0 0 0 1 0 0 0 0 1 0\n2 0 0 1 0 2 0 2 0 0 2 3\n")
-    with pytest.warns(UserWarning, match=r"t\.kitti:2: 1 rotation\(s\) far from orthonormal"):
+    sheared = "1 0.01 0 0 0 1 0 0 0 0 1 0\n"  # max |RᵀR − I| = 0.01, det 1
+    path.write_text("1 0 0 0 0 1 0 0 0 0 1 0\n" + sheared + "2 0 0 1 0 2 0 2 0 0 2 3\n")
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
         traj = read_kitti(path)
-    np.testing.assert_allclose(traj.poses[1], [[1, 0, 0, 1], [0, 1, 0, 2], [0, 0, 1, 3]], atol=1e-15)
+    assert len(caught) == 1 and caught[0].filename == __file__
+    message = str(caught[0].message)
+    for word in (f"{path}:2: rotation (r11 … r33)", "max(|RᵀR − I|, |det R − 1|) = 0.01",
+                 "beyond the precision 0.001", "nearest rotation", "2 rotations in all"):
+        assert word in message, message
+    np.testing.assert_allclose(traj.poses[2], [[1, 0, 0, 1], [0, 1, 0, 2], [0, 0, 1, 3]], atol=1e-15)
+    # the nearest rotation (polar decomposition) of [[1, a, 0], [0, 1, 0], [0, 0, 1]]: a rotation
+    # about z by −atan(a/2) (Higham 1986: U·Vᵀ of the 2×2 block's SVD)
+    angle = -np.arctan(0.01 / 2)
+    expected = [[np.cos(angle), -np.sin(angle), 0], [np.sin(angle), np.cos(angle), 0], [0, 0, 1]]
+    np.testing.assert_allclose(traj.poses[1, :, :3], expected, atol=1e-15)
+
+
+def test_beyond_printed_precision_is_a_warning_within_it_is_not(tmp_path):
+    """Full-precision numbers (``repr``) are held to float64's 1e-6: a block 2.5e-5 from a
+    rotation is reported; a block 1e-4 from one, printed with 4 decimals, is within their
+    precision."""
+    rot = np.eye(3) + np.diag([1.2345678901e-5, 0.0, 0.0])
+    line = " ".join(repr(float(v)) for v in np.concatenate([rot, np.zeros((3, 1))], axis=1).ravel())
+    path = tmp_path / "full.kitti"
+    path.write_text(line + "\n")
+    with pytest.warns(UserWarning, match=r"full\.kitti:1: .* = 2.47e-05, beyond the precision 1e-06 of its printed digits"):
+        read_kitti(path)
+    short = tmp_path / "short.kitti"
+    short.write_text("1.0000 0.0000 0.0000 0 0.0000 1.0000 0.0000 0 0.0000 0.0000 0.9999 0\n")  # 1e-4 off
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        read_kitti(short)
 
 
 GOOD = "1 0 0 0 0 1 0 0 0 0 1 0\n"
@@ -57,8 +103,9 @@ BAD = [
     (GOOD + "1 0 0 0 0 1 0 0 0 0 1\n", 2, ["KITTI line", "expected 12 numbers", "received 11"]),
     (GOOD + "# comment\n1 0 0 x 0 1 0 0 0 0 1 0\n", 3, ["tx: expected a number", "'x'"]),
     (GOOD + "1 0 0 0 0 1 0 0 0 0 1 inf\n", 2, ["tz: expected a finite number"]),
-    (GOOD + GOOD + "0 0 0 0 0 0 0 0 0 0 0 0\n", 3, ["expected a rotation matrix", "det 0"]),
-    (GOOD + "1 0 0 0 0 1 0 0 0 0 -1 0\n", 2, ["expected a rotation matrix", "det -1"]),
+    (GOOD + GOOD + "0 0 0 0 0 0 0 0 0 0 0 0\n", 3, ["rotation (r11 … r33): expected a rotation matrix (det R > 0)", "det R = 0 (singular)"]),
+    (GOOD + "1 0 0 0 0 1 0 0 0 0 -1 0\n", 2, ["expected a rotation matrix (det R > 0)", "det R = -1 (a reflection)"]),
+    (GOOD + "1 0 0 0 0 1 0 0 0 0.5 -1 0\n", 2, ["expected a rotation matrix (det R > 0)", "det R = -1 (a reflection)"]),
 ]
 
 

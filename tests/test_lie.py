@@ -33,8 +33,10 @@ from __future__ import annotations
 import contextlib
 import math
 import time
+import warnings
 from typing import Callable, Dict
 
+import numpy as np
 import pytest
 import torch
 from torch.autograd import gradcheck
@@ -548,3 +550,121 @@ def test_theseus_exp_log_gradients_finite(point, dtype, group, patched):
             T_id = eye if group == "SO3" else torch.cat([eye, torch.zeros(3, 1, dtype=dtype)], -1)
             assert torch.isfinite(weighted_backward(lambda x: G(tensor=x.unsqueeze(0)).log_map(), T_id)).all()
 
+
+
+# ---------------------------------------------------------------------------
+# The rotation rule: check_rotations, printed_precision, nearest_rotation
+# ---------------------------------------------------------------------------
+
+
+def test_rule_uses_rotations_within_precision_as_given():
+    from posegraph.lie import check_rotations
+
+    R = random_rotations(50, seed=21)
+    R[3] += 1e-8
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert check_rotations(R, "matrix", str) is R
+        arr = R.numpy()
+        assert check_rotations(arr, "matrix", str) is arr
+        R32 = R.float() + 1e-5
+        assert check_rotations(R32, "matrix", str) is R32  # float32: 1e-4
+
+
+def test_rule_makes_rotations_beyond_precision_with_one_warning_and_keeps_type():
+    from posegraph.lie import check_rotations
+
+    R = random_rotations(6, seed=22)
+    bad = R.clone()
+    bad[1] *= 3.0
+    bad[4] = bad[4] @ torch.tensor([[1.0, 0.2, 0.0], [0.0, 1.0, 0.0], [0.0, 0.0, 1.0]], dtype=F64)
+    with pytest.warns(UserWarning, match=r"m 1: max\(\|RᵀR − I\|, \|det R − 1\|\) = 26, .*2 rotations in all") as rec:
+        out = check_rotations(bad, "matrix", lambda k: f"m {k}")
+    assert len(rec) == 1
+    assert isinstance(out, torch.Tensor) and out.dtype == F64 and out is not bad
+    torch.testing.assert_close(out[1], R[1], atol=1e-15, rtol=0)  # 3·R → R
+    torch.testing.assert_close(out[4] @ out[4].T, torch.eye(3, dtype=F64), atol=1e-15, rtol=0)
+    assert torch.equal(out[[0, 2, 3, 5]], bad[[0, 2, 3, 5]])  # the others as given
+    assert torch.equal(bad[1], 3.0 * R[1])  # the input is not modified
+    with pytest.warns(UserWarning):
+        arr = check_rotations(bad.numpy(), "matrix", str)
+    assert isinstance(arr, np.ndarray)
+    np.testing.assert_array_equal(arr, out.numpy())
+    q = torch.tensor([[0.0, 0.0, 0.0, 2.0], [0.0, 0.6, 0.0, 0.8]], dtype=torch.float32)
+    with pytest.warns(UserWarning, match="precision 0.0001 of float32"):
+        qn = check_rotations(q, "quaternion", str)
+    assert qn.dtype == torch.float32 and qn[0].tolist() == [0.0, 0.0, 0.0, 1.0] and torch.equal(qn[1], q[1])
+
+
+@pytest.mark.parametrize(
+    "kind,value,words",
+    [
+        ("matrix", torch.diag(torch.tensor([1.0, -1.0, 1.0], dtype=F64)), "det R = -1 (a reflection)"),
+        ("matrix", torch.zeros(3, 3, dtype=F64), "det R = 0 (singular)"),
+        ("matrix", torch.tensor([[1.0, 0, 0], [0, 1, 0], [0, 0, float("nan")]], dtype=F64), "non-finite numbers"),
+        ("quaternion", torch.zeros(4, dtype=F64), "the zero quaternion"),
+        ("quaternion", torch.tensor([0.0, 0.0, 5e-324, 0.0], dtype=F64), "the zero quaternion"),
+        ("SE2", torch.tensor([1.0, 2.0, 0.0, 0.0], dtype=F64), "received (0, 0)"),
+    ],
+    ids=["reflection", "singular", "nan", "zero-quaternion", "subnormal-quaternion", "zero-se2"],
+)
+def test_rule_refuses_what_cannot_be_made_a_rotation(kind, value, words):
+    from posegraph.errors import G2oFormatError, PoseGraphError
+    from posegraph.lie import check_rotations
+
+    batch = torch.stack([value, value])
+    with pytest.raises(G2oFormatError) as info:
+        check_rotations(batch, kind, lambda k: f"item {k}", error=G2oFormatError, path="f.g2o", lines=[7, 8])
+    assert isinstance(info.value, PoseGraphError)
+    assert str(info.value).startswith("f.g2o:7: item 0: expected a rotation"), str(info.value)
+    assert words in str(info.value)
+
+
+def test_printed_precision_examples():
+    from posegraph.lie import printed_precision
+
+    quaternions = [
+        ["0.1234", "-0.5678", "0.0000", "0.8140"],  # 4 decimals: 2 · 5e-5
+        ["0", "0", "0", "2"],  # whole numbers: ε = ½, capped
+        ["0.0", "0.0", "0.7071067811865476", "0.7071067811865475"],  # repr: float64's 1e-6
+        ["1.234560e-01", "0", "0", "9.923498e-01"],  # 7 significant digits
+    ]
+    np.testing.assert_allclose(printed_precision(quaternions, "quaternion"), [1e-4, 1e-3, 1e-6, 1e-6], rtol=1e-9)
+    matrices = [["9.99999e-01"] * 9, ["1.00000e+00"] * 9, ["1"] + ["-0.000123457"] * 8]
+    expected = [(1 + 3 * 5e-7) ** 3 - 1, (1 + 3 * 5e-6) ** 3 - 1, (1 + 3 * 5e-6) ** 3 - 1]  # %g: "1" is 1.00000
+    np.testing.assert_allclose(printed_precision(matrices, "matrix"), expected, rtol=1e-9)
+
+
+def test_printed_precision_bounds_the_defect_of_rounded_rotations():
+    """The bound is a bound: rotations rounded to d decimals or s significant digits stay
+    within their printed precision."""
+    from posegraph.lie import printed_precision, rotation_defect
+
+    R = random_rotations(3000, seed=23).numpy()
+    q = matrix_to_quaternion(torch.as_tensor(R)).numpy()
+    for fmt in ("{:.3f}", "{:.4f}", "{:.6f}", "{:.5e}", "{:g}", "{:.3g}"):
+        for values, kind in ((R.reshape(-1, 9), "matrix"), (q, "quaternion")):
+            tokens = [[fmt.format(v) for v in row] for row in values]
+            printed = np.array([[float(t) for t in row] for row in tokens])
+            shaped = torch.as_tensor(printed.reshape(-1, 3, 3) if kind == "matrix" else printed)
+            defect = rotation_defect(shaped, kind).numpy()
+            precision = printed_precision(tokens, kind)
+            capped = precision >= 1e-3
+            assert (defect[~capped] <= precision[~capped]).all(), (fmt, kind, float((defect - precision).max()))
+
+
+def test_nearest_rotation_is_the_polar_factor_and_chordal_uses_it():
+    from posegraph.chordal import project_to_rotations
+    from posegraph.lie import nearest_rotation
+
+    R = random_rotations(20, seed=24).numpy()
+    rng = np.random.default_rng(0)
+    np.testing.assert_allclose(nearest_rotation(2.5 * R), R, atol=1e-15)
+    M = R + 0.1 * rng.normal(size=R.shape)
+    P = nearest_rotation(M)
+    np.testing.assert_allclose(np.swapaxes(P, 1, 2) @ P, np.broadcast_to(np.eye(3), P.shape), atol=1e-14)
+    np.testing.assert_allclose(np.linalg.det(P), 1.0, atol=1e-14)
+    H = np.swapaxes(P, 1, 2) @ M  # polar: M = P H with H symmetric positive definite
+    np.testing.assert_allclose(H, np.swapaxes(H, 1, 2), atol=1e-14)
+    assert (np.linalg.eigvalsh(H) > 0).all()
+    np.testing.assert_array_equal(project_to_rotations(M), P)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import warnings
 
 import numpy as np
 import pytest
@@ -43,10 +44,36 @@ def test_comments_blank_lines_tabs_and_crlf(tmp_path):
 
 def test_non_unit_quaternions_are_normalized_far_ones_with_a_warning(tmp_path):
     path = tmp_path / "t.tum"
-    path.write_text("0 0 0 0 0 0 0 1.0000001\n1 0 0 0 0 0 0 2\n")
-    with pytest.warns(UserWarning, match=r"t\.tum:2: 1 quaternion\(s\) far from unit"):
+    path.write_text("0 0 0 0 0 0 0 1.0000001\n1 0 0 0 0 0 0 2\n2 0 0 0 0 0 0 3\n")
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
         traj = read_tum(path)
-    np.testing.assert_allclose(traj.poses[:, :, :3], np.broadcast_to(np.eye(3), (2, 3, 3)), atol=1e-15)
+    assert len(caught) == 1 and caught[0].filename == __file__, [str(w.message) for w in caught]
+    message = str(caught[0].message)
+    for word in (f"{path}:2: quaternion (qx qy qz qw)", "|‖q‖ − 1| = 1", "beyond the precision 0.001",
+                 "normalized", "2 rotations in all"):
+        assert word in message, message
+    np.testing.assert_allclose(traj.poses[:, :, :3], np.broadcast_to(np.eye(3), (3, 3, 3)), atol=1e-15)
+
+
+def test_four_decimal_quaternions_read_without_a_warning(tmp_path):
+    """Each component off by ≤ 5e-5: ‖q‖ within 1e-4 of 1 (posegraph.lie.printed_precision)."""
+    rng = np.random.default_rng(7)
+    q = rng.normal(size=(500, 4))
+    q /= np.linalg.norm(q, axis=1, keepdims=True)
+    rows = np.concatenate([np.arange(500)[:, None], rng.normal(size=(500, 3)), q], axis=1)
+    path = tmp_path / "four.tum"
+    path.write_text("".join(" ".join(f"{v:.4f}" for v in row) + "\n" for row in rows))
+    assert np.abs(np.linalg.norm(np.round(q, 4), axis=1) - 1).max() > 1e-5  # far beyond float64's 1e-6
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        traj = read_tum(path)
+    rot = traj.poses[:, :, :3]
+    np.testing.assert_allclose(np.swapaxes(rot, 1, 2) @ rot, np.broadcast_to(np.eye(3), rot.shape), atol=1e-14)
+    full = tmp_path / "full.tum"  # the same norm error with every digit printed: a warning
+    full.write_text("0 0 0 0 0 0 0.6 0.8000123456789\n")
+    with pytest.warns(UserWarning, match=r"full\.tum:1: .* = 9.88e-06, beyond the precision 1e-06"):
+        read_tum(full)
 
 
 GOOD = "0 0 0 0 0 0 0 1\n"

@@ -11,6 +11,12 @@ need not be contiguous. Other tags are skipped with one warning per tag giving t
 Format reference: g2o's ``types_slam2d``/``types_slam3d`` (Kümmerle et al. 2011) as used by
 the SE-Sync/GTSAM datasets.
 
+Quaternions follow posegraph's rotation rule (:mod:`posegraph.lie`, the same for every
+rotation): the zero quaternion is an error; one whose norm is off by more than its printed
+digits allow (:func:`~posegraph.lie.printed_precision`: 1e-4 for 4 decimals, at least 1e-6, at
+most 1e-3) is normalized with a warning naming FILE:LINE of the first and the count (one for
+the vertices, one for the edges); every other one is normalized silently.
+
 Information matrices must be positive semidefinite, with entries of magnitude ≤ 1e150
 (:mod:`posegraph.information`): a file with matrices that are not PSD is refused, the error
 counting them all, unless ``read_g2o(path, repair_information=True)`` is asked to replace each
@@ -68,8 +74,6 @@ _TAGS: Dict[str, _Tag] = {
     "EDGE_SE3:QUAT": _Tag("edge", "SE3", 2, 7 + 21),
 }
 _DOF = {"SE2": 3, "SE3": 6}
-#: |‖q‖ − 1| above this is reported (the quaternion is normalized either way).
-QUATERNION_UNIT_TOLERANCE = 1e-3
 #: vertex ids are stored as int64 tensors.
 _ID_MIN, _ID_MAX = -(2**63), 2**63 - 1
 
@@ -171,6 +175,7 @@ class _Records:
         self.fixed: List[Tuple[int, int]] = []  # (id, line)
         self.unknown: Counter = Counter()
         self.points = _PointRecords()
+        self.text = ""  # the file's text (the printed digits of rotations, when needed)
 
 
 class _PointRecords:
@@ -253,6 +258,7 @@ def _parse_lines(path: str, text: str) -> _Records:
     Number values of pose lines are only split here; :func:`_assemble` converts them.
     """
     rec = _Records()
+    rec.text = text
     vertex_ids: List[int] = []
     vertex_lines: List[int] = []
     edge_ids: List[Tuple[int, int]] = []
@@ -318,6 +324,7 @@ def _parse_bulk(path: str, text: str) -> Optional[_Records]:
     first problem in file order with its usual message.
     """
     rec = _Records()
+    rec.text = text
     groups: Dict[str, Tuple[List[str], List[int]]] = {name: ([], []) for name in _TAGS}
     try:
         for lineno, line in enumerate(split_lines(text), start=1):
@@ -450,22 +457,21 @@ def check_information(
     return int(bad.size)
 
 
-def _quaternions(values: np.ndarray, path: str, lines: Sequence[int], error: type = G2oFormatError) -> None:
-    """Check g2o quaternions (qx qy qz qw): zero is an error (``error``), far from unit a
-    warning. The TUM reader applies the same rule."""
-    norms = np.linalg.norm(values, axis=1)
-    zero = np.flatnonzero(norms < 1e-12)
-    if zero.size:
-        raise error(
-            "zero quaternion (qx qy qz qw = 0 0 0 0) is not a rotation", path, lines[zero[0]]
-        )
-    far = np.flatnonzero(np.abs(norms - 1.0) > QUATERNION_UNIT_TOLERANCE)
-    if far.size:
-        warnings.warn(
-            f"{path}:{lines[far[0]]}: {far.size} quaternion(s) far from unit norm "
-            f"(e.g. ‖q‖ = {norms[far[0]]:.6g}); normalized",
-            stacklevel=3,
-        )
+class _LineTokens:
+    """The number tokens of a file's lines, for the rotation rule's precision of printed digits
+    (:func:`posegraph.lie.printed_precision`): the text is split into lines only when asked,
+    which happens only for rotations beyond float64's precision."""
+
+    def __init__(self, text: str) -> None:
+        self.text = text
+        self.lines: Optional[List[str]] = None
+
+    def __call__(self, line: int, start: int, stop: int) -> List[str]:
+        """Tokens ``start:stop`` of line ``line`` (1-based; the tag is token 0)."""
+        if self.lines is None:
+            self.lines = split_lines(self.text)
+        text = self.lines[line - 1]
+        return text.split("#", 1)[0].split()[start:stop]
 
 
 def _poses_from_values(kind: str, values: np.ndarray) -> torch.Tensor:
@@ -637,8 +643,13 @@ def _assemble(path: str, rec: _Records, repair_information: bool = False) -> Pos
     vertex_tag = "VERTEX_SE3:QUAT" if kind == "SE3" else "VERTEX_SE2"
     edge_lines = rec.edge_lines.tolist()
     ev = _floats(rec.edge_values, meas_len + dof * (dof + 1) // 2, path, edge_lines, edge_tag)
-    if kind == "SE3":
-        _quaternions(ev[:, 3:7], path, edge_lines)
+    tokens = _LineTokens(rec.text)
+    if kind == "SE3":  # the rotation rule (posegraph.lie); the quaternions are normalized later
+        ev[:, 3:7] = lie.check_rotations(
+            ev[:, 3:7], "quaternion", lambda k: f"{edge_tag} {rec.edge_ids[k, 0]} {rec.edge_ids[k, 1]}",
+            error=G2oFormatError, path=path, lines=edge_lines,
+            printed=lambda k: tokens(edge_lines[k], 6, 10), stacklevel=3,
+        )
     info = _upper_to_symmetric(ev[:, meas_len:], dof)
     edge_ids = rec.edge_ids
     repaired = check_information(
@@ -653,14 +664,18 @@ def _assemble(path: str, rec: _Records, repair_information: bool = False) -> Pos
         vertex_lines = rec.vertex_lines.tolist()
         vv = _floats(rec.vertex_values, meas_len, path, vertex_lines, vertex_tag)
         if kind == "SE3":
-            _quaternions(vv[:, 3:7], path, vertex_lines)
+            vv[:, 3:7] = lie.check_rotations(
+                vv[:, 3:7], "quaternion", lambda k: f"{vertex_tag} {rec.vertex_ids[k]}",
+                error=G2oFormatError, path=path, lines=vertex_lines,
+                printed=lambda k: tokens(vertex_lines[k], 5, 9), stacklevel=3,
+            )
         poses = _poses_from_values(kind, vv)
     edges = torch.as_tensor(index.find(rec.edge_ids)[0], dtype=torch.long).reshape(-1, 2)
     measurements = _poses_from_values(kind, ev[:, :meas_len].reshape(-1, meas_len))
     landmarks = None
     if pts:
         landmarks, point_repaired = _landmarks(
-            path, pts, index, point_ids, point_index, point_fixed, repair_information
+            path, pts, index, point_ids, point_index, point_fixed, repair_information, tokens
         )
         repaired += point_repaired
         num_info += len(pts.obs_lines)
@@ -740,10 +755,12 @@ def _landmarks(
     point_ids: List[int],
     point_index: Dict[int, int],
     fixed: torch.Tensor,
-    repair_information: bool = False,
+    repair_information: bool,
+    tokens: _LineTokens,
 ) -> Tuple[Landmarks, int]:
     """Tensors of the point records (checked by :func:`_point_ids`/:func:`_check_id_spaces`)
-    and the number of their information matrices repaired (see :func:`check_information`)."""
+    and the number of their information matrices repaired (see :func:`check_information`);
+    ``tokens``: the file's line tokens (for the precision of the offsets' quaternions)."""
     ov = np.asarray(pts.obs_values, dtype=np.float64).reshape(len(pts.obs_values), 3 + 6)
     info = _upper_to_symmetric(ov[:, 3:], 3)
     repaired = check_information(
@@ -752,7 +769,12 @@ def _landmarks(
     )
     param_ids = sorted(pts.params)
     pv = np.asarray([pts.params[k][0] for k in param_ids], dtype=np.float64).reshape(-1, 7)
-    _quaternions(pv[:, 3:7], path, [pts.params[k][1] for k in param_ids])
+    param_lines = [pts.params[k][1] for k in param_ids]
+    pv[:, 3:7] = lie.check_rotations(
+        pv[:, 3:7], "quaternion", lambda k: f"PARAMS_SE3OFFSET {param_ids[k]}",
+        error=G2oFormatError, path=path, lines=param_lines,
+        printed=lambda k: tokens(param_lines[k], 5, 9), stacklevel=4,
+    )
     offsets = _poses_from_values("SE3", pv)
     slot = {k: n for n, k in enumerate(param_ids)}
     positions = None

@@ -8,13 +8,14 @@ benchmark suite", CVPR; devkit ``readme.txt``) and of evo's ``kitti`` files
 (``evo.tools.file_interface.read_kitti_poses_file``). ``#`` starts a comment; blank lines are
 skipped.
 
-Rotations get the rule the g2o reader gives quaternions (:mod:`posegraph.io.g2o`): a block
-that is not a rotation (``det R ≤ 0``: singular or a reflection) is an error naming FILE:LINE;
-one far from orthonormal (``max |RᵀR − I| > 10⁻³``) a warning; every block is replaced by a
-rotation, through the stable conversions of :mod:`posegraph.lie` (Shepperd's quaternion of
-``R``, :func:`~posegraph.lie.matrix_to_quaternion`, back to the matrix of the normalized
-quaternion, :func:`~posegraph.lie.quaternion_to_matrix`). KITTI's own files, written with 7
-significant digits, are about 10⁻⁷ from orthonormal.
+Rotations follow posegraph's rotation rule (:mod:`posegraph.lie`), the g2o reader's rule for
+quaternions: a block that cannot be made a rotation (``det R ≤ 0``: singular or a reflection)
+is an error naming FILE:LINE; one further from a rotation than its printed digits allow
+(``max(|RᵀR − I|, |det R − 1|)`` beyond :func:`~posegraph.lie.printed_precision`, e.g. a
+sheared block) a warning naming the first FILE:LINE and the count; every block is replaced by
+its nearest rotation (:func:`~posegraph.lie.nearest_rotation`, the polar decomposition).
+KITTI's own files, written with 7 significant digits, are about 10⁻⁷ from orthonormal, and
+files of 6 significant digits read without a warning too.
 
 Writing is atomic (:mod:`posegraph.io.output`) and numbers are ``repr(float)``.
 """
@@ -22,11 +23,9 @@ Writing is atomic (:mod:`posegraph.io.output`) and numbers are ``repr(float)``.
 from __future__ import annotations
 
 import os
-import warnings
-from typing import Union
+from typing import List, Union
 
 import numpy as np
-import torch
 
 from .. import lie
 from ..errors import TrajectoryFormatError
@@ -37,33 +36,24 @@ PathLike = Union[str, "os.PathLike[str]"]
 
 #: the columns of a KITTI line
 COLUMNS = ("r11", "r12", "r13", "tx", "r21", "r22", "r23", "ty", "r31", "r32", "r33", "tz")
-#: max |RᵀR − I| above this is reported (the rotation is made orthonormal either way); the
-#: counterpart of the g2o reader's quaternion norm tolerance
-ORTHONORMAL_TOLERANCE = 1e-3
+#: positions of the rotation's numbers on a KITTI line
+_ROTATION_COLUMNS = (0, 1, 2, 4, 5, 6, 8, 9, 10)
 
 
-def _rotations(mats: np.ndarray, path: str, lines) -> np.ndarray:
-    """Check the rotation blocks (error: det ≤ 0; warning: far from orthonormal) and return
-    them made orthonormal through the quaternion (see the module doc)."""
-    rot = mats[:, :, :3]
-    det = np.linalg.det(rot)
-    bad = np.flatnonzero(~(det > 0))
-    if bad.size:
-        k = int(bad[0])
-        raise TrajectoryFormatError(
-            f"rotation (r11 … r33): expected a rotation matrix (det > 0), received one with det {det[k]:.6g}",
-            path,
-            lines[k],
-        )
-    off = np.abs(np.swapaxes(rot, 1, 2) @ rot - np.eye(3)).max(axis=(1, 2))
-    far = np.flatnonzero(off > ORTHONORMAL_TOLERANCE)
-    if far.size:
-        warnings.warn(
-            f"{path}:{lines[far[0]]}: {far.size} rotation(s) far from orthonormal "
-            f"(e.g. max |RᵀR − I| = {off[far[0]]:.6g}); made orthonormal",
-            stacklevel=3,
-        )
-    return lie.quaternion_to_matrix(lie.matrix_to_quaternion(torch.as_tensor(rot))).numpy()
+def _rotations(mats: np.ndarray, path: str, lines: List[int], rows: List[str]) -> np.ndarray:
+    """The rotation blocks of ``mats`` ``(N, 3, 4)`` by the rotation rule (error: ``det R ≤ 0``;
+    a warning beyond the printed precision), each replaced by its nearest rotation (see the
+    module doc)."""
+
+    def printed(k: int) -> List[str]:
+        tokens = rows[k].split()
+        return [tokens[c] for c in _ROTATION_COLUMNS]
+
+    rot = lie.check_rotations(
+        mats[:, :, :3], "matrix", lambda k: "rotation (r11 … r33)", error=TrajectoryFormatError,
+        path=path, lines=lines, printed=printed, stacklevel=3,
+    )
+    return lie.nearest_rotation(rot)
 
 
 def read_kitti(path: PathLike) -> Trajectory:
@@ -73,9 +63,9 @@ def read_kitti(path: PathLike) -> Trajectory:
         TrajectoryFormatError: naming the file and line of the first problem.
     """
     path = os.fspath(path)
-    values, lines = read_rows(path, len(COLUMNS), COLUMNS, "KITTI line")
+    values, lines, rows = read_rows(path, len(COLUMNS), COLUMNS, "KITTI line")
     mats = values.reshape(-1, 3, 4).copy()
-    mats[:, :, :3] = _rotations(mats, path, lines)
+    mats[:, :, :3] = _rotations(mats, path, lines, rows)
     return Trajectory(poses=mats, timestamps=None, source=path, lines=lines)
 
 

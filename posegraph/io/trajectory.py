@@ -108,9 +108,12 @@ class Trajectory:
         )
 
 
-def read_rows(path: PathLike, width: int, columns: Sequence[str], what: str) -> Tuple[np.ndarray, List[int]]:
+def read_rows(
+    path: PathLike, width: int, columns: Sequence[str], what: str
+) -> Tuple[np.ndarray, List[int], List[str]]:
     """Data lines of a text file of ``width`` numbers each → ``((R, width) float64, line
-    numbers)``. ``#`` starts a comment; blank lines are skipped. Numbers are converted in bulk
+    numbers, the lines' text without comments)`` (the text: for the printed precision of
+    rotations, :func:`posegraph.lie.printed_precision`). ``#`` starts a comment; blank lines are skipped. Numbers are converted in bulk
     (:func:`~posegraph.io.numbers.parse_table`, bit-identical to ``float``); on anything unusual
     the lines are re-read one by one and the first bad one is reported as
     :class:`TrajectoryFormatError` naming FILE:LINE, the column (``columns``), expected and
@@ -130,7 +133,7 @@ def read_rows(path: PathLike, width: int, columns: Sequence[str], what: str) -> 
         raise TrajectoryFormatError(f"no poses found (expected lines of {width} numbers: {' '.join(columns)})", path)
     table = parse_table(rows, 0, width)
     if table is not None:
-        return table[1], lines
+        return table[1], lines, rows
     out = np.empty((len(rows), width))
     for k, (row, lineno) in enumerate(zip(rows, lines)):
         toks = row.split()
@@ -140,7 +143,7 @@ def read_rows(path: PathLike, width: int, columns: Sequence[str], what: str) -> 
             )
         for j, (tok, name) in enumerate(zip(toks, columns)):
             out[k, j] = _number(tok, path, lineno, name, error=TrajectoryFormatError)
-    return out, lines
+    return out, lines, rows
 
 
 def format_numbers(rows: np.ndarray) -> str:

@@ -7,9 +7,12 @@ and of evo's ``tum`` files (``evo.tools.file_interface.read_tum_trajectory_file`
 starts a comment; blank lines are skipped.
 
 Reading follows the g2o reader's rules (:mod:`posegraph.io.g2o`): numbers are converted as
-``float`` converts them and must be finite; a zero quaternion is an error, one far from unit
-norm a warning, and every quaternion is normalized (:func:`posegraph.lie.g2o_to_se3`, whose
-``x y z qx qy qz qw`` layout is the TUM line after its timestamp). Timestamps must increase
+``float`` converts them and must be finite; quaternions follow posegraph's rotation rule
+(:mod:`posegraph.lie`): a zero quaternion is an error, one whose norm is off by more than its
+printed digits allow (:func:`~posegraph.lie.printed_precision`; a file of 4-decimal
+quaternions reads silently) a warning, and every quaternion is normalized
+(:func:`posegraph.lie.g2o_to_se3`, whose ``x y z qx qy qz qw`` layout is the TUM line after
+its timestamp). Timestamps must increase
 strictly (association by timestamp needs one pose per stamp). Every problem is one
 :class:`~posegraph.errors.TrajectoryFormatError` naming FILE:LINE, expected and received.
 
@@ -28,7 +31,6 @@ import torch
 
 from .. import lie
 from ..errors import TrajectoryFormatError
-from .g2o import _quaternions
 from .output import check_outputs, write_text_atomic
 from .trajectory import Trajectory, format_numbers, read_rows
 
@@ -45,8 +47,12 @@ def read_tum(path: PathLike) -> Trajectory:
         TrajectoryFormatError: naming the file and line of the first problem.
     """
     path = os.fspath(path)
-    values, lines = read_rows(path, len(COLUMNS), COLUMNS, "TUM line")
-    _quaternions(values[:, 4:8], path, lines, error=TrajectoryFormatError)
+    values, lines, rows = read_rows(path, len(COLUMNS), COLUMNS, "TUM line")
+    values[:, 4:8] = lie.check_rotations(  # the rotation rule; g2o_to_se3 normalizes below
+        values[:, 4:8], "quaternion", lambda k: "quaternion (qx qy qz qw)",
+        error=TrajectoryFormatError, path=path, lines=lines,
+        printed=lambda k: rows[k].split()[4:8], stacklevel=2,
+    )
     stamps = values[:, 0].copy()
     bad = np.flatnonzero(stamps[1:] <= stamps[:-1])
     if bad.size:
