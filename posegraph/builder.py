@@ -21,6 +21,7 @@ Both emit one vectorized :class:`~posegraph.costs.BetweenEdges` over one packed
 
 from __future__ import annotations
 
+import math
 import warnings
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Dict, List, Optional, Sequence, Tuple, Union
@@ -32,8 +33,8 @@ import torch
 from .costs import BetweenEdges, BlockSparseCostFunction, PointObservations
 from .errors import PoseGraphError, check_device
 from .graph import POSE_KINDS, Landmarks, PoseGraph, connected_components
-from .information import first_oversized, information_bound
-from .lie import check_rotations
+from .information import PSD_TOLERANCE, first_oversized, information_bound
+from .lie import _flat, check_rotations
 from .mesh import LaplacianSmoothingCost
 from .robust import RobustKernel, robustify
 from .user_costs import PackedCost, PackedSlot, PosePriors, PositionPriors, PriorTerms
@@ -237,7 +238,7 @@ def _check_element_tensor(tensor: torch.Tensor, cls: type, what: str, stacklevel
         )
     if not tensor.is_floating_point():
         raise BuilderError(f"{what}: expected a floating-point tensor, received {tensor.dtype}")
-    if not torch.isfinite(tensor).all():
+    if not _all_finite(tensor):
         raise BuilderError(f"{what}: tensor has non-finite values")
     if cls not in (th.SE3, th.SE2):
         return tensor
@@ -248,8 +249,50 @@ def _check_element_tensor(tensor: torch.Tensor, cls: type, what: str, stacklevel
     )
 
 
-def _check_information(info: torch.Tensor, dof: int, what: str) -> torch.Tensor:
-    """(d, d) or (B, d, d) symmetric PSD information → (B, d, d)."""
+def _all_finite(tensor: torch.Tensor) -> bool:
+    """Whether every number of ``tensor`` is finite; one problem's tensor (batch 1, the
+    per-call case) is summed in plain Python (a sum that overflows falls back to torch)."""
+    if tensor.shape[0] == 1 and math.isfinite(sum(_flat(tensor.tolist()))):
+        return True
+    return bool(torch.isfinite(tensor).all())
+
+
+def _one_information_accepted(rows: List[List[float]], bound: float) -> bool:
+    """Whether one information matrix passes every check of :func:`_check_information` —
+    finite, entries within ``bound``, not all zeros, symmetric to 1e-9, and positive definite
+    by a Cholesky factorization (which proves it PSD within
+    :data:`~posegraph.information.PSD_TOLERANCE`, as in
+    :func:`~posegraph.information.psd_smallest_eigenvalues`) — in plain Python: the builder
+    checks one matrix per call, where torch's calls on a 6×6 array cost ~4× more. False sends
+    it to the batched checks, which accept it (PSD, singular) or name its problem."""
+    d = len(rows)
+    flat = [v for row in rows for v in row]
+    if not math.isfinite(sum(flat)):
+        return False
+    largest = max(map(abs, flat))
+    if not 0.0 < largest <= bound:
+        return False
+    asymmetry = 1e-9 * max(1.0, largest)
+    if any(abs(rows[i][j] - rows[j][i]) > asymmetry for i in range(d) for j in range(i)):
+        return False
+    lower = [[0.0] * d for _ in range(d)]  # Cholesky (column by column), on the lower triangle
+    for j in range(d):
+        lj = lower[j]
+        pivot = rows[j][j] - sum(v * v for v in lj[:j])
+        if not pivot > 0.0:
+            return False
+        lj[j] = root = math.sqrt(pivot)
+        for i in range(j + 1, d):
+            li = lower[i]
+            li[j] = (rows[i][j] - sum(a * b for a, b in zip(li[:j], lj[:j]))) / root
+    return True
+
+
+def _check_information(info: torch.Tensor, dof: int, what: str, noun: Optional[str] = None) -> torch.Tensor:
+    """(d, d) or (B, d, d) symmetric PSD information → (B, d, d). ``noun``: what all-zero
+    information would leave without effect (refused; the builder's calls), or None (the
+    layer's batch of every edge's matrix: accepted). One matrix is checked in plain Python
+    (:func:`_one_information_accepted`); the others, and any it does not accept, here."""
     received = info.shape
     if info.ndim == 2:
         info = info.unsqueeze(0)
@@ -260,6 +303,8 @@ def _check_information(info: torch.Tensor, dof: int, what: str) -> torch.Tensor:
         )
     if not info.is_floating_point():
         raise BuilderError(f"{what}: expected a floating-point tensor, received {info.dtype}")
+    if info.shape[0] == 1 and _one_information_accepted(info.tolist()[0], information_bound(info.dtype)):
+        return info
     if not torch.isfinite(info).all():
         raise BuilderError(f"{what}: information has non-finite values")
     over = first_oversized(info.detach(), information_bound(info.dtype))
@@ -269,10 +314,15 @@ def _check_information(info: torch.Tensor, dof: int, what: str) -> torch.Tensor:
     if sym_err > 1e-9 * max(1.0, float(info.abs().max())):
         raise BuilderError(f"{what}: information must be symmetric (asymmetry {float(sym_err):.3g})")
     lam = torch.linalg.eigvalsh(info.detach().double())  # (finite: entries are within the bound)
-    if (lam[:, 0] < -1e-9 * lam.abs().max(dim=1).values.clamp_min(1.0)).any():
+    if (lam[:, 0] < -PSD_TOLERANCE * lam.abs().max(dim=1).values.clamp_min(1.0)).any():
         raise BuilderError(
             f"{what}: information must be positive semidefinite "
             f"(smallest eigenvalue {float(lam[:, 0].min()):.6g})"
+        )
+    if noun is not None and not bool(info.any()):
+        raise BuilderError(
+            f"{what}: received all zeros, which would give the {noun} no effect; leave it out, "
+            "or give a positive semidefinite matrix that is not zero"
         )
     return info
 
@@ -536,12 +586,8 @@ class PoseGraphBuilder:
         if information is None:
             info = torch.eye(dof, dtype=meas.dtype, device=meas.device).unsqueeze(0)
         else:
-            info = _check_information(self._tensor(information, f"{what} information"), dof, f"{what} information")
-            if not bool(info.any()):
-                raise BuilderError(
-                    f"{what} information: received all zeros, which would give the measurement no "
-                    "effect; leave it out, or give a positive semidefinite matrix that is not zero"
-                )
+            info = self._tensor(information, f"{what} information")
+            info = _check_information(info, dof, f"{what} information", "measurement")
         self._consensus.check(f"{what} information", info, received=f"a {_type_name(information)}")
         return meas, info
 
@@ -635,9 +681,7 @@ class PoseGraphBuilder:
         if information is None:
             info = torch.eye(dim, dtype=pos.dtype, device=pos.device).unsqueeze(0)
         else:
-            info = _check_information(self._tensor(information, f"{what} information"), dim, f"{what} information")
-            if not bool(info.any()):
-                raise BuilderError(f"{what} information: received all zeros, which would give the prior no effect")
+            info = _check_information(self._tensor(information, f"{what} information"), dim, f"{what} information", "prior")
             self._consensus.check(f"{what} information", info, received=f"a {_type_name(information)}")
         if name:
             self._claim_name(name, what)

@@ -351,6 +351,41 @@ def _defects(rot: "np.ndarray", kind: str) -> Tuple["np.ndarray", "np.ndarray", 
     return defect, ~finite | (largest < np.finfo(rot.dtype).tiny), largest
 
 
+#: Per kind: the number of numbers of one element, and the positions of its rotation's.
+_ONE_ELEMENT: Dict[str, Tuple[int, Tuple[int, ...]]] = {
+    "SE3": (12, (0, 1, 2, 4, 5, 6, 8, 9, 10)),
+    "SE2": (4, (2, 3)),
+    "matrix": (9, tuple(range(9))),
+    "quaternion": (4, (0, 1, 2, 3)),
+}
+
+
+def _flat(nested: Any) -> List[float]:
+    """The numbers of a ``tolist()``, flattened."""
+    while nested and isinstance(nested[0], list):
+        nested = [v for part in nested for v in part]
+    return nested
+
+
+def _defect_of_one(v: List[float], kind: str) -> float:
+    """:func:`_defects`' defect of one 3×3 matrix (9 numbers, row-major) or one vector, in
+    plain Python: the builder checks one pose per call, where NumPy's dozen calls on a tiny
+    array cost several times more. nan when a number is not finite (the caller then takes
+    NumPy's path)."""
+    if not math.isfinite(sum(v)):
+        return math.nan
+    if kind in ("SE2", "quaternion"):
+        square = sum(c * c for c in v)
+        return abs(square - 1.0) if kind == "SE2" else abs(math.sqrt(square) - 1.0)
+    a, b, c, d, e, f, g, h, i = v
+    det = a * (e * i - f * h) - b * (d * i - f * g) + c * (d * h - e * g)
+    gram = (
+        a * a + d * d + g * g - 1.0, b * b + e * e + h * h - 1.0, c * c + f * f + i * i - 1.0,
+        a * b + d * e + g * h, a * c + d * f + g * i, b * c + e * f + h * i,
+    )
+    return max(abs(det - 1.0), *(abs(x) for x in gram))
+
+
 def rotation_defect(x: Tensor, kind: str = "matrix") -> Tensor:
     """How far the rotations in ``x`` are from being rotations, per element (on ``x``'s device).
 
@@ -503,6 +538,13 @@ def check_rotations(
             = (0, 0)``, a matrix with ``det R ≤ 0`` — naming it, ``path`` and its line.
     """
     _check_kind(kind)
+    tol, dtype_name = _tolerance_of(x)
+    used_as_given = ROTATION_TOLERANCE[torch.float64] if printed is not None else tol
+    size, positions = _ONE_ELEMENT[kind]
+    if (x.numel() if isinstance(x, Tensor) else np.size(x)) == size:
+        v = _flat(x.tolist())  # one rotation (the builder's per call): checked in plain Python
+        if _defect_of_one([v[j] for j in positions], kind) <= used_as_given:
+            return x
     a = _as_numpy(x)
     rot = _rotations_of(a, kind)
     if rot.shape[0] == 0:
@@ -513,8 +555,7 @@ def check_rotations(
         k = int(np.flatnonzero(refused)[0])
         line = None if lines is None else lines[k]
         raise error(f"{name(k)}: {_refusal(rot[k], kind, float(measure[k]))}", path, line)
-    tol, dtype_name = _tolerance_of(x)
-    beyond = np.flatnonzero(defect > (ROTATION_TOLERANCE[torch.float64] if printed is not None else tol))
+    beyond = np.flatnonzero(defect > used_as_given)
     if beyond.size == 0:
         return x
     if printed is not None:

@@ -1081,3 +1081,80 @@ def test_builder_cost_names_are_reserved():
     b, x0, x1 = two_pose_builder()
     with raises_builder_error("'priors'", "already used"):
         b.add_cost(th.Difference(x1, se3("t"), th.ScaleCostWeight(torch.ones(1, 1, dtype=F64)), name="priors"))
+
+
+# -- the per-call checks' plain-Python paths decide as the NumPy paths ----------------------------
+
+
+def _outcome(check, *args):
+    """("ok", returned) or ("error", message) of one check; warnings recorded as text."""
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        try:
+            out = check(*args)
+        except BuilderError as err:
+            return ("error", str(err)), []
+    return ("ok", out), [str(w.message) for w in caught]
+
+
+def _information_cases():
+    rng = np.random.default_rng(31)
+    a = rng.normal(size=(6, 6))
+    pd = a @ a.T + 0.1 * np.eye(6)
+    singular = np.diag([1.0, 2.0, 0.0, 3.0, 0.0, 1.0])  # PSD, not definite: Cholesky fails
+    tiny_negative = np.diag([1.0, 1.0, 1.0, 1.0, 1.0, -1e-12])  # PSD within the tolerance
+    indefinite = np.diag([1.0, 1.0, 1.0, 1.0, 1.0, -1e-3])
+    asymmetric = pd.copy()
+    asymmetric[0, 1] += 1e-3
+    nearly_symmetric = pd.copy()
+    nearly_symmetric[0, 1] += 1e-12
+    nan, huge, overflow = pd.copy(), pd.copy(), np.full((6, 6), 1e200)
+    nan[2, 2] = np.nan
+    huge[1, 1] = 1e151
+    return [pd, singular, tiny_negative, indefinite, asymmetric, nearly_symmetric, nan, huge, overflow,
+            np.zeros((6, 6)), 1e-300 * np.eye(6), np.eye(6) * 1e149]
+
+
+@pytest.mark.parametrize("case", range(12))
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+def test_one_information_matrix_is_decided_as_a_batch_of_them(case, dtype):
+    """One matrix goes through plain Python (Cholesky accept), a batch of two through NumPy:
+    the same acceptance, the same error."""
+    from posegraph.builder import _check_information
+
+    m = torch.as_tensor(_information_cases()[case]).to(dtype)
+    one, _ = _outcome(_check_information, m, 6, "edge #0 information", "measurement")
+    two, _ = _outcome(_check_information, torch.stack([m, m]), 6, "edge #0 information", "measurement")
+    assert one[0] == two[0] and (one[0] == "ok" or one[1] == two[1]), (one, two)
+
+
+def _rotation_cases():
+    R = th.SO3.rand(1, generator=torch.Generator().manual_seed(5), dtype=F64).tensor[0]
+    shear = torch.eye(3, dtype=F64)
+    shear[0, 1] = 1e-3
+    return [R, R + 1e-8, R + 1e-5, 2 * R, R @ shear, torch.zeros(3, 3, dtype=F64),
+            torch.diag(torch.tensor([1.0, 1.0, -1.0], dtype=F64)), torch.full((3, 3), 1e200, dtype=F64)]
+
+
+@pytest.mark.parametrize("case", range(8))
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+def test_one_rotation_is_decided_as_a_batch_of_them(case, dtype):
+    """The rotation rule checks one pose in plain Python and a batch with NumPy: the same
+    acceptance, projection, warning and error."""
+    from posegraph.builder import _check_element_tensor
+
+    rot = _rotation_cases()[case].to(dtype)
+    one = torch.cat([rot, torch.ones(3, 1, dtype=dtype)], dim=1).unsqueeze(0)
+    a, wa = _outcome(_check_element_tensor, one, th.SE3, "pose 'p'")
+    b, wb = _outcome(_check_element_tensor, torch.cat([one, one]), th.SE3, "pose 'p'")
+    assert a[0] == b[0], (a, b)
+    if a[0] == "ok":
+        assert torch.equal(a[1][0], b[1][0])
+        assert (a[1] is one) == (not wa)  # used as given, or made a rotation with a warning
+        assert [w.replace(" (batch element 0)", "").split("; 2 rotations")[0] for w in wb] == wa
+    else:
+        assert a[1] == b[1].replace(" (batch element 0)", "")
+    se2 = torch.tensor([[1.0, 2.0, 0.6 * (case + 1), 0.8]], dtype=dtype)
+    a, wa = _outcome(_check_element_tensor, se2, th.SE2, "pose 'q'")
+    b, wb = _outcome(_check_element_tensor, torch.cat([se2, se2]), th.SE2, "pose 'q'")
+    assert a[0] == b[0] == "ok" and torch.equal(a[1][0], b[1][0]) and len(wa) == len(wb)

@@ -668,3 +668,19 @@ def test_nearest_rotation_is_the_polar_factor_and_chordal_uses_it():
     np.testing.assert_allclose(H, np.swapaxes(H, 1, 2), atol=1e-14)
     assert (np.linalg.eigvalsh(H) > 0).all()
     np.testing.assert_array_equal(project_to_rotations(M), P)
+
+
+def test_defect_of_one_rotation_is_the_numpy_defect():
+    """check_rotations' plain-Python path for one rotation computes rotation_defect's formula."""
+    from posegraph.lie import _defect_of_one, rotation_defect
+
+    rng = np.random.default_rng(25)
+    M = random_rotations(200, seed=25) + torch.as_tensor(rng.normal(scale=10.0 ** rng.uniform(-9, 0, (200, 1, 1)), size=(200, 3, 3)))
+    q = torch.as_tensor(rng.normal(size=(200, 4)))
+    cs = torch.as_tensor(rng.normal(size=(200, 2)))
+    se2 = torch.cat([torch.zeros(200, 2, dtype=F64), cs], dim=1)
+    for values, kind, flat in ((M, "matrix", M.reshape(200, 9)), (q, "quaternion", q), (se2, "SE2", cs)):
+        expected = rotation_defect(values, kind).numpy()
+        got = np.array([_defect_of_one(row, kind) for row in flat.tolist()])
+        np.testing.assert_allclose(got, expected, rtol=1e-12, atol=1e-15)
+    assert math.isnan(_defect_of_one([float("nan")] + [0.0] * 8, "matrix"))
