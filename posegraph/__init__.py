@@ -138,36 +138,71 @@ Numerics
     (``geometry.NUMPY_MAX_ELEMENTS``), everything else with torch operations.
 """
 
+from typing import TYPE_CHECKING
+
+from ._lazy import lazy_exports
 from ._openmp import prefer_passive_waiting
 
 prefer_passive_waiting()  # before torch loads (see posegraph._openmp)
 
-from . import geometry, synthetic
-from .builder import MeshTerm, PoseGraphBuilder, PoseGraphProblem, build_problem, mesh_term
-from .builder import BuilderError
-from .costs import BetweenEdges, BlockSparseCostFunction, JacobianBlocks, PointObservations
-from .user_costs import PackedCost, PosePriors, PositionPrior, PositionPriors
-from .chordal import chordal_initialization
-from .config import ConfigError, load_config
-from .debug import DebugCallback, NonFiniteError, normal_matrix, normal_rhs
-from .eval import evaluate, umeyama
-from .gnc import GncOptions, GncResult, optimize_gnc
-from .errors import G2oFormatError, GraphStructureError, OptimizationError, PoseGraphError
-from .graph import Landmarks, PoseGraph
-from .info import graph_info
-from .init import initialize
-from .io import read_g2o, write_g2o
-from .lie import patch_theseus, unpatch_theseus
-from .mesh import LaplacianSmoothingCost, laplacian_smooth, read_obj, taubin_smooth, write_obj
-from .robust import RobustBlockWeight, RobustKernel, RobustSpecError
-from .solve.covariance import CovarianceError, marginal_covariances
-from .solve.batched import ConjugateGradientSolver, DenseCholeskySolver
-from .solve.sparse_cholesky import CholmodSolver, PardisoSolver, SparseCholeskySolver
-from .solve.layer import LayerInfo, PoseGraphLayer
-from .solve.linearization import BlockSparseLinearization
-from .solve.optimize import SolveResult, SolverOptions, optimize
-from .variables import ManifoldArray
-from .weights import BlockScaleWeight, FullInformationWeight
+#: where each top-level name is defined. They are imported on first use (PEP 562), so
+#: ``import posegraph`` does not load torch, Theseus or SciPy until a name needs them (the
+#: ``posegraph batch`` client never does); submodules (``posegraph.mesh``) load the same way.
+_EXPORTS = {
+    ".builder": ["MeshTerm", "PoseGraphBuilder", "PoseGraphProblem", "build_problem", "mesh_term", "BuilderError"],
+    ".costs": ["BetweenEdges", "BlockSparseCostFunction", "JacobianBlocks", "PointObservations"],
+    ".user_costs": ["PackedCost", "PosePriors", "PositionPrior", "PositionPriors"],
+    ".chordal": ["chordal_initialization"],
+    ".config": ["ConfigError", "load_config"],
+    ".debug": ["DebugCallback", "NonFiniteError", "normal_matrix", "normal_rhs"],
+    ".eval": ["evaluate", "umeyama"],
+    ".gnc": ["GncOptions", "GncResult", "optimize_gnc"],
+    ".errors": ["G2oFormatError", "GraphStructureError", "OptimizationError", "PoseGraphError"],
+    ".graph": ["Landmarks", "PoseGraph"],
+    ".info": ["graph_info"],
+    ".init": ["initialize"],
+    ".io": ["read_g2o", "write_g2o"],
+    ".lie": ["patch_theseus", "unpatch_theseus"],
+    ".mesh": ["LaplacianSmoothingCost", "laplacian_smooth", "read_obj", "taubin_smooth", "write_obj"],
+    ".robust": ["RobustBlockWeight", "RobustKernel", "RobustSpecError"],
+    ".solve.covariance": ["CovarianceError", "marginal_covariances"],
+    ".solve.batched": ["ConjugateGradientSolver", "DenseCholeskySolver"],
+    ".solve.sparse_cholesky": ["CholmodSolver", "PardisoSolver", "SparseCholeskySolver"],
+    ".solve.layer": ["LayerInfo", "PoseGraphLayer"],
+    ".solve.linearization": ["BlockSparseLinearization"],
+    ".solve.optimize": ["SolveResult", "SolverOptions", "optimize"],
+    ".variables": ["ManifoldArray"],
+    ".weights": ["BlockScaleWeight", "FullInformationWeight"],
+}
+__getattr__, __dir__ = lazy_exports(__name__, _EXPORTS, globals())
+
+if TYPE_CHECKING:  # the same names, eagerly, for type checkers and editors (tests/test_lazy_import.py)
+    from . import geometry, synthetic
+    from .builder import MeshTerm, PoseGraphBuilder, PoseGraphProblem, build_problem, mesh_term
+    from .builder import BuilderError
+    from .costs import BetweenEdges, BlockSparseCostFunction, JacobianBlocks, PointObservations
+    from .user_costs import PackedCost, PosePriors, PositionPrior, PositionPriors
+    from .chordal import chordal_initialization
+    from .config import ConfigError, load_config
+    from .debug import DebugCallback, NonFiniteError, normal_matrix, normal_rhs
+    from .eval import evaluate, umeyama
+    from .gnc import GncOptions, GncResult, optimize_gnc
+    from .errors import G2oFormatError, GraphStructureError, OptimizationError, PoseGraphError
+    from .graph import Landmarks, PoseGraph
+    from .info import graph_info
+    from .init import initialize
+    from .io import read_g2o, write_g2o
+    from .lie import patch_theseus, unpatch_theseus
+    from .mesh import LaplacianSmoothingCost, laplacian_smooth, read_obj, taubin_smooth, write_obj
+    from .robust import RobustBlockWeight, RobustKernel, RobustSpecError
+    from .solve.covariance import CovarianceError, marginal_covariances
+    from .solve.batched import ConjugateGradientSolver, DenseCholeskySolver
+    from .solve.sparse_cholesky import CholmodSolver, PardisoSolver, SparseCholeskySolver
+    from .solve.layer import LayerInfo, PoseGraphLayer
+    from .solve.linearization import BlockSparseLinearization
+    from .solve.optimize import SolveResult, SolverOptions, optimize
+    from .variables import ManifoldArray
+    from .weights import BlockScaleWeight, FullInformationWeight
 
 __version__ = "0.1.0"
 

@@ -241,7 +241,7 @@ def run(
         f: previous[f] for f in files
         if previous.get(f, {}).get("result") == "ok" and os.path.isfile(outputs[f])
     }
-    from .io.g2o import write_text_atomic  # the file starts with the lines still true
+    from .io.output import write_text_atomic  # the file starts with the lines still true
 
     write_text_atomic(results_path, "".join(_json_line(r) for r in done.values()))
     todo = [f for f in files if f not in done]

@@ -37,6 +37,22 @@ def _hold_budget() -> None:
         _APPLIED.threads = threads
 
 
+def load_task_modules() -> None:
+    """Import what an optimize task runs: torch, Theseus, the solvers' libraries (MKL's
+    where installed) and every module ``import posegraph`` exports (it loads them lazily), and
+    the CLI."""
+    import importlib
+
+    import posegraph
+    from .solve import cholmod, pardiso  # noqa: F401 - their libraries load with the modules
+
+    pardiso.pardiso_available()  # loads libmkl_rt when installed
+    for name in posegraph.__all__:
+        getattr(posegraph, name)
+    for module in ("cli", "report", "init", "io.g2o"):
+        importlib.import_module(f"posegraph.{module}")
+
+
 class ThreadBudgetPlugin(WorkerPlugin):
     """Runs once in every worker as it joins: gives it its thread budget
     (:func:`posegraph.threads.apply_thread_budget`) and, with it, loads torch, Theseus and the
@@ -65,6 +81,7 @@ class ThreadBudgetPlugin(WorkerPlugin):
         host = worker.address.split("://")[-1].rsplit(":", 1)[0]
         _BUDGET["threads"] = self.budget_for(host, worker.state.nthreads)
         apply_thread_budget(_BUDGET["threads"])
+        load_task_modules()  # now, not in the first task
         warnings.filterwarnings("ignore", message="Vectorization is off by default")
 
 

@@ -204,7 +204,7 @@ def _add_eval(sub) -> None:
 
 def _add_format_options(p) -> None:
     """``eval``'s ``--format``, ``--gt-format`` and ``--t-max-diff``."""
-    from .io.trajectory import FORMATS
+    from .io.formats import FORMATS
 
     p.add_argument("--format", choices=FORMATS, default=None, help="format of the estimate (default: by extension)")
     p.add_argument("--gt-format", choices=FORMATS, default=None,

@@ -14,10 +14,11 @@ import json
 import math
 import sys
 import time
-from typing import IO, Any, Dict, List, Optional
+from typing import IO, TYPE_CHECKING, Any, Dict, List, Optional
 
-from .graph import PoseGraph
-from .solve.optimize import IterationRecord, SolveResult
+if TYPE_CHECKING:  # annotations only: json_text (the batch client's) does not load torch
+    from .graph import PoseGraph
+    from .solve.optimize import IterationRecord, SolveResult
 
 
 class ProgressPrinter:

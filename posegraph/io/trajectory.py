@@ -26,15 +26,12 @@ import torch
 
 from ..errors import TrajectoryFormatError, read_text_input
 from ..graph import PoseGraph
+from .formats import FORMATS, TRAJECTORY_FORMATS
 from .g2o import _number
 from .numbers import parse_table
 
 PathLike = Union[str, "os.PathLike[str]"]
 
-#: the formats :func:`read_poses` reads (``--format``)
-FORMATS = ("g2o", "tum", "kitti")
-#: the formats a trajectory is written in (``--export-trajectory``)
-TRAJECTORY_FORMATS = ("tum", "kitti")
 #: numbers per line of each trajectory format
 WIDTHS = {"tum": 8, "kitti": 12}
 
