@@ -1,6 +1,9 @@
 """What runs on ``posegraph batch``'s Dask workers: a plugin that sets each worker's thread
 budget and loads torch and Theseus once, and the task that optimizes one file in-process.
 
+A local cluster's workers are forked from a server that has loaded those modules already
+(:func:`posegraph.batch.start_worker_server`): they pay no import at all.
+
 This module needs ``dask.distributed`` (the ``posegraph[distributed]`` extra); import it
 through :mod:`posegraph.batch`, which names the extra when it is missing.
 """
@@ -40,7 +43,8 @@ def _hold_budget() -> None:
 def load_task_modules() -> None:
     """Import what an optimize task runs: torch, Theseus, the solvers' libraries (MKL's
     where installed) and every module ``import posegraph`` exports (it loads them lazily), and
-    the CLI."""
+    the CLI. Imports only: no thread pool starts, so a process may fork after it
+    (:mod:`posegraph._batch_preload`)."""
     import importlib
 
     import posegraph
@@ -81,7 +85,7 @@ class ThreadBudgetPlugin(WorkerPlugin):
         host = worker.address.split("://")[-1].rsplit(":", 1)[0]
         _BUDGET["threads"] = self.budget_for(host, worker.state.nthreads)
         apply_thread_budget(_BUDGET["threads"])
-        load_task_modules()  # now, not in the first task
+        load_task_modules()  # now, not in the first task (done already where forked from the server)
         warnings.filterwarnings("ignore", message="Vectorization is off by default")
 
 

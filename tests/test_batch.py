@@ -5,6 +5,8 @@ others go on, ``--resume``, usage errors, the missing extra, and each worker's t
 from __future__ import annotations
 
 import json
+import os
+import subprocess
 import sys
 from pathlib import Path
 
@@ -28,6 +30,7 @@ from posegraph.threads import available_cores, thread_budget
 
 from conftest import make_synthetic
 
+REPO = Path(__file__).resolve().parents[1]
 BROKEN = "VERTEX_SE2 0 0 0 0\nEDGE_SE2 0 1 1 0\n"  # line 2: too few values
 
 
@@ -184,6 +187,60 @@ def test_worker_reports_its_thread_budget(client):
     assert report["env"] == {k: str(budget) for k in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS")}
     pools = [lib for lib in report["libraries"] if lib["api"] in ("mkl", "openblas", "openmp")]
     assert pools and all(lib["threads"] == budget for lib in pools), pools
+
+
+def test_the_client_imports_no_torch(tmp_path):
+    """``posegraph batch`` as a user runs it: the process that reads the inputs, starts the
+    cluster and writes results.jsonl never loads torch, Theseus or SciPy (its start-up)."""
+    folder, out = _folder(tmp_path, broken=False), tmp_path / "out"
+    code = (
+        "import sys\n"
+        "from posegraph.cli import main\n"
+        f"code = main(['batch', {str(folder)!r}, '--out-dir', {str(out)!r}, '--workers', '1', '--quiet'])\n"
+        "print(code, [m for m in ('torch', 'theseus', 'scipy') if m in sys.modules])\n"
+    )
+    env = dict(os.environ, PYTHONPATH=str(REPO))
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, cwd=str(tmp_path))
+    assert proc.stdout.splitlines()[-1] == "0 []", proc.stdout + proc.stderr
+    assert [r["result"] for r in _lines(out)] == ["ok"] * 3
+
+
+def _fork_facts():
+    """In a worker: whether it holds the server's preload, and what its parent (the server) runs."""
+    import os as os_
+    import sys as sys_
+
+    preload = sys_.modules.get("posegraph._batch_preload")
+    with open(f"/proc/{os_.getppid()}/status") as fh:
+        threads = next(int(line.split()[1]) for line in fh if line.startswith("Threads:"))
+    return {"preloaded": preload is not None, "fast_exit": getattr(preload, "FAST_EXIT", None),
+            "parent": os_.getppid(), "parent_threads": threads}
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="local workers are forked on Linux only")
+def test_local_workers_are_forked_from_one_preloaded_single_threaded_server(client):
+    with _connect(None, None, 2) as two:
+        facts = list(client.run(_fork_facts).values()) + list(two.run(_fork_facts).values())
+    assert len(facts) == 3
+    assert len({f["parent"] for f in facts}) == 1 and facts[0]["parent"] != os.getpid()
+    assert all(f["preloaded"] and f["fast_exit"] for f in facts), facts  # torch came with the fork
+    assert all(f["parent_threads"] == 1 for f in facts), facts  # no thread pool runs where it forks
+    import posegraph._batch_preload as preload
+
+    assert preload.FAST_EXIT is False  # imported anywhere but in the server, it exits as usual
+
+
+def test_forked_workers_hold_their_budget_whatever_the_server_started_with(client):
+    """The fixture's cluster (1 worker) started the server with its budget; a 2-worker cluster
+    forks from the same server and its workers still get theirs."""
+    with _connect(None, None, 2) as two:
+        reports = [two.submit(worker_thread_report, pure=False, workers=[w]).result() for w in two.scheduler_info()["workers"]]
+    budget = thread_budget(2, available_cores())
+    assert len(reports) == 2
+    for report in reports:
+        assert report["torch"] == budget
+        pools = [lib for lib in report["libraries"] if lib["api"] in ("mkl", "openblas", "openmp")]
+        assert pools and all(lib["threads"] == budget for lib in pools), pools
 
 
 def test_thread_budget_divides_the_cores():
