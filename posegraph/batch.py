@@ -319,11 +319,8 @@ def start_worker_server(threads: int) -> bool:
     from multiprocessing import forkserver
 
     multiprocessing.get_context("forkserver").set_forkserver_preload([PRELOAD_MODULE])
-    # Dask's nanny sets MALLOC_TRIM_THRESHOLD_ (its pre-spawn-environ) before spawning a worker;
-    # a forked worker's allocator was set up in the server, so the server gets it.
-    env = {"MALLOC_TRIM_THRESHOLD_": os.environ.get("MALLOC_TRIM_THRESHOLD_", "65536"), **thread_env(threads)}
     try:
-        with _environ(env):
+        with _environ(thread_env(threads)):
             forkserver.ensure_running()
     except OSError:  # no Unix socket or pipe for it (a read-only temporary folder): spawn workers
         return False
@@ -345,20 +342,30 @@ def _environ(values: Mapping[str, str]) -> Iterator[None]:
                 os.environ[k] = v
 
 
+#: Dask's setting that gives spawned workers ``MALLOC_TRIM_THRESHOLD_=65536``, left out here:
+#: setting it turns off glibc's adaptive mmap threshold (mallopt(3)), so every large array a
+#: solve allocates is mapped anew and faults its pages in. benchmarks/batch.py's 32 files on
+#: one worker: 670,000–710,000 page faults with it, 87,000–92,000 without; time in tasks
+#: 8.1–10.0 s with it, 6.9–7.9 s without.
+NO_MALLOC_TRIM = "distributed.nanny.pre-spawn-environ.MALLOC_TRIM_THRESHOLD_"
+
+
 @contextlib.contextmanager
 def _local_cluster(n: int, threads: int) -> Iterator[Any]:
     """A LocalCluster of ``n`` single-task worker processes with ``threads`` threads per
-    pool, forked from the preloaded server where there is one (:func:`start_worker_server`).
-    Spawned workers get the budget in their environment: Dask sets its ``pre-spawn-environ``
-    variables (``OMP_NUM_THREADS=1`` …) in this process before it spawns a worker, existing
-    values first; so they are the budget here while the workers start, and restored
-    afterwards."""
+    pool, forked from the preloaded server where there is one (:func:`start_worker_server`),
+    with the C library's default allocator settings (:data:`NO_MALLOC_TRIM`). Spawned workers
+    get the budget in their environment: Dask sets its ``pre-spawn-environ`` variables
+    (``OMP_NUM_THREADS=1`` …) in this process before it spawns a worker, existing values
+    first; so they are the budget here while the workers start, and restored afterwards."""
     import dask
     import distributed
 
     forked = start_worker_server(threads)
-    method = {"distributed.worker.multiprocessing-method": "forkserver"} if forked else {}
-    with dask.config.set(method):  # for the cluster's life: a worker that dies restarts the same way
+    config = {NO_MALLOC_TRIM: None}
+    if forked:
+        config["distributed.worker.multiprocessing-method"] = "forkserver"
+    with dask.config.set(config):  # for the cluster's life: a worker that dies restarts the same way
         with _environ(thread_env(threads)):
             cluster = distributed.LocalCluster(
                 n_workers=n, threads_per_worker=1, processes=True, dashboard_address=None,

@@ -243,6 +243,15 @@ def test_forked_workers_hold_their_budget_whatever_the_server_started_with(clien
         assert pools and all(lib["threads"] == budget for lib in pools), pools
 
 
+@pytest.mark.skipif("MALLOC_TRIM_THRESHOLD_" in os.environ, reason="set by the user: workers keep it")
+def test_workers_keep_the_default_allocator_settings(client):
+    """Dask would give spawned workers MALLOC_TRIM_THRESHOLD_=65536, which makes every large
+    array of a solve fault its pages in anew (posegraph.batch.NO_MALLOC_TRIM)."""
+    envs = client.run(lambda: __import__("os").environ.get("MALLOC_TRIM_THRESHOLD_"))
+    assert envs and set(envs.values()) == {None}, envs
+    assert "MALLOC_TRIM_THRESHOLD_" not in os.environ  # nor set in this process for the next worker
+
+
 def test_thread_budget_divides_the_cores():
     assert thread_budget(1, cores=2) == 2
     assert thread_budget(2, cores=2) == 1
