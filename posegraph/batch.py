@@ -14,9 +14,10 @@ inputs are known: it imports while the client imports Dask and starts the schedu
 
 For every input, ``OUT_DIR/<name>.optimized.g2o`` is written atomically and one JSON line is
 appended to ``OUT_DIR/results.jsonl``: the optimize JSON summary plus ``input``, ``output``,
-``worker``, ``wall_s`` and ``"result": "ok"`` — or, for an input that could not be optimized,
-``"result": "failed"`` with the CLI's one-line ``error`` and its ``exit_code``; the other
-inputs go on. ``resume=True`` skips inputs whose output file and ``ok`` line are already there.
+``worker``, ``started`` (when its task began, Unix time), ``wall_s`` and ``"result": "ok"``
+— or, for an input that could not be optimized, ``"result": "failed"`` with the CLI's
+one-line ``error`` and its ``exit_code``; the other inputs go on. ``resume=True`` skips
+inputs whose output file and ``ok`` line are already there.
 
 From Python::
 
@@ -399,7 +400,7 @@ def _run_tasks(c, todo, outputs, opts, results_path, progress, stream) -> Dict[s
                 except Exception as err:  # noqa: BLE001 - a worker that died: recorded, the rest go on
                     rec = {"input": f, "output": None, "result": "failed", "exit_code": 1,
                            "error": f"{f}: worker failed: {type(err).__name__}: {err}".splitlines()[0],
-                           "worker": None, "wall_s": None}
+                           "worker": None, "started": None, "wall_s": None}
                 records[f] = rec
                 results.write(_json_line(rec))  # one write per line
                 results.flush()

@@ -121,11 +121,12 @@ def optimize_task(input_path: str, output_path: str, options: Mapping[str, Any])
 
     Returns:
         the optimize JSON summary (``"result": "ok"``) or the failure record, with ``input``,
-        ``output``, ``worker`` and ``wall_s`` (seconds in this task, reading and writing
-        included).
+        ``output``, ``worker``, ``started`` (when the task began, Unix time in seconds) and
+        ``wall_s`` (seconds in this task, reading and writing included).
     """
     from .cli import error_line, optimize_file
 
+    started = time.time()
     start = time.perf_counter()
     _hold_budget()
     args = argparse.Namespace(**{**_optimize_defaults(), **options})
@@ -141,5 +142,6 @@ def optimize_task(input_path: str, output_path: str, options: Mapping[str, Any])
         code, line = error_line(err, input_path)
         record = {"input": input_path, "output": None, "result": "failed", "error": line, "exit_code": code}
     record["worker"] = _worker_name()
+    record["started"] = round(started, 6)
     record["wall_s"] = round(time.perf_counter() - start, 6)
     return record

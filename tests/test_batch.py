@@ -8,6 +8,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -65,7 +66,9 @@ def batch(capsys, *args):
 
 def test_cli_folder_with_a_broken_file_writes_the_others_and_exits_1(tmp_path, capsys):
     folder, out = _folder(tmp_path), tmp_path / "out"
+    began = time.time()
     code, stdout, err = batch(capsys, folder, "--out-dir", out, "--workers", "1", "--quiet")
+    ended = time.time()
     assert code == EXIT_FAILED
     assert sorted(p.name for p in out.iterdir()) == sorted(
         [RESULTS_NAME] + [f"g{k}.optimized.g2o" for k in range(3)]
@@ -76,6 +79,7 @@ def test_cli_folder_with_a_broken_file_writes_the_others_and_exits_1(tmp_path, c
     assert len(failed) == 1 and failed[0]["error"] == f"{folder / 'broken.g2o'}:2: EDGE_SE2: expected 11 values after the tag, received 4"
     for r in lines:
         assert r["worker"].startswith("tcp://") and r["wall_s"] > 0
+        assert began < r["started"] < r["started"] + r["wall_s"] < ended
         if r["result"] == "ok":
             assert r["status"] == "converged" and r["final_chi2"] < r["initial_chi2"]
             assert read_g2o(r["output"]).num_poses == 8
