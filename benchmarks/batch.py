@@ -13,7 +13,9 @@ the import of torch and Theseus, the Dask cluster's start for ``batch``); "in ta
 time the workers spent in the optimize tasks, summed over workers; "first task" is when the
 first task began, seconds after the command started (its start-up), and "files/s running" the
 files over the time from the first task's start to the last one's end (the rate once the
-workers are up: the end-to-end rate without start-up and exit). The baseline runs
+workers are up: the end-to-end rate without start-up and exit); "others' CPU s" is the CPU
+time other processes of the machine used meanwhile (Linux; a run beside other work is slower,
+and its 2-worker figure most). The baseline runs
 ``posegraph optimize FILE -o OUT --quiet`` once per file, one after the other, on the first
 ``--baseline-files`` inputs (default all).
 
@@ -84,14 +86,44 @@ def _env() -> Dict[str, str]:
     return dict(os.environ, PYTHONPATH=os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")]))
 
 
+def _cpu_by_process() -> Dict[int, float]:
+    """CPU seconds (user + system) of every process now, by pid (Linux's /proc; proc(5))."""
+    tick = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
+    cpu: Dict[int, float] = {}
+    for pid in os.listdir("/proc") if os.path.isdir("/proc") else []:
+        try:
+            with open(f"/proc/{pid}/stat") as fh:
+                fields = fh.read().rsplit(")", 1)[1].split()
+            cpu[int(pid)] = (int(fields[11]) + int(fields[12])) / tick
+        except (OSError, ValueError, IndexError):
+            continue
+    return cpu
+
+
+class OthersCpu:
+    """CPU seconds used during a block by the processes that were running before it, this one
+    excepted: other work on the machine (the command's own processes start inside the block)."""
+
+    def __enter__(self) -> "OthersCpu":
+        self.before = _cpu_by_process()
+        self.seconds: Optional[float] = None
+        return self
+
+    def __exit__(self, *exc) -> None:
+        after = _cpu_by_process()
+        me = os.getpid()
+        self.seconds = sum(after[p] - c for p, c in self.before.items() if p in after and p != me) if after else None
+
+
 def time_batch(inputs: Path, out: Path, workers: int, extra: List[str]) -> Dict[str, Any]:
     """``posegraph batch INPUTS --out-dir OUT --workers N``: wall time and files/s."""
     shutil.rmtree(out, ignore_errors=True)
     cmd = _posegraph() + ["batch", str(inputs), "--out-dir", str(out), "--workers", str(workers), "--quiet", *extra]
-    began = time.time()
-    t0 = time.perf_counter()
-    proc = subprocess.run(cmd, env=_env(), capture_output=True, text=True)
-    wall = time.perf_counter() - t0
+    with OthersCpu() as others:
+        began = time.time()
+        t0 = time.perf_counter()
+        proc = subprocess.run(cmd, env=_env(), capture_output=True, text=True)
+        wall = time.perf_counter() - t0
     lines = [json.loads(line) for line in (out / "results.jsonl").read_text().splitlines()]
     ok = sum(r["result"] == "ok" for r in lines)
     first = min(r["started"] for r in lines)
@@ -100,7 +132,7 @@ def time_batch(inputs: Path, out: Path, workers: int, extra: List[str]) -> Dict[
         "command": f"batch --workers {workers}", "files": len(lines), "ok": ok, "exit": proc.returncode,
         "wall_s": wall, "files_per_s": len(lines) / wall,
         "task_s": sum(r["wall_s"] for r in lines),  # time in the tasks, summed over workers
-        "first_task_s": first - began, "running_files_per_s": len(lines) / running,
+        "first_task_s": first - began, "running_files_per_s": len(lines) / running, "others_cpu_s": others.seconds,
     }
 
 
@@ -109,14 +141,15 @@ def time_per_file(paths: List[Path], out: Path, extra: List[str]) -> Dict[str, A
     shutil.rmtree(out, ignore_errors=True)
     out.mkdir(parents=True)
     ok = 0
-    t0 = time.perf_counter()
-    for p in paths:
-        cmd = _posegraph() + ["optimize", str(p), "-o", str(out / p.name), "--quiet", "--json", *extra]
-        ok += subprocess.run(cmd, env=_env(), capture_output=True, text=True).returncode == 0
-    wall = time.perf_counter() - t0
+    with OthersCpu() as others:
+        t0 = time.perf_counter()
+        for p in paths:
+            cmd = _posegraph() + ["optimize", str(p), "-o", str(out / p.name), "--quiet", "--json", *extra]
+            ok += subprocess.run(cmd, env=_env(), capture_output=True, text=True).returncode == 0
+        wall = time.perf_counter() - t0
     return {"command": "optimize per file", "files": len(paths), "ok": ok, "exit": 0 if ok == len(paths) else 1,
             "wall_s": wall, "files_per_s": len(paths) / wall, "task_s": None,
-            "first_task_s": None, "running_files_per_s": None}
+            "first_task_s": None, "running_files_per_s": None, "others_cpu_s": others.seconds}
 
 
 def main(argv: Optional[List[str]] = None) -> int:
@@ -153,13 +186,16 @@ def main(argv: Optional[List[str]] = None) -> int:
         print(json.dumps({"files": a.files, "graphs": used, "rows": rows, "ratios": ratios}))
         return 0
     print(f"{a.files} noisy copies of {', '.join(used)}; {os.cpu_count()} cores")
-    print("| command | files | ok | wall s | files/s | in tasks s | first task s | files/s running |")
-    print("|---|---|---|---|---|---|---|---|")
+    print("| command | files | ok | wall s | files/s | in tasks s | first task s | files/s running | others' CPU s |")
+    print("|---|---|---|---|---|---|---|---|---|")
+
+    def cell(value: Optional[float], fmt: str) -> str:
+        return "" if value is None else format(value, fmt)
+
     for r in rows:
-        tasks = "" if r["task_s"] is None else f"{r['task_s']:.1f}"
-        first = "" if r["first_task_s"] is None else f"{r['first_task_s']:.1f}"
-        steady = "" if r["running_files_per_s"] is None else f"{r['running_files_per_s']:.2f}"
-        print(f"| {r['command']} | {r['files']} | {r['ok']} | {r['wall_s']:.1f} | {r['files_per_s']:.2f} | {tasks} | {first} | {steady} |")
+        print(f"| {r['command']} | {r['files']} | {r['ok']} | {r['wall_s']:.1f} | {r['files_per_s']:.2f} | "
+              f"{cell(r['task_s'], '.1f')} | {cell(r['first_task_s'], '.1f')} | {cell(r['running_files_per_s'], '.2f')} | "
+              f"{cell(r['others_cpu_s'], '.1f')} |")
     for name, value in ratios.items():
         print(f"{name}: {value:.2f}×")
     return 0
