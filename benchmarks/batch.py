@@ -124,7 +124,10 @@ def time_batch(inputs: Path, out: Path, workers: int, extra: List[str]) -> Dict[
         t0 = time.perf_counter()
         proc = subprocess.run(cmd, env=_env(), capture_output=True, text=True)
         wall = time.perf_counter() - t0
-    lines = [json.loads(line) for line in (out / "results.jsonl").read_text().splitlines()]
+    results = out / "results.jsonl"
+    lines = [json.loads(line) for line in results.read_text().splitlines()] if results.is_file() else []
+    if not lines or proc.returncode not in (0, 1):
+        raise RuntimeError(f"{' '.join(cmd[3:])} exited {proc.returncode} with {len(lines)} results:\n{proc.stderr[-3000:]}")
     ok = sum(r["result"] == "ok" for r in lines)
     first = min(r["started"] for r in lines)
     running = max(r["started"] + r["wall_s"] for r in lines) - first
