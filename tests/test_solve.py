@@ -275,29 +275,6 @@ def test_sparse_linearization_sums_entries_sharing_a_slot():
     torch.testing.assert_close(sparse.Atb, dense.Atb)
 
 
-def test_linearization_reused_only_while_nothing_changed():
-    """Theseus re-linearizes after a rejected step; with no variable changed the values are
-    reused, and any update (or autograd recording) recomputes them."""
-    opt, lin = linearized_cholmod("SE3", n=6, seed=5)
-    first = lin.A_val.clone()
-    with torch.no_grad():
-        lin.linearize()
-        lin.linearize()
-        assert lin.reused == 1
-        poses = opt.objective.optim_vars["poses"]
-        poses.update(poses.retract(torch.full((1, poses.dof()), 0.1)).tensor)
-        lin.linearize()
-    assert lin.reused == 1
-    assert not torch.allclose(lin.A_val, first)
-    lin.linearize()  # grad mode: always recomputed
-    assert lin.reused == 1
-    with torch.no_grad():
-        lin.linearize()
-        opt.linear_solver.reset()  # a new optimization starts afresh
-        lin.linearize()
-    assert lin.reused == 1
-
-
 def test_solver_threads_option_applies_and_restores():
     problem = pg.build_problem(near_graph("SE2"))
     before = torch.get_num_threads()

@@ -104,12 +104,6 @@ class BlockSparseSolver(LinearSolver):
         super().__init__(objective, linearization_cls, linearization_kwargs)
         self.linearization: BlockSparseLinearization = self.linearization
 
-    def reset(self, **kwargs) -> None:
-        """Called by Theseus when an optimization starts: linearize afresh (the linearization
-        otherwise reuses its values while no variable has changed)."""
-        super().reset(**kwargs)
-        self.linearization.invalidate()
-
     def solve(
         self,
         damping: DampingType = None,

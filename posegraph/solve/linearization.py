@@ -35,7 +35,7 @@ from theseus.optimizer import Linearization, VariableOrdering
 from theseus.optimizer.linear_system import SparseStructure
 
 from .. import native
-from ..costs import BlockSlots, BlockSparseCostFunction, EvaluationCache
+from ..costs import BlockSlots, BlockSparseCostFunction
 from ..variables import element_columns, element_dof
 
 
@@ -144,8 +144,6 @@ class BlockSparseLinearization(Linearization):
         self._scipy_index: Optional[Tuple[np.ndarray, np.ndarray]] = None
         self._products: Optional[Tuple[sp.csr_matrix, sp.csc_matrix]] = None
         self.detached_hessian = False
-        self._unchanged = EvaluationCache()  # the variable tensors of the last linearization
-        self.reused = 0  # linearizations skipped because no variable changed
 
     # -- structure --------------------------------------------------------------------------
     def _var_start(self, var: th.Manifold) -> int:
@@ -321,29 +319,8 @@ class BlockSparseLinearization(Linearization):
             self._Atb = torch.from_numpy(atb)[None, :, None]
 
     def _linearize_hessian_impl(self, _detach_hessian: bool = False) -> None:
-        """Theseus' optimizers re-linearize after every step, also after an LM step that was
-        rejected for the whole batch, where nothing changed: while every variable tensor is
-        the one (and at the version) of the last linearization, and autograd is off, the
-        values are kept (:class:`~posegraph.costs.EvaluationCache` decides)."""
-        variables = self._variable_tensors()
-        if self._unchanged.get(variables) is None:
-            self._linearize_jacobian_impl()
-            self._unchanged.clear()  # under autograd nothing is stored: the next call recomputes
-            self._unchanged.put(variables, True)
-        else:
-            self.reused += 1
+        self._linearize_jacobian_impl()
         self.detached_hessian = _detach_hessian
-
-    def invalidate(self) -> None:
-        """Forget the last linearization's variables: the next :meth:`linearize` re-evaluates
-        every cost (called when an optimizer starts; use it after changing a cost's
-        non-variable state)."""
-        self._unchanged.clear()
-
-    def _variable_tensors(self) -> Tuple[torch.Tensor, ...]:
-        """Every optimization and auxiliary variable tensor of the objective."""
-        obj = self.objective
-        return tuple(v.tensor for v in (*obj.optim_vars.values(), *obj.aux_vars.values()))
 
     def _atb_impl(self) -> torch.Tensor:
         if self._Atb is None:
