@@ -144,7 +144,8 @@ class ManifoldArray(th.Manifold):
         retract = _RETRACTIONS.get(self.element_cls)
         if batch == 1 and retract is not None and native.applies([self.tensor, delta]):
             # one compiled pass: copy, and move the free elements (same values as below)
-            return self._holding(native.retract_at(self.tensor, self.free_index, delta))
+            new = native.retract_at(self.tensor, self.free_index, delta)
+            return type(self)(new, self.element_cls, self.fixed, name=self.name)
         d = delta.expand(batch, -1).reshape(batch * self.num_free, self.element_dof)
         if retract is not None:  # hand-written X·Exp(δ), same result as the class's retract
             moved = retract(self._free_flat(batch), d)
@@ -153,17 +154,7 @@ class ManifoldArray(th.Manifold):
         moved = moved.reshape(batch, self.num_free, *self.element_shape)
         base = self.tensor.expand(batch, *self.tensor.shape[1:])
         new = base.index_copy(1, self.free_index, moved)
-        return self._holding(new)
-
-    def _holding(self, tensor: torch.Tensor) -> "ManifoldArray":
-        """A ManifoldArray like this one (class, fixed elements, name) holding ``tensor``, of
-        this one's element shape — without the constructor's checks and index building,
-        which cost more than the retraction of a small graph."""
-        out = object.__new__(type(self))
-        out.element_cls, out.element_shape, out.element_dof = self.element_cls, self.element_shape, self.element_dof
-        out.fixed, out.free_index = self.fixed, self.free_index
-        th.Variable.__init__(out, tensor, name=self.name)
-        return out
+        return type(self)(new, self.element_cls, self.fixed, name=self.name)
 
     def _local_impl(
         self, variable2: th.Manifold, jacobians: Optional[List[torch.Tensor]] = None
