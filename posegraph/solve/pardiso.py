@@ -296,10 +296,7 @@ class PardisoFactor:
     def __init__(self, analysis: PardisoAnalysis, handle: _Handle, mnum: int, values: np.ndarray):
         self._analysis, self._handle, self._mnum = analysis, handle, mnum
         self._values = values  # PARDISO may read them during the solve
-
-    def __del__(self) -> None:
-        # (a finalizer object would cost ~10 µs a factorization; a factor holds no cycles)
-        self._handle.free.append(self._mnum)
+        weakref.finalize(self, handle.free.append, mnum)
 
     def __call__(self, rhs: np.ndarray) -> np.ndarray:
         rhs = np.asarray(rhs, dtype=np.float64)
