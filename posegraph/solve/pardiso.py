@@ -33,7 +33,7 @@ import os
 import site
 import sys
 import weakref
-from typing import Any, List, Optional
+from typing import List, Optional
 
 import numpy as np
 
@@ -189,32 +189,22 @@ class _Arrays:
         self.iparm = iparm
         self.perm = perm
         self.threads = threads
-        # The arguments that never change, made once (a ctypes pointer costs a few µs).
-        self._ints = [ctypes.c_int64(v) for v in (SLOTS_PER_HANDLE, _MTYPE_SPD, n, 0)]
-        maxfct, mtype, size, msglvl = (ctypes.byref(v) for v in self._ints)
-        none = ctypes.c_void_p(None)
-        self._pattern = (_ptr(self.indptr), _ptr(self.indices), none if perm is None else _ptr(perm))
-        self._head, self._iparm, self._msglvl = (maxfct,), _ptr(iparm), msglvl
-        self._mtype, self._size, self._none = mtype, size, none
-        self._refs: dict = {}  # int → a pointer to a c_int64 holding it (phases, slots, counts)
-
-    def _int(self, value: int) -> Any:
-        """A pointer to a ``c_int64`` holding ``value``, made once per value."""
-        ref = self._refs.get(value)
-        if ref is None:
-            ref = self._refs[value] = ctypes.byref(ctypes.c_int64(value))
-        return ref
 
     def call(self, lib, pt, phase, mnum, values, rhs, out) -> None:
-        error = ctypes.c_int64(0)
+        """One ``pardiso_64`` call (handle ``pt``, factor slot ``mnum``) on MKL's thread count
+        of the analysis; raises :class:`PardisoError` on PARDISO's error code."""
         nrhs = 1 if rhs is None else (rhs.shape[1] if rhs.ndim == 2 else 1)
-        none = self._none
+        ints = [ctypes.c_int64(v) for v in (SLOTS_PER_HANDLE, mnum, _MTYPE_SPD, phase, self.n, nrhs, 0, 0)]
+        maxfct, mnum_, mtype, phase_, size, nrhs_, msglvl, error = ints
+        none = ctypes.c_void_p(None)
         previous = lib.MKL_Set_Num_Threads_Local(self.threads)
         try:
             lib.pardiso_64(
-                _ptr(pt), *self._head, self._int(mnum), self._mtype, self._int(phase), self._size,
-                _ptr(values), *self._pattern, self._int(nrhs), self._iparm, self._msglvl,
-                none if rhs is None else _ptr(rhs), none if out is None else _ptr(out), ctypes.byref(error),
+                _ptr(pt), ctypes.byref(maxfct), ctypes.byref(mnum_), ctypes.byref(mtype), ctypes.byref(phase_),
+                ctypes.byref(size), _ptr(values), _ptr(self.indptr), _ptr(self.indices),
+                none if self.perm is None else _ptr(self.perm), ctypes.byref(nrhs_), _ptr(self.iparm),
+                ctypes.byref(msglvl), none if rhs is None else _ptr(rhs), none if out is None else _ptr(out),
+                ctypes.byref(error),
             )
         finally:
             lib.MKL_Set_Num_Threads_Local(previous)
