@@ -59,15 +59,6 @@ def segment_positions(lengths: np.ndarray) -> Tuple[np.ndarray, np.ndarray]:
     return segment, within
 
 
-def scipy_index(indices: np.ndarray, indptr: np.ndarray, indexed_dim: int) -> Tuple[np.ndarray, np.ndarray]:
-    """CSR/CSC index arrays (``indices`` into a dimension of size ``indexed_dim``) in SciPy's
-    index type for them (int32 when everything fits), converted once: SciPy would otherwise
-    convert them on every matrix built from them."""
-    fits = max(len(indices), len(indptr), indexed_dim) < np.iinfo(np.int32).max
-    index = np.int32 if fits else np.int64
-    return indices.astype(index), indptr.astype(index)
-
-
 @dataclass
 class _Piece:
     """One Jacobian tensor's place in A: ``K`` blocks of ``d × e`` entries, block ``k`` at rows
@@ -141,7 +132,6 @@ class BlockSparseLinearization(Linearization):
         self._Atb: Optional[torch.Tensor] = None
         self._AtA_diag: Optional[torch.Tensor] = None
         self._pairs: Optional[Tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = None
-        self._scipy_index: Optional[Tuple[np.ndarray, np.ndarray]] = None
         self._products: Optional[Tuple[sp.csr_matrix, sp.csc_matrix]] = None
         self.detached_hessian = False
 
@@ -404,11 +394,8 @@ class BlockSparseLinearization(Linearization):
 
     def scipy_matrix(self, values: np.ndarray, transpose: bool = False) -> sp.spmatrix:
         """A with ``values`` (one batch element, CSR order) as a SciPy CSR matrix, or ``Aᵀ`` as
-        the CSC matrix with the same arrays (``transpose``). The index arrays are converted
-        to SciPy's index type once (it would otherwise convert them on every call)."""
-        if self._scipy_index is None:
-            self._scipy_index = scipy_index(self.A_col_ind, self.A_row_ptr, self.num_cols)
-        indices, indptr = self._scipy_index
+        the CSC matrix with the same arrays (``transpose``)."""
+        indices, indptr = self.A_col_ind, self.A_row_ptr
         if transpose:
             return sp.csc_matrix((values, indices, indptr), shape=(self.num_cols, self.num_rows))
         return sp.csr_matrix((values, indices, indptr), shape=(self.num_rows, self.num_cols))

@@ -43,7 +43,7 @@ import scipy.sparse as sp
 import torch
 
 from .. import native
-from .linearization import BlockSparseLinearization, scipy_index, segment_positions
+from .linearization import BlockSparseLinearization, segment_positions
 from .symbolic import BlockSpans, block_spans
 
 
@@ -153,8 +153,7 @@ class NormalMatrix:
         residuals = _ResidualBlocks(lin, spans)
         self._pairs = self._block_pairs(spans, residuals)
         self._layout()
-        indices = self._row_indices()
-        self.indices, self._scipy_indptr = scipy_index(indices, self.indptr, self.num_cols)
+        self.indices = self._row_indices()
         dev = lin.objective.device
         self._shapes: List[_Shape] = [self._shape(residuals, shape, spans, dev) for shape in range(len(residuals))]
 
@@ -315,4 +314,4 @@ class NormalMatrix:
         return self._csc(self.values(a_val, beta))
 
     def _csc(self, data: np.ndarray) -> sp.csc_matrix:
-        return sp.csc_matrix((data, self.indices, self._scipy_indptr), shape=(self.num_cols, self.num_cols))
+        return sp.csc_matrix((data, self.indices, self.indptr), shape=(self.num_cols, self.num_cols))

@@ -44,7 +44,7 @@ import numpy as np
 import scipy.sparse as sp
 from sksparse.cholmod import analyze
 
-from .linearization import BlockSparseLinearization, scipy_index, segment_positions
+from .linearization import BlockSparseLinearization, segment_positions
 
 #: Supernodal from this many flops per nonzero of L (measured crossover on pose graphs with
 #: OpenBLAS and the solver's assembled ``AᵀA``; CHOLMOD's own default is 40) …
@@ -327,7 +327,7 @@ class OrderedTranspose:
                 indices = keyed.indices
                 if np.array_equal(gather, np.arange(len(gather))):
                     gather = None
-            self._structure = (gather, *scipy_index(np.asarray(indices), np.asarray(lin.A_row_ptr), lin.num_cols))
+            self._structure = (gather, np.asarray(indices), np.asarray(lin.A_row_ptr))
         return self._structure
 
     def transpose(self, a_values: np.ndarray) -> sp.csc_matrix:
