@@ -1,6 +1,5 @@
 """posegraph's compiled loops: the hot kernels of :mod:`posegraph.geometry`, the assembly of
-the normal matrix (:mod:`posegraph.solve.normal`) and its product with a vector (conjugate
-gradients), on float64 CPU data.
+the normal matrix (:mod:`posegraph.solve.normal`) and the product ``Aᵀv``, on float64 CPU data.
 
 ``posegraph/_native_geometry.c`` holds one loop per kernel that computes an element's whole
 result — the same formulas and branches as the Python kernel of the same name — in registers.
@@ -13,9 +12,9 @@ edges' poses; :func:`between_weighted_jacobians_into` writes the Jacobians strai
 values and adds up ``Aᵀb``), :func:`retract_at` the retraction of the free poses with the copy of the rest:
 the same arithmetic in one call, where each wrapper costs more than a small graph's loop.
 ``posegraph/_native_normal.c`` adds each residual block's Gram entries into ``AᵀA`` in one pass
-(the array route gathers, multiplies in a batch, gathers and scatters), and forms
-``(AᵀA + βI) p`` and ``Aᵀv`` in one pass over A's rows (SciPy's products cost ~20 µs each on
-smallGrid3D, mostly per-call checks).
+(the array route gathers, multiplies in a batch, gathers and scatters), and forms ``Aᵀv`` in
+one pass over A's rows (SciPy's product costs ~20 µs more on smallGrid3D, mostly per-call
+checks).
 
 Both are built when posegraph is installed (``setup.py``). They are optional: without a C
 compiler the install goes on and posegraph computes the same on NumPy or torch.
@@ -252,15 +251,6 @@ def block_matmul(a: Tensor, b: Tensor) -> Tensor:
     (a, b), lead = _inputs((a, b), ((m, k), (k, n)))
     out = a.new_empty(*lead, m, n)
     _lib.block_matmul(_np(a), _np(b), m, k, n, _np(out))
-    return out
-
-
-def normal_matvec(
-    indptr: np.ndarray, indices: np.ndarray, data: np.ndarray, p: np.ndarray, beta: float, out: np.ndarray
-) -> np.ndarray:
-    """``out = (AᵀA + βI) p`` for ``A`` in CSR (``indptr``, ``indices``: int64; ``data``, ``p``,
-    ``out``: float64, contiguous), without forming ``AᵀA``; returns ``out``."""
-    _normal_lib.row_products(indptr, indices, data, p, beta, True, out)
     return out
 
 

@@ -383,14 +383,10 @@ def test_lagged_factor_cg_converges_with_a_nearby_factor_and_gives_up_with_a_far
     assert its == 0 and not zero.any()
 
 
-@pytest.mark.parametrize("compiled", [True, False])
-def test_normal_product_equals_the_normal_matrix(compiled, monkeypatch):
-    """``(AᵀA + βI) p`` without forming ``AᵀA``: compiled, or with SciPy's products."""
+def test_normal_product_equals_the_normal_matrix():
+    """``(AᵀA + βI) p`` without forming ``AᵀA``, with SciPy's products."""
     import numpy as np
 
-    from posegraph import native
-
-    monkeypatch.setattr(native, "ENABLED", compiled)
     g = random_graph("SE3", n=7, seed=4)
     g.fixed[0] = True
     problem = pg.build_problem(g)
@@ -402,27 +398,6 @@ def test_normal_product_equals_the_normal_matrix(compiled, monkeypatch):
     a = lin.A_scipy(0).toarray()
     out = lin.normal_product(values, 0.25)(p)
     np.testing.assert_allclose(out, a.T @ (a @ p) + 0.25 * p, rtol=1e-12, atol=1e-12)
-
-
-def test_compiled_normal_product_checks_its_arguments():
-    import numpy as np
-
-    from posegraph import native
-
-    if not native.AVAILABLE:
-        pytest.skip("posegraph was installed without its compiled extensions")
-    i64 = lambda *v: np.array(v, dtype=np.int64)  # noqa: E731
-    data, p, out = np.ones(3), np.ones(2), np.empty(2)
-    with pytest.raises(ValueError, match="indices: expected columns < len"):
-        native.normal_matvec(i64(0, 2, 3), i64(0, 1, 2), data, p, 0.0, out)
-    with pytest.raises(ValueError, match="indptr: expected non-decreasing offsets inside data"):
-        native.normal_matvec(i64(0, 2, 4), i64(0, 1, 1), data, p, 0.0, out)
-    with pytest.raises(ValueError, match="indices: expected as many entries as data"):
-        native.normal_matvec(i64(0, 2, 3), i64(0, 1), data, p, 0.0, out)
-    with pytest.raises(ValueError, match="out: expected as many values as p"):
-        native.normal_matvec(i64(0, 2, 3), i64(0, 1, 1), data, p, 0.0, np.empty(3))
-    out = native.normal_matvec(i64(0, 2, 3), i64(0, 1, 1), np.array([1.0, 2.0, 3.0]), p, 0.5, out)
-    np.testing.assert_allclose(out, [1 * 3 + 0.5, 2 * 3 + 3 * 3 + 0.5])
 
 
 def solve_bundled(name: str, **options):

@@ -369,13 +369,7 @@ class BlockSparseLinearization(Linearization):
 
     def normal_product(self, values: np.ndarray, beta: float) -> Callable[[np.ndarray], np.ndarray]:
         """``p ↦ (AᵀA + βI) p`` for A with ``values`` (one batch element, CSR order), without
-        forming ``AᵀA``: one compiled pass over A's rows (:func:`posegraph.native.normal_matvec`)
-        for float64 values, else SciPy's two products (~45 µs on smallGrid3D, where the
-        compiled pass takes ~10 µs: conjugate gradients run several per solve)."""
-        if values.dtype == np.float64 and native.enabled():
-            values = np.ascontiguousarray(values)
-            ptr, ind = self.A_row_ptr, self.A_col_ind
-            return lambda p: native.normal_matvec(ptr, ind, values, np.ascontiguousarray(p), beta, np.empty_like(p))
+        forming ``AᵀA``: SciPy's products with A and ``Aᵀ``."""
         a, at = self.product_matrices(values)
         return lambda p: at @ (a @ p) + beta * p
 
