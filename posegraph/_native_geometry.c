@@ -671,7 +671,7 @@ static void put_block(const double *block, const int64_t *rows, Py_ssize_t k, Py
         for (Py_ssize_t r = 0; r < 3; r++) memcpy(out + rows[3 * k + r], block + 3 * r, 3 * sizeof(double));
 }
 
-/* atb[col + c] += block[r, c] * b[r], rows r in turn (row_products' order for A^T v). */
+/* atb[col + c] += block[r, c] * b[r], rows r in turn. */
 #define ADD_TRANSPOSED(D)                                                                      \
     for (Py_ssize_t r = 0; r < D; r++)                                                         \
         for (Py_ssize_t c = 0; c < D; c++) to[c] += block[D * r + c] * b[r];
@@ -706,8 +706,7 @@ static int blocks_inside(const int64_t *rows, const int64_t *cols, Py_ssize_t co
    instead: edge k's block i has row r at out[rows_i[dof k + r]] onward (dof consecutive slots),
    and first column cols_i[k]; a block whose column is -1 is not A's (a fixed element) and is not
    written. rows_* (E * dof,) and cols_* (E,) int64. With werr (E, dof) non-empty, also adds the
-   edges' share of A^T b, b = -werr, to atb (one value per column of A): in the order of
-   row_products' A^T v (rows in turn), so with the same values bit for bit. */
+   edges' share of A^T b, b = -werr, to atb (one value per column of A), rows in turn. */
 static PyObject *py_between_weighted_jacobians_into(PyObject *self, PyObject *args) {
     int se3;
     Py_buffer b[11];

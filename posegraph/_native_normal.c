@@ -5,12 +5,7 @@
  * block's d rows and W columns, stored contiguously (row-major) in A's CSR values. The array
  * route gathers every S_g, multiplies them in a batch, gathers the kept entries and scatters
  * them with index_add; here one pass per residual block computes each kept entry
- * (a, b) as sum_r S_g[r, a] S_g[r, b] and adds it at its slot.
- *
- * Also the product (A^T A + beta I) p without forming A^T A, for conjugate gradients with a
- * lagged factor (posegraph.solve.sparse_cholesky.lagged_factor_cg): one pass over A's rows,
- * each row's dot product with p added back along the row; and A^T v (the right-hand side
- * A^T b), one pass over A's rows. Float64, CPU; every index is
+ * (a, b) as sum_r S_g[r, a] S_g[r, b] and adds it at its slot. Float64, CPU; every index is
  * checked against its array's length.
  */
 #define PY_SSIZE_T_CLEAN
@@ -75,68 +70,8 @@ static PyObject *py_gram_scatter(PyObject *self, PyObject *args) {
     Py_RETURN_NONE;
 }
 
-/* row_products(indptr, indices, data, x, beta, normal, out), A in CSR with len(indptr) - 1 rows
-   and len(out) columns: one pass over A's rows adds each row's weight w_r back along the row,
-   out = beta x + sum_r w_r A[r, :] (normal), or sum_r w_r A[r, :] (else).
-   normal: x = p (len(out) values), w_r = A[r, :] . p, so out = (A^T A + beta I) p;
-   else:   x = v (one value per row), w_r = v[r], so out = A^T v. */
-static PyObject *py_row_products(PyObject *self, PyObject *args) {
-    Py_buffer ptr, ind, data, x, out;
-    double beta;
-    int normal;
-    if (!PyArg_ParseTuple(args, "y*y*y*y*dpw*", &ptr, &ind, &data, &x, &beta, &normal, &out)) return NULL;
-    const Py_ssize_t rows = ptr.len / (Py_ssize_t)sizeof(int64_t) - 1;
-    const Py_ssize_t nnz = data.len / (Py_ssize_t)sizeof(double);
-    const Py_ssize_t n = out.len / (Py_ssize_t)sizeof(double);
-    const int64_t *rp = (const int64_t *)ptr.buf, *ci = (const int64_t *)ind.buf;
-    const double *av = (const double *)data.buf, *xv = (const double *)x.buf;
-    double *ov = (double *)out.buf;
-    const char *problem = NULL;
-    if (rows < 0 || rp[0] != 0)
-        problem = "indptr: expected at least one entry, the first 0";
-    else if (ind.len != nnz * (Py_ssize_t)sizeof(int64_t))
-        problem = "indices: expected as many entries as data";
-    else if (normal && out.len != x.len)
-        problem = "out: expected as many values as p";
-    else if (!normal && x.len != rows * (Py_ssize_t)sizeof(double))
-        problem = "v: expected one value per row (len(indptr) - 1)";
-    if (!problem) {
-        int bad = 0; /* checked as it goes: out is scratch the caller drops on error */
-        Py_BEGIN_ALLOW_THREADS
-        for (Py_ssize_t c = 0; c < n; c++) ov[c] = normal ? beta * xv[c] : 0.0;
-        for (Py_ssize_t r = 0; r < rows && !bad; r++) {
-            const int64_t start = rp[r], stop = rp[r + 1];
-            if (start > stop || stop > nnz) {
-                bad = 1;
-                break;
-            }
-            for (int64_t e = start; e < stop; e++)
-                if ((uint64_t)ci[e] >= (uint64_t)n) bad = 2;
-            if (bad) break;
-            double weight = normal ? 0.0 : xv[r];
-            if (normal)
-                for (int64_t e = start; e < stop; e++) weight += av[e] * xv[ci[e]];
-            for (int64_t e = start; e < stop; e++) ov[ci[e]] += av[e] * weight;
-        }
-        Py_END_ALLOW_THREADS
-        if (bad == 1) problem = "indptr: expected non-decreasing offsets inside data";
-        if (bad == 2) problem = "indices: expected columns < len(out)";
-    }
-    PyBuffer_Release(&ptr);
-    PyBuffer_Release(&ind);
-    PyBuffer_Release(&data);
-    PyBuffer_Release(&x);
-    PyBuffer_Release(&out);
-    if (problem) {
-        PyErr_SetString(PyExc_ValueError, problem);
-        return NULL;
-    }
-    Py_RETURN_NONE;
-}
-
 static PyMethodDef methods[] = {
     {"gram_scatter", py_gram_scatter, METH_VARARGS, "gram_scatter(a, start, ia, ib, slots, d, W, out)"},
-    {"row_products", py_row_products, METH_VARARGS, "row_products(indptr, indices, data, x, beta, normal, out)"},
     {NULL, NULL, 0, NULL},
 };
 

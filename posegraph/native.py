@@ -1,5 +1,5 @@
-"""posegraph's compiled loops: the hot kernels of :mod:`posegraph.geometry`, the assembly of
-the normal matrix (:mod:`posegraph.solve.normal`) and the product ``Aᵀv``, on float64 CPU data.
+"""posegraph's compiled loops: the hot kernels of :mod:`posegraph.geometry` and the assembly
+of the normal matrix (:mod:`posegraph.solve.normal`), on float64 CPU data.
 
 ``posegraph/_native_geometry.c`` holds one loop per kernel that computes an element's whole
 result — the same formulas and branches as the Python kernel of the same name — in registers.
@@ -12,9 +12,7 @@ edges' poses; :func:`between_weighted_jacobians_into` writes the Jacobians strai
 values and adds up ``Aᵀb``), :func:`retract_at` the retraction of the free poses with the copy of the rest:
 the same arithmetic in one call, where each wrapper costs more than a small graph's loop.
 ``posegraph/_native_normal.c`` adds each residual block's Gram entries into ``AᵀA`` in one pass
-(the array route gathers, multiplies in a batch, gathers and scatters), and forms ``Aᵀv`` in
-one pass over A's rows (SciPy's product costs ~20 µs more on smallGrid3D, mostly per-call
-checks).
+(the array route gathers, multiplies in a batch, gathers and scatters).
 
 Both are built when posegraph is installed (``setup.py``). They are optional: without a C
 compiler the install goes on and posegraph computes the same on NumPy or torch.
@@ -224,8 +222,7 @@ def between_weighted_jacobians_into(
     ``∂(We)/∂δⱼ``. ``rows_*``: int64 ``(E·d,)``, ``cols_*``: int64 ``(E,)``.
 
     With ``atb`` (float64, one value per column of A, in place) and ``werr`` (``W e``) also adds
-    these rows' share of ``Aᵀb``, ``b = −W e``, to ``atb``: the same values, bit for bit, as
-    :func:`transpose_matvec` gives A's rows in their order."""
+    these rows' share of ``Aᵀb``, ``b = −W e``, to ``atb``, A's rows in turn."""
     inputs = [as_array(t) for t in (err, _packed(scalars), rel, w)]
     with_atb = (_EMPTY, _EMPTY) if atb is None else (as_array(werr), atb)
     _lib.between_weighted_jacobians_into(err.shape[-1] == 6, *inputs, rows_i, rows_j, cols_i, cols_j, out, *with_atb)
@@ -251,15 +248,6 @@ def block_matmul(a: Tensor, b: Tensor) -> Tensor:
     (a, b), lead = _inputs((a, b), ((m, k), (k, n)))
     out = a.new_empty(*lead, m, n)
     _lib.block_matmul(_np(a), _np(b), m, k, n, _np(out))
-    return out
-
-
-def transpose_matvec(
-    indptr: np.ndarray, indices: np.ndarray, data: np.ndarray, v: np.ndarray, out: np.ndarray
-) -> np.ndarray:
-    """``out = Aᵀ v`` for ``A`` in CSR (``indptr``, ``indices``: int64; ``data``, ``v``,
-    ``out``: float64, contiguous); returns ``out``."""
-    _normal_lib.row_products(indptr, indices, data, v, 0.0, False, out)
     return out
 
 

@@ -34,7 +34,6 @@ import torch
 from theseus.optimizer import Linearization, VariableOrdering
 from theseus.optimizer.linear_system import SparseStructure
 
-from .. import native
 from ..costs import BlockSlots, BlockSparseCostFunction
 from ..variables import element_columns, element_dof
 
@@ -46,7 +45,7 @@ def records_gradient(*tensors: torch.Tensor) -> bool:
 
 
 def _plain_cpu(*tensors: torch.Tensor) -> bool:
-    """All on CPU, same dtype, and no gradient to record (SciPy can do the product)."""
+    """All on CPU, same dtype, and no gradient to record (NumPy may write the values)."""
     return not records_gradient(*tensors) and all(
         t.device.type == "cpu" and t.dtype == tensors[0].dtype for t in tensors
     )
@@ -321,8 +320,6 @@ class BlockSparseLinearization(Linearization):
         """``Aᵀ u`` for ``u`` ``(B, num_rows)`` → ``(B, num_cols)`` (``a_val`` overrides
         ``A_val``, e.g. a detached copy)."""
         a = self.A_val if a_val is None else a_val
-        if _plain_cpu(a, u):
-            return self._cpu_product(a, u, transpose=True)
         return self.column_sums(a * u.index_select(1, self._row_of_nz))
 
     def column_sums(self, values: torch.Tensor) -> torch.Tensor:
@@ -343,29 +340,9 @@ class BlockSparseLinearization(Linearization):
     def Av(self, v: torch.Tensor, a_val: Optional[torch.Tensor] = None) -> torch.Tensor:
         """``A v`` for ``v`` ``(B, num_cols)`` → ``(B, num_rows)``."""
         a = self.A_val if a_val is None else a_val
-        if _plain_cpu(a, v):
-            return self._cpu_product(a, v, transpose=False)
         contrib = a * v.index_select(1, self._col_of_nz)
         out = contrib.new_zeros(contrib.shape[0], self.num_rows)
         return out.index_add(1, self._row_of_nz, contrib)
-
-    def _cpu_product(self, a: torch.Tensor, v: torch.Tensor, transpose: bool) -> torch.Tensor:
-        """``Aᵀv`` (``transpose``) or ``A v`` per batch element on CPU without autograd: ~5×
-        faster than the gather + ``index_add`` with SciPy's CSR kernels (sphere2500: 0.4 ms
-        against 2.5 ms for ``Aᵀb``). ``Aᵀv`` in float64 is one compiled pass over A's rows
-        instead (:func:`posegraph.native.transpose_matvec`; SciPy's product costs ~20 µs more
-        per call on smallGrid3D, its per-call checks)."""
-        batch = max(a.shape[0], v.shape[0])
-        a_np, v_np = a.detach().expand(batch, -1).numpy(), v.detach().expand(batch, -1).numpy()
-        out = np.empty((batch, self.num_cols if transpose else self.num_rows), dtype=a_np.dtype)
-        compiled = transpose and a_np.dtype == np.float64 and native.enabled()
-        for i in range(batch):
-            if compiled:
-                rows = (np.ascontiguousarray(a_np[i]), np.ascontiguousarray(v_np[i]))
-                native.transpose_matvec(self.A_row_ptr, self.A_col_ind, *rows, out[i])
-            else:
-                out[i] = self.product_matrices(a_np[i])[1 if transpose else 0] @ v_np[i]
-        return torch.from_numpy(out)
 
     def normal_product(self, values: np.ndarray, beta: float) -> Callable[[np.ndarray], np.ndarray]:
         """``p ↦ (AᵀA + βI) p`` for A with ``values`` (one batch element, CSR order), without
