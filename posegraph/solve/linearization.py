@@ -178,13 +178,12 @@ class BlockSparseLinearization(Linearization):
         self._row_of_nz = torch.as_tensor(u_rows, dtype=torch.long, device=dev)
         self._col_of_nz = torch.as_tensor(self.A_col_ind, dtype=torch.long, device=dev)
         self._piece_dest: List[torch.Tensor] = [torch.as_tensor(d, device=dev) for d in dests]
-        self._piece_dest_np: List[np.ndarray] = [np.asarray(d, dtype=np.int64) for d in dests]
         if self._pure_copy:
             first = 0
             for plan in self._plans:
                 if plan.block:
                     span = range(first, first + plan.pieces)
-                    slots = [_block_slots(pieces[k], self._piece_dest_np[k]) for k in span]
+                    slots = [_block_slots(pieces[k], np.asarray(dests[k], dtype=np.int64)) for k in span]
                     plan.slots = None if any(s is None for s in slots) else slots  # type: ignore[assignment]
                 first += plan.pieces
 
@@ -291,15 +290,8 @@ class BlockSparseLinearization(Linearization):
             if err is None:
                 atb = None
                 jacs, err = plan.cost.weighted_block_jacobians_error() if plan.block else plan.cost.weighted_jacobians_error()
-                dests = zip(self._piece_dest[piece : piece + plan.pieces], self._piece_dest_np[piece : piece + plan.pieces])
-                for j, (dest, dest_np) in zip(jacs, dests):
-                    flat = j.expand(batch, *j.shape[1:]).reshape(batch, -1)
-                    if batch == 1 and self._pure_copy and _plain_cpu(a_val, flat):
-                        # NumPy's assignment to one row: ~1/3 faster than index_copy_ (smallGrid3D:
-                        # 12 µs against 18; a 2-D assignment would take 30)
-                        a_val.numpy()[0][dest_np] = flat.detach().numpy()[0]
-                    else:
-                        fill(1, dest, flat)
+                for j, dest in zip(jacs, self._piece_dest[piece : piece + plan.pieces]):
+                    fill(1, dest, j.expand(batch, *j.shape[1:]).reshape(batch, -1))
             piece += plan.pieces
             errs.append(err.expand(batch, *err.shape[1:]).reshape(batch, -1))
         self.A_val = a_val[:, : self.nnz] if self._has_dropped else a_val  # without the dropped slot
