@@ -10,7 +10,7 @@ ordinary Theseus cost weights usable on any ``th.CostFunction``.
 from __future__ import annotations
 
 import abc
-from typing import Dict, List, Optional, Sequence, Tuple, Union
+from typing import List, Optional, Sequence, Tuple, Union
 
 import theseus as th
 import torch
@@ -136,7 +136,6 @@ class FullInformationWeight(LinearBlockWeight):
             var.tensor = tensor
         self.sqrt_information = var
         self.block_dim = tensor.shape[-1]
-        self._identity_rows: Dict[int, Tuple[torch.Tensor, bool]] = {}
         self.register_aux_vars(["sqrt_information"])
 
     @classmethod
@@ -160,19 +159,7 @@ class FullInformationWeight(LinearBlockWeight):
         return small_matmul(self.sqrt_information.tensor, error.unsqueeze(-1)).squeeze(-1)
 
     def weight_block_jacobians(self, jac: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
-        return small_matmul(self._rows_of(rows), jac)
-
-    def _rows_of(self, rows: torch.Tensor) -> torch.Tensor:
-        """``W[:, rows]`` without a copy when ``rows`` is ``0..R−1`` (every edge, in order:
-        the usual case), remembered per ``rows`` tensor — layouts are static."""
-        w = self.sqrt_information.tensor
-        key = id(rows)
-        cached = self._identity_rows.get(key)
-        if cached is None or cached[0] is not rows:
-            ident = bool(torch.equal(rows, torch.arange(rows.numel(), device=rows.device)))
-            cached = (rows, ident)
-            self._identity_rows[key] = cached
-        return w if cached[1] and rows.numel() == w.shape[1] else w.index_select(1, rows)
+        return small_matmul(self.sqrt_information.tensor.index_select(1, rows), jac)
 
     def _copy_impl(self, new_name: Optional[str] = None) -> "FullInformationWeight":
         return FullInformationWeight(self.sqrt_information.copy(), name=new_name)
