@@ -36,7 +36,7 @@ follows in closed form from the pairs of blocks, without sorting entries.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import List, Optional, Tuple, Union
+from typing import List, Tuple, Union
 
 import numpy as np
 import scipy.sparse as sp
@@ -65,7 +65,6 @@ class _Shape:
     start: np.ndarray
     column_a: np.ndarray
     column_b: np.ndarray
-    gram: Optional[torch.Tensor] = None  # the Gram matrices' buffer, kept between calls
 
 
 @dataclass
@@ -303,10 +302,8 @@ class NormalMatrix:
         out = torch.zeros(self.nnz, dtype=torch.float64, device=a.device)
         for shape in self._shapes:
             s = a.index_select(0, shape.values).view(-1, shape.d, shape.width)
-            if shape.gram is None or shape.gram.device != a.device:
-                shape.gram = torch.empty(s.shape[0], shape.width, shape.width, dtype=torch.float64, device=a.device)
-            torch.bmm(s.transpose(1, 2), s, out=shape.gram)
-            out.index_add_(0, shape.slots, shape.gram.view(-1).index_select(0, shape.upper))
+            gram = torch.bmm(s.transpose(1, 2), s)
+            out.index_add_(0, shape.slots, gram.view(-1).index_select(0, shape.upper))
         return out.cpu().numpy()
 
     def matrix(self, a_val: torch.Tensor, beta: float = 0.0) -> sp.csc_matrix:
