@@ -75,9 +75,7 @@ Solving
     problems, ``optimize.SINGLE_THREAD_MAX_ROWS``); ``SolveResult.linear_solver`` names the
     backend used and ``SolveResult.factor_stats`` counts factorizations, reused factors and CG
     iterations. Importing posegraph before torch sets ``OMP_WAIT_POLICY=PASSIVE`` unless set
-    (``posegraph._openmp`` says why). ``posegraph.geometry.small_matmul``: products of stacked
-    small matrices, compiled (float64) or through NumPy's BLAS kernels (float32) on CPU
-    without autograd. LM (``posegraph.solve.optimize.LevenbergMarquardt``) follows GTSAM's
+    (``posegraph._openmp`` says why). LM (``posegraph.solve.optimize.LevenbergMarquardt``) follows GTSAM's
     damping schedule, ``LevenbergMarquardt.damping_rule`` (a ``DampingRule``); its step and
     convergence tests run on scalars for one CPU problem (``optimize.ScalarOps``), on NumPy
     for a CPU batch, on torch elsewhere. A ``BlockSparseCostFunction`` may write its weighted

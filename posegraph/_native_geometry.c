@@ -9,8 +9,7 @@
  * the work of an element in registers. posegraph.geometry decides when this route is taken
  * (float64 CPU tensors with no gradient to record) and tests compare it with the array route.
  *
- * Besides, stacked small matrix products (posegraph.geometry.small_matmul), and for one graph the
- * fused between-edge kernels of posegraph.costs.BetweenEdges (the logarithm with W e; J_r^-1
+ * Besides, for one graph, the fused between-edge kernels of posegraph.costs.BetweenEdges (the logarithm with W e; J_r^-1
  * with its weighting and adjoint product) and the retraction of its free elements: the same
  * per-element functions called in one loop, so their values are the separate kernels', bit for
  * bit.
@@ -327,7 +326,7 @@ static void se2_retract_one(const double *x, const double *d, double *out) {
 }
 
 /* ---------------------------------------------------------------------------------------- */
-/* Stacked small matrix products (posegraph.geometry.small_matmul)                         */
+/* Small matrix products (the weighting of the fused between kernels)                     */
 /* ---------------------------------------------------------------------------------------- */
 
 /* out (m x n) = a (m x k) . b (k x n), row-major; each entry summed over l = 0 .. k-1 in order. */
@@ -339,20 +338,6 @@ static inline void matmul_one(const double *a, const double *b, double *out, Py_
             for (Py_ssize_t l = 0; l < k; l++) sum += a[i * k + l] * b[l * n + j];
             out[i * n + j] = sum;
         }
-}
-
-/* The products of `count` pairs; the shapes the solver uses are spelled out so that the
-   compiler unrolls them (weights: 6x6 and 3x3 blocks times Jacobians and errors). */
-static void matmul_all(const double *a, const double *b, double *out, Py_ssize_t count, Py_ssize_t m,
-                       Py_ssize_t k, Py_ssize_t n) {
-#define SHAPE(M, K, N)                                                                        \
-    if (m == M && k == K && n == N) {                                                         \
-        for (Py_ssize_t g = 0; g < count; g++) matmul_one(a + g * M * K, b + g * K * N, out + g * M * N, M, K, N); \
-        return;                                                                               \
-    }
-    SHAPE(6, 6, 6) SHAPE(6, 6, 1) SHAPE(3, 3, 3) SHAPE(3, 3, 1)
-#undef SHAPE
-    for (Py_ssize_t g = 0; g < count; g++) matmul_one(a + g * m * k, b + g * k * n, out + g * m * n, m, k, n);
 }
 
 /* ---------------------------------------------------------------------------------------- */
@@ -367,7 +352,7 @@ typedef struct {
 static const Group SE3_GROUP = {12, 6, 5}, SE2_GROUP = {4, 3, 1};
 
 /* Edge k's e = Log(Z^-1 Xi^-1 Xj) with rel and the scalars (the *_between_log_parts_one above),
-   and W e (matmul_one, as block_matmul sums it). */
+   and W e (matmul_one). */
 static void between_weighted_error_one(int se3, const double *xi, const double *xj, const double *z,
                                        const double *w, double *err, double *rel, double *scalars[5],
                                        Py_ssize_t k, double *werr) {
@@ -577,26 +562,6 @@ static PyObject *py_se2_jr_inv(PyObject *self, PyObject *args) {
     Py_RETURN_NONE;
 }
 
-/* block_matmul(a, b, m, k, n, out): a (count, m, k), b (count, k, n), out (count, m, n). */
-static PyObject *py_block_matmul(PyObject *self, PyObject *args) {
-    Py_buffer b[3];
-    Py_ssize_t m, k, n;
-    if (!PyArg_ParseTuple(args, "y*y*nnnw*", &b[0], &b[1], &m, &k, &n, &b[2])) return NULL;
-    int ok = m > 0 && k > 0 && n > 0;
-    if (!ok) PyErr_SetString(PyExc_ValueError, "m, k, n: expected counts > 0");
-    Py_ssize_t count = ok ? b[0].len / (m * k * (Py_ssize_t)sizeof(double)) : 0;
-    ok = ok && check_len(&b[0], count * m * k, "a") && check_len(&b[1], count * k * n, "b") &&
-         check_len(&b[2], count * m * n, "out");
-    if (ok) {
-        Py_BEGIN_ALLOW_THREADS
-        matmul_all(D(b[0]), D(b[1]), D(b[2]), count, m, k, n);
-        Py_END_ALLOW_THREADS
-    }
-    release(b, 3);
-    if (!ok) return NULL;
-    Py_RETURN_NONE;
-}
-
 /* between_weighted_error(se3, poses, ends_i, ends_j, z, w, err, rel, scalars, werr):
    poses (N, element), ends (E,) int64 element indices, z (E, element), w (E, dof, dof),
    err (E, dof), rel (E, element), scalars (count, E), werr (E, dof). */
@@ -796,7 +761,6 @@ static PyMethodDef methods[] = {
     {"se2_mul_adjoint_inverse", py_se2_mul_adjoint_inverse, METH_VARARGS,
      "se2_mul_adjoint_inverse(m, rel, k, out)"},
     {"se2_retract", py_se2_retract, METH_VARARGS, "se2_retract(x, delta, out)"},
-    {"block_matmul", py_block_matmul, METH_VARARGS, "block_matmul(a, b, m, k, n, out)"},
     {"retract_at", py_retract_at, METH_VARARGS, "retract_at(se3, x, free, delta, out)"},
     {"between_weighted_error", py_between_weighted_error, METH_VARARGS,
      "between_weighted_error(se3, poses, ends_i, ends_j, z, w, err, rel, scalars, werr)"},

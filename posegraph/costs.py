@@ -279,7 +279,7 @@ class BetweenEdges(BlockSparseCostFunction):
     reuses the linearization's); the weighted error of a linear weight is kept beside it
     (:attr:`weighted_cache`). For one graph with a ``FullInformationWeight`` in float64 on CPU,
     the weighted error and the weighted Jacobians each come from one fused compiled call
-    (:mod:`posegraph.native`), with the separate kernels' values bit for bit.
+    (:mod:`posegraph.native`), with the separate kernels' values (to rounding in ``W``'s products).
 
     Args:
         poses: the packed poses (``th.SE3`` or ``th.SE2`` elements).

@@ -53,7 +53,6 @@ from torch import Tensor
 from posegraph import native as _native
 
 __all__ = [
-    "small_matmul",
     "skew",
     "so3_exp",
     "so3_log",
@@ -108,7 +107,7 @@ NUMPY_MAX_ELEMENTS = 32_768
 
 #: A torch tensor or, on the NumPy route, an ndarray (or NumPy scalar, from 0-d arithmetic).
 Array = Union[Tensor, np.ndarray, np.generic]
-#: The dtypes NumPy computes in as torch does (the NumPy route and :func:`small_matmul`).
+#: The dtypes NumPy computes in as torch does (the NumPy route).
 _NUMPY_DTYPES = (torch.float64, torch.float32)
 _TORCH_DTYPES = {np.dtype(np.float64): torch.float64, np.dtype(np.float32): torch.float32}
 _F = TypeVar("_F", bound=Callable[..., Any])
@@ -353,37 +352,10 @@ def _se3_jr_inv_coefficients(
 # Products of small matrices
 # ------------------------------------------------------------------------------------------
 
-def small_matmul(a: Tensor, b: Tensor) -> Tensor:
-    """``a @ b`` for stacks of small matrices (``(..., m, k)`` times ``(..., k, n)``).
-
-    On CPU with no gradient to record it runs compiled (float64, :mod:`posegraph.native`) or
-    on NumPy's ``matmul`` (float32, ``n > 1``), which hands each product to BLAS's
-    small-matrix kernels; torch's batched product of small matrices runs a generic loop.
-    Measured on 4949 products on one thread (the solver's iterations run torch on one for
-    such sizes), compiled / NumPy / torch: 6×6·6×6 0.18 / 0.18 / 1.7 ms, 6×6·6×1 0.06 / 0.23 /
-    0.17 ms, 3×3·3×3 0.05 / 0.16 / 0.28 ms, 6×3·3×3 0.18 / 0.15 / 0.64 ms. NumPy needs each
-    matrix stored row by row (unit stride along the last axis): a transposed operand is copied
-    first (a transposed view sends NumPy to a loop 3–4× slower than torch). Matrix–vector
-    products (``n = 1``) in float32 stay torch's, as anything under autograd recording, on
-    other devices or dtypes, or wrapped by torch.func transforms: ``a @ b``.
-    """
-    if min(a.dim(), b.dim()) < 2 or a.shape[-1] != b.shape[-2]:
-        return a @ b  # (torch's error or vector semantics)
-    if a.numel() == 0 or b.numel() == 0:
-        return a @ b  # empty stacks or matrices (e.g. Jacobians of a variable with no free columns)
-    try:
-        if _native.applies([a, b]):
-            return _native.block_matmul(a, b)
-        if b.shape[-1] == 1 or not _native.plain_cpu_tensors([a, b], _NUMPY_DTYPES):
-            return a @ b
-        a_np, b_np = a.detach().numpy(), b.detach().numpy()
-    except (RuntimeError, TypeError):  # e.g. tensors wrapped by torch.func transforms
-        return a @ b
-    return torch.from_numpy(_numpy_matmul(a_np, b_np))
-
 
 def _numpy_matmul(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    """NumPy's ``matmul`` with each operand stored row by row (see :func:`small_matmul`)."""
+    """NumPy's ``matmul`` with each operand stored row by row (a transposed view sends NumPy to
+    a loop 3–4× slower than torch's batched product)."""
     if a.strides[-1] != a.itemsize:
         a = np.ascontiguousarray(a)
     if b.strides[-1] != b.itemsize:
@@ -393,7 +365,7 @@ def _numpy_matmul(a: np.ndarray, b: np.ndarray) -> np.ndarray:
 
 def _mm(a: Array, b: Array) -> Array:
     """Products of stacked small matrices (n > 1) for either array kind."""
-    return small_matmul(a, b) if isinstance(a, Tensor) else _numpy_matmul(a, b)
+    return a @ b if isinstance(a, Tensor) else _numpy_matmul(a, b)
 
 
 # ------------------------------------------------------------------------------------------

@@ -63,7 +63,6 @@ import torch
 
 from .builder import PoseGraphProblem
 from .errors import PoseGraphError
-from .geometry import small_matmul
 from .graph import PoseGraph, loop_closure_mask
 from .init import edge_residuals
 from .robust import ROBUST_EDGES, RobustSpecError
@@ -272,7 +271,7 @@ def whitened_squared_residuals(problem: PoseGraphProblem, sqrt_information: torc
     unscaled square roots ``W`` ``(1, E, d, d)`` (one graph)."""
     with torch.no_grad():
         err = problem.between.block_error()  # (1, E, d), unweighted
-        werr = small_matmul(sqrt_information, err.unsqueeze(-1)).squeeze(-1)
+        werr = (sqrt_information @ err.unsqueeze(-1)).squeeze(-1)
         return werr.square().sum(-1)[0]
 
 

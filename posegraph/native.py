@@ -181,8 +181,8 @@ def between_weighted_error(
     *element)``, ``ends_i``/``ends_j`` ``(E,)`` element indices, ``z`` ``(1, E, *element)``,
     ``w`` ``(1, E, d, d)`` (all but ``poses`` may be NumPy arrays: a cost keeps its fixed inputs
     prepared). Returns ``(e, Xᵢ⁻¹Xⱼ, log scalars, W e)`` with the same values, bit for bit, as
-    :func:`between_log_parts` and the weight give — the log scalars stacked in one ``(k, 1, E)``
-    tensor, which unpacks into :func:`between_log_parts`' ``k``."""
+    :func:`between_log_parts` gives, and ``W e`` summed in index order — the log scalars stacked
+    in one ``(k, 1, E)`` tensor, which unpacks into :func:`between_log_parts`' ``k``."""
     se3 = element == (3, 4)
     edges = ends_i.shape[0]
     dof = 6 if se3 else 3
@@ -201,7 +201,7 @@ def between_weighted_jacobians(
     Jacobians ``∂(We)/∂δᵢ`` and ``∂(We)/∂δⱼ`` — in one pass, from ``e`` ``(..., d)``, the log
     scalars (a sequence, or stacked in one tensor) and ``rel`` that :func:`between_log_parts`
     returns, and ``w`` ``(..., d, d)`` of the same leading shape (the same values as the
-    separate kernels, bit for bit)."""
+    separate kernels, bit for bit, with ``W``'s products summed in index order)."""
     dof = err.shape[-1]
     lead = err.shape[:-1]
     out_i, out_j = err.new_empty(*lead, dof, dof), err.new_empty(*lead, dof, dof)
@@ -238,16 +238,6 @@ def retract_at(x: Tensor, free: Tensor, delta: Tensor) -> Tensor:
     selected elements, bit for bit."""
     out = torch.empty(x.shape, dtype=torch.float64)
     _lib.retract_at(x.dim() == 4, *(as_array(t) for t in (x, free, delta)), out.numpy())
-    return out
-
-
-def block_matmul(a: Tensor, b: Tensor) -> Tensor:
-    """``a @ b`` for stacks of small matrices, ``(..., m, k)`` times ``(..., k, n)``, broadcast
-    over the leading dimensions."""
-    (m, k), n = a.shape[-2:], b.shape[-1]
-    (a, b), lead = _inputs((a, b), ((m, k), (k, n)))
-    out = a.new_empty(*lead, m, n)
-    _lib.block_matmul(_np(a), _np(b), m, k, n, _np(out))
     return out
 
 

@@ -15,7 +15,6 @@ from typing import List, Optional, Sequence, Tuple, Union
 import theseus as th
 import torch
 
-from .geometry import small_matmul
 
 
 def symmetric_part(information: torch.Tensor) -> torch.Tensor:
@@ -156,10 +155,10 @@ class FullInformationWeight(LinearBlockWeight):
         return (w == 0).reshape(w.shape[0], -1).all(dim=1)
 
     def weight_block_error(self, error: torch.Tensor) -> torch.Tensor:
-        return small_matmul(self.sqrt_information.tensor, error.unsqueeze(-1)).squeeze(-1)
+        return (self.sqrt_information.tensor @ error.unsqueeze(-1)).squeeze(-1)
 
     def weight_block_jacobians(self, jac: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
-        return small_matmul(self.sqrt_information.tensor.index_select(1, rows), jac)
+        return self.sqrt_information.tensor.index_select(1, rows) @ jac
 
     def _copy_impl(self, new_name: Optional[str] = None) -> "FullInformationWeight":
         return FullInformationWeight(self.sqrt_information.copy(), name=new_name)

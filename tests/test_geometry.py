@@ -220,57 +220,6 @@ def test_gradcheck(kind):
     assert torch.autograd.gradcheck(lambda *a: kernel(*a), inputs)
 
 
-# -- small_matmul: compiled or NumPy products on CPU without autograd, torch's otherwise ------------
-@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
-@pytest.mark.parametrize("compiled", [True, False])
-def test_small_matmul_equals_torch(dtype, compiled, monkeypatch):
-    monkeypatch.setattr(native, "ENABLED", compiled)
-    g = torch.Generator().manual_seed(0)
-    a = torch.randn(2, 50, 6, 6, generator=g, dtype=dtype)
-    b = torch.randn(2, 50, 6, 6, generator=g, dtype=dtype)
-    w = torch.randn(1, 50, 6, 6, generator=g, dtype=dtype)  # broadcast over the batch
-    r = torch.randn(50, 3, 4, generator=g, dtype=dtype)
-    v = torch.randn(2, 50, 6, 1, generator=g, dtype=dtype)
-    tol = dict(rtol=1e-12, atol=1e-12) if dtype == torch.float64 else dict(rtol=1e-5, atol=1e-5)
-    pairs = [(a, b), (w, a), (w, v), (a[..., :3], r[..., :3]), (r[..., :3].transpose(-1, -2), r[..., :3]),
-             (r[..., :3], r[..., :1]), (a[0, 0], b[0, 0])]
-    with torch.no_grad():
-        for x, y in pairs:
-            out = G.small_matmul(x, y)
-            assert out.dtype == dtype and out.shape == (x @ y).shape
-            torch.testing.assert_close(out, x @ y, **tol)
-        with pytest.raises(RuntimeError):  # torch's own message for mismatched inner sizes
-            G.small_matmul(a, r)
-
-
-def test_small_matmul_compiled_for_float64_without_gradients(monkeypatch):
-    _native_required()
-    calls = []
-    monkeypatch.setattr(native, "_lib", _SpyLib(native._lib, calls))
-    a = torch.randn(30, 6, 6, dtype=F64)
-    G.small_matmul(a, a[..., :1])
-    assert calls == ["block_matmul"]
-    G.small_matmul(a.float(), a.float())
-    G.small_matmul(a.clone().requires_grad_(True), a)
-    assert calls == ["block_matmul"]
-
-
-def test_compiled_block_matmul_checks_its_arguments():
-    _native_required()
-    a = torch.zeros(4, 6, 6, dtype=F64).numpy()
-    with pytest.raises(ValueError, match="b: expected 96 float64 values"):
-        native._lib.block_matmul(a, torch.zeros(4, 6, 3, dtype=F64).numpy(), 6, 6, 4, torch.zeros(4, 6, 4, dtype=F64).numpy())
-    with pytest.raises(ValueError, match="expected counts > 0"):
-        native._lib.block_matmul(a, a, 6, 0, 6, a)
-
-
-def test_small_matmul_keeps_gradients():
-    a = torch.randn(40, 6, 6, dtype=torch.float64, requires_grad=True)
-    b = torch.randn(40, 6, 6, dtype=torch.float64)
-    G.small_matmul(a, b).sum().backward()
-    torch.testing.assert_close(a.grad, b.sum(-1).unsqueeze(-2).expand(40, 6, 6))
-
-
 # -- one source, two array kinds: NumPy without gradients, torch otherwise -------------------------
 def _route_cases(dtype):
     """Every public kernel with inputs that take each branch: general, near identity, near π."""
@@ -328,7 +277,7 @@ def test_numpy_and_compiled_routes_equal_torch_route(dtype, monkeypatch):
     compiled (float64 without gradients; the default), on NumPy (no gradient, small CPU
     tensors) or as torch operations."""
     cases = _route_cases(dtype)
-    assert {fn.__name__ for fn, _ in cases} == set(G.__all__) - {"small_matmul", "BetweenLogParts"}
+    assert {fn.__name__ for fn, _ in cases} == set(G.__all__) - {"BetweenLogParts"}
     with torch.no_grad():
         default = [fn(*args) for fn, args in cases]
         monkeypatch.setattr(native, "ENABLED", False)
