@@ -92,9 +92,6 @@ __all__ = [
 SMALL_ANGLE = {torch.float64: 1e-2, torch.float32: 1e-1, torch.float16: 3e-1, torch.bfloat16: 3e-1}
 #: The same for γ of :func:`_se3_jr_inv_coefficients`, whose closed form cancels to O(θ⁶).
 SMALL_ANGLE_GAMMA = {torch.float64: 0.25, torch.float32: 1.0, torch.float16: 1.0, torch.bfloat16: 1.0}
-#: :func:`_cross` uses torch's cross-product kernel up to this many vectors (measured
-#: crossover with the component-wise products: 1,000–5,000 vectors).
-CROSS_KERNEL_MAX_VECTORS = 2048
 #: SO(3) log switches to the near-π branch when ``1 + cos θ`` is below this (θ/sin θ would lose
 #: all precision there; Theseus uses the same test).
 NEAR_PI = {torch.float64: 1e-7, torch.float32: 1e-3, torch.float16: 1e-2, torch.bfloat16: 1e-2}
@@ -384,15 +381,10 @@ def _dot3(a: Array, b: Array) -> Array:
 
 
 def _cross(a: Array, b: Array) -> Array:
-    """``a × b`` over the last axis (broadcasting). Torch: up to
-    :data:`CROSS_KERNEL_MAX_VECTORS` vectors one ``linalg.cross`` kernel (~4× faster on a few
-    hundred), beyond that the six products of the components (``linalg.cross`` is 2× slower
-    at 20,000 vectors). NumPy: the components (``np.cross`` is 1.5–2× slower)."""
+    """``a × b`` over the last axis (broadcasting): torch's ``linalg.cross``; on NumPy the
+    products of the components (``np.cross`` is 1.5–2× slower)."""
     if isinstance(a, Tensor):
-        if a.shape != b.shape:
-            a, b = torch.broadcast_tensors(a, b)
-        if a.numel() <= 3 * CROSS_KERNEL_MAX_VECTORS:
-            return torch.linalg.cross(a, b)
+        return torch.linalg.cross(a, b)
     a0, a1, a2 = _components(a)
     b0, b1, b2 = _components(b)
     return _xp(a).stack([a1 * b2 - a2 * b1, a2 * b0 - a0 * b2, a0 * b1 - a1 * b0], -1)
