@@ -77,8 +77,8 @@ Solving
     iterations. Importing posegraph before torch sets ``OMP_WAIT_POLICY=PASSIVE`` unless set
     (``posegraph._openmp`` says why). LM (``posegraph.solve.optimize.LevenbergMarquardt``) follows GTSAM's
     damping schedule, ``LevenbergMarquardt.damping_rule`` (a ``DampingRule``); its step and
-    convergence tests run on scalars for one CPU problem (``optimize.ScalarOps``), on NumPy
-    for a CPU batch, on torch elsewhere. A ``BlockSparseCostFunction`` may write its weighted
+    convergence tests run on scalars for one CPU problem (``optimize.ScalarOps``), on torch
+    otherwise. A ``BlockSparseCostFunction`` may write its weighted
     Jacobian blocks straight to A's CSR values (``place_weighted_block_jacobians``, given
     ``costs.BlockSlots``), adding up its share of ``Aᵀb``: ``BetweenEdges`` does, in one
     compiled call for one float64 graph on CPU.

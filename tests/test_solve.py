@@ -617,10 +617,10 @@ def test_lm_damping_rule_accepts_rejects_and_scales():
     assert scaled.tolist() == pytest.approx([1e-6, 1e-4, 1e-4, 1e-6, 1e5])
 
 
-def test_lm_bookkeeping_same_on_numpy_torch_and_scalars():
-    """The step test and the convergence criteria give the same on NumPy (CPU tensors), torch
-    (other devices) and, problem by problem, on scalars (one problem on CPU), non-finite
-    values and zero decreases included."""
+def test_lm_bookkeeping_same_on_torch_and_scalars():
+    """The step test and the convergence criteria give the same on torch (batches, other
+    devices) and, problem by problem, on scalars (one problem on CPU), non-finite values and
+    zero decreases included."""
     import numpy as np
 
     from posegraph.solve.optimize import DampingRule, ScalarOps, decrease_criterion
@@ -642,12 +642,9 @@ def test_lm_bookkeeping_same_on_numpy_torch_and_scalars():
             code = decrease_criterion(xp, convert(new), convert(previous), 1e-10, 1e-10)
         return [torch.as_tensor(np.asarray(a)) for a in (*out, code)]
 
-    on_numpy = run(np, lambda t: t.numpy())
     on_torch = run(torch, lambda t: t)
     assert on_torch[0].any() and not on_torch[0].all()
     assert set(on_torch[2].tolist()) == {0, 1, 2, 3}  # every criterion, and none, occurs
-    for a, t in zip(on_numpy, on_torch):
-        assert torch.equal(a.to(t.dtype), t)
     # one problem at a time: its row and scalars (as the bookkeeping gets them for one graph)
     for k in range(b):
         on_scalars = run(ScalarOps, lambda t: t[k].numpy()[()])  # a row, or a scalar

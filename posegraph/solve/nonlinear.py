@@ -101,13 +101,9 @@ class ScalarOps:
 def _arrays(*tensors: torch.Tensor) -> Tuple[Any, List[Any]]:
     """The namespace LM's per-problem bookkeeping runs in, and ``tensors`` in it: for one
     problem on CPU (every tensor's first dimension 1), :class:`ScalarOps` with each tensor's
-    only row (a scalar for ``(1,)``); for more on CPU, NumPy views (a NumPy operation costs
-    ~1 µs, a torch one ~5 µs); else the tensors (detached)."""
-    if all(t.device.type == "cpu" for t in tensors):
-        arrays = [t.detach().numpy() if t.requires_grad else t.numpy() for t in tensors]
-        if all(a.shape[0] == 1 for a in arrays):
-            return ScalarOps, [a[0] for a in arrays]
-        return np, arrays
+    only row (a scalar for ``(1,)``); else torch, with the tensors (detached)."""
+    if all(t.device.type == "cpu" and t.shape[0] == 1 for t in tensors):
+        return ScalarOps, [(t.detach().numpy() if t.requires_grad else t.numpy())[0] for t in tensors]
     return torch, [t.detach() for t in tensors]
 
 
