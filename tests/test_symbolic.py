@@ -110,22 +110,8 @@ def test_block_fill_order_cost_is_exact_and_lowest(name, methods):
     nnz, flops = scalar_factor_cost(lin, order.columns)
     assert order.cost.nonzeros == pytest.approx(nnz, rel=1e-12)
     assert order.cost.flops == pytest.approx(flops, rel=1e-12)
-    for method in methods or ("amd", "best"):
+    for method in methods or ("amd",):
         assert order.cost.flops <= symbolic.block_fill_order(lin, methods=(method,)).cost.flops
-
-
-def test_best_order_only_on_small_graphs(monkeypatch):
-    lin = linearization(pg.read_g2o(DATA / "grid_se2.g2o"))
-    tried = []
-    real = symbolic._ordered_cost
-    monkeypatch.setattr(symbolic, "_ordered_cost", lambda g, s, m: tried.append(m) or real(g, s, m))
-    symbolic.block_fill_order(lin)
-    amd = ["amd"] * (1 + symbolic.AMD_RESTARTS)
-    assert tried == amd + ["best"]
-    tried.clear()
-    monkeypatch.setattr(symbolic, "MAX_BEST_ORDER_BLOCKS", 10)
-    symbolic.block_fill_order(lin)
-    assert tried == amd
 
 
 def test_restarted_amd_keeps_its_cheapest_order():

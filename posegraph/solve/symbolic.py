@@ -26,9 +26,7 @@ The block graph also gives the *fill-reducing order* (:func:`block_fill_order`):
 nodes and expanding each to its columns keeps a pose's columns together, costs a fraction of
 CHOLMOD's analysis of the scalar pattern (parking-garage: 2.5 ms against 11.5 ms) and gives
 simplicial factorizations that run faster at the same fill (parking-garage: 18 ms against
-24 ms, measured by ``benchmarks/cholmod_modes.py``). On small graphs CHOLMOD's ``"best"``
-(AMD, METIS and nested dissection with several settings; Chen et al. 2008, §3) is affordable
-on the block graph and is kept when its estimated flops are lower (smallGrid3D: 20% fewer).
+24 ms, measured by ``benchmarks/cholmod_modes.py``).
 
 The same estimate picks the factorization backend (:func:`plan_factorization`): MKL PARDISO
 (:mod:`~posegraph.solve.pardiso`) for factors from :data:`PARDISO_MIN_FLOPS_PER_NONZERO`, in
@@ -67,9 +65,6 @@ PARDISO_MIN_FLOPS_PER_NONZERO = 50.0
 #: factorization: 13.0 ms to 10.7 ms); on the other datasets the two are within 10%. More
 #: rounds did not find lower counts. Costs ~1 ms per 1000 blocks.
 AMD_RESTARTS = 1
-#: Up to this many column blocks the order from CHOLMOD's ``"best"`` is tried besides AMD
-#: (about 8–12 µs per block: 1 ms on smallGrid3D's 125 blocks, 14 ms on parking-garage's 1661).
-MAX_BEST_ORDER_BLOCKS = 500
 
 
 @dataclass(frozen=True)
@@ -199,14 +194,13 @@ def block_fill_order(
 ) -> BlockOrder:
     """The fill-reducing order of ``lin``'s columns with the lowest estimated flops among the
     block-graph orders of CHOLMOD's ``methods`` (default: ``"amd"``, restarted as
-    :data:`AMD_RESTARTS` says, plus ``"best"`` up to :data:`MAX_BEST_ORDER_BLOCKS` blocks);
-    ``sizes``: :func:`column_block_sizes`."""
+    :data:`AMD_RESTARTS` says); ``sizes``: :func:`column_block_sizes`."""
     sizes = column_block_sizes(lin) if sizes is None else sizes
     if len(sizes) == 0:
         empty = np.zeros(0, dtype=np.int64)
         return BlockOrder("natural", empty, empty, FactorCost(0.0, 0.0), sizes)
     if methods is None:
-        methods = ("amd", "best") if len(sizes) <= MAX_BEST_ORDER_BLOCKS else ("amd",)
+        methods = ("amd",)
     graph = block_graph(lin, sizes)
     found = [
         (method, *(_restarted_amd(graph, sizes, AMD_RESTARTS) if method == "amd" else _ordered_cost(graph, sizes, method)))
