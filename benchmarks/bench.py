@@ -36,7 +36,7 @@ from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # this checkout's posegraph
 import posegraph as pg  # noqa: E402
 from posegraph.solve.optimize import make_optimizer  # noqa: E402
-import torch  # noqa: E402 (after posegraph, which sets OpenMP's wait policy first)
+import torch  # noqa: E402
 
 warnings.filterwarnings("ignore")
 DEFAULT_DATASETS = Path(__file__).resolve().parents[1].parent / "shared" / "datasets" / "g2o"

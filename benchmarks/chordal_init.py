@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import List, Optional
 
 import posegraph as pg
-import torch  # noqa: E402 (after posegraph, which sets OpenMP's wait policy first)
+import torch  # noqa: E402
 
 warnings.filterwarnings("ignore")
 DEFAULT_DATASETS = Path(__file__).resolve().parents[1].parent / "shared" / "datasets" / "g2o"

@@ -31,7 +31,7 @@ import warnings
 from pathlib import Path
 from typing import Dict, List, Optional
 
-import posegraph as pg  # noqa: F401  (before torch: OpenMP's wait policy)
+import posegraph as pg
 import torch
 
 from posegraph.cli import _parse_args, optimize_file

@@ -40,7 +40,7 @@ from posegraph.solve.optimize import SolverOptions, optimize  # noqa: E402
 from posegraph.synthetic import mesh_observations  # noqa: E402
 from posegraph.variables import ManifoldArray  # noqa: E402
 import theseus as th  # noqa: E402
-import torch  # noqa: E402 (after posegraph, which sets OpenMP's wait policy first)
+import torch  # noqa: E402
 
 
 def _sync(device: torch.device) -> None:

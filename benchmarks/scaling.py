@@ -33,7 +33,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # this checkout's 
 import posegraph as pg  # noqa: E402
 from posegraph.solve.optimize import make_optimizer  # noqa: E402
 from posegraph.synthetic import large_se2, sphere_se3  # noqa: E402
-import torch  # noqa: E402 (after posegraph, which sets OpenMP's wait policy first)
+import torch  # noqa: E402
 
 warnings.filterwarnings("ignore")
 DEFAULT_SIZES = [1000, 3000, 10000, 30000, 100000]

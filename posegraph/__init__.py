@@ -74,8 +74,7 @@ Solving
     set them, and ``threads`` the torch threads (default: one for the iterations of small CPU
     problems, ``optimize.SINGLE_THREAD_MAX_ROWS``); ``SolveResult.linear_solver`` names the
     backend used and ``SolveResult.factor_stats`` counts factorizations, reused factors and CG
-    iterations. Importing posegraph before torch sets ``OMP_WAIT_POLICY=PASSIVE`` unless set
-    (``posegraph._openmp`` says why). LM (``posegraph.solve.optimize.LevenbergMarquardt``) follows GTSAM's
+    iterations. LM (``posegraph.solve.optimize.LevenbergMarquardt``) follows GTSAM's
     damping schedule, ``LevenbergMarquardt.damping_rule`` (a ``DampingRule``); its step and
     convergence tests run on scalars for one CPU problem (``optimize.ScalarOps``), on torch
     otherwise. A ``BlockSparseCostFunction`` may write its weighted
@@ -139,10 +138,6 @@ Numerics
 from typing import TYPE_CHECKING
 
 from ._lazy import lazy_exports
-from ._openmp import prefer_passive_waiting
-
-prefer_passive_waiting()  # before torch loads (see posegraph._openmp)
-
 #: where each top-level name is defined. They are imported on first use (PEP 562), so
 #: ``import posegraph`` does not load torch, Theseus or SciPy until a name needs them (the
 #: ``posegraph batch`` client never does); submodules (``posegraph.mesh``) load the same way.
