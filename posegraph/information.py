@@ -53,7 +53,11 @@ def first_oversized(
     """``(matrix, row, column, value)`` of the first entry of ``info`` ``(..., E, d, d)`` (in
     matrix order, then row-major) that is not finite or whose magnitude exceeds ``bound``;
     None when all are within it. One pass (``torch.aminmax``); the position is located only
-    on failure. A leading batch dimension is folded into the first one that fails."""
+    on failure. A leading batch dimension is folded into the first one that fails.
+
+    Measured (docs/performance.md, 'What each speed mechanism pays'): the one-pass test saves
+    2.2–6.2% of an iteration per build (manhattan 6.2%, parking-garage 4.8%, sphere2500 4.6%).
+    """
     t = torch.as_tensor(info)
     if t.numel() == 0:
         return None

@@ -18,6 +18,8 @@ Both are built when posegraph is installed (``setup.py``). They are optional: wi
 compiler the install goes on and posegraph computes the same on NumPy or torch.
 :data:`AVAILABLE` says whether they loaded; setting :data:`ENABLED` to False turns the compiled
 route off everywhere (to compare routes, or to rule it out while debugging).
+Measured (docs/performance.md, 'What each speed mechanism pays'): the compiled route saves 56–140% of an iteration
+(parking-garage 140%, smallGrid3D 102%, intel 75%, sphere2500 73%, manhattan 56%).
 
 The geometry functions here take and return tensors; :func:`applies` says whether they may be
 used (every tensor float64, on CPU, with no gradient to record). Inputs are broadcast over
@@ -222,7 +224,12 @@ def between_weighted_jacobians_into(
     ``∂(We)/∂δⱼ``. ``rows_*``: int64 ``(E·d,)``, ``cols_*``: int64 ``(E,)``.
 
     With ``atb`` (float64, one value per column of A, in place) and ``werr`` (``W e``) also adds
-    these rows' share of ``Aᵀb``, ``b = −W e``, to ``atb``, A's rows in turn."""
+    these rows' share of ``Aᵀb``, ``b = −W e``, to ``atb``, A's rows in turn.
+
+    Measured (docs/performance.md, 'What each speed mechanism pays'): writing the blocks in place
+    with ``Aᵀb`` saves 4.8–15.0% of an iteration (parking-garage 15.0%, smallGrid3D 10.6%, intel
+    7.9%).
+    """
     inputs = [as_array(t) for t in (err, _packed(scalars), rel, w)]
     with_atb = (_EMPTY, _EMPTY) if atb is None else (as_array(werr), atb)
     _lib.between_weighted_jacobians_into(err.shape[-1] == 6, *inputs, rows_i, rows_j, cols_i, cols_j, out, *with_atb)
@@ -235,7 +242,11 @@ def retract_at(x: Tensor, free: Tensor, delta: Tensor) -> Tensor:
     """``x`` with its elements ``free`` moved to ``X · Exp(δ)``, for one batch element: ``x``
     ``(1, N, *element)``, ``free`` ``(F,)`` element indices, ``δ`` ``(1, F·dof)`` (SE(3) when
     elements are ``(3, 4)``, SE(2) with ``(4,)``); the same values as :func:`retract` on the
-    selected elements, bit for bit."""
+    selected elements, bit for bit.
+
+    Measured (docs/performance.md, 'What each speed mechanism pays'): saves 3.9% of an iteration on
+    smallGrid3D (intel 2.8%, manhattan 1.9%).
+    """
     out = torch.empty(x.shape, dtype=torch.float64)
     _lib.retract_at(x.dim() == 4, *(as_array(t) for t in (x, free, delta)), out.numpy())
     return out
@@ -247,5 +258,9 @@ def gram_scatter(
 ) -> None:
     """``out[slots[g, p]] += Σ_r S_g[r, ia[p]] S_g[r, ib[p]]`` for the residual blocks ``g``
     whose ``d × width`` values ``S_g`` start at ``a[start[g]]`` (row-major), in place.
-    ``a``, ``out``: float64; ``start``, ``ia``, ``ib``, ``slots`` ``(G, P)``: int64, contiguous."""
+    ``a``, ``out``: float64; ``start``, ``ia``, ``ib``, ``slots`` ``(G, P)``: int64, contiguous.
+
+    Measured (docs/performance.md, 'What each speed mechanism pays'): saves 20.9% of an iteration
+    on sphere2500, 41.3% on parking-garage, 5.9% on smallGrid3D.
+    """
     _normal_lib.gram_scatter(a, start, ia, ib, slots, d, width, out)

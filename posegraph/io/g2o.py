@@ -322,6 +322,9 @@ def _parse_bulk(path: str, text: str) -> Optional[_Records]:
     Anything unusual (a conversion error, a non-finite value, a self-loop, SE2 mixed with
     SE3, or any error on another line) gives None, so that :func:`_parse_lines` reports the
     first problem in file order with its usual message.
+
+    Measured (docs/performance.md, 'What each speed mechanism pays'): saves 54–323% of an iteration
+    once per read against the reference parser (parking-garage 323%, intel 258%).
     """
     rec = _Records()
     rec.text = text

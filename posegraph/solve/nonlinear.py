@@ -65,7 +65,11 @@ class ScalarOps:
     scalars (IEEE arithmetic, as in arrays: a zero divisor gives ±inf or NaN), Python bools
     and ints, and one-dimensional rows. Each NumPy or torch call on a length-1 array costs
     1–3 µs, and the bookkeeping makes ~30 a step (on smallGrid3D ~0.1 ms of a 1.2 ms
-    iteration); these cost ~0.1 µs. The namespace of :func:`_arrays` for one CPU problem."""
+    iteration); these cost ~0.1 µs. The namespace of :func:`_arrays` for one CPU problem.
+
+    Measured (docs/performance.md, 'What each speed mechanism pays'): saves 4.0% of an iteration on
+    smallGrid3D against NumPy (intel 2.0%), and 13.7% against torch (intel 6.9%).
+    """
 
     abs = staticmethod(abs)
     isfinite = staticmethod(math.isfinite)
