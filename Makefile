@@ -19,7 +19,7 @@ setup: $(STAMP)
 	  $$SUDO apt-get update -q && $$SUDO apt-get install -y -q libsuitesparse-dev libopenblas0-pthread; \
 	fi
 
-$(STAMP): pyproject.toml setup.py posegraph/_native_geometry.c posegraph/_native_normal.c Makefile
+$(STAMP): pyproject.toml setup.py posegraph/lie/_native_geometry.c posegraph/lie/_native_normal.c Makefile
 	@$(MAKE) --no-print-directory .system-deps
 	@test -x $(BIN)/python || $(PY) -m venv $(VENV)
 	$(BIN)/pip install -q $(TORCH) numpy scipy pytest cython setuptools wheel PyYAML tqdm matplotlib mkl \

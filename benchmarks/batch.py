@@ -6,7 +6,7 @@ optimize`` process per file.
 
 The inputs are ``--files`` noisy copies of the public graphs (``POSEGRAPH_DATASETS`` or
 ``../shared/datasets``; :func:`posegraph.synthetic.grid_se2` graphs when absent), cycled:
-copy k of a graph has its vertices moved by :func:`posegraph.hard_cases.perturb_vertices`
+copy k of a graph has its vertices moved by :func:`posegraph.synthetic.hard_cases.perturb_vertices`
 (seed k), so each solve starts from a different guess. Every figure is end to end, as a user
 sees it: the files optimized divided by the wall time of the whole command (the Python start,
 the import of torch and Theseus, the Dask cluster's start for ``batch``); "in tasks" is the
@@ -55,8 +55,8 @@ def datasets_dir() -> Optional[Path]:
 def make_inputs(folder: Path, files: int, graphs: List[str], sigma_t: float, sigma_r: float) -> List[Path]:
     """``files`` noisy copies of ``graphs`` (cycled) written to ``folder``."""
     from posegraph import initialize, read_g2o, write_g2o
-    from posegraph.hard_cases import perturb_vertices
-    from posegraph.synthetic import grid_se2
+    from posegraph.synthetic.hard_cases import perturb_vertices
+    from posegraph.synthetic.graphs import grid_se2
 
     shared = datasets_dir()
     sources = []

@@ -198,7 +198,7 @@ def main(argv: Optional[List[str]] = None) -> int:
         rows.append(row)
     if not args.no_synthetic and not args.only:
         try:
-            from posegraph.synthetic import large_se2
+            from posegraph.synthetic.graphs import large_se2
 
             noisy, _ = large_se2(num_poses=10000, seed=0)
             rows.append({"dataset": "synthetic-se2-10000", "posegraph": best_of(args.repeat, run, None, noisy, also=("per_iter_s",)),

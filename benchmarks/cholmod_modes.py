@@ -35,9 +35,10 @@ import posegraph as pg  # noqa: E402
 from posegraph.solve import symbolic  # noqa: E402
 from posegraph.solve.symbolic import OrderedTranspose  # noqa: E402
 from posegraph.solve.optimize import make_optimizer  # noqa: E402
-from posegraph.synthetic import large_se2, sphere_se3  # noqa: E402
+from posegraph.synthetic.graphs import large_se2, sphere_se3  # noqa: E402
 from posegraph.solve.normal import NormalMatrix  # noqa: E402
-from posegraph.solve.pardiso import PardisoAnalysis, pardiso_available  # noqa: E402
+from posegraph.solve.pardiso import PardisoAnalysis  # noqa: E402
+from posegraph.solve.mkl import pardiso_available
 from sksparse.cholmod import analyze, analyze_AAt  # noqa: E402
 
 warnings.filterwarnings("ignore")

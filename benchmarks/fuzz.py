@@ -47,7 +47,7 @@ except ImportError:
 import torch  # noqa: E402
 
 from posegraph import OptimizationError, PoseGraphError, build_problem, initialize, read_g2o  # noqa: E402
-from posegraph.cli import main  # noqa: E402
+from posegraph.cli.main import main  # noqa: E402
 from posegraph.solve.optimize import SolverOptions, optimize  # noqa: E402
 
 #: vertices kept per seed graph (small: thousands of cases run in minutes)

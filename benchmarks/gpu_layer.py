@@ -3,7 +3,7 @@
     .venv/bin/python benchmarks/gpu_layer.py [--config configs/batched_gpu.yaml] [--device cuda]
                  [--batch-size 32] [--input FILE] [--linear-solver auto] [--dtype float64] [--json]
 
-Options are those of ``posegraph.config.layer_parser()`` (a ``--config`` file gives their
+Options are those of ``posegraph.cli.config.layer_parser()`` (a ``--config`` file gives their
 defaults; flags win). On ``--device`` (``auto``: cuda when available, else cpu) it measures, for
 sphere2500 (or ``--input``, initialized as the CLI does):
 
@@ -34,7 +34,7 @@ import theseus as th
 import torch
 
 import posegraph as pg
-from posegraph.config import layer_parser, parse_with_config, resolve_device
+from posegraph.cli.config import layer_parser, parse_with_config, resolve_device
 
 warnings.filterwarnings("ignore")
 DEFAULT_DATASET = (

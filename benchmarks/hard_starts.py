@@ -4,7 +4,7 @@ it, and GTSAM's LM where it is installed.
     .venv/bin/python benchmarks/hard_starts.py [--datasets DIR] [--cases perturbed outliers indefinite]
                                                [--quick] [--no-gtsam]
 
-Cases (``posegraph.hard_cases``):
+Cases (``posegraph.synthetic.hard_cases``):
 
 * ``perturbed``: every vertex but the first moved by ``t += N(0, σ_t²)``,
   ``R ← R·Exp(N(0, σ_r²))``, at two noise levels;
@@ -34,10 +34,15 @@ from typing import Dict, List, Optional
 import posegraph as pg
 import torch
 
-from posegraph.cli import _parse_args, optimize_file
-from posegraph.eval import evaluate
-from posegraph.hard_cases import perturb_vertices, with_false_loop_closures, with_indefinite_information
-from posegraph.init import pose_graph_error
+from posegraph.cli.main import _parse_args
+from posegraph.cli.optimize import optimize_file
+from posegraph.report.eval import evaluate
+from posegraph.synthetic.hard_cases import (
+    perturb_vertices,
+    with_false_loop_closures,
+    with_indefinite_information,
+)
+from posegraph.init.dispatch import pose_graph_error
 from posegraph.io import read_g2o, write_g2o
 
 warnings.filterwarnings("ignore")
@@ -62,7 +67,7 @@ def posegraph_run(path: str, flags: List[str], clean: pg.PoseGraph, workdir: str
 
 def gtsam_run(graph: pg.PoseGraph, clean: pg.PoseGraph) -> Optional[Dict]:
     try:
-        from posegraph.gtsam_reference import gtsam_optimize
+        from posegraph.synthetic.gtsam_reference import gtsam_optimize
         import gtsam  # noqa: F401
     except ImportError:
         return None

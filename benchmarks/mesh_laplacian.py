@@ -33,12 +33,14 @@ from typing import Callable, Dict, List
 if __package__ in (None, ""):  # run as a script: make the repository root importable
     sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from posegraph.builder import build_problem, mesh_term  # noqa: E402
-from posegraph.mesh import LaplacianSmoothingCost, icosphere, taubin_smooth  # noqa: E402
+from posegraph.model.build import build_problem, mesh_term  # noqa: E402
+from posegraph.model.mesh_cost import LaplacianSmoothingCost  # noqa: E402
+from posegraph.mesh.shapes import icosphere
+from posegraph.mesh.smoothing import taubin_smooth
 from posegraph.solve.sparse_cholesky import CholmodSolver  # noqa: E402
 from posegraph.solve.optimize import SolverOptions, optimize  # noqa: E402
-from posegraph.synthetic import mesh_observations  # noqa: E402
-from posegraph.variables import ManifoldArray  # noqa: E402
+from posegraph.synthetic.landmarks import mesh_observations  # noqa: E402
+from posegraph.model.variables import ManifoldArray  # noqa: E402
 import theseus as th  # noqa: E402
 import torch  # noqa: E402
 

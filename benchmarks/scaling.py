@@ -32,7 +32,7 @@ from typing import Any, Dict, List, Optional
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # this checkout's posegraph
 import posegraph as pg  # noqa: E402
 from posegraph.solve.optimize import make_optimizer  # noqa: E402
-from posegraph.synthetic import large_se2, sphere_se3  # noqa: E402
+from posegraph.synthetic.graphs import large_se2, sphere_se3  # noqa: E402
 import torch  # noqa: E402
 
 warnings.filterwarnings("ignore")

@@ -5,7 +5,7 @@
     .venv/bin/python data/generate.py --out data/ --check  # exit 1 if any file differs
 
 Every file is a pure function of the parameters below (fixed seeds, float64, written with
-:func:`posegraph.io.write_g2o`); ``tests/test_synthetic.py`` regenerates them and compares
+:func:`posegraph.io.write_g2o`); ``tests/synthetic/test_synthetic.py`` regenerates them and compares
 with the committed copies, so change the parameters here and rerun rather than editing files.
 """
 
@@ -16,10 +16,12 @@ import os
 import sys
 from typing import Dict, List, Optional
 
-from posegraph.io.g2o import format_g2o, write_text_atomic
+from posegraph.io.g2o_write import format_g2o
+from posegraph.io.output import write_text_atomic
 from posegraph.graph import PoseGraph
-from posegraph.mesh import format_obj
-from posegraph.synthetic import grid_se2, mesh_observations, sphere_se3
+from posegraph.mesh.obj import format_obj
+from posegraph.synthetic.graphs import grid_se2, sphere_se3
+from posegraph.synthetic.landmarks import mesh_observations
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 

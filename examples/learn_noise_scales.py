@@ -34,7 +34,7 @@ import torch
 
 import posegraph as pg
 from posegraph.solve.layer import BACKWARD_MODES
-from posegraph.synthetic import grid_se2
+from posegraph.synthetic.graphs import grid_se2
 
 BASE_SIGMAS = (0.05, 0.05, 0.01)  # x, y (m), θ (rad): the scale-1 noise
 TRUE_BIAS = (0.04, 0.004)  # odometry bias per step: forward x (m), heading θ (rad)

@@ -37,7 +37,7 @@ import torch.distributed as dist
 from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
 import posegraph as pg
-from posegraph.synthetic import grid_se2
+from posegraph.synthetic.graphs import grid_se2
 
 BASE_SIGMAS = (0.05, 0.05, 0.01)  # x, y (m), θ (rad): the scale-1 noise
 

@@ -1,8 +1,11 @@
 """posegraph — pose-graph optimization on PyTorch and Theseus.
 
-The pipeline, one module per step::
+The pipeline, one subpackage per stage::
 
-    io (g2o text) → graph.PoseGraph → init → builder (th.Objective) → solve → report
+    io (files) → graph.PoseGraph → init → model (builder: th.Objective) → solve → report
+
+with ``lie`` (rotations, SE(3)/SE(2) kernels) and ``mesh`` below the model, ``debug`` beside
+``solve``, and ``cli`` / ``batch`` on top. Every name below is importable from ``posegraph``.
 
 Public API
 ----------
@@ -44,7 +47,7 @@ Building
 Outlier rejection
     ``optimize_gnc(problem, GncOptions(threshold=None, edges="all"|"loop-closures"),
     SolverOptions(...)) -> GncResult`` — graduated non-convexity with the truncated
-    least-squares cost (Yang et al. 2020; :mod:`posegraph.gnc`) on a problem built without a
+    least-squares cost (Yang et al. 2020; :mod:`posegraph.solve.gnc`) on a problem built without a
     kernel: edges whose whitened residual ends beyond ``C`` standard deviations
     (``√(eᵀΩe) > C``; default ``C = √χ²_d(0.99)``) get weight 0. ``GncResult.outliers`` /
     ``weights`` / ``judged`` per edge, ``GncResult.solve`` a ``SolveResult`` of the whole run;
@@ -109,15 +112,15 @@ Uncertainty
     inversion of the sparse Cholesky factor of ``AᵀA`` (:mod:`posegraph.solve.covariance`).
 Runs, evaluation, figures
     ``load_config(path, schema="optimize"|"layer")`` — YAML run configurations validated by
-    the CLI's own option definitions (:mod:`posegraph.config`). ``evaluate(estimate, truth,
-    align)`` — ATE (Umeyama-aligned) and RPE as evo defines them; ``umeyama`` (:mod:`posegraph.eval`).
+    the CLI's own option definitions (:mod:`posegraph.cli.config`). ``evaluate(estimate, truth,
+    align)`` — ATE (Umeyama-aligned) and RPE as evo defines them; ``umeyama`` (:mod:`posegraph.report.eval`).
     ``graph_info(graph)`` — counts, components, information summary, initial χ².
-    ``posegraph.plot.plot_graphs`` — trajectory/error-history figures (needs matplotlib).
+    ``posegraph.report.plot.plot_graphs`` — trajectory/error-history figures (needs matplotlib).
 Scaling out
     ``posegraph.batch.run(inputs, out_dir, options, client=None)`` — ``posegraph batch``: many
     g2o files optimized on Dask workers (a LocalCluster or an existing cluster; the
     ``posegraph[distributed]`` extra), one ``results.jsonl`` line per input.
-    ``posegraph.threads`` — per-process thread budgets (torch, MKL, OpenBLAS) for processes
+    ``posegraph.solve.threads`` — per-process thread budgets (torch, MKL, OpenBLAS) for processes
     that share cores. ``examples/train_ddp.py`` — PoseGraphLayer under DistributedDataParallel.
 Numerics
     ``posegraph.lie`` — stable rotation ↔ quaternion conversions; the rotation rule every
@@ -125,77 +128,100 @@ Numerics
     given, by the precision of the numbers); ``patch_theseus()`` /
     ``unpatch_theseus()`` (also at the top level) make Theseus' own SO3/SE3 → quaternion
     conversions stable.
-    ``posegraph.geometry`` — vectorized SE(3)/SE(2) kernels on plain tensors (exp, log,
+    ``posegraph.lie.geometry`` — vectorized SE(3)/SE(2) kernels on plain tensors (exp, log,
     right-Jacobian inverses, adjoints, ``se3_between_error_jacobians`` /
     ``se2_between_error_jacobians``), differentiable, with explicit small-angle / near-π
     branches; ``BetweenEdges`` and ``ManifoldArray`` run on them. Tensors in, tensors out;
     without a gradient to record, the hot ones (between logarithm, ``J_r⁻¹``, adjoint
-    product, retraction) run as compiled loops on float64 CPU tensors (:mod:`posegraph.native`:
+    product, retraction) run as compiled loops on float64 CPU tensors (:mod:`posegraph.lie.native`:
     ``native.AVAILABLE``, ``native.ENABLED``), other small float CPU tensors on NumPy views
     (``geometry.NUMPY_MAX_ELEMENTS``), everything else with torch operations.
 """
 
 from typing import TYPE_CHECKING
 
-from ._lazy import lazy_exports
+from posegraph._lazy import lazy_exports
+from posegraph import _moved
+
+_moved.install()  # posegraph 0.1's module paths (posegraph.builder, …) stay importable
+
 #: where each top-level name is defined. They are imported on first use (PEP 562), so
 #: ``import posegraph`` does not load torch, Theseus or SciPy until a name needs them (the
-#: ``posegraph batch`` client never does); submodules (``posegraph.mesh``) load the same way.
+#: ``posegraph batch`` client never does); subpackages (``posegraph.mesh``) load the same way.
 _EXPORTS = {
-    ".builder": ["MeshTerm", "PoseGraphBuilder", "PoseGraphProblem", "build_problem", "mesh_term", "BuilderError"],
-    ".costs": ["BetweenEdges", "BlockSparseCostFunction", "JacobianBlocks", "PointObservations"],
-    ".user_costs": ["PackedCost", "PosePriors", "PositionPrior", "PositionPriors"],
-    ".chordal": ["chordal_initialization"],
-    ".config": ["ConfigError", "load_config"],
-    ".debug": ["DebugCallback", "NonFiniteError", "normal_matrix", "normal_rhs"],
-    ".eval": ["evaluate", "umeyama"],
-    ".gnc": ["GncOptions", "GncResult", "optimize_gnc"],
-    ".errors": ["G2oFormatError", "GraphStructureError", "OptimizationError", "PoseGraphError"],
-    ".graph": ["Landmarks", "PoseGraph"],
-    ".info": ["graph_info"],
-    ".init": ["initialize"],
-    ".io": ["read_g2o", "write_g2o"],
-    ".lie": ["patch_theseus", "unpatch_theseus"],
-    ".mesh": ["LaplacianSmoothingCost", "laplacian_smooth", "read_obj", "taubin_smooth", "write_obj"],
-    ".robust": ["RobustBlockWeight", "RobustKernel", "RobustSpecError"],
-    ".solve.covariance": ["CovarianceError", "marginal_covariances"],
-    ".solve.batched": ["ConjugateGradientSolver", "DenseCholeskySolver"],
-    ".solve.sparse_cholesky": ["CholmodSolver", "PardisoSolver", "SparseCholeskySolver"],
-    ".solve.layer": ["LayerInfo", "PoseGraphLayer"],
-    ".solve.linearization": ["BlockSparseLinearization"],
-    ".solve.optimize": ["SolveResult", "SolverOptions", "optimize"],
-    ".variables": ["ManifoldArray"],
-    ".weights": ["BlockScaleWeight", "FullInformationWeight"],
+    "posegraph.lie": ["geometry"],
+    "posegraph.model.build": ["MeshTerm", "build_problem", "mesh_term"],
+    "posegraph.model.builder": ["PoseGraphBuilder"],
+    "posegraph.model.problem": ["PoseGraphProblem"],
+    "posegraph.model.checks": ["BuilderError"],
+    "posegraph.model.between": ["BetweenEdges"],
+    "posegraph.model.costs": ["BlockSparseCostFunction", "JacobianBlocks"],
+    "posegraph.model.observations": ["PointObservations"],
+    "posegraph.model.user_costs": ["PackedCost", "PosePriors", "PositionPrior", "PositionPriors"],
+    "posegraph.init.chordal": ["chordal_initialization"],
+    "posegraph.cli.config": ["ConfigError", "load_config"],
+    "posegraph.debug.callback": ["DebugCallback"],
+    "posegraph.debug.nonfinite": ["NonFiniteError"],
+    "posegraph.debug.normal_matrix": ["normal_matrix", "normal_rhs"],
+    "posegraph.report.eval": ["evaluate", "umeyama"],
+    "posegraph.solve.gnc": ["GncOptions", "GncResult", "optimize_gnc"],
+    "posegraph.errors": ["G2oFormatError", "GraphStructureError", "OptimizationError", "PoseGraphError"],
+    "posegraph.graph": ["Landmarks", "PoseGraph"],
+    "posegraph.report.info": ["graph_info"],
+    "posegraph.init.dispatch": ["initialize"],
+    "posegraph.io": ["read_g2o", "write_g2o"],
+    "posegraph.lie.theseus_patch": ["patch_theseus", "unpatch_theseus"],
+    "posegraph.model.mesh_cost": ["LaplacianSmoothingCost"],
+    "posegraph.mesh.smoothing": ["laplacian_smooth", "taubin_smooth"],
+    "posegraph.mesh.obj": ["read_obj", "write_obj"],
+    "posegraph.model.robust": ["RobustBlockWeight", "RobustKernel", "RobustSpecError"],
+    "posegraph.solve.covariance": ["CovarianceError", "marginal_covariances"],
+    "posegraph.solve.batched": ["ConjugateGradientSolver", "DenseCholeskySolver"],
+    "posegraph.solve.sparse_cholesky": ["CholmodSolver", "PardisoSolver", "SparseCholeskySolver"],
+    "posegraph.solve.layer": ["LayerInfo", "PoseGraphLayer"],
+    "posegraph.solve.linearization": ["BlockSparseLinearization"],
+    "posegraph.solve.optimize": ["SolveResult", "SolverOptions", "optimize"],
+    "posegraph.model.variables": ["ManifoldArray"],
+    "posegraph.model.weights": ["BlockScaleWeight", "FullInformationWeight"],
 }
 __getattr__, __dir__ = lazy_exports(__name__, _EXPORTS, globals())
 
 if TYPE_CHECKING:  # the same names, eagerly, for type checkers and editors (tests/test_lazy_import.py)
-    from . import geometry, synthetic
-    from .builder import MeshTerm, PoseGraphBuilder, PoseGraphProblem, build_problem, mesh_term
-    from .builder import BuilderError
-    from .costs import BetweenEdges, BlockSparseCostFunction, JacobianBlocks, PointObservations
-    from .user_costs import PackedCost, PosePriors, PositionPrior, PositionPriors
-    from .chordal import chordal_initialization
-    from .config import ConfigError, load_config
-    from .debug import DebugCallback, NonFiniteError, normal_matrix, normal_rhs
-    from .eval import evaluate, umeyama
-    from .gnc import GncOptions, GncResult, optimize_gnc
-    from .errors import G2oFormatError, GraphStructureError, OptimizationError, PoseGraphError
-    from .graph import Landmarks, PoseGraph
-    from .info import graph_info
-    from .init import initialize
-    from .io import read_g2o, write_g2o
-    from .lie import patch_theseus, unpatch_theseus
-    from .mesh import LaplacianSmoothingCost, laplacian_smooth, read_obj, taubin_smooth, write_obj
-    from .robust import RobustBlockWeight, RobustKernel, RobustSpecError
-    from .solve.covariance import CovarianceError, marginal_covariances
-    from .solve.batched import ConjugateGradientSolver, DenseCholeskySolver
-    from .solve.sparse_cholesky import CholmodSolver, PardisoSolver, SparseCholeskySolver
-    from .solve.layer import LayerInfo, PoseGraphLayer
-    from .solve.linearization import BlockSparseLinearization
-    from .solve.optimize import SolveResult, SolverOptions, optimize
-    from .variables import ManifoldArray
-    from .weights import BlockScaleWeight, FullInformationWeight
+    from posegraph.lie import geometry
+    from posegraph import synthetic
+    from posegraph.model.build import MeshTerm, build_problem, mesh_term
+    from posegraph.model.builder import PoseGraphBuilder
+    from posegraph.model.problem import PoseGraphProblem
+    from posegraph.model.checks import BuilderError
+    from posegraph.model.between import BetweenEdges
+    from posegraph.model.costs import BlockSparseCostFunction, JacobianBlocks
+    from posegraph.model.observations import PointObservations
+    from posegraph.model.user_costs import PackedCost, PosePriors, PositionPrior, PositionPriors
+    from posegraph.init.chordal import chordal_initialization
+    from posegraph.cli.config import ConfigError, load_config
+    from posegraph.debug.callback import DebugCallback
+    from posegraph.debug.nonfinite import NonFiniteError
+    from posegraph.debug.normal_matrix import normal_matrix, normal_rhs
+    from posegraph.report.eval import evaluate, umeyama
+    from posegraph.solve.gnc import GncOptions, GncResult, optimize_gnc
+    from posegraph.errors import G2oFormatError, GraphStructureError, OptimizationError, PoseGraphError
+    from posegraph.graph import Landmarks, PoseGraph
+    from posegraph.report.info import graph_info
+    from posegraph.init.dispatch import initialize
+    from posegraph.io import read_g2o, write_g2o
+    from posegraph.lie.theseus_patch import patch_theseus, unpatch_theseus
+    from posegraph.model.mesh_cost import LaplacianSmoothingCost
+    from posegraph.mesh.smoothing import laplacian_smooth, taubin_smooth
+    from posegraph.mesh.obj import read_obj, write_obj
+    from posegraph.model.robust import RobustBlockWeight, RobustKernel, RobustSpecError
+    from posegraph.solve.covariance import CovarianceError, marginal_covariances
+    from posegraph.solve.batched import ConjugateGradientSolver, DenseCholeskySolver
+    from posegraph.solve.sparse_cholesky import CholmodSolver, PardisoSolver, SparseCholeskySolver
+    from posegraph.solve.layer import LayerInfo, PoseGraphLayer
+    from posegraph.solve.linearization import BlockSparseLinearization
+    from posegraph.solve.optimize import SolveResult, SolverOptions, optimize
+    from posegraph.model.variables import ManifoldArray
+    from posegraph.model.weights import BlockScaleWeight, FullInformationWeight
 
 __version__ = "0.1.0"
 

@@ -88,8 +88,8 @@ def test_blocks_are_found():
 def test_the_reference_documents_the_public_modules():
     modules = set(documented_modules())
     for name in ("posegraph", "posegraph.io", "posegraph.solve.optimize", "posegraph.solve.layer",
-                 "posegraph.builder", "posegraph.debug", "posegraph.eval", "posegraph.mesh",
-                 "posegraph.init", "posegraph.chordal", "posegraph.hard_cases", "posegraph.synthetic"):
+                 "posegraph.model.builder", "posegraph.debug", "posegraph.report.eval", "posegraph.mesh",
+                 "posegraph.init", "posegraph.init.chordal", "posegraph.synthetic.hard_cases", "posegraph.synthetic"):
         assert name in modules, name
 
 

@@ -7,12 +7,7 @@ import numpy as np
 import pytest
 import torch
 
-from posegraph.information import (
-    first_oversized,
-    information_bound,
-    nearest_psd,
-    psd_smallest_eigenvalues,
-)
+from posegraph.information import first_oversized, information_bound, nearest_psd, psd_smallest_eigenvalues
 
 
 def _random_symmetric(rng: np.random.Generator, count: int, dim: int, negatives: int) -> np.ndarray:

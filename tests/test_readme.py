@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from posegraph.cli import main
+from posegraph.cli.main import main
 from conftest import python_blocks
 
 REPO = Path(__file__).resolve().parents[1]

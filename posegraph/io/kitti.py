@@ -27,10 +27,10 @@ from typing import List, Union
 
 import numpy as np
 
-from .. import lie
-from ..errors import TrajectoryFormatError
-from .output import check_outputs, write_text_atomic
-from .trajectory import Trajectory, format_numbers, read_rows
+from posegraph import lie
+from posegraph.errors import TrajectoryFormatError
+from posegraph.io.output import check_outputs, write_text_atomic
+from posegraph.io.trajectory import Trajectory, format_numbers, read_rows
 
 PathLike = Union[str, "os.PathLike[str]"]
 

@@ -48,7 +48,7 @@ import threading
 from contextlib import contextmanager
 from typing import BinaryIO, Callable, Iterable, Iterator, Optional, Tuple, Union
 
-from ..errors import PoseGraphError
+from posegraph.errors import PoseGraphError
 
 PathLike = Union[str, "os.PathLike[str]"]
 

@@ -29,10 +29,10 @@ from typing import Union
 import numpy as np
 import torch
 
-from .. import lie
-from ..errors import TrajectoryFormatError
-from .output import check_outputs, write_text_atomic
-from .trajectory import Trajectory, format_numbers, read_rows
+from posegraph import lie
+from posegraph.errors import TrajectoryFormatError
+from posegraph.io.output import check_outputs, write_text_atomic
+from posegraph.io.trajectory import Trajectory, format_numbers, read_rows
 
 PathLike = Union[str, "os.PathLike[str]"]
 

@@ -27,7 +27,7 @@ import torch
 from theseus.optimizer import Linearization
 from theseus.optimizer.linear import LinearSolver
 
-from .linearization import BlockSparseLinearization
+from posegraph.solve.linearization import BlockSparseLinearization
 
 DampingType = Optional[Union[float, torch.Tensor]]
 

@@ -25,9 +25,9 @@ import numpy as np
 import torch
 from sksparse.cholmod import CholmodError, Factor, analyze, analyze_AAt
 
-from .linearization import BlockSparseLinearization
-from .normal import NormalMatrix
-from .symbolic import FactorizationPlan, OrderedTranspose
+from posegraph.solve.linearization import BlockSparseLinearization
+from posegraph.solve.normal import NormalMatrix
+from posegraph.solve.symbolic import FactorizationPlan, OrderedTranspose
 
 CHOLMOD_MODES = ("auto", "supernodal", "simplicial")
 

@@ -47,9 +47,9 @@ import scipy.sparse as sp
 import torch
 from sksparse.cholmod import CholmodError, analyze
 
-from ..errors import PoseGraphError
-from .linearization import BlockSparseLinearization
-from .symbolic import block_fill_order, block_graph, column_block_sizes
+from posegraph.errors import PoseGraphError
+from posegraph.solve.linearization import BlockSparseLinearization
+from posegraph.solve.symbolic import block_fill_order, block_graph, column_block_sizes
 
 
 def _one_blas_thread() -> ContextManager[Any]:
@@ -223,7 +223,7 @@ def marginal_covariances(
     :func:`~posegraph.solve.optimize.optimize`).
 
     Args:
-        problem: a :class:`~posegraph.builder.PoseGraphProblem`.
+        problem: a :class:`~posegraph.model.problem.PoseGraphProblem`.
         poses: indices of the poses wanted (into ``problem.ids``, the packed order); all when
             None.
         batch_index: which problem of a batch.
@@ -285,7 +285,7 @@ def save_covariances(path: Union[str, "os.PathLike[str]"], ids: Any, covariances
     """Write ``ids`` ``(N,)`` and ``covariances`` ``(N, d, d)`` as a NumPy ``.npz`` archive
     (arrays ``ids``, ``covariances``, and ``tangent``: the order of the ``d`` coordinates),
     atomically (:func:`posegraph.io.write_output`)."""
-    from ..io import write_output
+    from posegraph.io import write_output
 
     tangent = "x y theta" if kind == "SE2" else "tx ty tz rx ry rz"
     buffer = io.BytesIO()

@@ -4,8 +4,8 @@ The layer holds one graph *topology* (kind, edges, fixed vertices) and solves B 
 that topology per call: initial poses, measurements and information (or learnable per-edge /
 per-edge-kind weights) in; optimized poses and a :class:`LayerInfo` out. It is the CLI's
 solve path wrapped in ``th.TheseusLayer``: the objective comes from
-:func:`~posegraph.builder.build_problem` (one vectorized
-:class:`~posegraph.costs.BetweenEdges`), the optimizer from
+:func:`~posegraph.model.build.build_problem` (one vectorized
+:class:`~posegraph.model.between.BetweenEdges`), the optimizer from
 :func:`~posegraph.solve.optimize.make_optimizer` (GTSAM-scheduled LM or GN with per-problem
 convergence), and the linear solver is picked per device and size
 (:func:`~posegraph.solve.optimize.resolve_linear_solver`: sparse Cholesky — PARDISO or
@@ -51,12 +51,14 @@ import theseus as th
 import torch
 from torch import nn
 
-from ..builder import BuilderError, PoseGraphProblem, _Consensus, _check_information, _shape_str, build_problem
-from ..errors import DeviceError, check_device
-from ..graph import POSE_KINDS, PoseGraph
-from ..weights import cholesky_sqrt_information
-from .nonlinear import overflow_limit
-from .optimize import (
+from posegraph.model.checks import BuilderError, _Consensus, _check_information, _shape_str
+from posegraph.model.problem import PoseGraphProblem
+from posegraph.model.build import build_problem
+from posegraph.errors import DeviceError, check_device
+from posegraph.graph import POSE_KINDS, PoseGraph
+from posegraph.information import cholesky_sqrt_information
+from posegraph.solve.nonlinear import overflow_limit
+from posegraph.solve.optimize import (
     SolverOptions,
     make_optimizer,
     problem_linear_solver,

@@ -4,7 +4,7 @@ Theseus' ``SparseLinearization`` loops over cost functions in Python to place bl
 rows to compute ``diag(AᵀA)``. Here the sparsity structure of ``A`` (CSR) is worked out once,
 at construction, as a map from "raw" Jacobian entries to CSR slots:
 
-* :class:`~posegraph.costs.BlockSparseCostFunction` terms contribute their Jacobian blocks
+* :class:`~posegraph.model.costs.BlockSparseCostFunction` terms contribute their Jacobian blocks
   (``(B, K, d, e)`` each, see ``block_layout``); blocks of fixed elements are dropped;
 * any other ``th.CostFunction`` (users' own terms) contributes its dense per-variable
   Jacobians ``(B, dim, dof)``, as in Theseus.
@@ -34,8 +34,8 @@ import torch
 from theseus.optimizer import Linearization, VariableOrdering
 from theseus.optimizer.linear_system import SparseStructure
 
-from ..costs import BlockSlots, BlockSparseCostFunction
-from ..variables import element_columns, element_dof
+from posegraph.model.costs import BlockSlots, BlockSparseCostFunction
+from posegraph.model.variables import element_columns, element_dof
 
 
 def records_gradient(*tensors: torch.Tensor) -> bool:

@@ -49,8 +49,8 @@ import numpy as np
 import theseus as th
 import torch
 
-from .batched import BlockSparseSolver
-from .sparse_cholesky import vector_dot
+from posegraph.solve.batched import BlockSparseSolver
+from posegraph.solve.sparse_cholesky import vector_dot
 
 #: the per-problem statuses of a solve
 STATUSES = ("converged", "max-iterations", "stalled", "failed")

@@ -13,7 +13,7 @@ is its upper triangle in CSR.
 Assembly. Rows of different residual blocks never meet in ``AᵀA``
 (``(AᵀA)_ij = Σ_r A_ri A_rj``), so ``AᵀA = Σ_g S_gᵀ S_g`` over A's residual blocks ``g``,
 where ``S_g`` (``d × W``: the block's ``d`` rows and the ``W`` columns they hold) lies
-contiguously in A's CSR values. On CPU the compiled loop :func:`posegraph.native.gram_scatter`
+contiguously in A's CSR values. On CPU the compiled loop :func:`posegraph.lie.native.gram_scatter`
 adds each kept entry of each Gram matrix at its slot in one pass (sphere2500: 1.4–1.5 ms);
 elsewhere (GPUs, installs without the extension) residual blocks of one shape are done
 together with torch: one gather, one batched product and one ``index_add`` per shape
@@ -42,9 +42,9 @@ import numpy as np
 import scipy.sparse as sp
 import torch
 
-from .. import native
-from .linearization import BlockSparseLinearization, segment_positions
-from .symbolic import BlockSpans, block_spans
+from posegraph.lie import native
+from posegraph.solve.linearization import BlockSparseLinearization, segment_positions
+from posegraph.solve.symbolic import BlockSpans, block_spans
 
 
 @dataclass
@@ -60,7 +60,7 @@ class _Shape:
     values: torch.Tensor
     upper: torch.Tensor
     slots: torch.Tensor
-    #: For the compiled route (:func:`posegraph.native.gram_scatter`): each residual block's
+    #: For the compiled route (:func:`posegraph.lie.native.gram_scatter`): each residual block's
     #: first value in A, and the kept Gram entries as (column, column) pairs.
     start: np.ndarray
     column_a: np.ndarray

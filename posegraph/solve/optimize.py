@@ -19,13 +19,18 @@ from typing import Callable, Dict, Iterator, List, Optional
 import theseus as th
 import torch
 
-from ..builder import PoseGraphProblem
-from ..errors import OptimizationError, PoseGraphError
-from .batched import ConjugateGradientSolver, DenseCholeskySolver, cuda_extensions_available, theseus_solver_unavailable
-from .cholmod import CHOLMOD_MODES
-from .linearization import BlockSparseLinearization
-from .pardiso import pardiso_available
-from .nonlinear import (
+from posegraph.model.problem import PoseGraphProblem
+from posegraph.errors import OptimizationError, PoseGraphError
+from posegraph.solve.batched import (
+    ConjugateGradientSolver,
+    DenseCholeskySolver,
+    cuda_extensions_available,
+    theseus_solver_unavailable,
+)
+from posegraph.solve.cholmod import CHOLMOD_MODES
+from posegraph.solve.linearization import BlockSparseLinearization
+from posegraph.solve.mkl import pardiso_available
+from posegraph.solve.nonlinear import (
     CRITERIA,
     STATUSES,
     DampingRule,
@@ -37,7 +42,7 @@ from .nonlinear import (
     decrease_criterion,
     predicted_decrease,
 )
-from .sparse_cholesky import CholmodSolver, FactorStats, PardisoSolver, SparseCholeskySolver
+from posegraph.solve.sparse_cholesky import CholmodSolver, FactorStats, PardisoSolver, SparseCholeskySolver
 
 SOLVERS = ("gn", "lm")
 LINEAR_SOLVERS = ("auto", "cholmod", "pardiso", "dense", "batched_dense", "cg", "lu_cuda", "baspacho")

@@ -31,19 +31,16 @@ from __future__ import annotations
 
 import ctypes
 import ctypes.util
-import glob
-import os
-import site
-import sys
 import weakref
 from typing import List, Optional
 
 import numpy as np
 
-from ..threads import idle_cores
-from .linearization import BlockSparseLinearization
-from .normal import NormalMatrix
-from .symbolic import FactorizationPlan, OrderedTranspose, column_block_sizes
+from posegraph.solve.threads import idle_cores
+from posegraph.solve.linearization import BlockSparseLinearization
+from posegraph.solve.normal import NormalMatrix
+from posegraph.solve.symbolic import FactorizationPlan, OrderedTranspose, column_block_sizes
+from posegraph.solve.mkl import _load
 
 #: PARDISO's error codes (``error`` argument), from the MKL reference.
 PARDISO_ERRORS = {
@@ -68,7 +65,6 @@ PARDISO_ERRORS = {
 SLOTS_PER_HANDLE = 4
 
 _MTYPE_SPD = 2
-_MKL_THREADING_GNU = 3
 _ANALYSIS, _FACTORIZE, _SOLVE, _RELEASE_ALL = 11, 22, 33, -1
 
 
@@ -79,84 +75,6 @@ class PardisoError(RuntimeError):
         self.phase, self.code = phase, code
         what = {_ANALYSIS: "analysis", _FACTORIZE: "factorization", _SOLVE: "solve"}.get(phase, f"phase {phase}")
         super().__init__(f"PARDISO {what} failed: {PARDISO_ERRORS.get(code, 'unknown error')} (error {code})")
-
-
-# -- the library --------------------------------------------------------------------------------
-_LIBRARY: Optional[ctypes.CDLL] = None
-_LOAD_TRIED = False
-
-
-def _local_candidates() -> List[str]:
-    """Where ``libmkl_rt`` may be without asking the loader: ``POSEGRAPH_MKL_RT``, then the
-    ``lib`` folders of this environment's prefixes (where the ``mkl`` wheel puts it).
-
-    Measured (docs/performance.md, 'What each speed mechanism pays'): skipping the loader's search
-    saves 15–38 ms once per process (80–1170% of an iteration).
-    """
-    found = [os.environ["POSEGRAPH_MKL_RT"]] if os.environ.get("POSEGRAPH_MKL_RT") else []
-    prefixes = dict.fromkeys([sys.prefix, sys.base_prefix, site.USER_BASE or ""])
-    for prefix in filter(None, prefixes):
-        found += sorted(glob.glob(os.path.join(prefix, "lib", "libmkl_rt.so*")), reverse=True)
-        found += sorted(glob.glob(os.path.join(prefix, "Library", "bin", "mkl_rt*.dll")), reverse=True)
-    return found
-
-
-def _candidates() -> List[str]:
-    """:func:`_local_candidates`, then the loader's search (``ctypes.util.find_library``,
-    ~17 ms: it runs ``ldconfig``)."""
-    found = _local_candidates()
-    try:
-        system = ctypes.util.find_library("mkl_rt")
-    except OSError:  # it runs compilers in a temporary folder, which may be unusable (ulimit -f 0)
-        system = None
-    return found + ([system] if system else [])
-
-
-def _load() -> Optional[ctypes.CDLL]:
-    """MKL's runtime library, loaded once (``None`` when there is none). On Linux its
-    threading layer is set to GNU OpenMP — torch's own runtime, so MKL's and torch's threads
-    share one pool — unless ``MKL_THREADING_LAYER`` says otherwise."""
-    global _LIBRARY, _LOAD_TRIED
-    if _LOAD_TRIED:
-        return _LIBRARY
-    _LOAD_TRIED = True
-    for path in _local_candidates() + [None]:
-        if path is None:  # only when no local one loads: the loader's search is slow
-            path = next(iter(_candidates()[len(_local_candidates()):]), None)
-            if path is None:
-                break
-        try:
-            lib = ctypes.CDLL(path)
-            fn = lib.pardiso_64
-        except (OSError, AttributeError):
-            continue
-        fn.restype = None
-        lib.MKL_Get_Max_Threads.restype = ctypes.c_int
-        lib.MKL_Set_Num_Threads_Local.restype = ctypes.c_int
-        lib.MKL_Set_Num_Threads_Local.argtypes = [ctypes.c_int]
-        if sys.platform.startswith("linux") and "MKL_THREADING_LAYER" not in os.environ:
-            lib.MKL_Set_Threading_Layer(ctypes.c_int(_MKL_THREADING_GNU))
-        _LIBRARY = lib
-        break
-    return _LIBRARY
-
-
-def pardiso_available() -> bool:
-    """Whether MKL PARDISO can be loaded (the ``mkl`` package, or ``POSEGRAPH_MKL_RT``)."""
-    return _load() is not None
-
-
-def pardiso_installed() -> bool:
-    """Whether MKL PARDISO is there, without loading it (~20 ms) where its library file is
-    found in this environment: the automatic backend choice asks before it knows whether it
-    will use PARDISO (2D graphs take CHOLMOD); :func:`pardiso_available` otherwise.
-
-    Measured (docs/performance.md, 'What each speed mechanism pays'): not loading MKL for 2D graphs
-    saves 1.4–2.1 ms once per process (intel 43–65%, manhattan 17–25% of an iteration).
-    """
-    if _LOAD_TRIED or not _local_candidates():
-        return pardiso_available()
-    return True
 
 
 def _ptr(a: np.ndarray) -> ctypes.c_void_p:

@@ -29,12 +29,12 @@ import theseus as th
 import torch
 from theseus.optimizer import Linearization
 
-from .batched import BlockSparseSolver, normal_solve_gradients
-from .cholmod import CHOLMOD_MODES, CholmodFactorization
-from .linearization import records_gradient
-from .normal import NormalMatrix
-from .pardiso import PardisoFactorization
-from .symbolic import OrderedTranspose, plan_factorization
+from posegraph.solve.batched import BlockSparseSolver, normal_solve_gradients
+from posegraph.solve.cholmod import CHOLMOD_MODES, CholmodFactorization
+from posegraph.solve.linearization import records_gradient
+from posegraph.solve.normal import NormalMatrix
+from posegraph.solve.pardiso import PardisoFactorization
+from posegraph.solve.symbolic import OrderedTranspose, plan_factorization
 
 #: The most CG iterations an attempt with the last factor takes (:func:`lagged_factor_cg`).
 CG_MAX_ITERATIONS = 10

@@ -42,7 +42,8 @@ import numpy as np
 import scipy.sparse as sp
 from sksparse.cholmod import analyze
 
-from .linearization import BlockSparseLinearization, segment_positions
+from posegraph.solve.linearization import BlockSparseLinearization, segment_positions
+from posegraph.solve.mkl import pardiso_installed
 
 #: Supernodal from this many flops per nonzero of L (measured crossover on pose graphs with
 #: OpenBLAS and the solver's assembled ``AᵀA``; CHOLMOD's own default is 40) …
@@ -78,6 +79,7 @@ class FactorCost:
 
     @property
     def flops_per_nonzero(self) -> float:
+        """Factorization flops per nonzero of the factor: how dense its work is."""
         return self.flops / max(self.nonzeros, 1.0)
 
 
@@ -97,7 +99,7 @@ class BlockOrder:
 
 def column_block_sizes(lin: BlockSparseLinearization) -> np.ndarray:
     """Columns per block, in column order: a packed variable (one with ``element_dof``, e.g.
-    :class:`~posegraph.variables.ManifoldArray`) has one block per free element, any other
+    :class:`~posegraph.model.variables.ManifoldArray`) has one block per free element, any other
     variable is one block."""
     sizes = []
     for var in lin.ordering:
@@ -265,8 +267,6 @@ def plan_factorization(lin: BlockSparseLinearization, mode: str = "auto", backen
             "backend 'pardiso' factors the assembled AᵀA, which needs A's block structure; this "
             "linearization's blocks overlap: use the 'cholmod' backend"
         )
-    from .pardiso import pardiso_installed  # (pardiso imports this module)
-
     pardiso = backend == "pardiso" or (
         backend == "auto" and mode == "auto" and lin.column_spans is not None and pardiso_installed()
     )
