@@ -65,10 +65,12 @@ DENSE_SOLVER_MAX_COLUMNS = {"dense": 2000, "batched_dense": 3000}
 #: many Jacobian entries per problem (rows × columns).
 LU_CUDA_MAX_DENSE_ENTRIES = 2**24
 #: With ``SolverOptions.threads=None`` the iterations run torch on one thread up to this many
-#: residual rows (rows of A) on CPU. Below it each torch operation is too small for a second
-#: thread to pay for waking it: measured per iteration, alternating in one process, one thread
-#: against two: smallGrid3D −26%, intel −20%, manhattan −10%, parking-garage −8%, sphere2500
-#: (30k rows) −2%; from 60k rows (10,000-pose SE2) on, two threads are as fast or faster.
+#: residual rows (rows of A) on CPU: below it each torch operation is too small for a second
+#: thread to pay for waking it, and beside other work the second thread waits for a core.
+#: Measured per iteration against torch's two threads (docs/performance.md): beside one
+#: CPU-bound process one thread saves parking-garage 6.2%, smallGrid3D 5.9%, sphere2500 4.2%;
+#: on an idle machine no measurable difference. From 60k rows (10,000-pose SE2) on, two
+#: threads were as fast or faster.
 SINGLE_THREAD_MAX_ROWS = 50_000
 
 
