@@ -34,7 +34,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
-from typing import Any, Dict, List, Optional
+from typing import Any, Dict, List, Optional, Tuple
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))  # this checkout's posegraph
@@ -86,33 +86,60 @@ def _env() -> Dict[str, str]:
     return dict(os.environ, PYTHONPATH=os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")]))
 
 
-def _cpu_by_process() -> Dict[int, float]:
-    """CPU seconds (user + system) of every process now, by pid (Linux's /proc; proc(5))."""
+def _processes() -> Dict[int, Tuple[int, float]]:
+    """``{pid: (parent pid, CPU seconds user + system)}`` of every process now (Linux's /proc;
+    proc(5)); empty elsewhere."""
     tick = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
-    cpu: Dict[int, float] = {}
+    procs: Dict[int, Tuple[int, float]] = {}
     for pid in os.listdir("/proc") if os.path.isdir("/proc") else []:
         try:
             with open(f"/proc/{pid}/stat") as fh:
                 fields = fh.read().rsplit(")", 1)[1].split()
-            cpu[int(pid)] = (int(fields[11]) + int(fields[12])) / tick
+            procs[int(pid)] = (int(fields[1]), (int(fields[11]) + int(fields[12])) / tick)
         except (OSError, ValueError, IndexError):
             continue
-    return cpu
+    return procs
 
 
 class OthersCpu:
-    """CPU seconds used during a block by the processes that were running before it, this one
-    excepted: other work on the machine (the command's own processes start inside the block)."""
+    """CPU seconds other processes of the machine used during a block: /proc read every
+    ``interval`` seconds; this process's descendants (the command's, once seen: a fork server
+    outlives its parent) are not counted, a process that started meanwhile counts whole."""
+
+    def __init__(self, interval: float = 0.2):
+        self.interval = interval
+        self.seconds: Optional[float] = None
+
+    def _sample(self) -> None:
+        procs = _processes()
+        for pid, (ppid, _) in procs.items():
+            if ppid in self.ours:
+                self.ours.add(pid)
+        for pid, (_, cpu) in procs.items():
+            if pid not in self.ours:
+                self.last[pid] = cpu
+
+    def _run(self) -> None:
+        while not self.done.wait(self.interval):
+            self._sample()
 
     def __enter__(self) -> "OthersCpu":
-        self.before = _cpu_by_process()
-        self.seconds: Optional[float] = None
+        import threading
+
+        self.ours = {os.getpid()}
+        self.before = {pid: cpu for pid, (_, cpu) in _processes().items()}
+        self.last: Dict[int, float] = {}
+        self.done = threading.Event()
+        self.thread = threading.Thread(target=self._run, daemon=True)
+        self.thread.start()
         return self
 
     def __exit__(self, *exc) -> None:
-        after = _cpu_by_process()
-        me = os.getpid()
-        self.seconds = sum(after[p] - c for p, c in self.before.items() if p in after and p != me) if after else None
+        self.done.set()
+        self.thread.join()
+        self._sample()
+        if self.before:
+            self.seconds = sum(cpu - self.before.get(pid, 0.0) for pid, cpu in self.last.items() if pid not in self.ours)
 
 
 def time_batch(inputs: Path, out: Path, workers: int, extra: List[str]) -> Dict[str, Any]:
