@@ -42,9 +42,11 @@ import numpy as np  # noqa: E402
 import posegraph as pg  # noqa: E402
 import theseus as th  # noqa: E402
 import torch  # noqa: E402
-from posegraph import costs, geometry, information, native, variables  # noqa: E402
-from posegraph import builder as builder_module  # noqa: E402
-from posegraph.init import initialize  # noqa: E402
+from posegraph import information  # noqa: E402
+from posegraph.lie import geometry, native  # noqa: E402
+from posegraph.model import between, costs, variables  # noqa: E402
+from posegraph.model import checks as builder_module  # noqa: E402
+from posegraph.init.dispatch import initialize  # noqa: E402
 from posegraph.io import g2o  # noqa: E402
 from posegraph.solve import linearization, nonlinear, normal, pardiso, sparse_cholesky, symbolic  # noqa: E402
 from posegraph.solve import optimize as optimize_module  # noqa: E402
@@ -133,7 +135,7 @@ def _names_at_once(self, weight, block_dim, num_blocks, name=None, block_names=N
 def _each_between(attribute: str) -> Callable[[Any], None]:
     def apply(problem) -> None:
         for cost in problem.objective.cost_functions.values():
-            if isinstance(cost, costs.BetweenEdges):
+            if isinstance(cost, between.BetweenEdges):
                 setattr(cost, attribute, NoCache())
     return apply
 
@@ -143,9 +145,9 @@ MECHANISMS: Dict[str, Tuple[str, str, Dict[str, Any]]] = {
     "compiled": ("native.ENABLED = False: NumPy / torch kernels", "iteration",
                  dict(patch=[(native, "ENABLED", False)])),
     "fused": ("the separate compiled kernels and weights instead of the fused ones", "nonsolve_cpu",
-              dict(patch=[(costs.BetweenEdges, "_fused_inputs", lambda self: None)])),
+              dict(patch=[(between.BetweenEdges, "_fused_inputs", lambda self: None)])),
     "fused_into": ("weighted Jacobian blocks placed by the linearization, Aᵀb afterwards", "errlin_cpu",
-                   dict(patch=[(costs.BetweenEdges, "place_weighted_block_jacobians",
+                   dict(patch=[(between.BetweenEdges, "place_weighted_block_jacobians",
                                 costs.BlockSparseCostFunction.place_weighted_block_jacobians)])),
     "retract_at": ("per-element compiled retraction and index_copy", "retract_cpu",
                    dict(patch=[(variables.ManifoldArray, "_retract_impl", _retract_without_fused_pass)])),
