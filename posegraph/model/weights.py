@@ -15,35 +15,7 @@ from typing import List, Optional, Sequence, Tuple, Union
 import theseus as th
 import torch
 
-
-
-def symmetric_part(information: torch.Tensor) -> torch.Tensor:
-    """``(Ω + Ωᵀ)/2`` of ``(..., d, d)`` matrices: what a square root is taken of (a Cholesky
-    factorization reads one triangle only, an eigen-decomposition assumes symmetry)."""
-    return 0.5 * (information + information.transpose(-1, -2))
-
-
-def sqrt_information(information: torch.Tensor) -> torch.Tensor:
-    """Square root ``W`` of symmetric PSD matrices, ``Wᵀ W = Ω``, for ``(..., d, d)`` input.
-
-    Uses the eigen-decomposition ``Ω = V diag(λ) Vᵀ`` and returns ``W = diag(√λ) Vᵀ``: unlike a
-    Cholesky factor it exists for singular (PSD, not PD) Ω. Eigenvalues that are negative by
-    round-off are clamped to 0 (callers validate PSD first; see :mod:`posegraph.information`).
-    """
-    lam, vecs = torch.linalg.eigh(symmetric_part(information))
-    return lam.clamp_min(0.0).sqrt().unsqueeze(-1) * vecs.transpose(-1, -2)
-
-
-def cholesky_sqrt_information(information: torch.Tensor) -> torch.Tensor:
-    """``W`` with ``WᵀW = Ω``, as the Cholesky factor ``W = Lᵀ`` (``Ω = L Lᵀ``): faster than
-    :func:`sqrt_information`, and its gradient stays finite for repeated eigenvalues
-    (``Ω = I``), where the eigen-decomposition's does not. Singular PSD blocks (no Cholesky
-    factor) fall back to :func:`sqrt_information`, block by block."""
-    lower, info = torch.linalg.cholesky_ex(information)
-    if bool((info == 0).all()):
-        return lower.transpose(-1, -2)
-    ok = (info == 0)[..., None, None]
-    return torch.where(ok, lower.transpose(-1, -2), sqrt_information(information))
+from posegraph.information import sqrt_information
 
 
 class BlockCostWeight(th.CostWeight, abc.ABC):
