@@ -19,6 +19,9 @@ and its 2-worker figure most). The baseline runs
 ``posegraph optimize FILE -o OUT --quiet`` once per file, one after the other, on the first
 ``--baseline-files`` inputs (default all).
 
+"ideal" is the ratio two workers would give if they halved one worker's running time exactly,
+start-up and exit unchanged: the most end-to-end scaling that start-up allows (Amdahl's law).
+
 Targets: 2 workers ≥ 1.7× the files/s of 1 worker; ``batch --workers 1`` ≥ 3× the files/s of
 one ``optimize`` process per file.
 """
@@ -210,6 +213,9 @@ def main(argv: Optional[List[str]] = None) -> int:
     if "batch --workers 1" in by and "batch --workers 2" in by:
         ratios["2 workers / 1 worker"] = by["batch --workers 2"] / by["batch --workers 1"]
         ratios["2 workers / 1 worker, once running"] = running["batch --workers 2"] / running["batch --workers 1"]
+        one = next(r for r in rows if r["command"] == "batch --workers 1")
+        halved = one["wall_s"] - one["files"] / one["running_files_per_s"] / 2
+        ratios["2 workers / 1 worker, ideal (one worker's running time halved)"] = one["wall_s"] / halved
     if "batch --workers 1" in by and "optimize per file" in by:
         ratios["batch --workers 1 / optimize per file"] = by["batch --workers 1"] / by["optimize per file"]
     if a.json:

@@ -226,7 +226,8 @@ def run(
         client: a ``distributed.Client`` to run on (it is left open; its workers get the
             thread-budget plugin, :class:`posegraph.batch.worker.ThreadBudgetPlugin`); else
             ``scheduler``'s cluster, else a new ``LocalCluster`` of ``workers`` processes
-            (default: one per core).
+            (default: one per core; on Linux forked from a server this process keeps for its
+            later runs, :func:`start_worker_server`).
         resume: skip inputs whose output and ``ok`` line are in ``out_dir`` already.
         progress: a progress bar over files on ``stream`` (default stderr).
 
