@@ -32,6 +32,21 @@ from posegraph.model.problem import PoseGraphProblem, _PackedObjective
 _BUILT_COST_NAMES = ("between", "point_observations", "mesh_laplacian", "priors", "position_priors")
 
 
+def _check_batched(
+    checks: Sequence[Tuple[str, torch.Tensor, Tuple[int, ...]]], consensus: _Consensus, source: Optional[str]
+) -> None:
+    """Each ``(what, tensor, expected)``: shape ``(batch, *expected)`` and the dtype, device and
+    batch size the graph's other tensors have (``consensus``); a :class:`PoseGraphError`
+    naming ``what`` and ``source`` otherwise."""
+    for what, t, expected in checks:
+        if tuple(t.shape[1:]) != expected:
+            raise PoseGraphError(
+                f"{what}: expected shape (batch, {', '.join(map(str, expected))}), received {_shape_str(t.shape)}",
+                source,
+            )
+        consensus.check(what, t)
+
+
 def _prior_cost(pose_var: ManifoldArray, terms: PriorTerms, consensus: _Consensus) -> BlockSparseCostFunction:
     """The vectorized cost of one kind of prior (``"priors"`` or ``"position_priors"``)."""
     name = "priors" if terms.kind == "pose" else "position_priors"
@@ -147,14 +162,7 @@ def build_problem(
         ("information", info, (e, dof, dof)),
     ]
     consensus = _Consensus(None, None)
-    for what, t, expected in checks:
-        if tuple(t.shape[1:]) != expected:
-            raise PoseGraphError(
-                f"{what}: expected shape (batch, {', '.join(map(str, expected))}), "
-                f"received {_shape_str(t.shape)}",
-                g.source,
-            )
-        consensus.check(what, t)
+    _check_batched(checks, consensus, g.source)
     if g.edges.shape != (e, 2) or (g.edges < 0).any() or (g.edges >= n).any():
         raise PoseGraphError(f"edges: expected (E, 2) pose indices in [0, {n}), received {_shape_str(g.edges.shape)}", g.source)
     if (g.edges[:, 0] == g.edges[:, 1]).any():
@@ -304,19 +312,16 @@ def _landmark_costs(
     pos = lm.positions if lm.positions.ndim == 3 else lm.positions.unsqueeze(0)
     meas = lm.measurements if lm.measurements.ndim == 3 else lm.measurements.unsqueeze(0)
     info = lm.information if lm.information.ndim == 4 else lm.information.unsqueeze(0)
-    for what, t, expected in (
-        ("points", pos, (num_points, 3)),
-        ("point measurements", meas, (num_obs, 3)),
-        ("point information", info, (num_obs, 3, 3)),
-        ("point offsets", lm.offsets.unsqueeze(0), (num_obs, 3, 4)),
-    ):
-        if tuple(t.shape[1:]) != expected:
-            raise PoseGraphError(
-                f"{what}: expected shape (batch, {', '.join(map(str, expected))}), "
-                f"received {_shape_str(t.shape)}",
-                g.source,
-            )
-        consensus.check(what, t)
+    _check_batched(
+        [
+            ("points", pos, (num_points, 3)),
+            ("point measurements", meas, (num_obs, 3)),
+            ("point information", info, (num_obs, 3, 3)),
+            ("point offsets", lm.offsets.unsqueeze(0), (num_obs, 3, 4)),
+        ],
+        consensus,
+        g.source,
+    )
     obs = lm.observations.to(pos.device)
     if obs.shape != (num_obs, 2) or (obs < 0).any() or (obs[:, 0] >= g.num_poses).any() or (
         obs[:, 1] >= num_points
