@@ -99,6 +99,8 @@ class LayerInfo:
             ``lu_cuda``, ``dense``).
         solver: ``"lm"`` or ``"gn"``; backward_mode: as run; device / dtype: of the solve.
         theseus_info: Theseus' own ``NonlinearOptimizerInfo``.
+        detail: the linear solver's message when a problem failed with
+            ``linear-solver-error`` (``"problem I: …"`` in a batch), else ``""``.
     """
 
     status: List[str]
@@ -112,6 +114,7 @@ class LayerInfo:
     dtype: torch.dtype
     theseus_info: th.NonlinearOptimizerInfo
     stop_reason: List[str] = field(default_factory=list)
+    detail: str = ""
 
     @property
     def converged(self) -> bool:
@@ -507,6 +510,7 @@ class PoseGraphLayer(nn.Module):
             device=str(out.device),
             dtype=out.dtype,
             theseus_info=info,
+            detail=outcome.detail,
         )
 
 

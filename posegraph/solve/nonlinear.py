@@ -237,6 +237,22 @@ class Outcome:
         return np.array([names.get(s, th.NonlinearOptimizerStatus.MAX_ITERATIONS) for s in self.status])
 
 
+def _derivative_only(delta: torch.Tensor) -> torch.Tensor:
+    """Implicit differentiation's step: zero in value, ``delta``'s derivative.
+
+    Implicit differentiation takes one Gauss–Newton step ``δ(θ) = -H⁻¹g(x*, θ)`` with
+    gradients at the solution ``x*``: where ``g(x*, θ) = 0`` its derivative is the implicit
+    function theorem's ``dx*/dθ = -H⁻¹ ∂g/∂θ`` (Pineda et al., "Theseus: A Library for
+    Differentiable Nonlinear Optimization", NeurIPS 2022, sec. 3.2). Its value is the
+    derivative's by-product, not a step the solve chose: small at a well-conditioned solution,
+    but an ill-conditioned or rank-deficient ``H`` (information spanning 12 orders of magnitude,
+    or of rank 3 of 6) makes it large and the cost rises by orders of magnitude, after the
+    solver had converged. So the poses stay the solver's, ``x* ⊕ (δ - δ)`` (``exp(0)`` is the
+    identity: the values are unchanged to the bit), and the step gives only its derivative.
+    """
+    return delta - delta.detach()
+
+
 class TruthfulLoop:
     """Mixin for Theseus' nonlinear least-squares optimizers: the loop of the module doc.
 
@@ -260,6 +276,16 @@ class TruthfulLoop:
         self.outcome = Outcome(self.objective.batch_size)  # type: ignore[attr-defined]
         self._backward_mode = kwargs.get("backward_mode")
         self._loops_run = 0
+
+    def _split_backward_iters(self, **kwargs) -> Tuple[int, int]:
+        """Theseus' split of ``max_iterations`` between the loops without and with autograd;
+        with implicit differentiation the solve keeps all of them (Theseus counts the
+        differentiated step as the last one): that step does not move the poses
+        (:func:`_derivative_only`), so the solve is the same as in the other modes."""
+        backward, no_grad = super()._split_backward_iters(**kwargs)  # type: ignore[misc]
+        if kwargs.get("backward_mode") == th.BackwardMode.IMPLICIT:
+            return backward, self.params.max_iterations  # type: ignore[attr-defined]
+        return backward, no_grad
 
     def _step(self, delta, previous_err, converged_indices, force_update, delta_forced_to_gn, **kwargs):
         self._frozen = None if force_update else converged_indices
@@ -335,12 +361,17 @@ class TruthfulLoop:
             if differentiated and it == 0 and self._carry.any():
                 self._undamp(self._carry)
             frozen = torch.as_tensor(~stepping, device=device)
-            scale = 1.0 if _last_implicit_diff_step else self.params.step_size  # type: ignore[attr-defined]
+            if _last_implicit_diff_step:
+                delta = _derivative_only(delta)
+                judged = np.zeros_like(stepping)  # not an iteration: nothing moves
+            else:
+                delta = delta * self.params.step_size  # type: ignore[attr-defined]
+                judged = stepping & running
             err, accepted = self._iteration_step(
-                delta * scale, info.last_err, frozen, stepping & running, _last_implicit_diff_step, **kwargs
+                delta, info.last_err, frozen, judged, _last_implicit_diff_step, **kwargs
             )
-            outcome.iterations[stepping & running] += 1
-            self._judge(err, info.last_err, accepted & running, stepping & running)
+            outcome.iterations[judged] += 1
+            self._judge(err, info.last_err, accepted & judged, judged)
             self._converged_now = torch.as_tensor(outcome.status == "converged", device=device)
             with torch.no_grad():
                 self._update_info(info, it, err, frozen)  # type: ignore[attr-defined]
@@ -348,8 +379,8 @@ class TruthfulLoop:
                 print(f"Nonlinear optimizer. Iteration: {it + 1}. Error: {err.mean().item()}")
             info.last_err = err
             iters_done += 1
-            if end_iter_callback is not None and (running.any() or not differentiated):
-                end_iter_callback(self, info, delta, it)  # (not for carried steps alone)
+            if end_iter_callback is not None and judged.any():
+                end_iter_callback(self, info, delta, it)  # (not for carried or implicit steps)
         self._carry = None
         if last_loop:
             outcome.finish()
@@ -365,15 +396,29 @@ class TruthfulLoop:
         """The step from the current linearization (implicit differentiation: a Gauss–Newton
         step, as Theseus takes it); None when the linear solver fails (a non-finite or
         indefinite system, e.g. from overflowing errors): the problems of ``stepping`` fail,
-        with the solver's message in ``outcome.detail``."""
+        with the solver's message in ``outcome.detail``. A solver that factors problem by
+        problem (:class:`~posegraph.solve.sparse_cholesky.SparseCholeskySolver`) reports the
+        problems it could not factor in ``failures`` instead: those fail alone."""
+        outcome = self.outcome
+        assert outcome is not None
         try:
             if implicit:
-                return self.linear_solver.solve()  # type: ignore[attr-defined]
-            return self.compute_delta(**kwargs)  # type: ignore[attr-defined]
+                delta = self.linear_solver.solve()  # type: ignore[attr-defined]
+            else:
+                delta = self.compute_delta(**kwargs)  # type: ignore[attr-defined]
         except RuntimeError as err:  # (torch's LinAlgError included)
-            self.outcome.detail = str(err)  # type: ignore[union-attr]
-            self.outcome.stop(stepping, "failed", "linear-solver-error")  # type: ignore[union-attr]
+            outcome.detail = str(err)
+            outcome.stop(stepping, "failed", "linear-solver-error")
             return None
+        failures = getattr(self.linear_solver, "failures", None) or {}  # type: ignore[attr-defined]
+        failed = np.zeros(len(stepping), dtype=bool)
+        failed[list(failures)] = True
+        if (failed & stepping & outcome.running).any():
+            first = min(i for i in failures if stepping[i])
+            where = f"problem {first}: " if len(stepping) > 1 else ""
+            outcome.detail = where + failures[first]
+            outcome.stop(failed & stepping, "failed", "linear-solver-error")
+        return delta
 
     def _gradient_test(self, running: np.ndarray) -> None:
         """Stop the running problems whose ``‖Aᵀb‖∞`` is below ``gradient_tolerance``."""

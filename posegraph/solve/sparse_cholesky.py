@@ -288,6 +288,9 @@ class SparseCholeskySolver(BlockSparseSolver):
         self.costs = SolveCosts()
         self._last_factors: Dict[int, Factor] = {}
         self._last_errors: Dict[int, float] = {}
+        #: the problems of the last solve whose factorization failed: ``{index: message}``
+        #: (their solutions are NaN; :meth:`solve_batch`)
+        self.failures: Dict[int, str] = {}
 
     @property
     def backend(self) -> str:
@@ -333,20 +336,24 @@ class SparseCholeskySolver(BlockSparseSolver):
         """:meth:`solve_one` for each batch element of A's values ``a_val`` ``(B, nnz)`` and
         ``b`` ``(B, rows)`` (right-hand sides ``Aᵀb``: ``atb`` ``(B, cols)``, or formed here):
         A's and b's values as float64 arrays, the solutions ``(B, cols)`` and the factors used.
-        A problem whose system is not finite is not factored: its solution is NaN (and its
-        factor None), so it fails alone in the solve loop (``non-finite-step``) while the others
-        of its batch go on."""
+        A problem whose system is not finite is not factored, and one whose factorization fails
+        (not positive definite) is recorded in :attr:`failures`: either way its solution is NaN
+        (and its factor None), so it fails alone in the solve loop while the others of its
+        batch go on."""
         lin = self.linearization
         a_np, b_np = _float64_array(a_val), _float64_array(b)
         atb_np = None if atb is None else _float64_array(atb)
         x_np = np.empty((a_np.shape[0], lin.num_cols))
         factors: List[Factor] = []
+        self.failures = {}
         for i in range(a_np.shape[0]):
             rhs = lin.product_matrices(a_np[i])[1] @ b_np[i] if atb_np is None else atb_np[i]
-            if not (np.isfinite(a_np[i]).all() and np.isfinite(rhs).all() and math.isfinite(dampings[i])):
-                x_np[i], factor = np.nan, None
-            else:
-                x_np[i], factor = self.solve_one(i, a_np[i], b_np[i], rhs, dampings[i], exact)
+            x_np[i], factor = np.nan, None
+            if np.isfinite(a_np[i]).all() and np.isfinite(rhs).all() and math.isfinite(dampings[i]):
+                try:
+                    x_np[i], factor = self.solve_one(i, a_np[i], b_np[i], rhs, dampings[i], exact)
+                except RuntimeError as err:  # CHOLMOD's or PARDISO's refusal: this problem's alone
+                    self.failures[i] = str(err)
             factors.append(factor)
         return a_np, b_np, x_np, factors
 
@@ -414,6 +421,7 @@ class SparseCholeskySolver(BlockSparseSolver):
 
     def _solve(self, lam: torch.Tensor) -> torch.Tensor:
         lin = self.linearization
+        self.failures = {}
         a_val, b = lin.A_val, lin.b
         if lin.num_cols == 0:  # every variable held fixed: nothing to factor (PARDISO refuses n = 0)
             return a_val.new_zeros(a_val.shape[0], 0)

@@ -5,6 +5,7 @@ batches mixing good and bad problems — statuses that tell the truth, and GTSAM
 from __future__ import annotations
 
 import io
+import math
 import warnings
 
 import pytest
@@ -251,3 +252,83 @@ def test_cli_failed_solve_names_the_reason(tmp_path, capsys):
     assert len(err) == 1 and "(the initial error is beyond √(largest float)" in err[0]
     assert err[0].startswith(f"error: {path}: optimization failed after 0 iterations")
     assert not out.exists()
+
+
+def _ill_conditioned_information(graph, low: float, seed: int = 1) -> torch.Tensor:
+    """Each edge's information with a random orthonormal basis and eigenvalues log-uniform in
+    ``[low, 1e4]`` (``low = 0``: three of the six are zero, rank 3)."""
+    gen = torch.Generator().manual_seed(seed)
+    e = graph.num_edges
+    q, _ = torch.linalg.qr(torch.randn(e, 6, 6, dtype=torch.float64, generator=gen))
+    if low > 0:
+        lam = 10 ** (torch.rand(e, 6, dtype=torch.float64, generator=gen) * (4 - math.log10(low)) + math.log10(low))
+    else:
+        lam = torch.cat([torch.rand(e, 3, dtype=torch.float64, generator=gen) + 0.5, torch.zeros(e, 3, dtype=torch.float64)], 1)
+    info = q @ torch.diag_embed(lam) @ q.transpose(1, 2)
+    return (info + info.transpose(1, 2)) / 2
+
+
+@pytest.mark.parametrize("low", [1e-8, 0.0])
+def test_implicit_mode_returns_the_solvers_solution(low):
+    """Implicit differentiation's Gauss–Newton step at the solution is taken for its derivative
+    only: on ill-conditioned (eigenvalues 1e-8 … 1e4) or rank-3 information its value undid the
+    converged solve (error 0.016 → 79,224; 1e-11 → 1e8), still called converged. The layer in
+    implicit mode now returns unroll's poses, status and iterations, with a gradient."""
+    g = perturb_vertices(sphere_se3(num_rings=3, poses_per_ring=10, seed=0).graph, 0.3, 0.3, seed=0)
+    info = _ill_conditioned_information(g, low).unsqueeze(0)
+    results = {}
+    for mode in ("implicit", "unroll"):
+        meas = g.measurements.unsqueeze(0).clone().requires_grad_(True)
+        # (exact factorizations: unroll, which records gradients, never reuses a factor)
+        layer = pg.PoseGraphLayer(g, options=pg.SolverOptions(reuse_factor=False), backward_mode=mode)
+        poses, out = layer(g.poses.unsqueeze(0), meas, info)
+        poses[..., :3, 3].sum().backward()
+        assert torch.isfinite(meas.grad).all() and meas.grad.abs().sum() > 0
+        results[mode] = (poses.detach(), out)
+    with torch.no_grad():  # the same solve, nothing differentiated
+        solver = pg.PoseGraphLayer(g, options=pg.SolverOptions(reuse_factor=False))
+        p_solve, _ = solver(g.poses.unsqueeze(0), g.measurements.unsqueeze(0), info)
+    (p_imp, imp), (p_unr, unr) = results["implicit"], results["unroll"]
+    assert imp.status == unr.status == ["converged"]
+    assert imp.iterations.tolist() == unr.iterations.tolist()
+    torch.testing.assert_close(p_imp, p_solve, rtol=0, atol=0)  # the step moved nothing
+    # unroll's autograd arithmetic rounds otherwise; the flat directions take it up (≤ 1e-5 m)
+    assert abs(float(imp.final_error[0]) - float(unr.final_error[0])) <= 1e-6 * float(unr.final_error[0]) + 1e-9
+
+
+def test_implicit_mode_uses_every_iteration_and_never_rises():
+    """max_iterations=1 from a hard start: Theseus' implicit mode spends the one iteration on an
+    undamped Gauss–Newton step (error 3.6e7 → 9.0e7); here the LM iteration is taken, as in
+    unroll mode, and the status is max-iterations."""
+    g = perturb_vertices(sphere_se3(num_rings=3, poses_per_ring=10, seed=0).graph, 2.0, 1.5, seed=3)
+    outs = {}
+    for mode in ("implicit", "unroll"):
+        options = pg.SolverOptions(max_iterations=1, reuse_factor=False)
+        poses, out = pg.PoseGraphLayer(g, options=options, backward_mode=mode)(g)
+        outs[mode] = (poses, out)
+    (p_imp, imp), (p_unr, unr) = outs["implicit"], outs["unroll"]
+    assert imp.status == unr.status == ["max-iterations"] and imp.iterations.tolist() == [1]
+    assert float(imp.final_error[0]) < float(imp.initial_error[0])
+    torch.testing.assert_close(float(imp.final_error[0]), float(unr.final_error[0]), rtol=1e-9, atol=0)
+
+
+@pytest.mark.parametrize("solver", ["gn", "lm"])
+def test_a_problem_that_cannot_be_factored_fails_alone(solver):
+    """A batch of two: the second has zero information on every edge at pose 7 (its system is
+    singular, CHOLMOD refuses it). It fails alone with linear-solver-error; the first is solved
+    as alone (with GN both failed after 0 iterations)."""
+    g = perturb_vertices(sphere_se3(num_rings=3, poses_per_ring=10, seed=0).graph, 0.3, 0.3, seed=0)
+    bad = g.information.clone()
+    bad[(g.edges == 7).any(1)] = 0
+    layer = pg.PoseGraphLayer(g, options=pg.SolverOptions(solver=solver, linear_solver="cholmod"), backward_mode="unroll")
+    p, z = g.poses.unsqueeze(0), g.measurements.unsqueeze(0)
+    with torch.no_grad():
+        alone_poses, alone = layer(p, z, g.information.unsqueeze(0))
+        poses, batch = layer(p.expand(2, -1, -1, -1), z.expand(2, -1, -1, -1), torch.stack([g.information, bad]))
+    assert batch.status[0] == alone.status[0] == "converged"
+    assert batch.iterations[0] == alone.iterations[0]
+    torch.testing.assert_close(poses[:1], alone_poses, rtol=0, atol=1e-8)
+    if solver == "gn":  # (LM's damping makes the singular system factorable)
+        assert (batch.status[1], batch.stop_reason[1]) == ("failed", "linear-solver-error")
+        assert "problem 1" in batch.detail and "CHOLMOD" in batch.detail
+        torch.testing.assert_close(poses[1], p[0], rtol=0, atol=0)
