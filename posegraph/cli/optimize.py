@@ -163,9 +163,12 @@ def optimize_file(args: argparse.Namespace) -> dict:
         )
     covariances = None
     if args.covariances:  # computed before anything is written: a failure leaves no output
-        from posegraph.solve.covariance import marginal_covariances
+        from posegraph.solve.covariance import CovarianceError, marginal_covariances
 
-        covariances = marginal_covariances(problem)
+        try:
+            covariances = marginal_covariances(problem)
+        except CovarianceError as err:  # about this input's graph: named as its other errors are
+            raise CovarianceError(f"--covariances: {err.message}", err.path or args.input, err.line) from None
     if nonfinite is not None:
         warnings.warn(f"{args.input}: {nonfinite}")
     if args.output:

@@ -298,11 +298,19 @@ def evaluate(estimate: Poses, truth: Poses, align_method: str = "se3", max_diff:
     if not isinstance(align_method, str) or align_method not in ALIGNMENTS:
         raise PoseGraphError(f"align: expected one of {', '.join(ALIGNMENTS)}, received {align_method!r}", estimate.source)
     est, ref, counts, matched_by = _matched_poses(estimate, truth, max_diff)
-    try:
-        aligned, transform = align(est, ref, align_method)
-    except (ValueError, np.linalg.LinAlgError) as err:
-        raise PoseGraphError(f"cannot align the estimate onto the ground truth {truth.source}: {err}", estimate.source) from None
-    rpe_t, rpe_r = rpe_errors(aligned, ref)
+    with np.errstate(over="raise", invalid="raise"):  # positions near 1e300: refused, not inf
+        try:
+            aligned, transform = align(est, ref, align_method)
+        except (ValueError, np.linalg.LinAlgError) as err:
+            raise PoseGraphError(f"cannot align the estimate onto the ground truth {truth.source}: {err}", estimate.source) from None
+        except FloatingPointError as err:
+            raise _too_large(est, ref, truth.source, err, estimate.source) from None
+        try:
+            rpe_t, rpe_r = rpe_errors(aligned, ref)
+            ate = statistics(ate_errors(aligned, ref))
+            rpe_t_stats, rpe_r_stats = statistics(rpe_t), statistics(rpe_r)
+        except FloatingPointError as err:
+            raise _too_large(est, ref, truth.source, err, estimate.source) from None
     return {
         "estimate": estimate.source,
         "ground_truth": truth.source,
@@ -311,10 +319,20 @@ def evaluate(estimate: Poses, truth: Poses, align_method: str = "se3", max_diff:
         "matched_by": matched_by,
         **({"max_diff": max_diff} if matched_by == "timestamp" else {}),
         "alignment": transform,
-        "ate": statistics(ate_errors(aligned, ref)),
-        "rpe_translation": statistics(rpe_t),
-        "rpe_rotation_rad": statistics(rpe_r),
+        "ate": ate,
+        "rpe_translation": rpe_t_stats,
+        "rpe_rotation_rad": rpe_r_stats,
     }
+
+
+def _too_large(est: np.ndarray, ref: np.ndarray, truth_source: Optional[str], err: FloatingPointError,
+               source: Optional[str]) -> PoseGraphError:
+    """The error for poses whose comparison overflows float64 (``err``: NumPy's)."""
+    biggest = float(max(np.abs(est[:, :-1, -1]).max(), np.abs(ref[:, :-1, -1]).max()))
+    return PoseGraphError(
+        f"positions too large to compare with the ground truth {truth_source}: the largest "
+        f"coordinate is {biggest:.3g}, and the errors overflow float64 ({err})", source
+    )
 
 
 def evaluate_files(estimate_path: str, truth_path: str, align: str = "se3", estimate_format: Optional[str] = None,

@@ -121,9 +121,10 @@ def selected_inverse_blocks(
     permuted = sp.csc_matrix(normal)[columns][:, columns].tocsc()
     try:
         factor = analyze(permuted, mode="supernodal", ordering_method="natural").cholesky(permuted)
-    except CholmodError as err:
-        raise CovarianceError(f"the normal matrix AᵀA is not positive definite ({err}); fix a pose "
-                              "(the gauge) and check that every pose is constrained") from None
+    except CholmodError:  # (always CHOLMOD here, whatever solved: its factor gives the recurrences)
+        raise CovarianceError("the normal matrix AᵀA at the result is not positive definite, so the "
+                              "covariances are not defined: fix a pose (the gauge) and check that "
+                              "every pose is constrained") from None
     lower = factor.L().tocsc()
     lower.sort_indices()
     below = _block_pattern(graph, blocks)

@@ -895,3 +895,20 @@ def test_dense_solver_size_guard_and_force_dense(tmp_path, capsys, monkeypatch):
     )
     code, out, err = run_cli(capsys, path, "--linear-solver", "dense", "--force-dense", "--json", "--quiet")
     assert code == 0 and json.loads(out)["linear_solver"] == "dense"
+
+
+@pytest.mark.parametrize("linear_solver", ["dense", "cholmod"])
+def test_covariances_of_an_unconstrained_graph_name_the_file_not_the_library(tmp_path, capsys, linear_solver):
+    """A y with no information: the covariances are not defined. One line naming the input
+    and the option, the same whatever --linear-solver (it said CHOLMOD's source file and line,
+    without the input), and no output written."""
+    path = tmp_path / "singular.g2o"
+    path.write_text("VERTEX_SE2 0 0 0 0\nVERTEX_SE2 1 5 0 0\nEDGE_SE2 0 1 1 0 0 1 0 0 0 0 1\n")
+    out, cov = tmp_path / "out.g2o", tmp_path / "cov.npz"
+    argv = ["optimize", str(path), "-o", str(out), "--covariances", str(cov), "--init", "file",
+            "--linear-solver", linear_solver, "--quiet"]
+    assert main(argv) == EXIT_BAD_INPUT
+    err = capsys.readouterr().err.strip()
+    assert err.startswith(f"error: {path}: --covariances: the normal matrix") and "\n" not in err, err
+    assert "cholmod" not in err.lower() and ".c:" not in err, err
+    assert not out.exists() and not cov.exists()

@@ -438,3 +438,19 @@ def test_scaled_rotation_is_made_a_rotation_with_one_warning(side):
             evaluate(Trajectory.from_graph(truth), traj, "se3")
     assert again["ate"]["rmse"] == pytest.approx(base["ate"]["rmse"], rel=1e-12)
 
+
+
+@pytest.mark.parametrize("align", ["se3", "sim3", "none"])
+def test_positions_too_large_to_compare_are_refused(tmp_path, capsys, align):
+    """Positions near 1e300 are finite, but their errors overflow: it printed NumPy's overflow
+    warnings and ATE inf (null in --json; with sim3 a scale of 0 and a finite ATE), exit 0.
+    Now one line naming the file, exit 2."""
+    from posegraph.cli.main import main
+
+    est, gt = tmp_path / "huge.tum", tmp_path / "gt.tum"
+    est.write_text("".join(f"{k / 10} {k}e300 0 0 0 0 0 1\n" for k in range(10)))
+    gt.write_text("".join(f"{k / 10} {k} 0 0 0 0 0 1\n" for k in range(10)))
+    assert main(["eval", str(est), "--gt", str(gt), "--align", align, "--json"]) == 2
+    captured = capsys.readouterr()
+    assert captured.out == ""
+    assert captured.err.startswith(f"error: {est}: positions too large to compare") and captured.err.count("\n") == 1, captured.err
