@@ -84,6 +84,8 @@ def umeyama(src: np.ndarray, dst: np.ndarray, with_scale: bool = False) -> Tuple
     var_s = (xs * xs).sum() / n
     if with_scale and not var_s > 0:
         raise ValueError("umeyama: all source points coincide, the scale is undefined")
+    if with_scale and not (xd * xd).sum() > 0:  # s = 0 would collapse src onto one point: "error 0"
+        raise ValueError("umeyama: all destination points coincide, the scale would be 0 (no alignment)")
     scale = float((dvals * sign).sum() / var_s) if with_scale else 1.0
     trans = mu_d - scale * rot @ mu_s
     return scale, rot, trans

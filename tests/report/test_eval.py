@@ -454,3 +454,18 @@ def test_positions_too_large_to_compare_are_refused(tmp_path, capsys, align):
     captured = capsys.readouterr()
     assert captured.out == ""
     assert captured.err.startswith(f"error: {est}: positions too large to compare") and captured.err.count("\n") == 1, captured.err
+
+
+def test_sim3_onto_coinciding_ground_truth_is_refused(tmp_path, capsys):
+    """Every ground-truth position the same: Umeyama's scale is 0, the estimate collapses onto
+    that point and the ATE was reported as 0 ("perfect"). Refused, as coinciding estimate
+    positions already were."""
+    from posegraph.cli.main import main
+
+    est, gt = tmp_path / "est.tum", tmp_path / "gt.tum"
+    est.write_text("".join(f"{k / 10} {k} {k % 3} 0 0 0 0 1\n" for k in range(10)))
+    gt.write_text("".join(f"{k / 10} 1 2 3 0 0 0 1\n" for k in range(10)))
+    assert main(["eval", str(est), "--gt", str(gt), "--align", "sim3"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"error: {est}: cannot align") and "destination points coincide" in err, err
+    assert main(["eval", str(est), "--gt", str(gt), "--align", "se3"]) == 0  # a rigid alignment is defined
