@@ -428,10 +428,13 @@ class LevenbergMarquardt(TruthfulLoop, th.LevenbergMarquardt):
             retry &= ~at_bound
             if not retry.any():
                 break
-            frozen = torch.as_tensor(~retry, device=frozen.device)
             delta = self._direction(retry, False, **kwargs)
             if delta is None:
                 break
+            retry &= self.outcome.running  # type: ignore[union-attr]  # (not those it could not factor)
+            if not retry.any():
+                break
+            frozen = torch.as_tensor(~retry, device=frozen.device)
             delta = delta * self.params.step_size
             err, _ = self._step(delta, err, frozen, False, delta_forced_to_gn=False, **kwargs)
             now = retry & ~_mask(self._reject)

@@ -332,3 +332,32 @@ def test_a_problem_that_cannot_be_factored_fails_alone(solver):
         assert (batch.status[1], batch.stop_reason[1]) == ("failed", "linear-solver-error")
         assert "problem 1" in batch.detail and "CHOLMOD" in batch.detail
         torch.testing.assert_close(poses[1], p[0], rtol=0, atol=0)
+
+
+def test_a_factorization_failing_in_a_retried_step_fails_that_problem_alone(monkeypatch):
+    """LM retries a rejected step with more damping; when that retry's factorization fails, the
+    problem fails there (linear-solver-error) and is not retried again; the other is solved
+    as alone."""
+    from posegraph.solve.sparse_cholesky import SparseCholeskySolver
+
+    good = sphere_se3(num_rings=3, poses_per_ring=8, seed=2).graph
+    hard = perturb_vertices(good, 2.0, 1.5, seed=2)  # its first steps are rejected and retried
+    layer = pg.PoseGraphLayer(good, options=pg.SolverOptions(linear_solver="cholmod", reuse_factor=False))
+    with torch.no_grad():
+        alone_poses, alone = layer(good.poses.unsqueeze(0))
+    real, calls = SparseCholeskySolver.solve_one, {"n": 0}
+
+    def refuse_retries(self, index, a_values, b_values, rhs, beta, exact):
+        if index == 1 and beta > 1e-5:  # only with more than the initial damping: a retry
+            calls["n"] += 1
+            raise RuntimeError("CHOLMOD factorization failed: not positive definite")
+        return real(self, index, a_values, b_values, rhs, beta, exact)
+
+    monkeypatch.setattr(SparseCholeskySolver, "solve_one", refuse_retries)
+    with torch.no_grad():
+        poses, info = layer(torch.stack([good.poses, hard.poses]))
+    assert calls["n"] == 1
+    assert (info.status[1], info.stop_reason[1]) == ("failed", "linear-solver-error")
+    assert info.status[0] == alone.status[0] and info.iterations[0] == alone.iterations[0]
+    torch.testing.assert_close(poses[:1], alone_poses, rtol=0, atol=1e-8)
+    assert torch.isfinite(poses).all()
