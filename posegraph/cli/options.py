@@ -37,7 +37,7 @@ def _positive_int(text: str) -> int:
 
 
 def _non_negative_float(text: str) -> float:
-    """argparse type for weights: a finite number ≥ 0."""
+    """argparse type for weights and tolerances: a finite number ≥ 0."""
     try:
         value = float(text)
     except ValueError:
@@ -66,8 +66,10 @@ def add_solve_options(o: argparse.ArgumentParser) -> None:
     them, and so their configuration keys (:mod:`posegraph.cli.config`)."""
     o.add_argument("--solver", choices=["gn", "lm"], default="lm", help="Gauss-Newton or Levenberg-Marquardt (default lm)")
     o.add_argument("--max-iters", type=_non_negative_int, default=100, metavar="N", help="iteration cap (default 100)")
-    o.add_argument("--rel-tol", type=float, default=1e-10, help="relative error decrease to stop at (default 1e-10)")
-    o.add_argument("--abs-tol", type=float, default=1e-10, help="absolute error decrease to stop at (default 1e-10)")
+    o.add_argument("--rel-tol", type=_non_negative_float, default=1e-10,
+                   help="relative error decrease to stop at (default 1e-10)")
+    o.add_argument("--abs-tol", type=_non_negative_float, default=1e-10,
+                   help="absolute error decrease to stop at (default 1e-10)")
     o.add_argument("--grad-tol", type=_non_negative_float, default=0.0, metavar="G",
                    help="also stop when ‖Aᵀb‖∞ ≤ G before a step (default 0: off, as GTSAM)")
     o.add_argument("--step-tol", type=_non_negative_float, default=0.0, metavar="S",

@@ -17,6 +17,7 @@ import torch
 pytest.importorskip("distributed")
 
 from posegraph import read_g2o
+from posegraph.errors import PoseGraphError
 from posegraph.batch.driver import EXTRA_INSTALL, RESULTS_NAME, _connect, expand_inputs, read_results, run
 from posegraph.batch.worker import worker_thread_report
 from posegraph.cli.optimize import EXIT_BAD_INPUT, EXIT_FAILED
@@ -168,6 +169,20 @@ def test_bad_workers_value_is_a_usage_error(tmp_path, capsys):
         main(["batch", str(tmp_path), "--out-dir", str(tmp_path / "out"), "--workers", "0"])
     assert exit_.value.code == EXIT_BAD_INPUT
     assert "expected an integer ≥ 1" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("flag,value", [("--rel-tol", "nan"), ("--abs-tol", "inf"), ("--rel-tol", "-1")])
+def test_bad_tolerance_is_a_usage_error_before_any_worker(tmp_path, capsys, flag, value):
+    folder = _folder(tmp_path, broken=False)
+    with pytest.raises(SystemExit) as exit_:
+        main(["batch", str(folder), "--out-dir", str(tmp_path / "out"), flag, value, "--quiet"])
+    assert exit_.value.code == EXIT_BAD_INPUT
+    err = capsys.readouterr().err
+    assert f"argument {flag}: expected a finite number ≥ 0, received {value!r}" in err
+    assert "internal error" not in err and not (tmp_path / "out").exists()
+    with pytest.raises(PoseGraphError, match=f"{flag[2:]}: expected a finite number ≥ 0"):
+        run([folder], tmp_path / "out", {flag[2:]: float(value)}, progress=False)
+    assert not (tmp_path / "out").exists()
 
 
 def test_missing_dask_names_the_extra(tmp_path, capsys, monkeypatch):
