@@ -47,6 +47,18 @@ def _non_negative_float(text: str) -> float:
     return value
 
 
+def _name_pattern(text: str) -> str:
+    """argparse type for ``--debug-costs``: a glob, or ``re:`` and a valid regular expression
+    (:class:`~posegraph.model.names.NameFilter`); returned as given."""
+    from posegraph.model.names import NameFilter, NamePatternError
+
+    try:
+        NameFilter(text)
+    except NamePatternError as err:
+        raise argparse.ArgumentTypeError(err.detail) from None
+    return text
+
+
 def _robust_kernel(text: str):
     """argparse type for ``--robust``: a :class:`~posegraph.model.robust.RobustKernel`, a
     :class:`~posegraph.solve.gnc.GncOptions` (``gnc``, ``gnc:C``; its edges come from
@@ -143,7 +155,7 @@ def _parser() -> argparse.ArgumentParser:
     o.add_argument("--debug", metavar="TRACE.json",
                    help="write a debug trace: per-iteration error, step, damping, per-edge error and "
                         "Jacobian norms, first non-finite value (see 'posegraph inspect')")
-    o.add_argument("--debug-costs", metavar="PATTERN",
+    o.add_argument("--debug-costs", type=_name_pattern, metavar="PATTERN",
                    help="with --debug: record only edges matching this glob ('re:' prefix: regex)")
     o.add_argument("--debug-stop", action="store_true",
                    help="with --debug: stop at the first non-finite error or Jacobian")

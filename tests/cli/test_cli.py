@@ -115,6 +115,24 @@ def test_bad_tolerances_are_usage_errors(tmp_path, capsys, flag, value):
     assert "Traceback" not in err and "internal error" not in err
     assert not (tmp_path / "out.g2o").exists()
 
+
+@pytest.mark.parametrize("pattern", ["re:[", "re:(a"])
+def test_invalid_debug_costs_regex_is_a_usage_error(tmp_path, capsys, pattern):
+    path = tmp_path / "a.g2o"
+    path.write_text(SE2_TEXT)
+    trace, out_path = tmp_path / "t.json", tmp_path / "out.g2o"
+    with pytest.raises(SystemExit) as exc:
+        main(["optimize", str(path), "-o", str(out_path), "--debug", str(trace), "--debug-costs", pattern])
+    assert exc.value.code == EXIT_BAD_INPUT
+    err = capsys.readouterr().err
+    last = err.strip().splitlines()[-1]
+    assert last.startswith(
+        f"posegraph optimize: error: argument --debug-costs: expected a regular expression after 're:', "
+        f"received {pattern!r} ("
+    ), last
+    assert "Traceback" not in err and "internal error" not in err
+    assert not trace.exists() and not out_path.exists()
+
 # -- successful runs ---------------------------------------------------------------------------------
 
 REQUIRED_KEYS = {

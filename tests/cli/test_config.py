@@ -95,6 +95,8 @@ BAD_CONFIGS = [
     ("not-a-number", "solver: lm\nrel_tol: small\n", 2, ["rel_tol", "expected a number", "'small'"]),
     ("infinite-tolerance", "solver: lm\nrel_tol: .inf\n", 2, ["rel_tol: expected a finite number ≥ 0", "'inf'"]),
     ("nan-tolerance", "abs_tol: .nan\n", 1, ["abs_tol: expected a finite number ≥ 0", "'nan'"]),
+    ("bad-debug-regex", "debug: t.json\ndebug_costs: 're:['\n", 2,
+     ["debug_costs: expected a regular expression after 're:', received 're:[' (unterminated character set"]),
     ("negative-tolerance", "rel_tol: -1.0e-3\n", 1, ["rel_tol: expected a finite number ≥ 0", "'-0.001'"]),
     ("flag-not-bool", "quiet: 1\n", 1, ["quiet", "expected true or false", "received 1"]),
     ("list-for-scalar", "solver: [lm, gn]\n", 1, ["solver", "expected one of gn, lm", "received ['lm', 'gn']"]),

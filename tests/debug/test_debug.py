@@ -368,6 +368,20 @@ def test_pattern_aggregate_and_max_records(tmp_path):
     assert set(top.records[-1]["cost_functions"]) == {n for n, _ in worst}
 
 
+@pytest.mark.parametrize("pattern", ["re:[", ["EDGE_SE3:QUAT 0 *", "re:(unclosed"], "re:a{2,1}"])
+def test_invalid_regular_expression_pattern_is_a_clear_value_error(pattern):
+    from posegraph.debug import NamePatternError
+
+    bad = pattern if isinstance(pattern, str) else pattern[-1]
+    with pytest.raises(NamePatternError) as err:
+        DebugCallback(per_cost=True, pattern=pattern)
+    assert isinstance(err.value, PoseGraphError) and isinstance(err.value, ValueError)
+    message = str(err.value)
+    assert message.startswith(f"name pattern: expected a regular expression after 're:', received {bad!r} (")
+    assert str(re.error) not in message and re.compile(r"\(.+\)$").search(message)  # the regex's own error
+    assert err.value.pattern == bad
+
+
 @pytest.fixture(scope="module")
 def tiny_grid() -> Path:
     path = DATASETS / "tinyGrid3D.g2o"
