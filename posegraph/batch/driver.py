@@ -115,7 +115,7 @@ def output_paths(files: Sequence[str], out_dir: str) -> Dict[str, str]:
         BatchUsageError: two inputs with the same name, or an input that is its own output.
     """
     out: Dict[str, str] = {}
-    owner: Dict[str, str] = {}
+    owner: Dict[str, str] = {}  # output -> the input that writes it
     for path in files:
         stem = os.path.basename(path)
         stem = stem[: -len(".g2o")] if stem.endswith(".g2o") else stem
@@ -124,7 +124,8 @@ def output_paths(files: Sequence[str], out_dir: str) -> Dict[str, str]:
             raise BatchUsageError(f"two inputs would write the same output {target}: {owner[target]} and {path}")
         if target == path:
             raise BatchUsageError(f"the input is its own output {target}: use another --out-dir", path)
-        owner[target] = out[path] = target
+        owner[target] = path
+        out[path] = target
     return out
 
 

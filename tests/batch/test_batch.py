@@ -18,7 +18,9 @@ pytest.importorskip("distributed")
 
 from posegraph import read_g2o
 from posegraph.errors import PoseGraphError
-from posegraph.batch.driver import EXTRA_INSTALL, RESULTS_NAME, _connect, expand_inputs, read_results, run
+from posegraph.batch.driver import (
+    EXTRA_INSTALL, RESULTS_NAME, BatchUsageError, _connect, expand_inputs, output_paths, read_results, run,
+)
 from posegraph.batch.worker import worker_thread_report
 from posegraph.cli.optimize import EXIT_BAD_INPUT, EXIT_FAILED
 from posegraph.cli.main import main
@@ -162,6 +164,18 @@ def test_usage_errors_exit_2_with_one_error_line(tmp_path, capsys, args, words):
     assert len(err.splitlines()) == 1 and err.startswith("error: ")
     assert all(w in err for w in words), err
     assert not (tmp_path / "out").exists()
+
+
+def test_same_name_collision_names_both_inputs(tmp_path):
+    for sub in ("da", "db"):
+        (tmp_path / sub).mkdir()
+        (tmp_path / sub / "x.g2o").write_text(BROKEN)
+    first, second = str(tmp_path / "da" / "x.g2o"), str(tmp_path / "db" / "x.g2o")
+    with pytest.raises(BatchUsageError) as err:
+        output_paths([first, second], str(tmp_path / "out"))
+    target = tmp_path / "out" / "x.optimized.g2o"
+    assert str(err.value) == f"two inputs would write the same output {target}: {first} and {second}"
+    assert output_paths([first], str(tmp_path / "out")) == {first: str(target)}
 
 
 def test_bad_workers_value_is_a_usage_error(tmp_path, capsys):
