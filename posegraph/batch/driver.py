@@ -129,6 +129,33 @@ def output_paths(files: Sequence[str], out_dir: str) -> Dict[str, str]:
     return out
 
 
+def resolve_output_files(opts: Dict[str, Any], n_inputs: int) -> Dict[str, Any]:
+    """``opts`` with the solve options that name a file to write
+    (:data:`posegraph.cli.options.SOLVE_OUTPUT_FILE_OPTIONS`, e.g. ``--outliers``) made
+    absolute against this process's working directory, so that a worker, whose working
+    directory may be another, writes where the user meant.
+
+    Raises:
+        BatchUsageError: such an option with more than one input: every input would write the
+            same file, each overwriting the one before.
+    """
+    from posegraph.cli.options import SOLVE_OUTPUT_FILE_OPTIONS
+
+    resolved = dict(opts)
+    for dest in SOLVE_OUTPUT_FILE_OPTIONS:
+        value = opts.get(dest)
+        if not value:
+            continue
+        flag = "--" + dest.replace("_", "-")
+        if n_inputs > 1:
+            raise BatchUsageError(
+                f"{flag} {value}: expected one input, received {n_inputs}: every input would write this one "
+                f"file, each overwriting the one before; run a batch of one input per {flag} file, or leave it out"
+            )
+        resolved[dest] = os.path.abspath(os.fspath(value))
+    return resolved
+
+
 def solve_options_parser() -> argparse.ArgumentParser:
     """The options of one solve, exactly as ``posegraph optimize`` defines them
     (:func:`posegraph.cli.add_solve_options`): the schema of :func:`run`'s ``options``."""
@@ -234,7 +261,8 @@ def run(
 
     Raises:
         MissingExtraError: Dask is not installed.
-        BatchUsageError: see :func:`expand_inputs`, :func:`output_paths`.
+        BatchUsageError: see :func:`expand_inputs`, :func:`output_paths`,
+            :func:`resolve_output_files`.
     """
     start = time.perf_counter()
     if workers is not None and (client is not None or scheduler):
@@ -245,6 +273,7 @@ def run(
     opts = solve_options(options)
     out_dir = os.path.abspath(os.fspath(out_dir))
     outputs = output_paths(files, out_dir)
+    opts = resolve_output_files(opts, len(files))
     results_path = os.path.join(out_dir, RESULTS_NAME)
     previous = read_results(results_path) if resume else {}
     done = {

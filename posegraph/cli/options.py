@@ -72,6 +72,11 @@ def _robust_kernel(text: str):
         raise argparse.ArgumentTypeError(str(err)) from None
 
 
+#: the solve options (:func:`add_solve_options`) whose value names a file the solve writes:
+#: ``posegraph batch`` accepts them for one input only (every input would write the same file)
+SOLVE_OUTPUT_FILE_OPTIONS = ("outliers",)
+
+
 def add_solve_options(o: argparse.ArgumentParser) -> None:
     """Add the options of one graph's solve (solver, tolerances, initialization, robust kernel,
     linear solver, dtype, device) to ``o``: ``posegraph optimize`` and ``posegraph batch`` share
