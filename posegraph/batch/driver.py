@@ -115,7 +115,7 @@ def output_paths(files: Sequence[str], out_dir: str) -> Dict[str, str]:
         BatchUsageError: two inputs with the same name, or an input that is its own output.
     """
     out: Dict[str, str] = {}
-    owner: Dict[str, str] = {}
+    owner: Dict[str, str] = {}  # output -> the input that writes it
     for path in files:
         stem = os.path.basename(path)
         stem = stem[: -len(".g2o")] if stem.endswith(".g2o") else stem
@@ -124,8 +124,36 @@ def output_paths(files: Sequence[str], out_dir: str) -> Dict[str, str]:
             raise BatchUsageError(f"two inputs would write the same output {target}: {owner[target]} and {path}")
         if target == path:
             raise BatchUsageError(f"the input is its own output {target}: use another --out-dir", path)
-        owner[target] = out[path] = target
+        owner[target] = path
+        out[path] = target
     return out
+
+
+def resolve_output_files(opts: Dict[str, Any], n_inputs: int) -> Dict[str, Any]:
+    """``opts`` with the solve options that name a file to write
+    (:data:`posegraph.cli.options.SOLVE_OUTPUT_FILE_OPTIONS`, e.g. ``--outliers``) made
+    absolute against this process's working directory, so that a worker, whose working
+    directory may be another, writes where the user meant.
+
+    Raises:
+        BatchUsageError: such an option with more than one input: every input would write the
+            same file, each overwriting the one before.
+    """
+    from posegraph.cli.options import SOLVE_OUTPUT_FILE_OPTIONS
+
+    resolved = dict(opts)
+    for dest in SOLVE_OUTPUT_FILE_OPTIONS:
+        value = opts.get(dest)
+        if not value:
+            continue
+        flag = "--" + dest.replace("_", "-")
+        if n_inputs > 1:
+            raise BatchUsageError(
+                f"{flag} {value}: expected one input, received {n_inputs}: every input would write this one "
+                f"file, each overwriting the one before; run a batch of one input per {flag} file, or leave it out"
+            )
+        resolved[dest] = os.path.abspath(os.fspath(value))
+    return resolved
 
 
 def solve_options_parser() -> argparse.ArgumentParser:
@@ -233,7 +261,8 @@ def run(
 
     Raises:
         MissingExtraError: Dask is not installed.
-        BatchUsageError: see :func:`expand_inputs`, :func:`output_paths`.
+        BatchUsageError: see :func:`expand_inputs`, :func:`output_paths`,
+            :func:`resolve_output_files`.
     """
     start = time.perf_counter()
     if workers is not None and (client is not None or scheduler):
@@ -244,6 +273,7 @@ def run(
     opts = solve_options(options)
     out_dir = os.path.abspath(os.fspath(out_dir))
     outputs = output_paths(files, out_dir)
+    opts = resolve_output_files(opts, len(files))
     results_path = os.path.join(out_dir, RESULTS_NAME)
     previous = read_results(results_path) if resume else {}
     done = {

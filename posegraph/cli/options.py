@@ -37,7 +37,7 @@ def _positive_int(text: str) -> int:
 
 
 def _non_negative_float(text: str) -> float:
-    """argparse type for weights: a finite number ≥ 0."""
+    """argparse type for weights and tolerances: a finite number ≥ 0."""
     try:
         value = float(text)
     except ValueError:
@@ -45,6 +45,18 @@ def _non_negative_float(text: str) -> float:
     if not (value >= 0 and value < float("inf")):
         raise argparse.ArgumentTypeError(f"expected a finite number ≥ 0, received {text!r}")
     return value
+
+
+def _name_pattern(text: str) -> str:
+    """argparse type for ``--debug-costs``: a glob, or ``re:`` and a valid regular expression
+    (:class:`~posegraph.model.names.NameFilter`); returned as given."""
+    from posegraph.model.names import NameFilter, NamePatternError
+
+    try:
+        NameFilter(text)
+    except NamePatternError as err:
+        raise argparse.ArgumentTypeError(err.detail) from None
+    return text
 
 
 def _robust_kernel(text: str):
@@ -60,14 +72,21 @@ def _robust_kernel(text: str):
         raise argparse.ArgumentTypeError(str(err)) from None
 
 
+#: the solve options (:func:`add_solve_options`) whose value names a file the solve writes:
+#: ``posegraph batch`` accepts them for one input only (every input would write the same file)
+SOLVE_OUTPUT_FILE_OPTIONS = ("outliers",)
+
+
 def add_solve_options(o: argparse.ArgumentParser) -> None:
     """Add the options of one graph's solve (solver, tolerances, initialization, robust kernel,
     linear solver, dtype, device) to ``o``: ``posegraph optimize`` and ``posegraph batch`` share
     them, and so their configuration keys (:mod:`posegraph.cli.config`)."""
     o.add_argument("--solver", choices=["gn", "lm"], default="lm", help="Gauss-Newton or Levenberg-Marquardt (default lm)")
     o.add_argument("--max-iters", type=_non_negative_int, default=100, metavar="N", help="iteration cap (default 100)")
-    o.add_argument("--rel-tol", type=float, default=1e-10, help="relative error decrease to stop at (default 1e-10)")
-    o.add_argument("--abs-tol", type=float, default=1e-10, help="absolute error decrease to stop at (default 1e-10)")
+    o.add_argument("--rel-tol", type=_non_negative_float, default=1e-10,
+                   help="relative error decrease to stop at (default 1e-10)")
+    o.add_argument("--abs-tol", type=_non_negative_float, default=1e-10,
+                   help="absolute error decrease to stop at (default 1e-10)")
     o.add_argument("--grad-tol", type=_non_negative_float, default=0.0, metavar="G",
                    help="also stop when ‖Aᵀb‖∞ ≤ G before a step (default 0: off, as GTSAM)")
     o.add_argument("--step-tol", type=_non_negative_float, default=0.0, metavar="S",
@@ -141,7 +160,7 @@ def _parser() -> argparse.ArgumentParser:
     o.add_argument("--debug", metavar="TRACE.json",
                    help="write a debug trace: per-iteration error, step, damping, per-edge error and "
                         "Jacobian norms, first non-finite value (see 'posegraph inspect')")
-    o.add_argument("--debug-costs", metavar="PATTERN",
+    o.add_argument("--debug-costs", type=_name_pattern, metavar="PATTERN",
                    help="with --debug: record only edges matching this glob ('re:' prefix: regex)")
     o.add_argument("--debug-stop", action="store_true",
                    help="with --debug: stop at the first non-finite error or Jacobian")

@@ -52,7 +52,7 @@ from posegraph.debug.nonfinite import (
     check_initial,
 )
 from posegraph.model.edge import EdgeLinearization, UnknownEdgeError, edge_linearization
-from posegraph.model.names import ElementNames, NameFilter
+from posegraph.model.names import ElementNames, NameFilter, NamePatternError
 from posegraph.debug.normal_matrix import (
     jacobian_matrix,
     normal_matrix,
@@ -76,6 +76,7 @@ __all__ = [
     "edge_linearization",
     "ElementNames",
     "NameFilter",
+    "NamePatternError",
     "jacobian_matrix",
     "normal_matrix",
     "normal_rhs",

@@ -9,7 +9,7 @@ import os
 import sys
 from typing import IO, Any, Dict, List, Optional, Tuple, Union
 
-from posegraph.errors import PoseGraphError, read_text_input
+from posegraph.errors import PoseGraphError, read_text_input, shown
 
 PathLike = Union[str, "os.PathLike[str]"]
 
@@ -77,6 +77,11 @@ def load_trace(path: PathLike) -> Dict[str, Any]:
                 "cost_functions": costs,
             }
         )
+    settings = data.get("settings")
+    if settings is not None and not isinstance(settings, dict):
+        raise PoseGraphError(f"not a debug trace: settings: expected null or an object, received {_kind(settings)}", spath)
+    for key in ("status", "stop_reason"):
+        _string_list(data.get(key), spath, key)
     report = data.get("first_nonfinite")
     if report is not None and (
         not isinstance(report, dict) or not {"iteration", "cost_function", "quantity"} <= set(report)
@@ -86,7 +91,33 @@ def load_trace(path: PathLike) -> Dict[str, Any]:
             '"cost_function", "quantity"',
             spath,
         )
+    if report is not None:
+        for key in ("variables", "jacobian_of"):
+            value = report.get(key)
+            if value is not None and not isinstance(value, list):
+                raise PoseGraphError(
+                    f"not a debug trace: first_nonfinite.{key}: expected null or a list, received {_kind(value)}", spath
+                )
     return {**data, "iterations": iterations, "first_nonfinite": report}
+
+
+def _kind(value: Any) -> str:
+    """A JSON value's type as a trace error names it: ``a string ('x')``, ``a number (3)``…"""
+    if value is None:
+        return "null"
+    names = {str: "a string", bool: "a boolean", int: "a number", float: "a number", list: "a list", dict: "an object"}
+    return f"{names.get(type(value), type(value).__name__)} ({shown(value)})"
+
+
+def _string_list(value: Any, path: str, what: str) -> None:
+    """``status`` / ``stop_reason``: null (the solve had not ended) or one string per problem."""
+    if value is None:
+        return
+    if not isinstance(value, list):
+        raise PoseGraphError(f"not a debug trace: {what}: expected null or a list of strings, received {_kind(value)}", path)
+    for k, item in enumerate(value):
+        if not isinstance(item, str):
+            raise PoseGraphError(f"not a debug trace: {what}[{k}]: expected a string, received {_kind(item)}", path)
 
 
 # -- formatting ------------------------------------------------------------------------------------

@@ -6,8 +6,12 @@ from __future__ import annotations
 
 import fnmatch
 import re
-from typing import Any, Callable, List, Mapping, Optional, Sequence, Union
-import theseus as th
+from typing import TYPE_CHECKING, Any, Callable, List, Mapping, Optional, Sequence, Union
+
+from posegraph.errors import PoseGraphError, shown
+
+if TYPE_CHECKING:  # only for annotations: checking a pattern (the CLI's parser) loads no Theseus
+    import theseus as th
 
 
 NamePattern = Union[None, str, "re.Pattern[str]", Sequence[Union[str, "re.Pattern[str]"]]]
@@ -43,6 +47,22 @@ class ElementNames:
         return f"{var.name}[{element}]"
 
 
+class NamePatternError(PoseGraphError):
+    """A name pattern that cannot select anything: ``re:`` followed by an invalid regular
+    expression. A ``ValueError``, as the debug callback's other option errors.
+
+    Attributes:
+        pattern: the pattern as given (``"re:…"``).
+        detail: what is wrong, without the ``name pattern:`` prefix (the CLI prefixes the
+            option's name instead).
+    """
+
+    def __init__(self, pattern: str, reason: str):
+        self.pattern = pattern
+        self.detail = f"expected a regular expression after 're:', received {shown(pattern)} ({reason})"
+        super().__init__(f"name pattern: {self.detail}")
+
+
 class NameFilter:
     """Which cost functions / residual blocks get per-cost records.
 
@@ -50,6 +70,9 @@ class NameFilter:
     ``"EDGE_SE3:QUAT 12 *"``) unless it starts with ``"re:"`` (a regular expression, searched);
     a compiled ``re.Pattern`` is searched; a sequence selects what any of its items selects.
     A block is selected when its own name or its cost function's name matches.
+
+    Raises:
+        NamePatternError: a ``re:`` pattern that is not a valid regular expression.
     """
 
     def __init__(self, pattern: NamePattern = None):
@@ -70,7 +93,10 @@ class NameFilter:
         if not isinstance(p, str):
             raise TypeError(f"name pattern: expected a str or re.Pattern, received {type(p).__name__}")
         if p.startswith("re:"):
-            rx = re.compile(p[3:])
+            try:
+                rx = re.compile(p[3:])
+            except re.error as err:
+                raise NamePatternError(p, str(err)) from None
             return lambda name: rx.search(name) is not None
         return lambda name: fnmatch.fnmatchcase(name, p)
 

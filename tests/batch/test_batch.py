@@ -17,7 +17,10 @@ import torch
 pytest.importorskip("distributed")
 
 from posegraph import read_g2o
-from posegraph.batch.driver import EXTRA_INSTALL, RESULTS_NAME, _connect, expand_inputs, read_results, run
+from posegraph.errors import PoseGraphError
+from posegraph.batch.driver import (
+    EXTRA_INSTALL, RESULTS_NAME, BatchUsageError, _connect, expand_inputs, output_paths, read_results, run,
+)
 from posegraph.batch.worker import worker_thread_report
 from posegraph.cli.optimize import EXIT_BAD_INPUT, EXIT_FAILED
 from posegraph.cli.main import main
@@ -146,8 +149,11 @@ def test_config_file_gives_batch_options_and_flags_win(tmp_path, client, capsys)
         (["{folder}", "{other}", "--out-dir", "{out}"], ["two inputs would write the same output"]),
         (["{folder}", "--out-dir", "{out}", "--workers", "2", "--scheduler", "tcp://127.0.0.1:1"], ["--workers"]),
         (["{folder}", "--out-dir", "{out}", "--config", "{folder}/g0.g2o"], ["expected a mapping"]),
+        (["{folder}", "--out-dir", "{out}", "--robust", "gnc", "--outliers", "o.txt"],
+         ["--outliers o.txt: expected one input, received 3", "each overwriting the one before"]),
     ],
-    ids=["no-inputs", "no-out-dir", "no-match", "empty-folder", "same-name", "workers-and-scheduler", "bad-config"],
+    ids=["no-inputs", "no-out-dir", "no-match", "empty-folder", "same-name", "workers-and-scheduler", "bad-config",
+         "outliers-file-of-several-inputs"],
 )
 def test_usage_errors_exit_2_with_one_error_line(tmp_path, capsys, args, words):
     folder = _folder(tmp_path, broken=False)
@@ -161,6 +167,44 @@ def test_usage_errors_exit_2_with_one_error_line(tmp_path, capsys, args, words):
     assert len(err.splitlines()) == 1 and err.startswith("error: ")
     assert all(w in err for w in words), err
     assert not (tmp_path / "out").exists()
+    assert not (tmp_path / "o.txt").exists() and not Path("o.txt").exists()
+
+
+def test_same_name_collision_names_both_inputs(tmp_path):
+    for sub in ("da", "db"):
+        (tmp_path / sub).mkdir()
+        (tmp_path / sub / "x.g2o").write_text(BROKEN)
+    first, second = str(tmp_path / "da" / "x.g2o"), str(tmp_path / "db" / "x.g2o")
+    with pytest.raises(BatchUsageError) as err:
+        output_paths([first, second], str(tmp_path / "out"))
+    target = tmp_path / "out" / "x.optimized.g2o"
+    assert str(err.value) == f"two inputs would write the same output {target}: {first} and {second}"
+    assert output_paths([first], str(tmp_path / "out")) == {first: str(target)}
+
+
+def test_every_solve_option_that_writes_a_file_is_known_to_batch():
+    from posegraph.batch.driver import solve_options_parser
+    from posegraph.cli.options import SOLVE_OUTPUT_FILE_OPTIONS
+
+    writers = {a.dest for a in solve_options_parser()._actions
+               if a.help and ("write" in a.help.lower() or "FILE" in str(a.metavar))}
+    assert writers == set(SOLVE_OUTPUT_FILE_OPTIONS) == {"outliers"}
+
+
+def test_outliers_file_of_one_input_is_written_where_the_client_runs(tmp_path, client, capsys, monkeypatch):
+    """The workers' working directory is not the client's: a relative --outliers path is the
+    client's (it is resolved before the task is sent)."""
+    folder = _folder(tmp_path, broken=False)
+    here = tmp_path / "here"
+    here.mkdir()
+    monkeypatch.chdir(here)
+    name = "outliers-of-g0-in-the-client-folder.txt"
+    code, stdout, err = batch(capsys, folder / "g0.g2o", "--out-dir", tmp_path / "out", "--scheduler",
+                              client.scheduler.address, "--robust", "gnc", "--outliers", name, "--quiet")
+    assert code == 0, err
+    (line,) = _lines(tmp_path / "out")
+    assert line["result"] == "ok" and line["gnc"]["outliers_file"] == str(here / name)
+    assert (here / name).is_file()
 
 
 def test_bad_workers_value_is_a_usage_error(tmp_path, capsys):
@@ -168,6 +212,20 @@ def test_bad_workers_value_is_a_usage_error(tmp_path, capsys):
         main(["batch", str(tmp_path), "--out-dir", str(tmp_path / "out"), "--workers", "0"])
     assert exit_.value.code == EXIT_BAD_INPUT
     assert "expected an integer ≥ 1" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("flag,value", [("--rel-tol", "nan"), ("--abs-tol", "inf"), ("--rel-tol", "-1")])
+def test_bad_tolerance_is_a_usage_error_before_any_worker(tmp_path, capsys, flag, value):
+    folder = _folder(tmp_path, broken=False)
+    with pytest.raises(SystemExit) as exit_:
+        main(["batch", str(folder), "--out-dir", str(tmp_path / "out"), flag, value, "--quiet"])
+    assert exit_.value.code == EXIT_BAD_INPUT
+    err = capsys.readouterr().err
+    assert f"argument {flag}: expected a finite number ≥ 0, received {value!r}" in err
+    assert "internal error" not in err and not (tmp_path / "out").exists()
+    with pytest.raises(PoseGraphError, match=f"{flag[2:]}: expected a finite number ≥ 0"):
+        run([folder], tmp_path / "out", {flag[2:]: float(value)}, progress=False)
+    assert not (tmp_path / "out").exists()
 
 
 def test_missing_dask_names_the_extra(tmp_path, capsys, monkeypatch):

@@ -99,6 +99,40 @@ def test_bad_arguments_are_usage_errors(tmp_path, capsys, argv):
     assert "usage:" in err and "Traceback" not in err and "internal error" not in err
 
 
+
+@pytest.mark.parametrize("flag", ["--rel-tol", "--abs-tol", "--grad-tol", "--step-tol"])
+@pytest.mark.parametrize("value", ["nan", "inf", "-inf", "-1", "small"])
+def test_bad_tolerances_are_usage_errors(tmp_path, capsys, flag, value):
+    path = tmp_path / "a.g2o"
+    path.write_text(SE2_TEXT)
+    with pytest.raises(SystemExit) as exc:
+        main(["optimize", str(path), "-o", str(tmp_path / "out.g2o"), f"{flag}={value}", "--quiet"])
+    assert exc.value.code == EXIT_BAD_INPUT
+    err = capsys.readouterr().err
+    last = err.strip().splitlines()[-1]
+    assert last.startswith(f"posegraph optimize: error: argument {flag}: expected a "), last
+    assert f"number ≥ 0, received {value!r}" in last
+    assert "Traceback" not in err and "internal error" not in err
+    assert not (tmp_path / "out.g2o").exists()
+
+
+@pytest.mark.parametrize("pattern", ["re:[", "re:(a"])
+def test_invalid_debug_costs_regex_is_a_usage_error(tmp_path, capsys, pattern):
+    path = tmp_path / "a.g2o"
+    path.write_text(SE2_TEXT)
+    trace, out_path = tmp_path / "t.json", tmp_path / "out.g2o"
+    with pytest.raises(SystemExit) as exc:
+        main(["optimize", str(path), "-o", str(out_path), "--debug", str(trace), "--debug-costs", pattern])
+    assert exc.value.code == EXIT_BAD_INPUT
+    err = capsys.readouterr().err
+    last = err.strip().splitlines()[-1]
+    assert last.startswith(
+        f"posegraph optimize: error: argument --debug-costs: expected a regular expression after 're:', "
+        f"received {pattern!r} ("
+    ), last
+    assert "Traceback" not in err and "internal error" not in err
+    assert not trace.exists() and not out_path.exists()
+
 # -- successful runs ---------------------------------------------------------------------------------
 
 REQUIRED_KEYS = {

@@ -368,6 +368,20 @@ def test_pattern_aggregate_and_max_records(tmp_path):
     assert set(top.records[-1]["cost_functions"]) == {n for n, _ in worst}
 
 
+@pytest.mark.parametrize("pattern", ["re:[", ["EDGE_SE3:QUAT 0 *", "re:(unclosed"], "re:a{2,1}"])
+def test_invalid_regular_expression_pattern_is_a_clear_value_error(pattern):
+    from posegraph.debug import NamePatternError
+
+    bad = pattern if isinstance(pattern, str) else pattern[-1]
+    with pytest.raises(NamePatternError) as err:
+        DebugCallback(per_cost=True, pattern=pattern)
+    assert isinstance(err.value, PoseGraphError) and isinstance(err.value, ValueError)
+    message = str(err.value)
+    assert message.startswith(f"name pattern: expected a regular expression after 're:', received {bad!r} (")
+    assert str(re.error) not in message and re.compile(r"\(.+\)$").search(message)  # the regex's own error
+    assert err.value.pattern == bad
+
+
 @pytest.fixture(scope="module")
 def tiny_grid() -> Path:
     path = DATASETS / "tinyGrid3D.g2o"
@@ -445,6 +459,56 @@ def test_inspect_bad_files(tmp_path):
     bad.write_text("[1, 2]")
     with pytest.raises(PoseGraphError, match="not a debug trace"):
         run_inspect(str(bad), out=io.StringIO())
+
+
+def _small_trace() -> dict:
+    """A trace as DebugCallback writes it: two iterations, one cost function, a non-finite report."""
+    costs = {"EDGE_SE2 0 1": {"error_norm": 0.5, "jacobian_norms": [2.0, 1.5]}}
+    return {
+        "format": "posegraph-debug-trace", "version": 1,
+        "settings": {"per_cost": True, "pattern": None, "aggregate": None, "max_records": None, "stop_on_nonfinite": False},
+        "iterations": [{"iteration": k, "error": 1.0, "step_norm": 0.1, "damping": None, "cost_functions": costs}
+                       for k in range(2)],
+        "first_nonfinite": {"iteration": 1, "cost_function": "EDGE_SE2 0 1", "quantity": "error",
+                            "variables": ["VERTEX_SE2 0", "VERTEX_SE2 1"], "jacobian_of": None},
+        "status": ["converged"], "stop_reason": ["absolute-error"],
+    }
+
+
+#: a top-level field of a trace set to a value of the wrong type, and the error that names it
+BAD_TRACE_FIELDS = [
+    ("settings", "x", "settings: expected null or an object, received a string ('x')"),
+    ("settings", [1], "settings: expected null or an object, received a list ([1])"),
+    ("status", "converged", "status: expected null or a list of strings, received a string ('converged')"),
+    ("status", 3, "status: expected null or a list of strings, received a number (3)"),
+    ("status", [None], "status[0]: expected a string, received null"),
+    ("stop_reason", {"a": 1}, "stop_reason: expected null or a list of strings, received an object ({'a': 1})"),
+    ("first_nonfinite.variables", 7, "first_nonfinite.variables: expected null or a list, received a number (7)"),
+    ("first_nonfinite.jacobian_of", "x", "first_nonfinite.jacobian_of: expected null or a list, received a string ('x')"),
+]
+
+
+@pytest.mark.parametrize("field,value,message", BAD_TRACE_FIELDS)
+def test_inspect_refuses_fields_of_the_wrong_type(tmp_path, capsys, field, value, message):
+    from posegraph.cli.main import main
+
+    trace = _small_trace()
+    path = tmp_path / "t.json"
+    path.write_text(json.dumps(trace))
+    assert main(["inspect", str(path)]) == 0  # the trace as written is fine, and so are nulls
+    for key in ("settings", "status", "stop_reason", "first_nonfinite"):
+        path.write_text(json.dumps({**trace, key: None}))
+        assert main(["inspect", str(path)]) == 0
+    capsys.readouterr()
+    parent, _, key = field.rpartition(".")
+    (trace[parent] if parent else trace)[key] = value
+    path.write_text(json.dumps(trace))
+    with pytest.raises(PoseGraphError) as exc:
+        load_trace(path)
+    assert str(exc.value) == f"{path}: not a debug trace: {message}"
+    assert main(["inspect", str(path)]) == 2
+    out, err = capsys.readouterr()
+    assert out == "" and err == f"error: {path}: not a debug trace: {message}\n"
 
 
 def test_locate_nonfinite_generic_and_nan_pose(tmp_path):
