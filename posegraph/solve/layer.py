@@ -20,7 +20,9 @@ differentiation), ``"truncated"`` (the last k iterations differentiated) or ``"u
 
 Inputs are checked before solving, each error naming the input (:class:`~posegraph.errors.PoseGraphError`):
 shapes, dtype and device agree; the device is one the solvers run on
-(:func:`~posegraph.errors.check_device`); values are finite, problem by problem; and each
+(:func:`~posegraph.errors.check_device`); values are finite, problem by problem; rotations of
+poses and measurements are ones the rotation rule does not refuse (no ``(cos, sin) = (0, 0)``,
+no ``det R ≤ 0``: :func:`~posegraph.lie.check_rotations`, as in the builder); and each
 problem that starts beyond the overflow limit
 (:func:`~posegraph.solve.nonlinear.overflow_limit`) fails alone — status ``failed``,
 ``stop_reason`` ``overflowing-error`` at its index — while the others are solved.
@@ -57,6 +59,7 @@ from posegraph.model.build import build_problem
 from posegraph.errors import DeviceError, check_device
 from posegraph.graph import POSE_KINDS, PoseGraph
 from posegraph.information import cholesky_sqrt_information
+from posegraph.lie.rotation_rule import refuse_rotations
 from posegraph.solve.nonlinear import overflow_limit
 from posegraph.solve.optimize import (
     SolverOptions,
@@ -77,6 +80,22 @@ def _check_finite(what: str, tensor: torch.Tensor, batch: int) -> None:
     noun = "pose" if what == "poses" else "edge"
     shared = " (shared by every problem)" if tensor.shape[0] == 1 and batch > 1 else ""
     raise BuilderError(f"{what}: non-finite values in problem {b}{shared}, {noun} {k}")
+
+
+def _check_rotations(what: str, tensor: torch.Tensor, kind: str, batch: int) -> None:
+    """Refuse the rotations the rotation rule refuses (:func:`~posegraph.lie.rotation_rule.refused_rotations`:
+    ``(cos, sin) = (0, 0)``, ``det R ≤ 0``) in ``tensor`` ``(B|1, K, …)``, naming the first
+    problem and pose or edge, as the builder does; one batched pass in torch, on the inputs'
+    device. Rotations are used as given otherwise (no projection: gradients flow to them)."""
+    k_count = tensor.shape[1]
+    noun = "pose" if what == "poses" else "edge"
+    shared = " (shared by every problem)" if tensor.shape[0] == 1 and batch > 1 else ""
+
+    def name(k: int) -> str:
+        b, i = divmod(k, k_count)
+        return f"{what}: problem {b}{shared}, {noun} {i}"
+
+    refuse_rotations(tensor, kind, name, error=BuilderError)
 
 
 #: the square root the layer uses (finite gradients at Ω = I); kept under its earlier name
@@ -351,6 +370,8 @@ class PoseGraphLayer(nn.Module):
             weight = self._batched(weight_name, information, (e, dof, dof), consensus)
         for what, tensor in (("poses", poses), ("measurements", meas), (weight_name, weight)):
             _check_finite(what, tensor, consensus.batch)
+        for what, tensor in (("poses", poses), ("measurements", meas)):
+            _check_rotations(what, tensor, g.kind, consensus.batch)
         if sqrt_information is not None:
             sqrt_info = weight
         else:
@@ -456,7 +477,8 @@ class PoseGraphLayer(nn.Module):
 
         Raises:
             BuilderError: an input of the wrong shape, dtype, device, topology, or with
-                non-finite values; a problem whose initial error overflows (named by its
+                non-finite values or rotations the rotation rule refuses (``(cos, sin) =
+                (0, 0)``, ``det R ≤ 0``); a problem whose initial error overflows (named by its
                 index in the batch).
             DeviceError: inputs on a device posegraph cannot solve on.
         """

@@ -312,6 +312,27 @@ def test_overflowing_or_nonfinite_problem_is_named_by_index():
     assert info.converged
 
 
+def test_rotations_the_rule_refuses_are_refused_naming_problem_and_element():
+    """An SE2 pose with (cos, sin) = (0, 0), an SE3 pose or measurement with det R ≤ 0 are
+    refused as the builder refuses them (naming the input, the problem and the pose or edge),
+    instead of being returned unchanged as "converged"; valid inputs still solve."""
+    layer = PoseGraphLayer("SE2", torch.tensor([[0, 1]]), options=options())
+    with pytest.raises(BuilderError, match=r"poses: problem 0, pose 1: expected a rotation \(cos, sin\), received \(0, 0\), which has no angle"):
+        layer(torch.tensor([[0, 0, 1, 0], [1, 0, 0, 0]], dtype=F64))
+    g, _ = loop_graph("SE3", n=6, seed=3, batch=2)
+    layer = PoseGraphLayer(g, options=options())
+    poses = g.poses.clone()
+    poses[1, 4, :3, :3] = 0.0
+    with pytest.raises(BuilderError, match=r"poses: problem 1, pose 4: expected a rotation matrix \(det R > 0\), received one with det R = 0 \(singular\)"):
+        layer(poses, g.measurements, g.information)
+    z = g.measurements[:1].clone()
+    z[0, 2, :3, 2] *= -1.0  # a reflection
+    with pytest.raises(BuilderError, match=r"measurements: problem 0 \(shared by every problem\), edge 2: .*det R = -1 \(a reflection\)"):
+        layer(g.poses, z, g.information)
+    out, info = layer(g.poses, g.measurements, g.information)
+    assert info.converged
+
+
 def test_layer_pickles_before_and_after_a_call():
     """state_dict, torch.save(layer) and deepcopy before and after forward (the cached Theseus
     objects hold CHOLMOD factors and PARDISO's ctypes handles); copies solve as the original."""
