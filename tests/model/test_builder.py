@@ -261,6 +261,40 @@ def test_add_cost_checks():
         b.add_cost(own)
 
 
+def test_add_cost_refuses_a_weight_of_another_dimension():
+    """A weight whose dimension is not the cost's error dimension is refused at add_cost,
+    naming the cost, the expected and the received dimension (it failed with torch's
+    broadcasting error inside the solve); Theseus' broadcasting cases stay accepted: a diagonal
+    of length 1 and a scale weigh any dimension."""
+    b, x0, x1 = two_pose_builder()
+    z = th.SE3(tensor=se3("z", seed=4).tensor, name="z")
+    with raises_builder_error("cost 'wrong'", "th.DiagonalCostWeight", "length 6", "received length 3"):
+        b.add_cost(th.Difference(x1, z, th.DiagonalCostWeight(torch.ones(1, 3, dtype=F64)), name="wrong"))
+
+    class HalfWeight(th.CostWeight):
+        """A custom weight that drops half of the error."""
+
+        def is_zero(self):
+            return torch.zeros(1, dtype=torch.bool)
+
+        def weight_error(self, error):
+            return error[:, : error.shape[1] // 2]
+
+        def weight_jacobians_and_error(self, jacobians, error):
+            return [j[:, : error.shape[1] // 2] for j in jacobians], self.weight_error(error)
+
+        def _copy_impl(self, new_name=None):
+            return HalfWeight(name=new_name)
+
+    with raises_builder_error("cost 'half'", "HalfWeight", "dimension 6", "received dimension 3"):
+        b.add_cost(th.Difference(x1, z, HalfWeight(), name="half"))
+    b.add_cost(th.Difference(x1, z, th.DiagonalCostWeight(torch.ones(1, 1, dtype=F64)), name="one"))
+    b.add_cost(th.Difference(x1, z, th.DiagonalCostWeight(torch.ones(1, 6, dtype=F64)), name="six"))
+    b.add_cost(th.Difference(x1, z, th.ScaleCostWeight(torch.ones(1, 1, dtype=F64)), name="scale"))
+    b.add_between(x0, x1, measurement=z)
+    optimize(b.build(), SolverOptions(max_iterations=5))
+
+
 # -- building and solving ----------------------------------------------------------------------------
 
 
