@@ -130,4 +130,28 @@ class _PackedObjective(th.Objective):
                     "problem's variables; objective.add would treat it as a new variable, apart from "
                     "the optimized one: add the cost with PoseGraphBuilder.add_cost before build()"
                 )
+            self._check_unique_name(cost_function, var)
         super().add(cost_function)
+
+    def _check_unique_name(self, cost_function: th.CostFunction, var: th.Variable) -> None:
+        """Refuse ``var`` when another variable object of its name is in the objective already
+        (Theseus tells variables apart by name, and refuses this with a bare ``ValueError``),
+        naming both costs and the name."""
+        existing = self._all_variables.get(var.name)
+        if existing is None or existing is var:
+            return
+        users = self.functions_for_optim_vars.get(existing, []) + self.functions_for_aux_vars.get(existing, [])
+        owners = []
+        for fn in users:  # a cost, or a cost's weight: named by its cost
+            cost = fn if isinstance(fn, th.CostFunction) else next(
+                (c for c in self.cost_functions.values() if c.weight is fn), None
+            )
+            if cost is not None and repr(cost.name) not in owners:
+                owners.append(repr(cost.name))
+        other = f"cost {owners[0]}" if owners else "another cost"
+        raise BuilderError(
+            f"cost {cost_function.name!r}: variable {var.name!r}: expected a name no other variable "
+            f"of the problem has (Theseus tells variables apart by name), received the name of a "
+            f"different variable object of {other}; rename one of them, or let both costs use the "
+            "same variable object"
+        )

@@ -295,6 +295,25 @@ def test_add_cost_refuses_a_weight_of_another_dimension():
     optimize(b.build(), SolverOptions(max_iterations=5))
 
 
+def test_two_variables_of_one_name_in_user_costs_are_refused_naming_both_costs():
+    """Two different variable objects named "w" (the weights of two user costs) are refused at
+    build, naming both costs and the name (Theseus raised a bare ValueError); one object
+    shared by both costs is accepted."""
+    b, x0, x1 = two_pose_builder()
+    z = se3("z", seed=4)
+    b.add_between(x0, x1, measurement=z)
+    w1 = th.Variable(torch.ones(1, 1, dtype=F64), name="w")
+    b.add_cost(th.Difference(x1, z, th.ScaleCostWeight(w1), name="first"))
+    b.add_cost(th.Difference(x0, z, th.ScaleCostWeight(th.Variable(torch.ones(1, 1, dtype=F64), name="w")), name="second"))
+    with raises_builder_error("cost 'second'", "variable 'w'", "cost 'first'"):
+        b.build()
+    b, x0, x1 = two_pose_builder()
+    b.add_between(x0, x1, measurement=z)
+    b.add_cost(th.Difference(x1, z, th.ScaleCostWeight(w1), name="first"))
+    b.add_cost(th.Difference(x0, z, th.ScaleCostWeight(w1), name="second"))
+    optimize(b.build(), SolverOptions(max_iterations=5))
+
+
 # -- building and solving ----------------------------------------------------------------------------
 
 
