@@ -314,6 +314,27 @@ def test_two_variables_of_one_name_in_user_costs_are_refused_naming_both_costs()
     optimize(b.build(), SolverOptions(max_iterations=5))
 
 
+def test_empty_batches_are_refused_naming_the_argument():
+    """Batch-0 tensors given to the builder or to build_problem are refused naming the
+    argument ("expected batch size ≥ 1, received 0"), not torch's reduction error."""
+    e = torch.eye(3, 4, dtype=F64).expand(0, 3, 4)
+    b = PoseGraphBuilder()
+    with raises_builder_error("pose 'x0'", "expected batch size ≥ 1, received 0"):
+        b.add_pose(th.SE3(tensor=e.clone(), name="x0"))
+    b, x0, x1 = two_pose_builder()
+    with raises_builder_error("measurement", "expected batch size ≥ 1, received 0"):
+        b.add_between(x0, x1, measurement=e)
+    with raises_builder_error("information", "expected batch size ≥ 1, received 0"):
+        b.add_between(x0, x1, measurement=torch.eye(3, 4, dtype=F64), information=torch.eye(6, dtype=F64).expand(0, 6, 6))
+    graph = PoseGraph(
+        kind="SE3", ids=torch.arange(2), poses=torch.eye(3, 4, dtype=F64).expand(0, 2, 3, 4),
+        edges=torch.tensor([[0, 1]]), measurements=torch.eye(3, 4, dtype=F64).expand(1, 3, 4),
+        information=torch.eye(6, dtype=F64).expand(1, 6, 6), fixed=torch.tensor([True, False]),
+    )
+    with raises_builder_error("poses", "expected batch size ≥ 1, received 0"):
+        build_problem(graph)
+
+
 # -- building and solving ----------------------------------------------------------------------------
 
 

@@ -333,6 +333,24 @@ def test_rotations_the_rule_refuses_are_refused_naming_problem_and_element():
     assert info.converged
 
 
+def test_empty_batches_are_refused_naming_the_input():
+    """A batch of 0 problems in any input is refused naming the input ("expected batch size
+    ≥ 1, received 0"), not torch's reduction error from inside the checks."""
+    g, _ = loop_graph("SE2", n=6, seed=2, batch=1)
+    layer = PoseGraphLayer(g, options=options())
+    empty = lambda t: t.expand(0, *t.shape[1:])  # noqa: E731
+    cases = [
+        ("poses", (empty(g.poses), g.measurements, g.information), {}),
+        ("poses", (empty(g.poses), empty(g.measurements), empty(g.information)), {}),
+        ("measurements", (g.poses, empty(g.measurements), g.information), {}),
+        ("information", (g.poses, g.measurements, empty(g.information)), {}),
+        ("sqrt_information", (g.poses, g.measurements), {"sqrt_information": empty(g.information)}),
+    ]
+    for what, args, kw in cases:
+        with pytest.raises(BuilderError, match=rf"^{what}: expected batch size ≥ 1, received 0"):
+            layer(*args, **kw)
+
+
 def test_layer_pickles_before_and_after_a_call():
     """state_dict, torch.save(layer) and deepcopy before and after forward (the cached Theseus
     objects hold CHOLMOD factors and PARDISO's ctypes handles); copies solve as the original."""
