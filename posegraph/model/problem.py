@@ -7,8 +7,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from typing import Dict, List, Optional, Tuple
+import numpy as np
 import theseus as th
 import torch
+from posegraph.errors import PoseGraphError
 from posegraph.model.between import BetweenEdges
 from posegraph.model.observations import PointObservations
 from posegraph.graph import PoseGraph
@@ -94,14 +96,30 @@ class PoseGraphProblem:
 
     def to_graph(self, batch_index: Optional[int] = None) -> PoseGraph:
         """A PoseGraph with the current poses (one batch element when ``batch_index`` given,
-        or when the batch has a single element)."""
+        or when the batch has a single element).
+
+        ``batch_index``: an integer in ``[-B, B)`` (negative counts from the end, as in Python),
+        or None; anything else is a :class:`~posegraph.errors.PoseGraphError` naming the valid range."""
         if self.graph is None:
             raise ValueError("this problem was not built from a PoseGraph")
         poses = self.poses.tensor.detach()
         points = None if self.points is None else self.points.tensor.detach()
-        if batch_index is not None or poses.shape[0] == 1:
-            poses = poses[batch_index or 0]
-            points = None if points is None else points[batch_index or 0]
+        batch = poses.shape[0]
+        if batch_index is not None:
+            if isinstance(batch_index, (bool, np.bool_)) or not isinstance(batch_index, (int, np.integer)):
+                raise PoseGraphError(
+                    f"batch_index: expected an integer in [{-batch}, {batch}) or None, received "
+                    f"{type(batch_index).__name__} {batch_index!r}"
+                )
+            if not -batch <= int(batch_index) < batch:
+                raise PoseGraphError(
+                    f"batch_index: expected an integer in [{-batch}, {batch}) (the problem's batch "
+                    f"size is {batch}), received {int(batch_index)}"
+                )
+        if batch_index is not None or batch == 1:
+            index = 0 if batch_index is None else int(batch_index)
+            poses = poses[index]
+            points = None if points is None else points[index]
         graph = self.graph.with_poses(poses)
         return graph if points is None else graph.with_points(points)
 

@@ -335,6 +335,26 @@ def test_empty_batches_are_refused_naming_the_argument():
         build_problem(graph)
 
 
+def test_to_graph_refuses_a_batch_index_out_of_range_or_not_an_integer():
+    """``to_graph(batch_index)`` takes integers in [-B, B) (as Python indexing); others are a
+    PoseGraphError naming the valid range (not IndexError/TypeError from torch)."""
+    graph = PoseGraph(
+        kind="SE2", ids=torch.arange(2), poses=torch.tensor([[0.0, 0, 1, 0], [1, 0, 1, 0]], dtype=F64).expand(3, 2, 4),
+        edges=torch.tensor([[0, 1]]), measurements=torch.tensor([[[1.0, 0, 1, 0]]], dtype=F64),
+        information=torch.eye(3, dtype=F64).expand(1, 1, 3, 3), fixed=torch.tensor([True, False]),
+    )
+    problem = build_problem(graph)
+    for bad in (3, 5, -4):
+        with pytest.raises(PoseGraphError, match=rf"batch_index: expected an integer in \[-3, 3\).*received {bad}$"):
+            problem.to_graph(batch_index=bad)
+    for bad in (1.0, "1", True):
+        with pytest.raises(PoseGraphError, match=r"batch_index: expected an integer in \[-3, 3\) or None, received"):
+            problem.to_graph(batch_index=bad)
+    assert problem.to_graph(batch_index=-1).poses.shape == (2, 4)
+    assert problem.to_graph(batch_index=np.int64(2)).poses.shape == (2, 4)
+    assert problem.to_graph().poses.shape == (3, 2, 4)
+
+
 # -- building and solving ----------------------------------------------------------------------------
 
 
