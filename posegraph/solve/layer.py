@@ -56,7 +56,7 @@ from torch import nn
 from posegraph.model.checks import BuilderError, _Consensus, _check_information, _shape_str
 from posegraph.model.problem import PoseGraphProblem
 from posegraph.model.build import build_problem
-from posegraph.errors import DeviceError, check_device
+from posegraph.errors import DeviceError, check_device, check_integer
 from posegraph.graph import POSE_KINDS, PoseGraph
 from posegraph.information import cholesky_sqrt_information
 from posegraph.lie.rotation_rule import refuse_rotations
@@ -275,8 +275,9 @@ class PoseGraphLayer(nn.Module):
     def _check_backward(mode: str, k: Optional[int]) -> str:
         if mode not in BACKWARD_MODES:
             raise ValueError(f"backward_mode: expected one of {', '.join(BACKWARD_MODES)}, received {mode!r}")
-        if mode == "truncated" and (k is None or k < 1):
+        if mode == "truncated" and k is None:
             raise ValueError(f"backward_num_iterations: expected an integer ≥ 1 for 'truncated', received {k!r}")
+        check_integer("backward_num_iterations", k, 1, allow_none=True)
         return mode
 
     def _check_kinds(self, kinds: Optional[torch.Tensor]) -> torch.Tensor:

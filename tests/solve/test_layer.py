@@ -230,6 +230,18 @@ def test_backward_mode_validation():
         PoseGraphLayer(g, weights="kind")
 
 
+@pytest.mark.parametrize("k", ["3", 2.5, True, 0])
+def test_backward_num_iterations_must_be_an_integer(k):
+    """backward_num_iterations must be an integer ≥ 1 (not a string, float or bool), refused at
+    construction and at the call, naming it, instead of a bare TypeError in the solve."""
+    g, _ = small_problem()
+    with pytest.raises(pg.PoseGraphError, match=r"^backward_num_iterations: expected an integer ≥ 1"):
+        PoseGraphLayer(g, backward_mode="truncated", backward_num_iterations=k)
+    layer = PoseGraphLayer(g, options=options())
+    with pytest.raises(pg.PoseGraphError, match=r"^backward_num_iterations: expected an integer ≥ 1"):
+        layer(backward_mode="truncated", backward_num_iterations=k)
+
+
 # -- input errors ---------------------------------------------------------------------------------------
 
 
