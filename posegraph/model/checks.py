@@ -15,7 +15,7 @@ import torch
 from posegraph.errors import PoseGraphError
 from posegraph.graph import POSE_KINDS
 from posegraph.information import PSD_TOLERANCE, first_oversized, information_bound
-from posegraph.lie.rotation_rule import _flat, check_rotations
+from posegraph.lie.rotation_rule import _flat, check_rotations, refuse_rotations
 from posegraph.model.variables import element_layout
 
 
@@ -143,6 +143,37 @@ def _check_element_tensor(tensor: torch.Tensor, cls: type, what: str, stacklevel
         tensor, _KIND_OF_CLASS[cls], lambda k: f"{what} (batch element {k})" if batched else what,
         error=BuilderError, stacklevel=stacklevel + 1,
     )
+
+
+def _check_finite(what: str, tensor: torch.Tensor, batch: int) -> None:
+    """Refuse non-finite values in ``tensor`` ``(B|1, K, …)`` (an input of
+    :class:`~posegraph.solve.layer.PoseGraphLayer`), naming the first problem and pose or edge
+    that has one (a tensor of batch 1 in a batch of ``batch`` > 1 is shared by all)."""
+    if torch.isfinite(tensor).all():
+        return
+    bad = ~torch.isfinite(tensor.detach()).reshape(tensor.shape[0], tensor.shape[1], -1).all(-1)
+    b, k = (int(v) for v in torch.nonzero(bad)[0])
+    noun = "pose" if what == "poses" else "edge"
+    shared = " (shared by every problem)" if tensor.shape[0] == 1 and batch > 1 else ""
+    raise BuilderError(f"{what}: non-finite values in problem {b}{shared}, {noun} {k}")
+
+
+def _check_rotations(what: str, tensor: torch.Tensor, kind: str, batch: int) -> None:
+    """Refuse the rotations the rotation rule refuses
+    (:func:`~posegraph.lie.rotation_rule.refused_rotations`: ``(cos, sin) = (0, 0)``,
+    ``det R ≤ 0``) in ``tensor`` ``(B|1, K, …)`` (poses or measurements of
+    :class:`~posegraph.solve.layer.PoseGraphLayer`), naming the first problem and pose or
+    edge, as the builder does; one batched pass in torch, on the inputs' device. Rotations are
+    used as given otherwise (no projection: gradients flow to them)."""
+    k_count = tensor.shape[1]
+    noun = "pose" if what == "poses" else "edge"
+    shared = " (shared by every problem)" if tensor.shape[0] == 1 and batch > 1 else ""
+
+    def name(k: int) -> str:
+        b, i = divmod(k, k_count)
+        return f"{what}: problem {b}{shared}, {noun} {i}"
+
+    refuse_rotations(tensor, kind, name, error=BuilderError)
 
 
 def _all_finite(tensor: torch.Tensor) -> bool:

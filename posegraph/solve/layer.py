@@ -53,13 +53,19 @@ import theseus as th
 import torch
 from torch import nn
 
-from posegraph.model.checks import BuilderError, _Consensus, _check_information, _shape_str
+from posegraph.model.checks import (
+    BuilderError,
+    _Consensus,
+    _check_finite,
+    _check_information,
+    _check_rotations,
+    _shape_str,
+)
 from posegraph.model.problem import PoseGraphProblem
 from posegraph.model.build import build_problem
 from posegraph.errors import DeviceError, check_device, check_integer
 from posegraph.graph import POSE_KINDS, PoseGraph
 from posegraph.information import cholesky_sqrt_information
-from posegraph.lie.rotation_rule import refuse_rotations
 from posegraph.solve.nonlinear import overflow_limit
 from posegraph.solve.optimize import (
     SolverOptions,
@@ -68,34 +74,6 @@ from posegraph.solve.optimize import (
     run_kwargs,
     used_linear_solver,
 )
-
-
-def _check_finite(what: str, tensor: torch.Tensor, batch: int) -> None:
-    """Refuse non-finite values in ``tensor`` ``(B|1, K, …)``, naming the first problem and pose
-    or edge that has one (a tensor of batch 1 in a batch of ``batch`` > 1 is shared by all)."""
-    if torch.isfinite(tensor).all():
-        return
-    bad = ~torch.isfinite(tensor.detach()).reshape(tensor.shape[0], tensor.shape[1], -1).all(-1)
-    b, k = (int(v) for v in torch.nonzero(bad)[0])
-    noun = "pose" if what == "poses" else "edge"
-    shared = " (shared by every problem)" if tensor.shape[0] == 1 and batch > 1 else ""
-    raise BuilderError(f"{what}: non-finite values in problem {b}{shared}, {noun} {k}")
-
-
-def _check_rotations(what: str, tensor: torch.Tensor, kind: str, batch: int) -> None:
-    """Refuse the rotations the rotation rule refuses (:func:`~posegraph.lie.rotation_rule.refused_rotations`:
-    ``(cos, sin) = (0, 0)``, ``det R ≤ 0``) in ``tensor`` ``(B|1, K, …)``, naming the first
-    problem and pose or edge, as the builder does; one batched pass in torch, on the inputs'
-    device. Rotations are used as given otherwise (no projection: gradients flow to them)."""
-    k_count = tensor.shape[1]
-    noun = "pose" if what == "poses" else "edge"
-    shared = " (shared by every problem)" if tensor.shape[0] == 1 and batch > 1 else ""
-
-    def name(k: int) -> str:
-        b, i = divmod(k, k_count)
-        return f"{what}: problem {b}{shared}, {noun} {i}"
-
-    refuse_rotations(tensor, kind, name, error=BuilderError)
 
 
 #: the square root the layer uses (finite gradients at Ω = I); kept under its earlier name
