@@ -61,6 +61,35 @@ class DeviceError(PoseGraphError):
     beyond the devices present, or a device type other than ``cpu`` and ``cuda``."""
 
 
+def check_integer(what: str, value: Any, minimum: int, allow_none: bool = False) -> Optional[int]:
+    """``value`` as an ``int`` when it is an integer (a Python or NumPy integer, not a bool)
+    of at least ``minimum`` (or None, with ``allow_none``), else a :class:`PoseGraphError`
+    naming ``what``: ``"max_iterations: expected an integer ≥ 1, received 1.5"``. Options
+    counted in whole numbers (iterations, records, threads) are checked here before anything
+    runs, where ``range(1.5)`` or ``"5" < 1`` would fail later as a bare ``TypeError``."""
+    import numpy as np
+
+    if value is None and allow_none:
+        return None
+    expected = f"an integer ≥ {minimum}{' or None' if allow_none else ''}"
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, np.integer)):
+        kind = "" if isinstance(value, (int, float)) and not isinstance(value, bool) else f"{type(value).__name__} "
+        raise PoseGraphError(f"{what}: expected {expected}, received {kind}{shown(value)}")
+    if int(value) < minimum:
+        raise PoseGraphError(f"{what}: expected {expected}, received {int(value)}")
+    return int(value)
+
+
+def check_real(what: str, value: Any) -> float:
+    """``value`` as a ``float`` when it is a real number (not a bool, not a string), else a
+    :class:`PoseGraphError` naming ``what``; ranges are the caller's to check."""
+    import numbers
+
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        raise PoseGraphError(f"{what}: expected a number, received {type(value).__name__} {shown(value)}")
+    return float(value)
+
+
 #: The device types posegraph solves on (Theseus' and posegraph's solvers run on these only).
 SOLVE_DEVICE_TYPES = ("cpu", "cuda")
 

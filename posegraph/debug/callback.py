@@ -22,6 +22,7 @@ import numpy as np
 import theseus as th
 import torch
 
+from posegraph.errors import check_integer
 from posegraph.model.variables import ManifoldArray
 from posegraph.debug.catalog import _Catalog, _CostStats, _evaluate, _np_hypot
 from posegraph.model.edge import unwrap_cost
@@ -166,8 +167,7 @@ class DebugCallback:
     ):
         if aggregate not in (None, "type"):
             raise ValueError(f"aggregate: expected None or 'type', received {aggregate!r}")
-        if max_records is not None and max_records < 0:
-            raise ValueError(f"max_records: expected ≥ 0 or None, received {max_records}")
+        max_records = check_integer("max_records", max_records, 0, allow_none=True)
         self.per_cost = per_cost
         self.name_filter = NameFilter(pattern)
         self.aggregate = aggregate

@@ -288,6 +288,51 @@ def _refusal(rot: "np.ndarray", kind: str, measure: float) -> str:
     return f"expected a rotation matrix (det R > 0), received one with det R = {measure:.6g} ({what})"
 
 
+def refused_rotations(x: Tensor, kind: str) -> Tensor:
+    """Which elements of ``x`` the rule refuses (:func:`check_rotations`' refusals: non-finite
+    numbers, ``(cos, sin) = (0, 0)``, the zero quaternion, ``det R ≤ 0``), as a ``bool`` tensor
+    over the flattened elements, on ``x``'s device and without leaving torch (no copy to the
+    CPU, no projection): the check for inputs that must be used as given, such as the
+    differentiable inputs of :class:`~posegraph.solve.layer.PoseGraphLayer`. ``det R`` of a
+    3×3 matrix is its cofactor expansion, computed batched."""
+    _check_kind(kind)
+    x = x.detach()
+    if kind == "SE3":
+        x = x[..., :3, :3]
+    elif kind == "SE2":
+        x = x[..., 2:4]
+    inner = _element_ndim(kind)
+    rot = x.reshape(-1, *x.shape[x.ndim - inner:])
+    finite = torch.isfinite(rot).flatten(1).all(1)
+    if inner == 1:
+        tiny = torch.finfo(rot.dtype).tiny
+        return ~finite | ~(rot.abs().amax(1) >= tiny)
+    if rot.shape[-1] == 3:
+        a, b, c = rot[:, 0, 0], rot[:, 0, 1], rot[:, 0, 2]
+        d, e, f = rot[:, 1, 0], rot[:, 1, 1], rot[:, 1, 2]
+        g, h, i = rot[:, 2, 0], rot[:, 2, 1], rot[:, 2, 2]
+        det = a * (e * i - f * h) - b * (d * i - f * g) + c * (d * h - e * g)
+    else:
+        det = torch.linalg.det(rot)
+    return ~finite | ~(det > 0)
+
+
+def refuse_rotations(x: Tensor, kind: str, name: Callable[[int], str], *, error: type = PoseGraphError) -> None:
+    """Raise ``error`` for the first element of ``x`` the rotation rule refuses
+    (:func:`refused_rotations`), with :func:`check_rotations`' message, ``name(k)`` naming
+    element ``k`` of the flattened leading dimensions; return ``None`` when none is refused.
+    Rotations beyond their precision are neither warned about nor projected: ``x`` is used as
+    given (gradients keep flowing to it)."""
+    refused = refused_rotations(x, kind)
+    if not bool(refused.any()):
+        return
+    k = int(torch.nonzero(refused)[0, 0])
+    rot = _rotations_of(_as_numpy(x), kind)[k : k + 1]
+    with np.errstate(all="ignore"):
+        measure = _defects(rot, kind)[2]
+    raise error(f"{name(k)}: {_refusal(rot[0], kind, float(measure[0]))}")
+
+
 def check_rotations(
     x: Any,
     kind: str,

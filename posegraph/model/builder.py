@@ -464,7 +464,9 @@ class PoseGraphBuilder:
         (:class:`~posegraph.model.user_costs.PackedCost`).
 
         Poses and points added here must be among the cost's optimization variables (not its
-        auxiliary, constant, ones: they are optimized).
+        auxiliary, constant, ones: they are optimized). The cost's weight must weigh an error
+        of the cost's dimension (a ``th.DiagonalCostWeight`` of length ``cost.dim()`` or 1, any
+        ``th.ScaleCostWeight``); another is refused here, naming the cost and both dimensions.
         """
         if not isinstance(cost, th.CostFunction):
             raise BuilderError(f"cost: expected a th.CostFunction, received {_type_name(cost)}")
@@ -483,6 +485,7 @@ class PoseGraphBuilder:
                     f"builder optimizes it; expected it among the cost's optimization variables"
                 )
             self._consensus.check(f"{what} variable {var.name!r}", var.tensor, received=f"a {_type_name(var)}")
+        _check_weight_dim(cost, what)
         self._claim_name(cost.name, what)
         self._costs.append((cost, slots))
 
@@ -534,6 +537,49 @@ class PoseGraphBuilder:
             for var in self._points:
                 guard.packed_variables[id(var)] = (var, f"point {var.name!r}")
         return problem
+
+
+def _check_weight_dim(cost: th.CostFunction, what: str) -> None:
+    """The cost's weight must weigh an error of the cost's dimension ``cost.dim()``.
+
+    Theseus multiplies the error ``(B, dim)`` by a ``th.DiagonalCostWeight``'s diagonal
+    ``(B|1, d)`` elementwise (``theseus/core/cost_weight.py``, ``weight_error``), so ``d`` must be
+    ``dim`` or 1 (broadcast: a scale); a ``th.ScaleCostWeight`` ``(B|1, 1)`` weighs any
+    dimension. Any other weight is tried on a zero error of the cost's dimension: it must
+    return an error of that dimension. A mismatch would otherwise surface as torch's
+    broadcasting error in the middle of the solve."""
+    weight = cost.weight
+    if not isinstance(weight, th.CostWeight):
+        return
+    dim = int(cost.dim())
+    wname = f"th.{type(weight).__name__}" if type(weight).__module__.startswith("theseus") else type(weight).__name__
+    if isinstance(weight, th.DiagonalCostWeight):
+        d = int(weight.diagonal.tensor.shape[-1])
+        if d not in (dim, 1):
+            raise BuilderError(
+                f"{what}: weight {wname}: expected a diagonal of length {dim} (the cost's error "
+                f"dimension) or 1, received length {d} (diagonal of shape "
+                f"{_shape_str(weight.diagonal.tensor.shape)})"
+            )
+        return
+    if isinstance(weight, th.ScaleCostWeight):
+        return
+    tensors = [v.tensor for v in weight.aux_vars] + [v.tensor for v in weight.optim_vars]
+    like = next((t for t in tensors if t.is_floating_point()), None)
+    zero = torch.zeros(1, dim) if like is None else torch.zeros(1, dim, dtype=like.dtype, device=like.device)
+    try:
+        with torch.no_grad():
+            out = weight.weight_error(zero)
+    except (RuntimeError, ValueError, IndexError) as err:
+        raise BuilderError(
+            f"{what}: weight {wname}: expected a weight of an error of dimension {dim} (the "
+            f"cost's), received one that cannot weigh it ({err})"
+        ) from None
+    if isinstance(out, torch.Tensor) and out.ndim == 2 and out.shape[-1] != dim:
+        raise BuilderError(
+            f"{what}: weight {wname}: expected a weighted error of dimension {dim} (the cost's), "
+            f"received dimension {out.shape[-1]}"
+        )
 
 
 def _stack_batch(

@@ -15,7 +15,7 @@ import torch
 from posegraph.errors import PoseGraphError
 from posegraph.graph import POSE_KINDS
 from posegraph.information import PSD_TOLERANCE, first_oversized, information_bound
-from posegraph.lie.rotation_rule import _flat, check_rotations
+from posegraph.lie.rotation_rule import _flat, check_rotations, refuse_rotations
 from posegraph.model.variables import element_layout
 
 
@@ -60,6 +60,10 @@ class _Consensus:
         self.fixed, self.batch, self.batch_from, self.advice = True, int(batch), origin, advice
 
     def check(self, what: str, tensor: torch.Tensor, batched: bool = True, received: str = "", hint: str = "") -> None:
+        """Refuse ``tensor`` (named ``what``) unless its batch size (leading dimension, when
+        ``batched``), dtype and device agree with the others'; an empty batch is refused."""
+        if batched and tensor.ndim:
+            _check_batch_not_empty(what, tensor)
         if batched and self.fixed and tensor.ndim and tensor.shape[0] not in (1, self.batch):
             # first: a batch explosion matters more than a dtype
             expected = "1" if self.batch == 1 else f"{self.batch} or 1"
@@ -91,6 +95,15 @@ class _Consensus:
             self.batch, self.batch_from = b, what
 
 
+def _check_batch_not_empty(what: str, tensor: torch.Tensor) -> None:
+    """Refuse a tensor of batch size 0 (leading dimension), naming ``what``: there would be no
+    problem to solve, and torch's reductions over it fail deep inside the checks and the solve."""
+    if tensor.shape[0] == 0:
+        raise BuilderError(
+            f"{what}: expected batch size ≥ 1, received 0 (a tensor of shape {_shape_str(tensor.shape)})"
+        )
+
+
 def _check_class(var: object, expected: Sequence[type], what: str) -> None:
     if type(var) not in expected:
         names = " or ".join(f"th.{c.__name__}" for c in expected)
@@ -118,6 +131,7 @@ def _check_element_tensor(tensor: torch.Tensor, cls: type, what: str, stacklevel
             f"{what}: expected a th.{cls.__name__} tensor of shape (batch, "
             f"{', '.join(map(str, shape))}), received {_shape_str(tensor.shape)}"
         )
+    _check_batch_not_empty(what, tensor)
     if not tensor.is_floating_point():
         raise BuilderError(f"{what}: expected a floating-point tensor, received {tensor.dtype}")
     if not _all_finite(tensor):
@@ -129,6 +143,37 @@ def _check_element_tensor(tensor: torch.Tensor, cls: type, what: str, stacklevel
         tensor, _KIND_OF_CLASS[cls], lambda k: f"{what} (batch element {k})" if batched else what,
         error=BuilderError, stacklevel=stacklevel + 1,
     )
+
+
+def _check_finite(what: str, tensor: torch.Tensor, batch: int) -> None:
+    """Refuse non-finite values in ``tensor`` ``(B|1, K, …)`` (an input of
+    :class:`~posegraph.solve.layer.PoseGraphLayer`), naming the first problem and pose or edge
+    that has one (a tensor of batch 1 in a batch of ``batch`` > 1 is shared by all)."""
+    if torch.isfinite(tensor).all():
+        return
+    bad = ~torch.isfinite(tensor.detach()).reshape(tensor.shape[0], tensor.shape[1], -1).all(-1)
+    b, k = (int(v) for v in torch.nonzero(bad)[0])
+    noun = "pose" if what == "poses" else "edge"
+    shared = " (shared by every problem)" if tensor.shape[0] == 1 and batch > 1 else ""
+    raise BuilderError(f"{what}: non-finite values in problem {b}{shared}, {noun} {k}")
+
+
+def _check_rotations(what: str, tensor: torch.Tensor, kind: str, batch: int) -> None:
+    """Refuse the rotations the rotation rule refuses
+    (:func:`~posegraph.lie.rotation_rule.refused_rotations`: ``(cos, sin) = (0, 0)``,
+    ``det R ≤ 0``) in ``tensor`` ``(B|1, K, …)`` (poses or measurements of
+    :class:`~posegraph.solve.layer.PoseGraphLayer`), naming the first problem and pose or
+    edge, as the builder does; one batched pass in torch, on the inputs' device. Rotations are
+    used as given otherwise (no projection: gradients flow to them)."""
+    k_count = tensor.shape[1]
+    noun = "pose" if what == "poses" else "edge"
+    shared = " (shared by every problem)" if tensor.shape[0] == 1 and batch > 1 else ""
+
+    def name(k: int) -> str:
+        b, i = divmod(k, k_count)
+        return f"{what}: problem {b}{shared}, {noun} {i}"
+
+    refuse_rotations(tensor, kind, name, error=BuilderError)
 
 
 def _all_finite(tensor: torch.Tensor) -> bool:
@@ -185,6 +230,7 @@ def _check_information(info: torch.Tensor, dof: int, what: str, noun: Optional[s
         )
     if not info.is_floating_point():
         raise BuilderError(f"{what}: expected a floating-point tensor, received {info.dtype}")
+    _check_batch_not_empty(what, info)
     if info.shape[0] == 1 and _one_information_accepted(info.tolist()[0], information_bound(info.dtype)):
         return info
     if not torch.isfinite(info).all():

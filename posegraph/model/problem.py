@@ -7,8 +7,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from typing import Dict, List, Optional, Tuple
+import numpy as np
 import theseus as th
 import torch
+from posegraph.errors import PoseGraphError
 from posegraph.model.between import BetweenEdges
 from posegraph.model.observations import PointObservations
 from posegraph.graph import PoseGraph
@@ -94,14 +96,30 @@ class PoseGraphProblem:
 
     def to_graph(self, batch_index: Optional[int] = None) -> PoseGraph:
         """A PoseGraph with the current poses (one batch element when ``batch_index`` given,
-        or when the batch has a single element)."""
+        or when the batch has a single element).
+
+        ``batch_index``: an integer in ``[-B, B)`` (negative counts from the end, as in Python),
+        or None; anything else is a :class:`~posegraph.errors.PoseGraphError` naming the valid range."""
         if self.graph is None:
             raise ValueError("this problem was not built from a PoseGraph")
         poses = self.poses.tensor.detach()
         points = None if self.points is None else self.points.tensor.detach()
-        if batch_index is not None or poses.shape[0] == 1:
-            poses = poses[batch_index or 0]
-            points = None if points is None else points[batch_index or 0]
+        batch = poses.shape[0]
+        if batch_index is not None:
+            if isinstance(batch_index, (bool, np.bool_)) or not isinstance(batch_index, (int, np.integer)):
+                raise PoseGraphError(
+                    f"batch_index: expected an integer in [{-batch}, {batch}) or None, received "
+                    f"{type(batch_index).__name__} {batch_index!r}"
+                )
+            if not -batch <= int(batch_index) < batch:
+                raise PoseGraphError(
+                    f"batch_index: expected an integer in [{-batch}, {batch}) (the problem's batch "
+                    f"size is {batch}), received {int(batch_index)}"
+                )
+        if batch_index is not None or batch == 1:
+            index = 0 if batch_index is None else int(batch_index)
+            poses = poses[index]
+            points = None if points is None else points[index]
         graph = self.graph.with_poses(poses)
         return graph if points is None else graph.with_points(points)
 
@@ -130,4 +148,28 @@ class _PackedObjective(th.Objective):
                     "problem's variables; objective.add would treat it as a new variable, apart from "
                     "the optimized one: add the cost with PoseGraphBuilder.add_cost before build()"
                 )
+            self._check_unique_name(cost_function, var)
         super().add(cost_function)
+
+    def _check_unique_name(self, cost_function: th.CostFunction, var: th.Variable) -> None:
+        """Refuse ``var`` when another variable object of its name is in the objective already
+        (Theseus tells variables apart by name, and refuses this with a bare ``ValueError``),
+        naming both costs and the name."""
+        existing = self._all_variables.get(var.name)
+        if existing is None or existing is var:
+            return
+        users = self.functions_for_optim_vars.get(existing, []) + self.functions_for_aux_vars.get(existing, [])
+        owners = []
+        for fn in users:  # a cost, or a cost's weight: named by its cost
+            cost = fn if isinstance(fn, th.CostFunction) else next(
+                (c for c in self.cost_functions.values() if c.weight is fn), None
+            )
+            if cost is not None and repr(cost.name) not in owners:
+                owners.append(repr(cost.name))
+        other = f"cost {owners[0]}" if owners else "another cost"
+        raise BuilderError(
+            f"cost {cost_function.name!r}: variable {var.name!r}: expected a name no other variable "
+            f"of the problem has (Theseus tells variables apart by name), received the name of a "
+            f"different variable object of {other}; rename one of them, or let both costs use the "
+            "same variable object"
+        )

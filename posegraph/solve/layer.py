@@ -20,7 +20,9 @@ differentiation), ``"truncated"`` (the last k iterations differentiated) or ``"u
 
 Inputs are checked before solving, each error naming the input (:class:`~posegraph.errors.PoseGraphError`):
 shapes, dtype and device agree; the device is one the solvers run on
-(:func:`~posegraph.errors.check_device`); values are finite, problem by problem; and each
+(:func:`~posegraph.errors.check_device`); values are finite, problem by problem; rotations of
+poses and measurements are ones the rotation rule does not refuse (no ``(cos, sin) = (0, 0)``,
+no ``det R ≤ 0``: :func:`~posegraph.lie.check_rotations`, as in the builder); and each
 problem that starts beyond the overflow limit
 (:func:`~posegraph.solve.nonlinear.overflow_limit`) fails alone — status ``failed``,
 ``stop_reason`` ``overflowing-error`` at its index — while the others are solved.
@@ -51,10 +53,17 @@ import theseus as th
 import torch
 from torch import nn
 
-from posegraph.model.checks import BuilderError, _Consensus, _check_information, _shape_str
+from posegraph.model.checks import (
+    BuilderError,
+    _Consensus,
+    _check_finite,
+    _check_information,
+    _check_rotations,
+    _shape_str,
+)
 from posegraph.model.problem import PoseGraphProblem
 from posegraph.model.build import build_problem
-from posegraph.errors import DeviceError, check_device
+from posegraph.errors import DeviceError, check_device, check_integer
 from posegraph.graph import POSE_KINDS, PoseGraph
 from posegraph.information import cholesky_sqrt_information
 from posegraph.solve.nonlinear import overflow_limit
@@ -65,18 +74,6 @@ from posegraph.solve.optimize import (
     run_kwargs,
     used_linear_solver,
 )
-
-
-def _check_finite(what: str, tensor: torch.Tensor, batch: int) -> None:
-    """Refuse non-finite values in ``tensor`` ``(B|1, K, …)``, naming the first problem and pose
-    or edge that has one (a tensor of batch 1 in a batch of ``batch`` > 1 is shared by all)."""
-    if torch.isfinite(tensor).all():
-        return
-    bad = ~torch.isfinite(tensor.detach()).reshape(tensor.shape[0], tensor.shape[1], -1).all(-1)
-    b, k = (int(v) for v in torch.nonzero(bad)[0])
-    noun = "pose" if what == "poses" else "edge"
-    shared = " (shared by every problem)" if tensor.shape[0] == 1 and batch > 1 else ""
-    raise BuilderError(f"{what}: non-finite values in problem {b}{shared}, {noun} {k}")
 
 
 #: the square root the layer uses (finite gradients at Ω = I); kept under its earlier name
@@ -256,8 +253,9 @@ class PoseGraphLayer(nn.Module):
     def _check_backward(mode: str, k: Optional[int]) -> str:
         if mode not in BACKWARD_MODES:
             raise ValueError(f"backward_mode: expected one of {', '.join(BACKWARD_MODES)}, received {mode!r}")
-        if mode == "truncated" and (k is None or k < 1):
+        if mode == "truncated" and k is None:
             raise ValueError(f"backward_num_iterations: expected an integer ≥ 1 for 'truncated', received {k!r}")
+        check_integer("backward_num_iterations", k, 1, allow_none=True)
         return mode
 
     def _check_kinds(self, kinds: Optional[torch.Tensor]) -> torch.Tensor:
@@ -351,6 +349,8 @@ class PoseGraphLayer(nn.Module):
             weight = self._batched(weight_name, information, (e, dof, dof), consensus)
         for what, tensor in (("poses", poses), ("measurements", meas), (weight_name, weight)):
             _check_finite(what, tensor, consensus.batch)
+        for what, tensor in (("poses", poses), ("measurements", meas)):
+            _check_rotations(what, tensor, g.kind, consensus.batch)
         if sqrt_information is not None:
             sqrt_info = weight
         else:
@@ -456,7 +456,8 @@ class PoseGraphLayer(nn.Module):
 
         Raises:
             BuilderError: an input of the wrong shape, dtype, device, topology, or with
-                non-finite values; a problem whose initial error overflows (named by its
+                non-finite values or rotations the rotation rule refuses (``(cos, sin) =
+                (0, 0)``, ``det R ≤ 0``); a problem whose initial error overflows (named by its
                 index in the batch).
             DeviceError: inputs on a device posegraph cannot solve on.
         """

@@ -20,7 +20,7 @@ import theseus as th
 import torch
 
 from posegraph.model.problem import PoseGraphProblem
-from posegraph.errors import OptimizationError, PoseGraphError
+from posegraph.errors import OptimizationError, PoseGraphError, check_integer, check_real
 from posegraph.solve.batched import (
     ConjugateGradientSolver,
     DenseCholeskySolver,
@@ -131,7 +131,9 @@ class SolverOptions:
 
     def validate(self) -> None:
         """Raise ``ValueError`` (a :class:`~posegraph.errors.PoseGraphError` for a linear solver
-        this machine lacks, with the reason) for an option out of range."""
+        this machine lacks, with the reason, and for an option of the wrong type or out of
+        range: integer options must be integers, not floats, strings or bools) for an option
+        out of range."""
         if self.solver not in SOLVERS:
             raise ValueError(f"solver: expected one of {', '.join(SOLVERS)}, received {self.solver!r}")
         if self.linear_solver not in LINEAR_SOLVERS:
@@ -150,16 +152,13 @@ class SolverOptions:
             raise ValueError(
                 f"cholmod_mode: expected one of {', '.join(CHOLMOD_MODES)}, received {self.cholmod_mode!r}"
             )
-        for name in ("rel_tolerance", "abs_tolerance", "gradient_tolerance", "step_tolerance"):
-            value = getattr(self, name)
+        for name in ("rel_tolerance", "abs_tolerance", "gradient_tolerance", "step_tolerance", "damping"):
+            value = check_real(name, getattr(self, name))
             if not (value >= 0 and value < float("inf")):
-                raise ValueError(f"{name}: expected a finite number ≥ 0, received {value!r}")
-        if self.max_iterations < 0:
-            raise ValueError(f"max_iterations: expected ≥ 0, received {self.max_iterations}")
-        if self.cg_max_iterations is not None and self.cg_max_iterations < 1:
-            raise ValueError(f"cg_max_iterations: expected ≥ 1 or None, received {self.cg_max_iterations}")
-        if self.threads is not None and self.threads < 1:
-            raise ValueError(f"threads: expected ≥ 1 or None, received {self.threads}")
+                raise PoseGraphError(f"{name}: expected a finite number ≥ 0, received {value!r}")
+        check_integer("max_iterations", self.max_iterations, 0)
+        check_integer("cg_max_iterations", self.cg_max_iterations, 1, allow_none=True)
+        check_integer("threads", self.threads, 1, allow_none=True)
 
 
 @dataclass

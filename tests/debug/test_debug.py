@@ -335,6 +335,15 @@ def test_normal_equations_match_dense_and_autograd(tmp_path):
         normal_rhs(BlockSparseLinearization(problem.objective))
 
 
+@pytest.mark.parametrize("value", ["5", 2.5, True, -1])
+def test_max_records_must_be_an_integer(value):
+    """max_records must be an integer ≥ 0 or None: a string, float or bool is refused at
+    construction, naming it, not when the records are cut with a bare TypeError."""
+    with pytest.raises(PoseGraphError, match=r"^max_records: expected an integer ≥ 0 or None, received"):
+        DebugCallback(per_cost=True, max_records=value)
+    assert DebugCallback(per_cost=True, max_records=np.int64(2)).max_records == 2
+
+
 def test_pattern_aggregate_and_max_records(tmp_path):
     problem = build_problem(read_g2o(write_graph(tmp_path / "g.g2o", n=6, seed=1)))
     opts = SolverOptions(max_iterations=3, linear_solver="cholmod")

@@ -261,6 +261,100 @@ def test_add_cost_checks():
         b.add_cost(own)
 
 
+def test_add_cost_refuses_a_weight_of_another_dimension():
+    """A weight whose dimension is not the cost's error dimension is refused at add_cost,
+    naming the cost, the expected and the received dimension (it failed with torch's
+    broadcasting error inside the solve); Theseus' broadcasting cases stay accepted: a diagonal
+    of length 1 and a scale weigh any dimension."""
+    b, x0, x1 = two_pose_builder()
+    z = th.SE3(tensor=se3("z", seed=4).tensor, name="z")
+    with raises_builder_error("cost 'wrong'", "th.DiagonalCostWeight", "length 6", "received length 3"):
+        b.add_cost(th.Difference(x1, z, th.DiagonalCostWeight(torch.ones(1, 3, dtype=F64)), name="wrong"))
+
+    class HalfWeight(th.CostWeight):
+        """A custom weight that drops half of the error."""
+
+        def is_zero(self):
+            return torch.zeros(1, dtype=torch.bool)
+
+        def weight_error(self, error):
+            return error[:, : error.shape[1] // 2]
+
+        def weight_jacobians_and_error(self, jacobians, error):
+            return [j[:, : error.shape[1] // 2] for j in jacobians], self.weight_error(error)
+
+        def _copy_impl(self, new_name=None):
+            return HalfWeight(name=new_name)
+
+    with raises_builder_error("cost 'half'", "HalfWeight", "dimension 6", "received dimension 3"):
+        b.add_cost(th.Difference(x1, z, HalfWeight(), name="half"))
+    b.add_cost(th.Difference(x1, z, th.DiagonalCostWeight(torch.ones(1, 1, dtype=F64)), name="one"))
+    b.add_cost(th.Difference(x1, z, th.DiagonalCostWeight(torch.ones(1, 6, dtype=F64)), name="six"))
+    b.add_cost(th.Difference(x1, z, th.ScaleCostWeight(torch.ones(1, 1, dtype=F64)), name="scale"))
+    b.add_between(x0, x1, measurement=z)
+    optimize(b.build(), SolverOptions(max_iterations=5))
+
+
+def test_two_variables_of_one_name_in_user_costs_are_refused_naming_both_costs():
+    """Two different variable objects named "w" (the weights of two user costs) are refused at
+    build, naming both costs and the name (Theseus raised a bare ValueError); one object
+    shared by both costs is accepted."""
+    b, x0, x1 = two_pose_builder()
+    z = se3("z", seed=4)
+    b.add_between(x0, x1, measurement=z)
+    w1 = th.Variable(torch.ones(1, 1, dtype=F64), name="w")
+    b.add_cost(th.Difference(x1, z, th.ScaleCostWeight(w1), name="first"))
+    b.add_cost(th.Difference(x0, z, th.ScaleCostWeight(th.Variable(torch.ones(1, 1, dtype=F64), name="w")), name="second"))
+    with raises_builder_error("cost 'second'", "variable 'w'", "cost 'first'"):
+        b.build()
+    b, x0, x1 = two_pose_builder()
+    b.add_between(x0, x1, measurement=z)
+    b.add_cost(th.Difference(x1, z, th.ScaleCostWeight(w1), name="first"))
+    b.add_cost(th.Difference(x0, z, th.ScaleCostWeight(w1), name="second"))
+    optimize(b.build(), SolverOptions(max_iterations=5))
+
+
+def test_empty_batches_are_refused_naming_the_argument():
+    """Batch-0 tensors given to the builder or to build_problem are refused naming the
+    argument ("expected batch size ≥ 1, received 0"), not torch's reduction error."""
+    e = torch.eye(3, 4, dtype=F64).expand(0, 3, 4)
+    b = PoseGraphBuilder()
+    with raises_builder_error("pose 'x0'", "expected batch size ≥ 1, received 0"):
+        b.add_pose(th.SE3(tensor=e.clone(), name="x0"))
+    b, x0, x1 = two_pose_builder()
+    with raises_builder_error("measurement", "expected batch size ≥ 1, received 0"):
+        b.add_between(x0, x1, measurement=e)
+    with raises_builder_error("information", "expected batch size ≥ 1, received 0"):
+        b.add_between(x0, x1, measurement=torch.eye(3, 4, dtype=F64), information=torch.eye(6, dtype=F64).expand(0, 6, 6))
+    graph = PoseGraph(
+        kind="SE3", ids=torch.arange(2), poses=torch.eye(3, 4, dtype=F64).expand(0, 2, 3, 4),
+        edges=torch.tensor([[0, 1]]), measurements=torch.eye(3, 4, dtype=F64).expand(1, 3, 4),
+        information=torch.eye(6, dtype=F64).expand(1, 6, 6), fixed=torch.tensor([True, False]),
+    )
+    with raises_builder_error("poses", "expected batch size ≥ 1, received 0"):
+        build_problem(graph)
+
+
+def test_to_graph_refuses_a_batch_index_out_of_range_or_not_an_integer():
+    """``to_graph(batch_index)`` takes integers in [-B, B) (as Python indexing); others are a
+    PoseGraphError naming the valid range (not IndexError/TypeError from torch)."""
+    graph = PoseGraph(
+        kind="SE2", ids=torch.arange(2), poses=torch.tensor([[0.0, 0, 1, 0], [1, 0, 1, 0]], dtype=F64).expand(3, 2, 4),
+        edges=torch.tensor([[0, 1]]), measurements=torch.tensor([[[1.0, 0, 1, 0]]], dtype=F64),
+        information=torch.eye(3, dtype=F64).expand(1, 1, 3, 3), fixed=torch.tensor([True, False]),
+    )
+    problem = build_problem(graph)
+    for bad in (3, 5, -4):
+        with pytest.raises(PoseGraphError, match=rf"batch_index: expected an integer in \[-3, 3\).*received {bad}$"):
+            problem.to_graph(batch_index=bad)
+    for bad in (1.0, "1", True):
+        with pytest.raises(PoseGraphError, match=r"batch_index: expected an integer in \[-3, 3\) or None, received"):
+            problem.to_graph(batch_index=bad)
+    assert problem.to_graph(batch_index=-1).poses.shape == (2, 4)
+    assert problem.to_graph(batch_index=np.int64(2)).poses.shape == (2, 4)
+    assert problem.to_graph().poses.shape == (3, 2, 4)
+
+
 # -- building and solving ----------------------------------------------------------------------------
 
 

@@ -230,6 +230,18 @@ def test_backward_mode_validation():
         PoseGraphLayer(g, weights="kind")
 
 
+@pytest.mark.parametrize("k", ["3", 2.5, True, 0])
+def test_backward_num_iterations_must_be_an_integer(k):
+    """backward_num_iterations must be an integer ≥ 1 (not a string, float or bool), refused at
+    construction and at the call, naming it, instead of a bare TypeError in the solve."""
+    g, _ = small_problem()
+    with pytest.raises(pg.PoseGraphError, match=r"^backward_num_iterations: expected an integer ≥ 1"):
+        PoseGraphLayer(g, backward_mode="truncated", backward_num_iterations=k)
+    layer = PoseGraphLayer(g, options=options())
+    with pytest.raises(pg.PoseGraphError, match=r"^backward_num_iterations: expected an integer ≥ 1"):
+        layer(backward_mode="truncated", backward_num_iterations=k)
+
+
 # -- input errors ---------------------------------------------------------------------------------------
 
 
@@ -310,6 +322,45 @@ def test_overflowing_or_nonfinite_problem_is_named_by_index():
         layer(g.poses[:1] * torch.tensor([1, 1, 1, 1, float("inf"), 1], dtype=F64)[:, None, None], g.measurements)
     out, info = layer(g.poses[:1], g.measurements[:1], g.information[:1])
     assert info.converged
+
+
+def test_rotations_the_rule_refuses_are_refused_naming_problem_and_element():
+    """An SE2 pose with (cos, sin) = (0, 0), an SE3 pose or measurement with det R ≤ 0 are
+    refused as the builder refuses them (naming the input, the problem and the pose or edge),
+    instead of being returned unchanged as "converged"; valid inputs still solve."""
+    layer = PoseGraphLayer("SE2", torch.tensor([[0, 1]]), options=options())
+    with pytest.raises(BuilderError, match=r"poses: problem 0, pose 1: expected a rotation \(cos, sin\), received \(0, 0\), which has no angle"):
+        layer(torch.tensor([[0, 0, 1, 0], [1, 0, 0, 0]], dtype=F64))
+    g, _ = loop_graph("SE3", n=6, seed=3, batch=2)
+    layer = PoseGraphLayer(g, options=options())
+    poses = g.poses.clone()
+    poses[1, 4, :3, :3] = 0.0
+    with pytest.raises(BuilderError, match=r"poses: problem 1, pose 4: expected a rotation matrix \(det R > 0\), received one with det R = 0 \(singular\)"):
+        layer(poses, g.measurements, g.information)
+    z = g.measurements[:1].clone()
+    z[0, 2, :3, 2] *= -1.0  # a reflection
+    with pytest.raises(BuilderError, match=r"measurements: problem 0 \(shared by every problem\), edge 2: .*det R = -1 \(a reflection\)"):
+        layer(g.poses, z, g.information)
+    out, info = layer(g.poses, g.measurements, g.information)
+    assert info.converged
+
+
+def test_empty_batches_are_refused_naming_the_input():
+    """A batch of 0 problems in any input is refused naming the input ("expected batch size
+    ≥ 1, received 0"), not torch's reduction error from inside the checks."""
+    g, _ = loop_graph("SE2", n=6, seed=2, batch=1)
+    layer = PoseGraphLayer(g, options=options())
+    empty = lambda t: t.expand(0, *t.shape[1:])  # noqa: E731
+    cases = [
+        ("poses", (empty(g.poses), g.measurements, g.information), {}),
+        ("poses", (empty(g.poses), empty(g.measurements), empty(g.information)), {}),
+        ("measurements", (g.poses, empty(g.measurements), g.information), {}),
+        ("information", (g.poses, g.measurements, empty(g.information)), {}),
+        ("sqrt_information", (g.poses, g.measurements), {"sqrt_information": empty(g.information)}),
+    ]
+    for what, args, kw in cases:
+        with pytest.raises(BuilderError, match=rf"^{what}: expected batch size ≥ 1, received 0"):
+            layer(*args, **kw)
 
 
 def test_layer_pickles_before_and_after_a_call():

@@ -570,6 +570,33 @@ def test_cholmod_mode_is_validated():
         CholmodSolver(problem.objective, mode="fast")
 
 
+@pytest.mark.parametrize(
+    "field,value,expected",
+    [
+        ("max_iterations", 1.5, "an integer ≥ 0"),
+        ("max_iterations", "5", "an integer ≥ 0"),
+        ("max_iterations", True, "an integer ≥ 0"),
+        ("max_iterations", -1, "an integer ≥ 0"),
+        ("cg_max_iterations", 2.0, "an integer ≥ 1 or None"),
+        ("threads", "2", "an integer ≥ 1 or None"),
+        ("rel_tolerance", "1e-3", "a number"),
+        ("damping", None, "a number"),
+    ],
+)
+def test_options_of_the_wrong_type_are_refused_by_validate(field, value, expected):
+    """Integer options must be integers (not floats, strings or bools) and tolerances numbers:
+    validate() refuses them, naming the option, before the solve fails on them with a bare
+    TypeError; NumPy integers are integers."""
+    import numpy as np
+
+    with pytest.raises(pg.PoseGraphError, match=rf"^{field}: expected {expected}, received"):
+        pg.SolverOptions(**{field: value}).validate()
+    problem = pg.build_problem(random_graph("SE2", n=4, seed=1))
+    with pytest.raises(pg.PoseGraphError, match=rf"^{field}: expected {expected}"):
+        pg.optimize(problem, pg.SolverOptions(**{field: value}))
+    pg.SolverOptions(max_iterations=np.int64(5), threads=np.int32(1)).validate()
+
+
 def test_transpose_products_equal_the_dense_ones():
     """Aᵀu (one or a batch of right-hand sides, with or without autograd) equals the dense product."""
     opt, lin = linearized_cholmod("SE3", n=7, seed=8)
