@@ -256,7 +256,7 @@ def run(
             ``scheduler``'s cluster, else a new ``LocalCluster`` of ``workers`` processes
             (default: one per core; on Linux forked from a server this process keeps for its
             later runs, :func:`start_worker_server`).
-        resume: skip inputs whose output and ``ok`` line are in ``out_dir`` already.
+        resume: skip inputs whose output (not empty) and ``ok`` line are in ``out_dir`` already.
         progress: a progress bar over files on ``stream`` (default stderr).
 
     Raises:
@@ -276,9 +276,9 @@ def run(
     opts = resolve_output_files(opts, len(files))
     results_path = os.path.join(out_dir, RESULTS_NAME)
     previous = read_results(results_path) if resume else {}
-    done = {
+    done = {  # an ok line and its output, not empty (a copy cut short is not a result)
         f: previous[f] for f in files
-        if previous.get(f, {}).get("result") == "ok" and os.path.isfile(outputs[f])
+        if previous.get(f, {}).get("result") == "ok" and os.path.isfile(outputs[f]) and os.path.getsize(outputs[f]) > 0
     }
     local = client is None and not scheduler
     if local and len(done) < len(files) and importlib.util.find_spec("distributed") is not None:

@@ -150,7 +150,14 @@ def _read_yaml(path: str) -> Tuple[Dict[Any, Any], Dict[str, int]]:
             f"expected a mapping of option names to values, received a {type(data).__name__}",
             path, node.start_mark.line + 1 if node is not None else None,
         )
-    lines = {str(key_node.value): key_node.start_mark.line + 1 for key_node, _ in node.value}
+    lines: Dict[str, int] = {}
+    for key_node, _ in node.value:  # YAML keeps the last of two equal keys: a silent choice
+        line = key_node.start_mark.line + 1
+        if str(key_node.value) in lines:
+            raise ConfigError(
+                f"{key_node.value}: given twice (lines {lines[str(key_node.value)]} and {line}): keep one", path, line
+            )
+        lines[str(key_node.value)] = line
     return data, lines
 
 

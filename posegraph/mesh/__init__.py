@@ -42,6 +42,7 @@ from posegraph.mesh.smoothing import (
     taubin_smooth,
 )
 from posegraph.mesh.obj import (
+    MeshFormatError,
     read_obj,
     write_obj,
 )
@@ -57,6 +58,7 @@ __all__ = [
     "laplacian_residual",
     "laplacian_smooth",
     "taubin_smooth",
+    "MeshFormatError",
     "read_obj",
     "write_obj",
     "icosphere",

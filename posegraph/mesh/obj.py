@@ -9,10 +9,15 @@ import math
 import os
 from typing import List, Tuple, Union
 import torch
-from posegraph.errors import shown
+from posegraph.errors import PoseGraphError, shown
 from posegraph.mesh.laplacian import _check_faces, _check_verts
 
 PathLike = Union[str, "os.PathLike[str]"]
+
+
+class MeshFormatError(PoseGraphError):
+    """A file that cannot be read as a Wavefront OBJ mesh; the message names the file (and
+    the line)."""
 
 
 # ---------------------------------------------------------------------------------------------
@@ -21,15 +26,15 @@ PathLike = Union[str, "os.PathLike[str]"]
 def _parse_vertex(tokens: List[str], where: str) -> Tuple[float, float, float]:
     """``v x y z [w | r g b]``: the first three numbers; extra values are ignored."""
     if len(tokens) < 4:
-        raise ValueError(f"{where}: vertex needs 3 coordinates, received {len(tokens) - 1}")
+        raise MeshFormatError(f"{where}: vertex needs 3 coordinates, received {len(tokens) - 1}")
     try:
         x, y, z = (float(t) for t in tokens[1:4])
     except ValueError:
-        raise ValueError(
+        raise MeshFormatError(
             f"{where}: vertex coordinates must be numbers, received {', '.join(map(shown, tokens[1:4]))}"
         ) from None
     if not all(math.isfinite(c) for c in (x, y, z)):
-        raise ValueError(f"{where}: vertex coordinates must be finite, received {', '.join(map(shown, tokens[1:4]))}")
+        raise MeshFormatError(f"{where}: vertex coordinates must be finite, received {', '.join(map(shown, tokens[1:4]))}")
     return x, y, z
 
 
@@ -43,13 +48,13 @@ def _parse_face_index(token: str, num_verts: int, where: str) -> int:
     try:
         ref = int(head)
     except ValueError:
-        raise ValueError(f"{where}: face entry {shown(token)} has no integer vertex index") from None
+        raise MeshFormatError(f"{where}: face entry {shown(token)} has no integer vertex index") from None
     if ref == 0:
-        raise ValueError(f"{where}: face entry {shown(token)}: OBJ indices start at 1, received 0")
+        raise MeshFormatError(f"{where}: face entry {shown(token)}: OBJ indices start at 1, received 0")
     if ref < 0:
         index = num_verts + ref
         if index < 0:
-            raise ValueError(
+            raise MeshFormatError(
                 f"{where}: relative index {ref} points before the first vertex "
                 f"({num_verts} vertices defined so far)"
             )
@@ -70,31 +75,43 @@ def read_obj(path: PathLike) -> Tuple[torch.Tensor, torch.Tensor]:
         ``verts`` ``(V, 3)`` float64 and ``faces`` ``(F, 3)`` int64 (0-based).
 
     Raises:
-        ValueError: ``"{path}:{lineno}: what is wrong"`` for malformed vertices or faces, faces
-            with fewer than 3 vertices, index 0 and out-of-range indices.
+        MeshFormatError: ``"{path}:{lineno}: what is wrong"`` for malformed vertices or faces,
+            faces with fewer than 3 vertices, index 0 and out-of-range indices;
+            ``"{path}: …"`` for a missing or unreadable file, one that is not UTF-8 text, or
+            one without vertices.
     """
     verts: List[Tuple[float, float, float]] = []
     faces: List[Tuple[int, int, int]] = []
     positive_refs: List[Tuple[int, int]] = []  # (lineno, largest positive index) per face
-    with open(path, "r", encoding="utf-8") as f:
-        for lineno, raw in enumerate(f, start=1):
-            tokens = raw.split("#", 1)[0].split()
-            if not tokens:
-                continue
-            where = f"{path}:{lineno}"
-            if tokens[0] == "v":
-                verts.append(_parse_vertex(tokens, where))
-            elif tokens[0] == "f":
-                if len(tokens) < 4:
-                    raise ValueError(
-                        f"{where}: face needs at least 3 vertices, received {len(tokens) - 1}"
-                    )
-                idx = [_parse_face_index(t, len(verts), where) for t in tokens[1:]]
-                positive_refs.append((lineno, max(idx)))
-                faces.extend((idx[0], idx[k], idx[k + 1]) for k in range(1, len(idx) - 1))
+    try:
+        with open(path, "r", encoding="utf-8") as f:
+            lines = f.readlines()
+    except FileNotFoundError:
+        raise MeshFormatError("no such file", os.fspath(path)) from None
+    except UnicodeDecodeError as err:
+        raise MeshFormatError(f"not a Wavefront OBJ text file (not UTF-8: {err.reason} at byte {err.start})", os.fspath(path)) from None
+    except OSError as err:
+        raise MeshFormatError(err.strerror or str(err), os.fspath(path)) from None
+    for lineno, raw in enumerate(lines, start=1):
+        tokens = raw.split("#", 1)[0].split()
+        if not tokens:
+            continue
+        where = f"{path}:{lineno}"
+        if tokens[0] == "v":
+            verts.append(_parse_vertex(tokens, where))
+        elif tokens[0] == "f":
+            if len(tokens) < 4:
+                raise MeshFormatError(
+                    f"{where}: face needs at least 3 vertices, received {len(tokens) - 1}"
+                )
+            idx = [_parse_face_index(t, len(verts), where) for t in tokens[1:]]
+            positive_refs.append((lineno, max(idx)))
+            faces.extend((idx[0], idx[k], idx[k + 1]) for k in range(1, len(idx) - 1))
+    if not verts:
+        raise MeshFormatError("no vertices ('v x y z' lines): not a Wavefront OBJ mesh", os.fspath(path))
     for lineno, top in positive_refs:
         if top >= len(verts):
-            raise ValueError(
+            raise MeshFormatError(
                 f"{path}:{lineno}: face refers to vertex {top + 1}, the file has "
                 f"{len(verts)} vertices"
             )

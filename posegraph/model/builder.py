@@ -102,6 +102,8 @@ class PoseGraphBuilder:
     def __init__(self, dtype: Optional[torch.dtype] = None, device=None, batch_size: Optional[int] = None):
         if batch_size is not None and (isinstance(batch_size, (bool, np.bool_)) or not isinstance(batch_size, (int, np.integer)) or batch_size < 1):
             raise BuilderError(f"batch_size: expected a positive integer, received {batch_size!r}")
+        if dtype is not None and not (isinstance(dtype, torch.dtype) and dtype.is_floating_point):
+            raise BuilderError(f"PoseGraphBuilder: dtype: expected a floating-point torch.dtype, received {dtype!r}")
         if device is not None:
             device = check_device("PoseGraphBuilder: device", device, solve=False)
         self._consensus = _Consensus(dtype, device, batch=1 if batch_size is None else int(batch_size))

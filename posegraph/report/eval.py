@@ -73,6 +73,8 @@ def umeyama(src: np.ndarray, dst: np.ndarray, with_scale: bool = False) -> Tuple
     dst = np.asarray(dst, dtype=np.float64)
     if src.shape != dst.shape or src.ndim != 2 or src.shape[0] < 2:
         raise ValueError(f"umeyama: expected two (n ≥ 2, d) point sets of one shape, received {src.shape} and {dst.shape}")
+    if not (np.isfinite(src).all() and np.isfinite(dst).all()):
+        raise ValueError("umeyama: expected finite points, received NaN or infinite coordinates")
     n, d = src.shape
     mu_s, mu_d = src.mean(axis=0), dst.mean(axis=0)
     xs, xd = src - mu_s, dst - mu_d

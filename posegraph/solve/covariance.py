@@ -251,11 +251,11 @@ def marginal_covariances(
         index = raw.astype(np.int64)
         bad = index[(index < -n) | (index >= n)]
         if bad.size:
-            raise CovarianceError(f"poses: expected indices in [0, {n}), received {int(bad[0])}")
+            raise CovarianceError(f"poses: expected indices in [{-n}, {n}) (negative: from the end), received {int(bad[0])}")
         index = np.where(index < 0, index + n, index)
     batch = var.tensor.shape[0]
     if not -batch <= batch_index < batch:
-        raise CovarianceError(f"batch_index: expected an index in [0, {batch}), received {batch_index}")
+        raise CovarianceError(f"batch_index: expected an index in [{-batch}, {batch}), received {batch_index}")
 
     with torch.no_grad():
         lin = BlockSparseLinearization(problem.objective)

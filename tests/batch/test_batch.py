@@ -116,6 +116,7 @@ def test_resume_skips_done_inputs_and_keeps_one_line_per_input(tmp_path, client,
     kept = out / "g0.optimized.g2o"
     kept_mtime = kept.stat().st_mtime_ns
     (out / "g1.optimized.g2o").unlink()
+    (out / "g2.optimized.g2o").write_bytes(b"")  # emptied: not done (it was skipped)
     (folder / "broken.g2o").write_text(make_synthetic("SE2", n=8, seed=9, noise=0.02).text())  # fixed
     code, stdout, _ = batch(capsys, folder, "--out-dir", out, "--scheduler", address, "--quiet", "--resume")
     assert code == 0
@@ -124,7 +125,8 @@ def test_resume_skips_done_inputs_and_keeps_one_line_per_input(tmp_path, client,
     assert all(r["result"] == "ok" for r in lines)
     assert kept.stat().st_mtime_ns == kept_mtime  # not run again
     assert (out / "g1.optimized.g2o").is_file() and (out / "broken.optimized.g2o").is_file()
-    assert "2 ok, 0 failed, 2 skipped" in stdout
+    assert (out / "g2.optimized.g2o").stat().st_size > 0
+    assert "3 ok, 0 failed, 1 skipped" in stdout
     # without --resume everything runs again and the file describes this run only
     assert batch(capsys, folder / "g0.g2o", "--out-dir", out, "--scheduler", address, "--quiet")[0] == 0
     assert [Path(r["input"]).name for r in _lines(out)] == ["g0.g2o"]

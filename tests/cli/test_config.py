@@ -101,6 +101,7 @@ BAD_CONFIGS = [
     ("flag-not-bool", "quiet: 1\n", 1, ["quiet", "expected true or false", "received 1"]),
     ("list-for-scalar", "solver: [lm, gn]\n", 1, ["solver", "expected one of gn, lm", "received ['lm', 'gn']"]),
     ("twice", "max_iters: 3\nmax-iters: 4\n", 2, ["given twice"]),
+    ("same-key-twice", "solver: gn\nmax_iters: 3\nsolver: lm\n", 3, ["solver: given twice (lines 1 and 3): keep one"]),
     ("yaml-boolean", "init: auto\nsolver: no\n", 2, ["solver: expected one of gn, lm, received False", "quote the value"]),
     ("null-for-a-default", "solver: null\n", 1, ["solver", "received None"]),
     ("not-a-mapping", "- solver\n- lm\n", 1, ["expected a mapping", "list"]),

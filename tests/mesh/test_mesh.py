@@ -617,6 +617,34 @@ def test_obj_errors_name_file_and_line(tmp_path, text, line, message):
     assert len(str(info.value)) < len(str(path)) + 200  # long tokens are cut
 
 
+@pytest.mark.parametrize(
+    "content,message",
+    [
+        (None, "no such file"),
+        (b"\xff\xfe\x00v 0 0 0\n", "not a Wavefront OBJ text file (not UTF-8"),
+        (b"", "no vertices"),
+        (b"EDGE_SE2 0 1 1 0 0 1 0 0 1 0 1\n", "no vertices"),  # a g2o file, say: not an empty mesh
+        ("folder", "directory"),
+    ],
+)
+def test_obj_files_that_are_no_mesh_are_refused_naming_the_file(tmp_path, content, message):
+    """A missing file, binary data, a folder or a file without vertices: MeshFormatError (a
+    PoseGraphError) naming the file. They raised FileNotFoundError, UnicodeDecodeError and
+    IsADirectoryError, and a g2o file read as an empty mesh."""
+    from posegraph.errors import PoseGraphError
+    from posegraph.mesh import MeshFormatError
+
+    path = tmp_path / "m.obj"
+    if content == "folder":
+        path.mkdir()
+    elif content is not None:
+        path.write_bytes(content)
+    with pytest.raises(MeshFormatError) as info:
+        read_obj(path)
+    assert isinstance(info.value, PoseGraphError)
+    assert str(info.value).startswith(f"{path}: ") and message in str(info.value), str(info.value)
+
+
 def test_write_obj_validates(tmp_path):
     verts, faces = icosphere(0)
     with pytest.raises(ValueError, match=r"expected vertex indices in \[0, 11\)"):

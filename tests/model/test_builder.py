@@ -1252,3 +1252,11 @@ def test_one_rotation_is_decided_as_a_batch_of_them(case, dtype):
     a, wa = _outcome(_check_element_tensor, se2, th.SE2, "pose 'q'")
     b, wb = _outcome(_check_element_tensor, torch.cat([se2, se2]), th.SE2, "pose 'q'")
     assert a[0] == b[0] == "ok" and torch.equal(a[1][0], b[1][0]) and len(wa) == len(wb)
+
+
+@pytest.mark.parametrize("dtype", [torch.int64, torch.bool, "float64", float])
+def test_builder_dtype_must_be_a_floating_torch_dtype(dtype):
+    """It was accepted at construction, and only the first pose's check named the problem."""
+    with pytest.raises(BuilderError, match=r"PoseGraphBuilder: dtype: expected a floating-point torch.dtype"):
+        PoseGraphBuilder(dtype=dtype)
+    PoseGraphBuilder(dtype=torch.float32)

@@ -469,3 +469,15 @@ def test_sim3_onto_coinciding_ground_truth_is_refused(tmp_path, capsys):
     err = capsys.readouterr().err
     assert err.startswith(f"error: {est}: cannot align") and "destination points coincide" in err, err
     assert main(["eval", str(est), "--gt", str(gt), "--align", "se3"]) == 0  # a rigid alignment is defined
+
+
+def test_umeyama_refuses_non_finite_points():
+    """NaN coordinates gave NumPy's 'SVD did not converge' (LinAlgError)."""
+    from posegraph.report.eval import umeyama
+
+    good = np.random.default_rng(0).random((5, 3))
+    bad = good.copy()
+    bad[2, 1] = np.nan
+    for src, dst in ((bad, good), (good, bad)):
+        with pytest.raises(ValueError, match="umeyama: expected finite points"):
+            umeyama(src, dst)

@@ -82,8 +82,11 @@ def test_tangent_order_translation_then_rotation(tmp_path):
 
 def test_bad_arguments_are_named(tmp_path, se2_text):
     problem = _problem_from_text(tmp_path, se2_text)
-    with pytest.raises(CovarianceError, match=r"poses: expected indices in \[0, 3\), received 3"):
+    with pytest.raises(CovarianceError, match=r"poses: expected indices in \[-3, 3\) \(negative: from the end\), received 3"):
         marginal_covariances(problem, [0, 3])
+    with pytest.raises(CovarianceError, match=r"received -4"):
+        marginal_covariances(problem, [-4])
+    torch.testing.assert_close(marginal_covariances(problem, [-1]), marginal_covariances(problem, [2]))
     with pytest.raises(CovarianceError, match="integer pose indices"):
         marginal_covariances(problem, [0.5])
     with pytest.raises(CovarianceError, match="batch_index"):
