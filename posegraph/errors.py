@@ -3,6 +3,7 @@ wrong (expected vs received)."""
 
 from __future__ import annotations
 
+import os
 from typing import Any, Optional
 
 
@@ -92,6 +93,22 @@ def check_real(what: str, value: Any) -> float:
 
 #: The device types posegraph solves on (Theseus' and posegraph's solvers run on these only).
 SOLVE_DEVICE_TYPES = ("cpu", "cuda")
+
+
+def file_path(what: str, path: Any, error: Optional[type] = None) -> str:
+    """``path`` — a ``str`` or ``os.PathLike`` naming a file — as a string, else ``error``
+    (default :class:`PoseGraphError`) naming ``what``, what was expected and what was received:
+    ``None``, a number (``open`` would take an integer as a file descriptor), bytes, an empty
+    name, or one with a NUL character (which no file name holds)."""
+    error = error or PoseGraphError
+    if not isinstance(path, (str, os.PathLike)):
+        raise error(f"{what}: expected a file path (str or os.PathLike), received {type(path).__name__} {shown(path)}", None)
+    text = os.fspath(path)
+    if not isinstance(text, str):
+        raise error(f"{what}: expected a file path as text, received {type(text).__name__} {shown(text)}", None)
+    if not text or "\0" in text:
+        raise error(f"{what}: expected a file path, received {'an empty one' if not text else 'one with a NUL character: ' + shown(text)}", None)
+    return text
 
 
 def check_device(what: str, device: Any, solve: bool = True) -> Any:

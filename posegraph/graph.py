@@ -9,13 +9,15 @@ from __future__ import annotations
 
 import functools
 from dataclasses import dataclass, field, replace
-from typing import List, Optional, Tuple
+from typing import Any, List, Optional, Tuple
 
 import numpy as np
 import scipy.sparse as sp
 from scipy.sparse import csgraph
 import theseus as th
 import torch
+
+from posegraph.errors import PoseGraphError
 
 #: kind -> (Theseus class, element tensor shape, tangent dimension)
 POSE_KINDS = {
@@ -253,6 +255,14 @@ class Landmarks:
         """``"EDGE_SE3_TRACKXYZ 3 1001"`` per observation (pose id, point id)."""
         pairs = zip(pose_ids[self.observations[:, 0]].tolist(), self.ids[self.observations[:, 1]].tolist())
         return [f"EDGE_SE3_TRACKXYZ {a} {b}" for a, b in pairs]
+
+
+def check_graph(what: str, graph: Any) -> "PoseGraph":
+    """``graph`` when it is a :class:`PoseGraph`, else a :class:`PoseGraphError` naming
+    ``what`` (the call and argument), expected and received."""
+    if not isinstance(graph, PoseGraph):
+        raise PoseGraphError(f"{what}: expected a posegraph.PoseGraph, received {type(graph).__name__}")
+    return graph
 
 
 def loop_closure_mask(ids: torch.Tensor, edges: torch.Tensor) -> torch.Tensor:

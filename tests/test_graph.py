@@ -4,6 +4,7 @@ with vertices (each component anchored, optimized fine, with a warning)."""
 from __future__ import annotations
 
 import warnings
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -11,6 +12,8 @@ import torch
 
 from posegraph import SolverOptions, build_problem, optimize, read_g2o
 from posegraph.graph import PoseGraph, connected_components
+
+REPO = Path(__file__).resolve().parents[1]
 
 
 def _read(path):
@@ -111,3 +114,32 @@ def test_no_warning_for_connected_or_fully_fixed_graphs(write_file, se2_text):
         warnings.simplefilter("error")
         build_problem(_read(write_file("c.g2o", se2_text)))
         build_problem(_read(write_file("f.g2o", _two_component_text("FIX 3 20\n"))))
+
+
+@pytest.mark.parametrize("bad", [None, 5, b"x.g2o", "", "a\0b.g2o"])
+def test_file_paths_that_are_not_paths_are_named(tmp_path, bad):
+    """None, numbers (a file descriptor to open()), bytes, empty names and NUL characters: a
+    posegraph error naming the call and argument (they raised TypeError or ValueError from
+    open/os.stat, and read_g2o(5) would read file descriptor 5)."""
+    import posegraph as pg
+    from posegraph.errors import PoseGraphError
+
+    graph = pg.read_g2o(REPO / "data" / "grid_se2.g2o")
+    verts, faces = pg.mesh.icosphere(0)
+    calls = {
+        "read_g2o: path": lambda: pg.read_g2o(bad),
+        "output path": lambda: pg.write_g2o(graph, bad),
+        "read_obj: path": lambda: pg.read_obj(bad),
+        "read_tum: path": lambda: pg.io.read_tum(bad),
+        "read_kitti: path": lambda: pg.io.read_kitti(bad),
+    }
+    for what, call in calls.items():
+        with pytest.raises(PoseGraphError, match=f"^{what}: expected a file path"):
+            call()
+    if bad is None:
+        for name, call in {"initialize": lambda: pg.initialize(bad), "graph_info": lambda: pg.graph_info(bad),
+                           "build_problem": lambda: pg.build_problem(bad)}.items():
+            with pytest.raises(PoseGraphError, match=f"^{name}: graph: expected a posegraph.PoseGraph, received NoneType"):
+                call()
+        with pytest.raises(PoseGraphError, match="^optimize: problem: expected a PoseGraphProblem"):
+            pg.optimize(bad)

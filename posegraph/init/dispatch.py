@@ -28,7 +28,7 @@ import torch
 
 from posegraph.errors import GraphStructureError, PoseGraphError
 from posegraph.lie.geometry import se2_between_error, se3_between_error
-from posegraph.graph import PoseGraph
+from posegraph.graph import PoseGraph, check_graph
 from posegraph.lie.homogeneous import to_homogeneous
 from posegraph.init.spanning_tree import spanning_tree
 
@@ -118,6 +118,7 @@ def initialize(graph: PoseGraph, method: str = "auto", cost: Optional[StartCost]
     ``"chordal"``: rotations then translations by linear least squares
     (:func:`posegraph.init.chordal.chordal_initialization`, anchored at the gauge).
     """
+    check_graph("initialize: graph", graph)
     if method == "auto" and graph.has_poses and graph.num_edges > 0:
         return _with_point_guess(_best_start(graph, cost or pose_graph_error))
     if method == "auto":

@@ -44,7 +44,7 @@ import numpy as np
 import torch
 
 from posegraph import lie
-from posegraph.errors import SHOWN_TOKEN_CHARS, G2oFormatError, shown
+from posegraph.errors import SHOWN_TOKEN_CHARS, G2oFormatError, file_path, shown
 from posegraph.graph import Landmarks, PoseGraph
 from posegraph.information import first_oversized, information_bound, nearest_psd, psd_smallest_eigenvalues
 from posegraph.io.g2o_write import format_g2o, write_g2o  # noqa: F401 (re-exported: the g2o module reads and writes)
@@ -156,7 +156,7 @@ def read_g2o(path: PathLike, repair_information: bool = False) -> PoseGraph:
     Raises:
         G2oFormatError: naming the file and line of the first problem.
     """
-    path = os.fspath(path)
+    path = file_path("read_g2o: path", path, G2oFormatError)
     try:
         with open(path, "rb") as fh:
             raw = fh.read()

@@ -28,7 +28,7 @@ from typing import List, Union
 import numpy as np
 
 from posegraph import lie
-from posegraph.errors import TrajectoryFormatError
+from posegraph.errors import TrajectoryFormatError, file_path
 from posegraph.io.output import check_outputs, write_text_atomic
 from posegraph.io.trajectory import Trajectory, format_numbers, read_rows
 
@@ -62,7 +62,7 @@ def read_kitti(path: PathLike) -> Trajectory:
     Raises:
         TrajectoryFormatError: naming the file and line of the first problem.
     """
-    path = os.fspath(path)
+    path = file_path("read_kitti: path", path, TrajectoryFormatError)
     values, lines, rows = read_rows(path, len(COLUMNS), COLUMNS, "KITTI line")
     mats = values.reshape(-1, 3, 4).copy()
     mats[:, :, :3] = _rotations(mats, path, lines, rows)

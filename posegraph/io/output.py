@@ -48,7 +48,7 @@ import threading
 from contextlib import contextmanager
 from typing import BinaryIO, Callable, Iterable, Iterator, Optional, Tuple, Union
 
-from posegraph.errors import PoseGraphError
+from posegraph.errors import PoseGraphError, file_path
 
 PathLike = Union[str, "os.PathLike[str]"]
 
@@ -138,7 +138,7 @@ def check_outputs(
     """
     inputs = [os.fspath(p) for p in inputs if p is not None]
     seen: list = []
-    for out in (os.fspath(p) for p in outputs if p is not None):
+    for out in (file_path("output path", p, OutputError) for p in outputs if p is not None):
         for inp in inputs:
             if not overwrite_input and _same_file(out, inp):
                 raise OutputError(
@@ -222,7 +222,7 @@ def write_output(path: PathLike, write: Callable[[BinaryIO], None]) -> None:
         OutputError: the file cannot be written (names ``path`` and the reason); the old file,
             if any, is intact and no temporary file remains.
     """
-    path = os.fspath(path)
+    path = file_path("output path", path, OutputError)
     target, st, in_place = _resolve(path)
     if in_place:
         try:

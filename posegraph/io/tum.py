@@ -30,7 +30,7 @@ import numpy as np
 import torch
 
 from posegraph import lie
-from posegraph.errors import TrajectoryFormatError
+from posegraph.errors import TrajectoryFormatError, file_path
 from posegraph.io.output import check_outputs, write_text_atomic
 from posegraph.io.trajectory import Trajectory, format_numbers, read_rows
 
@@ -46,7 +46,7 @@ def read_tum(path: PathLike) -> Trajectory:
     Raises:
         TrajectoryFormatError: naming the file and line of the first problem.
     """
-    path = os.fspath(path)
+    path = file_path("read_tum: path", path, TrajectoryFormatError)
     values, lines, rows = read_rows(path, len(COLUMNS), COLUMNS, "TUM line")
     values[:, 4:8] = lie.check_rotations(  # the rotation rule; g2o_to_se3 normalizes below
         values[:, 4:8], "quaternion", lambda k: "quaternion (qx qy qz qw)",

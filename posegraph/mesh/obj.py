@@ -9,7 +9,7 @@ import math
 import os
 from typing import List, Tuple, Union
 import torch
-from posegraph.errors import PoseGraphError, shown
+from posegraph.errors import PoseGraphError, file_path, shown
 from posegraph.mesh.laplacian import _check_faces, _check_verts
 
 PathLike = Union[str, "os.PathLike[str]"]
@@ -83,6 +83,7 @@ def read_obj(path: PathLike) -> Tuple[torch.Tensor, torch.Tensor]:
     verts: List[Tuple[float, float, float]] = []
     faces: List[Tuple[int, int, int]] = []
     positive_refs: List[Tuple[int, int]] = []  # (lineno, largest positive index) per face
+    path = file_path("read_obj: path", path, MeshFormatError)
     try:
         with open(path, "r", encoding="utf-8") as f:
             lines = f.readlines()

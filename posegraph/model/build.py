@@ -17,7 +17,7 @@ from posegraph.model.between import BetweenEdges
 from posegraph.model.costs import BlockSparseCostFunction
 from posegraph.model.observations import PointObservations
 from posegraph.errors import PoseGraphError, check_device
-from posegraph.graph import POSE_KINDS, PoseGraph, connected_components
+from posegraph.graph import POSE_KINDS, PoseGraph, check_graph, connected_components
 from posegraph.model.mesh_cost import LaplacianSmoothingCost
 from posegraph.model.robust import RobustKernel, robustify
 from posegraph.model.user_costs import PackedCost, PackedSlot, PosePriors, PositionPriors, PriorTerms
@@ -141,6 +141,7 @@ def build_problem(
     vectorized cost per kind (``"priors"``, ``"position_priors"``); they anchor their
     components as well.
     """
+    check_graph("build_problem: graph", graph)
     kernel = RobustKernel.parse(robust)
     if graph.poses is None:
         raise PoseGraphError(

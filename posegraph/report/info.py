@@ -17,7 +17,7 @@ from typing import Any, Dict
 import numpy as np
 import torch
 
-from posegraph.graph import PoseGraph
+from posegraph.graph import PoseGraph, check_graph
 
 
 def edge_kinds(graph: PoseGraph) -> np.ndarray:
@@ -52,6 +52,7 @@ def initial_chi2(graph: PoseGraph) -> float:
 
 def graph_info(graph: PoseGraph) -> Dict[str, Any]:
     """The ``posegraph info`` report of ``graph`` as a JSON-ready dict."""
+    check_graph("graph_info: graph", graph)
     odo = edge_kinds(graph)
     labels = graph.components()
     sizes = np.bincount(labels) if labels.size else np.zeros(0, dtype=np.int64)

@@ -336,6 +336,11 @@ def optimize(
             first, so a non-finite start is named at iteration 0.
         theseus_kwargs: passed to ``optimizer.optimize`` (e.g. ``backward_mode``).
     """
+    if not isinstance(problem, PoseGraphProblem):
+        raise PoseGraphError(
+            f"optimize: problem: expected a PoseGraphProblem (posegraph.build_problem or "
+            f"PoseGraphBuilder.build), received {type(problem).__name__}"
+        )
     options = options or SolverOptions()
     options.validate()
     with _torch_threads(options.threads):
