@@ -13,6 +13,7 @@ iteration (vectorized per cost function, one device→host copy for all of them)
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import os
@@ -361,8 +362,26 @@ class DebugCallback:
                 rep = _largest_error(stats, n, self.element_names)
             if rep is not None:
                 candidates.append(rep)
+        stepped = getattr(optimizer, "nonfinite_step", None)
+        if not candidates and stepped is not None:  # a refused step: the costs where it went
+            rep = self._locate_in_step(objective, stepped, n)
+            if rep is not None:
+                candidates.append(rep)
         if candidates:
             self._found(min(candidates, key=lambda r: (r.iteration, r.quantity != ERROR)))
+
+    def _locate_in_step(self, objective: th.Objective, stepped: Dict[str, torch.Tensor], n: int) -> Optional[NonFiniteReport]:
+        """The first cost that is not finite at the values of a refused trial step
+        (``stepped``, :attr:`posegraph.solve.nonlinear.TruthfulLoop.nonfinite_step`) of
+        iteration ``n``; the variables are put back as they were."""
+        current = {name: objective.get_optim_var(name).tensor for name in stepped}
+        objective.update(stepped)
+        try:
+            stats = _evaluate(self._catalog_for(objective))
+        finally:
+            objective.update(current)
+        report = _first_bad(stats, n, self.element_names) or _largest_error(stats, n, self.element_names)
+        return None if report is None else dataclasses.replace(report, trial_step=True)
 
     # -- the trace -----------------------------------------------------------------------------
     def to_dict(self) -> Dict[str, Any]:

@@ -36,6 +36,8 @@ class NonFiniteReport:
         quantity: ``"error"`` or ``"jacobian"``.
         jacobian_of: for ``"jacobian"``, the variables whose Jacobian block is non-finite.
         cost_type: class name of the cost function.
+        trial_step: the values were those of a trial step the optimizer refused (its error
+            was not finite; the solve went on from the values before it).
     """
 
     iteration: int
@@ -44,6 +46,7 @@ class NonFiniteReport:
     quantity: str
     jacobian_of: List[str] = field(default_factory=list)
     cost_type: str = ""
+    trial_step: bool = False
 
     def to_dict(self) -> Dict[str, Any]:
         """The report as a JSON-ready dict (a trace file's ``first_nonfinite``)."""
@@ -54,6 +57,7 @@ class NonFiniteReport:
             "quantity": self.quantity,
             "jacobian_of": list(self.jacobian_of),
             "cost_type": self.cost_type,
+            "trial_step": self.trial_step,
         }
 
     @classmethod
@@ -66,13 +70,15 @@ class NonFiniteReport:
             quantity=str(data["quantity"]),
             jacobian_of=[str(v) for v in data.get("jacobian_of", [])],
             cost_type=str(data.get("cost_type", "")),
+            trial_step=data.get("trial_step") is True,
         )
 
     def __str__(self) -> str:
         what = f"non-finite {self.quantity} in cost function {self.cost_function!r}"
         if self.quantity == JACOBIAN and self.jacobian_of:
             what += f" (d/d {', '.join(self.jacobian_of)})"
-        return f"iteration {self.iteration}: {what}; variables: {', '.join(self.variables)}"
+        where = f"iteration {self.iteration}" + (" (a trial step, refused)" if self.trial_step else "")
+        return f"{where}: {what}; variables: {', '.join(self.variables)}"
 
 
 class NonFiniteError(OptimizationError):

@@ -184,6 +184,9 @@ class TruthfulLoop:
     _reject: Optional[Any] = None  # the last step test's rejections (namespace of _arrays)
     _backward_mode: Any = None
     _loops_run = 0
+    #: the variables' values after this iteration's first trial step whose error was not
+    #: finite (``{name: tensor}``; the step was refused), else None: for debug callbacks
+    nonfinite_step: Optional[dict] = None
 
     def reset(self, **kwargs) -> None:
         """Resets the optimizer for a new solve, with a fresh per-problem :class:`Outcome`."""
@@ -201,6 +204,15 @@ class TruthfulLoop:
         if kwargs.get("backward_mode") == th.BackwardMode.IMPLICIT:
             return backward, self.params.max_iterations  # type: ignore[attr-defined]
         return backward, no_grad
+
+    def _compute_retracted_tensors_and_error(self, delta, converged_indices, force_update):
+        """Theseus' trial step; the first one of an iteration whose error is not finite is
+        kept in :attr:`nonfinite_step` (the step is then refused and undone, so a debug
+        callback could not otherwise see which cost went non-finite)."""
+        tensors, err = super()._compute_retracted_tensors_and_error(delta, converged_indices, force_update)  # type: ignore[misc]
+        if self.nonfinite_step is None and not bool(torch.isfinite(err.detach()).all()):
+            self.nonfinite_step = {name: t.detach().clone() for name, t in tensors.items()}
+        return tensors, err
 
     def _step(self, delta, previous_err, converged_indices, force_update, delta_forced_to_gn, **kwargs):
         self._frozen = None if force_update else converged_indices
@@ -253,6 +265,7 @@ class TruthfulLoop:
         device = info.last_err.device
         iters_done = 0
         for it in range(num_iter):
+            self.nonfinite_step = None
             running = outcome.running
             if not differentiated and not running.any():
                 break

@@ -576,3 +576,46 @@ def test_cli_debug_names_overflowing_edge_and_inspect_renders(tmp_path, capsys):
     assert main(["inspect", str(trace)]) == 0
     shown = capsys.readouterr().out
     assert "EDGE_SE3:QUAT 3 4" in shown and "non-finite" in shown
+
+
+def _trap_problem():
+    """Four SE2 poses in a chain and a user cost √(2.5 − x3.x)·0.01: finite at the start
+    (x3.x = 0.3), NaN once a step moves x3 past 2.5 — which the first Gauss–Newton step does."""
+    import posegraph as pg
+
+    d = torch.float64
+    b = pg.PoseGraphBuilder()
+    xs = [th.SE2(x_y_theta=torch.tensor([[0.1 * k, 0.0, 0.0]], dtype=d), name=f"x{k}") for k in range(4)]
+    for k, x in enumerate(xs):
+        b.add_pose(x, fixed=(k == 0))
+    z = th.SE2(x_y_theta=torch.tensor([[1.0, 0, 0]], dtype=d))
+    for k in range(3):
+        b.add_between(xs[k], xs[k + 1], measurement=z, information=torch.eye(3, dtype=d))
+
+    def trap(optim_vars, aux_vars):
+        return torch.sqrt(2.5 - optim_vars[0].tensor[:, 0:1]) * 0.01
+
+    weight = th.ScaleCostWeight(torch.tensor(1.0, dtype=d))
+    b.add_cost(th.AutoDiffCostFunction([xs[3]], trap, 1, name="trap_x3", cost_weight=weight))
+    return b.build()
+
+
+@pytest.mark.parametrize("solver", ["gn", "lm"])
+def test_a_refused_nonfinite_step_is_located(tmp_path, solver):
+    """The step is refused and undone before the callback runs: the callback saw finite values
+    everywhere and named nothing (GN failed with non-finite-error, LM went on). It now names
+    the cost at the refused step's values, marked as a trial step, and the trace keeps it."""
+    problem = _trap_problem()
+    callback = DebugCallback.for_problem(problem)
+    result = optimize(problem, SolverOptions(solver=solver, max_iterations=5), end_iter_callback=callback)
+    report = callback.first_nonfinite
+    assert report is not None and report.cost_function == "trap_x3" and report.variables == ["x3"]
+    assert report.iteration == 1 and report.trial_step and "(a trial step, refused)" in str(report)
+    assert torch.isfinite(problem.pose_tensor()).all()  # the solve went on from finite values
+    if solver == "gn":
+        assert result.status == ["failed"] and result.stop_reason == ["non-finite-error"]
+    path = tmp_path / "trace.json"
+    callback.save(path)
+    assert load_trace(path)["first_nonfinite"]["trial_step"] is True
+    out = io.StringIO()
+    assert run_inspect(path, out) == 0 and "trap_x3" in out.getvalue()
