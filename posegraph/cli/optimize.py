@@ -142,6 +142,7 @@ def optimize_file(args: argparse.Namespace) -> dict:
                 gnc_result = optimize_gnc(problem, gnc, options, on_iteration=None if on_outer else progress,
                                           on_outer_iteration=on_outer, end_iter_callback=debug)
                 result = gnc_result.solve
+                _warn_rejected_odometry(args.input, graph, gnc, gnc_result)
         if debug is not None:
             debug.check_final(problem.objective, iteration=result.iterations)
     finally:
@@ -306,6 +307,20 @@ def _progress(args: argparse.Namespace, gnc=None):
     if gnc is not None:
         return ProgressBar(total=gnc.max_iterations, desc="gnc")
     return ProgressBar(total=args.max_iters)
+
+
+def _warn_rejected_odometry(path: Optional[str], graph, gnc, result) -> None:
+    """A warning when GNC over every edge rejected odometry edges (consecutive vertex ids):
+    GNC may then have traded true odometry for false loop closures (a worse local minimum of
+    its truncated cost), and judging loop closures only keeps odometry."""
+    if gnc.edges != "all":
+        return
+    rejected = int((result.outliers.cpu() & ~graph.loop_closures().cpu()).sum())
+    if rejected:
+        warnings.warn(
+            f"{path}: GNC rejected {rejected} odometry edge{'s' if rejected > 1 else ''} (consecutive vertex ids); "
+            "if only loop closures can be false, --robust-edges loop-closures keeps odometry"
+        )
 
 
 def error_line(err: BaseException, input_path: Optional[str] = "") -> Tuple[int, str]:

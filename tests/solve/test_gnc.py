@@ -6,6 +6,7 @@ and the weights reaching the solver as scaled information."""
 from __future__ import annotations
 
 import math
+import re
 from dataclasses import replace
 
 import pytest
@@ -233,3 +234,22 @@ def test_gnc_result_says_how_its_last_solve_stopped():
     result = optimize_gnc(build_problem(graph), "gnc")
     assert result.solve.status == ["converged"] and result.solve.stop_reason[0] in CRITERIA
     assert result.solve.problem_iterations == [result.solve.iterations]
+
+
+def test_cli_warns_when_gnc_over_every_edge_rejects_odometry(tmp_path, capsys):
+    """From the chordal start, GNC over every edge of a 200-pose grid with 30% false loop
+    closures trades 16 true odometry edges for false loop closures (a worse minimum of its
+    truncated cost, reported converged): the CLI says so and points to loop-closures mode,
+    which rejects exactly the false ones here and gives no warning."""
+    from posegraph.cli.main import main
+    from posegraph.io.g2o_write import write_g2o
+
+    noisy, _ = grid_se2(num_poses=200, seed=1)
+    path = tmp_path / "bad.g2o"
+    write_g2o(with_false_loop_closures(noisy, 0.3, seed=3), path)
+    argv = ["optimize", str(path), "-o", str(tmp_path / "out.g2o"), "--robust", "gnc", "--init", "chordal"]
+    assert main(argv) == 0
+    err = capsys.readouterr().err
+    assert re.search(r"GNC rejected \d+ odometry edges", err) and "--robust-edges loop-closures" in err, err
+    assert main(argv + ["--robust-edges", "loop-closures"]) == 0
+    assert "odometry" not in capsys.readouterr().err
