@@ -88,11 +88,11 @@ def read_obj(path: PathLike) -> Tuple[torch.Tensor, torch.Tensor]:
         with open(path, "r", encoding="utf-8") as f:
             lines = f.readlines()
     except FileNotFoundError:
-        raise MeshFormatError("no such file", os.fspath(path)) from None
+        raise MeshFormatError("no such file", path) from None
     except UnicodeDecodeError as err:
-        raise MeshFormatError(f"not a Wavefront OBJ text file (not UTF-8: {err.reason} at byte {err.start})", os.fspath(path)) from None
+        raise MeshFormatError(f"not a Wavefront OBJ text file (not UTF-8: {err.reason} at byte {err.start})", path) from None
     except OSError as err:
-        raise MeshFormatError(err.strerror or str(err), os.fspath(path)) from None
+        raise MeshFormatError(err.strerror or str(err), path) from None
     for lineno, raw in enumerate(lines, start=1):
         tokens = raw.split("#", 1)[0].split()
         if not tokens:
@@ -109,7 +109,7 @@ def read_obj(path: PathLike) -> Tuple[torch.Tensor, torch.Tensor]:
             positive_refs.append((lineno, max(idx)))
             faces.extend((idx[0], idx[k], idx[k + 1]) for k in range(1, len(idx) - 1))
     if not verts:
-        raise MeshFormatError("no vertices ('v x y z' lines): not a Wavefront OBJ mesh", os.fspath(path))
+        raise MeshFormatError("no vertices ('v x y z' lines): not a Wavefront OBJ mesh", path)
     for lineno, top in positive_refs:
         if top >= len(verts):
             raise MeshFormatError(

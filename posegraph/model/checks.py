@@ -145,17 +145,24 @@ def _check_element_tensor(tensor: torch.Tensor, cls: type, what: str, stacklevel
     )
 
 
+def _layer_element(what: str, tensor: torch.Tensor, batch: int, b: int, k: int) -> str:
+    """``"problem b, pose k"`` (``"edge k"`` for other inputs than ``poses``) in ``tensor``
+    ``(B|1, K, …)``, an input of :class:`~posegraph.solve.layer.PoseGraphLayer` (a tensor of
+    batch 1 in a batch of ``batch`` > 1 is shared by every problem)."""
+    noun = "pose" if what == "poses" else "edge"
+    shared = " (shared by every problem)" if tensor.shape[0] == 1 and batch > 1 else ""
+    return f"problem {b}{shared}, {noun} {k}"
+
+
 def _check_finite(what: str, tensor: torch.Tensor, batch: int) -> None:
     """Refuse non-finite values in ``tensor`` ``(B|1, K, …)`` (an input of
     :class:`~posegraph.solve.layer.PoseGraphLayer`), naming the first problem and pose or edge
-    that has one (a tensor of batch 1 in a batch of ``batch`` > 1 is shared by all)."""
+    that has one (:func:`_layer_element`)."""
     if torch.isfinite(tensor).all():
         return
     bad = ~torch.isfinite(tensor.detach()).reshape(tensor.shape[0], tensor.shape[1], -1).all(-1)
     b, k = (int(v) for v in torch.nonzero(bad)[0])
-    noun = "pose" if what == "poses" else "edge"
-    shared = " (shared by every problem)" if tensor.shape[0] == 1 and batch > 1 else ""
-    raise BuilderError(f"{what}: non-finite values in problem {b}{shared}, {noun} {k}")
+    raise BuilderError(f"{what}: non-finite values in {_layer_element(what, tensor, batch, b, k)}")
 
 
 def _check_rotations(what: str, tensor: torch.Tensor, kind: str, batch: int) -> None:
@@ -165,13 +172,8 @@ def _check_rotations(what: str, tensor: torch.Tensor, kind: str, batch: int) -> 
     :class:`~posegraph.solve.layer.PoseGraphLayer`), naming the first problem and pose or
     edge, as the builder does; one batched pass in torch, on the inputs' device. Rotations are
     used as given otherwise (no projection: gradients flow to them)."""
-    k_count = tensor.shape[1]
-    noun = "pose" if what == "poses" else "edge"
-    shared = " (shared by every problem)" if tensor.shape[0] == 1 and batch > 1 else ""
-
     def name(k: int) -> str:
-        b, i = divmod(k, k_count)
-        return f"{what}: problem {b}{shared}, {noun} {i}"
+        return f"{what}: {_layer_element(what, tensor, batch, *divmod(k, tensor.shape[1]))}"
 
     refuse_rotations(tensor, kind, name, error=BuilderError)
 

@@ -49,6 +49,7 @@ import numpy as np
 import theseus as th
 import torch
 
+from posegraph.model.checks import _all_finite
 from posegraph.solve.batched import BlockSparseSolver
 from posegraph.solve.criteria import (  # noqa: F401 - ScalarOps, decrease_criterion, predicted_decrease: also named here
     ScalarOps,
@@ -152,14 +153,6 @@ class Outcome:
         return np.array([names.get(s, th.NonlinearOptimizerStatus.MAX_ITERATIONS) for s in self.status])
 
 
-def _all_finite(err: torch.Tensor) -> bool:
-    """Whether every entry of ``err`` is finite (one CPU problem: on the Python float, ~0.5 µs
-    instead of torch's ~8 µs a call)."""
-    if err.numel() == 1 and err.device.type == "cpu":
-        return math.isfinite(err.item())
-    return bool(torch.isfinite(err.detach()).all())
-
-
 def _derivative_only(delta: torch.Tensor) -> torch.Tensor:
     """Implicit differentiation's step: zero in value, ``delta``'s derivative.
 
@@ -218,7 +211,7 @@ class TruthfulLoop:
         kept in :attr:`nonfinite_step` (the step is then refused and undone, so a debug
         callback could not otherwise see which cost went non-finite)."""
         tensors, err = super()._compute_retracted_tensors_and_error(delta, converged_indices, force_update)  # type: ignore[misc]
-        if self.nonfinite_step is None and not _all_finite(err):
+        if self.nonfinite_step is None and not _all_finite(err.detach()):
             self.nonfinite_step = {name: t.detach().clone() for name, t in tensors.items()}
         return tensors, err
 

@@ -130,10 +130,10 @@ class SolverOptions:
     force_dense: bool = False
 
     def validate(self) -> None:
-        """Raise ``ValueError`` (a :class:`~posegraph.errors.PoseGraphError` for a linear solver
-        this machine lacks, with the reason, and for an option of the wrong type or out of
-        range: integer options must be integers, not floats, strings or bools) for an option
-        out of range."""
+        """Raise ``ValueError`` for an option out of range or of the wrong type (integer
+        options must be integers, not floats, strings or bools); a
+        :class:`~posegraph.errors.PoseGraphError` (a ``ValueError``) for the numeric options and
+        for a linear solver this machine lacks, with the reason."""
         if self.solver not in SOLVERS:
             raise ValueError(f"solver: expected one of {', '.join(SOLVERS)}, received {self.solver!r}")
         if self.linear_solver not in LINEAR_SOLVERS:
